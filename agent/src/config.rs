@@ -1,0 +1,428 @@
+//! berthd's configuration: TOML file + command-line overrides -> a validated [`Config`].
+//!
+//! Everything is validated while parsing (values that need checking are newtypes that
+//! deserialize through `TryFrom<String>`), so that a bad value is reported with the file,
+//! line and key, and before any socket is bound. Unknown keys are refused.
+//!
+//! [`DEFAULT_TOML`] is the commented default config (`berthd config default`); a test keeps it
+//! equal to [`Config::default`] and to `manifests/config.toml`.
+
+use std::path::{Path, PathBuf};
+
+use berth_cni::{NetworkMode, PodCidr};
+use berth_engine::{CgroupDriver, EngineConfig};
+use serde::{Deserialize, Serialize};
+
+/// Where berthd looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+/// The default config, with comments; `berthd config default` prints it.
+pub const DEFAULT_TOML: &str = r#"# berthd configuration. Every key is optional; shown here with its default.
+# berthd reads /etc/berth/config.toml when it exists, or the file given with --config.
+
+# Persistent state: the state db, image content and unpacked layers.
+root = "/var/lib/berth"
+# Run state: sockets, pod network namespaces, exit records. Use a tmpfs (emptied at boot).
+state = "/run/berth"
+
+[grpc]
+# The CRI socket that kubelet and crictl connect to (mode 0660).
+listen = "/run/berth/berth.sock"
+# On SIGTERM/SIGINT, how long in-flight calls may take to finish before berthd exits.
+shutdown_grace_seconds = 10
+
+[log]
+# "text" or "json".
+format = "text"
+# A tracing filter: a level (error, warn, info, debug, trace) or directives such as
+# "info,berth_engine=debug". RUST_LOG, when set, takes precedence.
+level = "info"
+
+[cgroup]
+# "cgroupfs" or "systemd"; must match kubelet's cgroupDriver.
+driver = "cgroupfs"
+# The cgroup under which pods are created when kubelet gives no cgroup_parent.
+parent = "berth"
+
+[network]
+# "builtin" (berth's bridge, veth and IPAM) or "cni" (standard CNI plugins).
+mode = "builtin"
+# The node's pod range(s), comma-separated for dual stack, e.g. "10.88.0.0/16".
+# Empty: wait for kubelet to send one (UpdateRuntimeConfig).
+pod_cidr = ""
+"#;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub grpc: GrpcConfig,
+    pub log: LogConfig,
+    pub cgroup: CgroupConfig,
+    pub network: NetworkConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub listen: PathBuf,
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: LogLevel,
+}
+
+/// A tracing filter directive string, checked at parse time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        tracing_subscriber::EnvFilter::builder()
+            .parse(&s)
+            .map_err(|e| format!("invalid log level {s:?}: {e}"))?;
+        Ok(LogLevel(s))
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(l: LogLevel) -> String {
+        l.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    pub driver: CgroupDriver,
+    pub parent: CgroupParent,
+}
+
+/// A cgroup path component chain such as `berth` or `kubepods/berth`, checked at parse time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CgroupParent(String);
+
+impl TryFrom<String> for CgroupParent {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.trim_matches('/')
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+        if ok {
+            Ok(CgroupParent(s.trim_matches('/').to_owned()))
+        } else {
+            Err(format!(
+                "invalid cgroup parent {s:?}: expected names separated by '/', without '..'"
+            ))
+        }
+    }
+}
+
+impl From<CgroupParent> for String {
+    fn from(p: CgroupParent) -> String {
+        p.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub mode: NetworkMode,
+    pub pod_cidr: PodCidrs,
+}
+
+/// A comma-separated list of pod CIDRs, checked at parse time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "String", into = "String")]
+pub struct PodCidrs(Vec<PodCidr>);
+
+impl TryFrom<String> for PodCidrs {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        PodCidr::parse_list(&s)
+            .map(PodCidrs)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl From<PodCidrs> for String {
+    fn from(p: PodCidrs) -> String {
+        p.0.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/berth"),
+            state: PathBuf::from("/run/berth"),
+            grpc: GrpcConfig::default(),
+            log: LogConfig::default(),
+            cgroup: CgroupConfig::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            listen: PathBuf::from("/run/berth/berth.sock"),
+            shutdown_grace_seconds: 10,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: LogLevel("info".into()),
+        }
+    }
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig {
+            driver: CgroupDriver::Cgroupfs,
+            parent: CgroupParent("berth".into()),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            mode: NetworkMode::Builtin,
+            pod_cidr: PodCidrs::default(),
+        }
+    }
+}
+
+/// A config that could not be loaded; the message names the file, line and key.
+#[derive(Debug, thiserror::Error)]
+#[error("config {path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Values from the command line that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub listen: Option<PathBuf>,
+}
+
+impl Config {
+    /// Parses a config file's text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.check(origin)?;
+        Ok(cfg)
+    }
+
+    /// Loads the config: `explicit` must exist; otherwise the default path is used when it
+    /// exists, else the built-in defaults. Then applies the overrides.
+    pub fn load(
+        explicit: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<(Config, String), ConfigError> {
+        let (mut cfg, origin) = match explicit {
+            Some(p) => (read(p)?, p.display().to_string()),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => (
+                read(Path::new(DEFAULT_CONFIG_PATH))?,
+                DEFAULT_CONFIG_PATH.to_owned(),
+            ),
+            None => (Config::default(), "(built-in defaults)".to_owned()),
+        };
+        if let Some(r) = &overrides.root {
+            cfg.root = r.clone();
+        }
+        if let Some(s) = &overrides.state {
+            cfg.state = s.clone();
+        }
+        if let Some(l) = &overrides.listen {
+            cfg.grpc.listen = l.clone();
+        }
+        cfg.check("command line")?;
+        Ok((cfg, origin))
+    }
+
+    /// Checks that relate several keys or that the type system cannot express.
+    fn check(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError {
+            path: origin.to_owned(),
+            message,
+        };
+        for (key, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("grpc.listen", &self.grpc.listen),
+        ] {
+            if !p.is_absolute() {
+                return Err(err(format!("{key} = {p:?}: must be an absolute path")));
+            }
+        }
+        if self.root == self.state {
+            return Err(err(
+                "root and state must be different directories (state is emptied at boot)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            root: self.root.clone(),
+            state: self.state.clone(),
+            cgroup_driver: self.cgroup.driver,
+            cgroup_parent: self.cgroup.parent.0.clone(),
+            network_mode: self.network.mode,
+            pod_cidrs: self.network.pod_cidr.0.clone(),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.display().to_string(),
+        message: format!("cannot read: {e}"),
+    })?;
+    Config::parse(&text, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_is_the_default_config() {
+        assert_eq!(
+            Config::parse(DEFAULT_TOML, "default").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn manifests_config_is_the_default_toml() {
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/config.toml"
+        ))
+        .unwrap();
+        assert_eq!(
+            shipped, DEFAULT_TOML,
+            "manifests/config.toml drifted: regenerate it with `berthd config default > manifests/config.toml`"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_line_and_key() {
+        let e = Config::parse(
+            "root = \"/x\"\n\n[grpc]\nlisten_on = \"/y\"\n",
+            "/etc/b.toml",
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("/etc/b.toml"), "{m}");
+        assert!(m.contains("line 4"), "{m}");
+        assert!(m.contains("listen_on"), "{m}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_line() {
+        for (text, line, needle) in [
+            (
+                "[network]\npod_cidr = \"10.0.0.1/8\"\n",
+                "line 2",
+                "host bits",
+            ),
+            ("[log]\nformat = \"xml\"\n", "line 2", "xml"),
+            (
+                "[cgroup]\nparent = \"../escape\"\n",
+                "line 2",
+                "cgroup parent",
+            ),
+            (
+                "[cgroup]\ndriver = \"systemd-ish\"\n",
+                "line 2",
+                "systemd-ish",
+            ),
+            (
+                "[grpc]\nshutdown_grace_seconds = -1\n",
+                "line 2",
+                "shutdown_grace_seconds",
+            ),
+            ("[log]\nlevel = \"info,=[\"\n", "line 2", "log level"),
+        ] {
+            let m = Config::parse(text, "f").unwrap_err().to_string();
+            assert!(m.contains(line) && m.contains(needle), "{text}: {m}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_and_equal_dirs_are_refused() {
+        assert!(Config::parse("root = \"var/lib\"\n", "f").is_err());
+        assert!(Config::parse("root = \"/a\"\nstate = \"/a\"\n", "f").is_err());
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[network]\npod_cidr = \"10.88.0.0/16\"\n").unwrap();
+        let (cfg, origin) = Config::load(
+            Some(&p),
+            &Overrides {
+                root: Some("/tmp/r".into()),
+                state: None,
+                listen: Some("/tmp/r.sock".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(origin, p.display().to_string());
+        assert_eq!(cfg.root, PathBuf::from("/tmp/r"));
+        assert_eq!(cfg.grpc.listen, PathBuf::from("/tmp/r.sock"));
+        assert_eq!(cfg.engine().pod_cidrs.len(), 1);
+        assert!(
+            Config::load(
+                Some(&dir.path().join("missing.toml")),
+                &Overrides::default()
+            )
+            .is_err()
+        );
+    }
+}

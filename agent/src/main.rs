@@ -1,0 +1,241 @@
+//! berthd: berth's CRI daemon. The only place where `anyhow` and process exit codes live.
+//!
+//! Startup order: parse and validate the whole config (a bad config exits with EX_USAGE
+//! before anything is bound), initialise tracing, log the build line, open the engine
+//! (root lock, state db), bind the socket, notify systemd, serve. Shutdown on SIGTERM or
+//! SIGINT: stop accepting, drain within the grace period, remove the socket, exit 0.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod config;
+mod server;
+mod shutdown;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use config::{Config, Overrides};
+
+/// Exit codes (sysexits.h), so that systemd and operators can tell failures apart.
+mod exit {
+    pub const USAGE: u8 = 64;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const SOFTWARE: u8 = 70;
+    pub const CHECK_FAILED: u8 = 1;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version = berth_engine::VERSION, about = "berth: a container runtime for Kubernetes nodes (CRI v1)")]
+struct Cli {
+    /// Config file (default: /etc/berth/config.toml when it exists, else built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Overrides `root`: persistent state (state db, images, layers).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Overrides `state`: run state (sockets, netns, exit records).
+    #[arg(long, global = true, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Overrides `grpc.listen`: the CRI socket path.
+    #[arg(long, global = true, value_name = "SOCKET")]
+    listen: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Check that this node has what berth needs; exits non-zero if a required check fails.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the full default config as commented TOML.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        root: cli.root.clone(),
+        state: cli.state.clone(),
+        listen: cli.listen.clone(),
+    };
+    match cli.command {
+        Some(Command::Config {
+            command: ConfigCommand::Default,
+        }) => {
+            print!("{}", config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check) => check(cli.config.as_deref(), &overrides),
+        Some(Command::Serve) | None => serve(cli.config.as_deref(), &overrides),
+    }
+}
+
+fn load(
+    path: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Result<(Config, String), ExitCode> {
+    Config::load(path, overrides).map_err(|e| {
+        eprintln!("berthd: {e}");
+        ExitCode::from(exit::USAGE)
+    })
+}
+
+fn check(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
+    let (cfg, origin) = match load(path, overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("config: {origin}");
+    let checks = berth_engine::linux::probe::run(&berth_engine::linux::probe::ProbeInput {
+        root: cfg.root.clone(),
+        state: cfg.state.clone(),
+        builtin_network: cfg.network.mode == berth_cni::NetworkMode::Builtin,
+    });
+    let mut failed = false;
+    for c in &checks {
+        let tag = match (c.ok, c.required) {
+            (true, _) => "ok  ",
+            (false, true) => {
+                failed = true;
+                "FAIL"
+            }
+            (false, false) => "warn",
+        };
+        println!("{tag} {:<12} {}", c.name, c.detail);
+    }
+    if failed {
+        ExitCode::from(exit::CHECK_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
+    let (cfg, origin) = match load(path, overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    telemetry::init(&cfg.log);
+    tracing::info!(build = %telemetry::build_info(), config = %origin, "starting berthd");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berthd")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            tracing::error!("{error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
+    move |error| Failure { code, error }
+}
+
+async fn run(cfg: Config) -> Result<(), Failure> {
+    let engine_cfg = cfg.engine();
+    let engine = tokio::task::spawn_blocking(move || berth_engine::Engine::open(engine_cfg))
+        .await
+        .map_err(|e| anyhow::anyhow!("engine start task: {e}"))
+        .map_err(fail(exit::SOFTWARE))?;
+    let engine = match engine {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            let code = match e.kind() {
+                berth_engine::ErrorKind::FailedPrecondition => exit::UNAVAILABLE,
+                _ => exit::SOFTWARE,
+            };
+            return Err(Failure {
+                code,
+                error: anyhow::Error::new(e).context("cannot open the engine"),
+            });
+        }
+    };
+    let listener = server::bind(&cfg.grpc.listen).await.map_err(|e| {
+        let code = match e {
+            server::BindError::InUse(_) => exit::UNAVAILABLE,
+            server::BindError::Io { .. } => exit::SOFTWARE,
+        };
+        Failure {
+            code,
+            error: anyhow::Error::new(e),
+        }
+    })?;
+    tracing::info!(socket = %cfg.grpc.listen.display(), "CRI server listening");
+    let config_json = serde_json::to_string(&cfg)
+        .context("serialize config")
+        .map_err(fail(exit::SOFTWARE))?;
+
+    let (signal_tx, signal_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    let signals = shutdown::terminated();
+    tokio::spawn(async move {
+        match signals.await {
+            Ok(name) => {
+                let _ = signal_tx.send(name);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot listen for signals"),
+        }
+    });
+    let shutdown_signal = async move {
+        if let Ok(name) = signal_rx.await {
+            tracing::info!(signal = name, "shutting down: no new calls accepted");
+            let _ = shutdown::sd_notify("STOPPING=1");
+        }
+    };
+
+    match shutdown::sd_notify("READY=1") {
+        Ok(true) => tracing::info!("notified systemd: ready"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "sd_notify READY=1 failed"),
+    }
+    let grace = Duration::from_secs(cfg.grpc.shutdown_grace_seconds);
+    let served = server::serve(
+        listener,
+        engine.clone(),
+        config_json,
+        shutdown_signal,
+        grace,
+    )
+    .await;
+    if let Err(e) = std::fs::remove_file(&cfg.grpc.listen) {
+        tracing::warn!(socket = %cfg.grpc.listen.display(), error = %e, "cannot remove socket");
+    }
+    served
+        .context("CRI server failed")
+        .map_err(fail(exit::SOFTWARE))?;
+    drop(engine);
+    tracing::info!("berthd stopped; containers keep running under their monitors");
+    Ok(())
+}

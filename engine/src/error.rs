@@ -1,0 +1,80 @@
+//! The engine's error type and its classification.
+//!
+//! Every module has its own `thiserror` enum; they aggregate into [`Error`]. The agent maps
+//! [`ErrorKind`] to a gRPC status code in exactly one place (`agent/src/server/status.rs`).
+
+use std::path::PathBuf;
+
+/// How an error should be reported to a CRI client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    FailedPrecondition,
+    Unavailable,
+    ResourceExhausted,
+    DataLoss,
+    DeadlineExceeded,
+    Unimplemented,
+    Internal,
+}
+
+/// An I/O error together with the path it concerns and what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct IoError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Extension for attaching a path and an operation to `std::io::Result`.
+pub trait IoContext<T> {
+    fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T, IoError>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T, IoError> {
+        self.map_err(|source| IoError {
+            op,
+            path: path.into(),
+            source,
+        })
+    }
+}
+
+/// Errors of the engine, one variant per module family.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(
+        "another berthd already uses root {root} (lock {lock} is held); stop it first or choose another --root"
+    )]
+    RootLocked { root: PathBuf, lock: PathBuf },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Network(#[from] berth_cni::NetworkError),
+}
+
+impl Error {
+    /// The class of this error, for status codes and retry decisions.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::State(e) => e.kind(),
+            Error::Io(_) => ErrorKind::Internal,
+            Error::RootLocked { .. } => ErrorKind::FailedPrecondition,
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::Network(e) => match e {
+                berth_cni::NetworkError::InvalidCidr { .. } => ErrorKind::InvalidArgument,
+            },
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,302 @@
+//! berth-engine: all of berth's runtime state and behaviour, with no gRPC types inside.
+//!
+//! Module map (grows issue by issue; see `../shared/design.md`):
+//! - [`state`]: the redb state db, single source of truth, schema and migrations
+//! - [`durable`]: atomic, fsynced file writes
+//! - [`linux`]: the kernel-facing layer (cgroup layout, node probes; later namespaces,
+//!   mounts, spawn)
+//! - [`error`]: the engine's error type and its [`ErrorKind`] classification
+//!
+//! The [`Engine`] facade is what the agent calls. It owns the root lock: one berthd per root.
+#![deny(unsafe_code)]
+
+pub mod durable;
+pub mod error;
+pub mod linux;
+pub mod state;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use berth_cni::{NetworkMode, PodCidr, Readiness};
+use error::IoContext;
+pub use error::{Error, ErrorKind, Result};
+use linux::cgroups::CgroupLayout;
+use state::StateDb;
+use state::schema::NODE_POD_CIDR;
+
+/// The build's version, as reported by CRI Version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How cgroups are managed: directly through cgroupfs, or through systemd slices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+/// What the engine needs from the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Persistent state: state db, content store, snapshots.
+    pub root: PathBuf,
+    /// Run state: monitor sockets, netns binds, exit files (a tmpfs, emptied by reboot).
+    pub state: PathBuf,
+    pub cgroup_driver: CgroupDriver,
+    pub cgroup_parent: String,
+    pub network_mode: NetworkMode,
+    /// Pod CIDRs from the config file; kubelet's UpdateRuntimeConfig takes precedence.
+    pub pod_cidrs: Vec<PodCidr>,
+}
+
+/// A CRI runtime condition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The runtime facade.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    db: StateDb,
+    cgroups: Option<CgroupLayout>,
+    pod_cidrs: RwLock<Vec<PodCidr>>,
+    started: SystemTime,
+    // Held for the life of the engine; dropping it releases the root lock.
+    _lock: File,
+}
+
+impl Engine {
+    /// Opens the engine on its root: creates the directories, takes the root lock (refusing
+    /// if another berthd holds it), opens and migrates the state db.
+    pub fn open(cfg: EngineConfig) -> Result<Engine> {
+        durable::create_dir_all(&cfg.root, 0o711)?;
+        durable::create_dir_all(&cfg.state, 0o711)?;
+        let lock = lock_root(&cfg.root)?;
+        let db = StateDb::open(&cfg.root.join("state.redb"))?;
+        let stored = match db.node_get(NODE_POD_CIDR)? {
+            Some(s) => match PodCidr::parse_list(&s) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring stored pod CIDR");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let pod_cidrs = if stored.is_empty() {
+            cfg.pod_cidrs.clone()
+        } else {
+            stored
+        };
+        let cgroups = match CgroupLayout::detect() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cgroup layout");
+                None
+            }
+        };
+        if let Some(l) = &cgroups {
+            tracing::info!(layout = l.kind(), "cgroup hierarchies detected");
+        }
+        Ok(Engine {
+            cfg,
+            db,
+            cgroups,
+            pod_cidrs: RwLock::new(pod_cidrs),
+            started: SystemTime::now(),
+            _lock: lock,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn cgroup_driver(&self) -> CgroupDriver {
+        self.cfg.cgroup_driver
+    }
+
+    /// The pod CIDRs in force.
+    pub fn pod_cidrs(&self) -> Vec<PodCidr> {
+        self.pod_cidrs.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Records kubelet's pod CIDR (comma-separated for dual stack). An empty value is
+    /// ignored, as kubelet sends one before the node has a range.
+    pub fn update_pod_cidr(&self, value: &str) -> Result<()> {
+        let cidrs = PodCidr::parse_list(value)?;
+        if cidrs.is_empty() {
+            return Ok(());
+        }
+        let canonical = cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        self.db.node_set(NODE_POD_CIDR, &canonical)?;
+        if let Ok(mut g) = self.pod_cidrs.write() {
+            *g = cidrs;
+        }
+        tracing::info!(pod_cidr = %canonical, "pod CIDR updated");
+        Ok(())
+    }
+
+    /// The RuntimeReady and NetworkReady conditions, computed now.
+    pub fn conditions(&self) -> Vec<Condition> {
+        let runtime = match self.runtime_health() {
+            Ok(()) => Condition {
+                kind: "RuntimeReady",
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err((reason, message)) => Condition {
+                kind: "RuntimeReady",
+                status: false,
+                reason,
+                message,
+            },
+        };
+        let network = match berth_cni::readiness(self.cfg.network_mode, &self.pod_cidrs(), false) {
+            Readiness::Ready => Condition {
+                kind: "NetworkReady",
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Readiness::NotReady { reason, message } => Condition {
+                kind: "NetworkReady",
+                status: false,
+                reason,
+                message,
+            },
+        };
+        vec![runtime, network]
+    }
+
+    fn runtime_health(&self) -> std::result::Result<(), (String, String)> {
+        self.db
+            .schema_version()
+            .map_err(|e| ("StateDbUnavailable".to_owned(), e.to_string()))?;
+        if !self.cfg.state.is_dir() {
+            return Err((
+                "RunDirMissing".to_owned(),
+                format!("run directory {} is gone", self.cfg.state.display()),
+            ));
+        }
+        match &self.cgroups {
+            None => Err((
+                "CgroupsUnavailable".to_owned(),
+                "cannot read the host's cgroup layout".to_owned(),
+            )),
+            Some(l) if !l.missing_required().is_empty() => Err((
+                "CgroupsUnavailable".to_owned(),
+                format!(
+                    "missing cgroup controllers: {}",
+                    l.missing_required().join(" ")
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Verbose status information, as a JSON value (CRI Status `verbose`).
+    pub fn verbose_info(&self) -> serde_json::Value {
+        let uptime = self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+        serde_json::json!({
+            "version": VERSION,
+            "root": self.cfg.root,
+            "state": self.cfg.state,
+            "stateDb": {
+                "path": self.db.path(),
+                "schemaVersion": self.db.schema_version().ok(),
+                "tables": self.db.table_sizes().ok(),
+            },
+            "cgroupDriver": self.cfg.cgroup_driver,
+            "cgroupParent": self.cfg.cgroup_parent,
+            "cgroups": self.cgroups,
+            "network": {
+                "mode": self.cfg.network_mode,
+                "podCIDRs": self.pod_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            },
+            "uptimeSeconds": uptime,
+        })
+    }
+}
+
+/// Takes `<root>/berth.lock` exclusively and writes our pid into it.
+fn lock_root(root: &Path) -> Result<File> {
+    let path = root.join("berth.lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at("open", &path)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            tracing::debug!(holder = holder.trim(), "root lock is held");
+            return Err(Error::RootLocked {
+                root: root.to_owned(),
+                lock: path,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Err(e).at("lock", &path)?),
+    }
+    f.set_len(0).at("truncate", &path)?;
+    f.rewind().at("seek", &path)?;
+    writeln!(f, "{}", std::process::id()).at("write", &path)?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> EngineConfig {
+        EngineConfig {
+            root: dir.join("root"),
+            state: dir.join("run"),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            cgroup_parent: "berth".into(),
+            network_mode: NetworkMode::Builtin,
+            pod_cidrs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn second_engine_on_same_root_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let _a = Engine::open(cfg(t.path())).unwrap();
+        let err = Engine::open(cfg(t.path())).unwrap_err();
+        assert!(matches!(err, Error::RootLocked { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    }
+
+    #[test]
+    fn pod_cidr_from_kubelet_survives_restart() {
+        let t = tempfile::tempdir().unwrap();
+        {
+            let e = Engine::open(cfg(t.path())).unwrap();
+            e.update_pod_cidr("10.88.0.0/16").unwrap();
+            assert!(e.update_pod_cidr("nonsense").is_err());
+            e.update_pod_cidr("").unwrap();
+        }
+        let e = Engine::open(cfg(t.path())).unwrap();
+        assert_eq!(e.pod_cidrs()[0].to_string(), "10.88.0.0/16");
+    }
+}

@@ -1,0 +1,198 @@
+//! cgroup hierarchy detection.
+//!
+//! Nodes come in three layouts: **unified** (cgroup2 at /sys/fs/cgroup with every
+//! controller), **legacy** (only v1 hierarchies) and **hybrid** (v1 hierarchies plus a
+//! cgroup2 mount beside them, usually at /sys/fs/cgroup/unified, that may hold few or no
+//! controllers). berth uses, for each controller, the hierarchy that actually has it: on a
+//! hybrid host whose cgroup2 holds only `hugetlb`, memory, cpu and pids live on v1.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Which cgroup version manages a controller.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum Hierarchy {
+    V1 { mountpoint: PathBuf },
+    V2 { mountpoint: PathBuf },
+}
+
+/// The layout of the host's cgroup hierarchies.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CgroupLayout {
+    /// Controller name -> the hierarchy that has it.
+    pub controllers: BTreeMap<String, Hierarchy>,
+    /// The cgroup2 mount, if any (whether or not it holds controllers).
+    pub unified: Option<PathBuf>,
+}
+
+/// The controllers berth needs to run containers with limits.
+pub const REQUIRED_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids"];
+
+impl CgroupLayout {
+    /// Builds the layout from `/proc/self/mountinfo` and the cgroup2 root's
+    /// `cgroup.controllers` (pass an empty string when there is no cgroup2 mount).
+    pub fn from_mountinfo(mountinfo: &str, v2_controllers: &str) -> Self {
+        let mut controllers = BTreeMap::new();
+        let mut unified = None;
+        for line in mountinfo.lines() {
+            // mountinfo: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut right = right.split_whitespace();
+            let fstype = right.next().unwrap_or_default();
+            let _source = right.next();
+            let superopts = right.next().unwrap_or_default();
+            let Some(mountpoint) = left.split_whitespace().nth(4) else {
+                continue;
+            };
+            let mountpoint = PathBuf::from(unescape_mount(mountpoint));
+            match fstype {
+                "cgroup" => {
+                    for opt in superopts.split(',') {
+                        if opt.starts_with("name=") || is_mount_flag(opt) {
+                            continue;
+                        }
+                        controllers.insert(
+                            opt.to_owned(),
+                            Hierarchy::V1 {
+                                mountpoint: mountpoint.clone(),
+                            },
+                        );
+                    }
+                }
+                "cgroup2" => unified = Some(mountpoint),
+                _ => {}
+            }
+        }
+        if let Some(mp) = &unified {
+            for c in v2_controllers.split_whitespace() {
+                // A controller bound to a v1 hierarchy cannot be enabled on v2; keep v1.
+                controllers
+                    .entry(c.to_owned())
+                    .or_insert_with(|| Hierarchy::V2 {
+                        mountpoint: mp.clone(),
+                    });
+            }
+        }
+        CgroupLayout {
+            controllers,
+            unified,
+        }
+    }
+
+    /// Reads the running host's layout.
+    pub fn detect() -> std::io::Result<Self> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let probe = Self::from_mountinfo(&mountinfo, "");
+        let v2 = match &probe.unified {
+            Some(mp) => std::fs::read_to_string(mp.join("cgroup.controllers")).unwrap_or_default(),
+            None => String::new(),
+        };
+        Ok(Self::from_mountinfo(&mountinfo, &v2))
+    }
+
+    /// A short name for the layout: "unified", "hybrid" or "legacy".
+    pub fn kind(&self) -> &'static str {
+        let any_v1 = self
+            .controllers
+            .values()
+            .any(|h| matches!(h, Hierarchy::V1 { .. }));
+        match (any_v1, self.unified.is_some()) {
+            (false, true) => "unified",
+            (true, true) => "hybrid",
+            _ => "legacy",
+        }
+    }
+
+    /// Required controllers that no hierarchy provides.
+    pub fn missing_required(&self) -> Vec<&'static str> {
+        REQUIRED_CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|c| {
+                // cgroup2 has no cpuacct: its accounting is part of cpu.
+                !(self.controllers.contains_key(*c)
+                    || (*c == "cpuacct"
+                        && matches!(self.controllers.get("cpu"), Some(Hierarchy::V2 { .. }))))
+            })
+            .collect()
+    }
+}
+
+fn is_mount_flag(opt: &str) -> bool {
+    matches!(
+        opt,
+        "rw" | "ro" | "relatime" | "noatime" | "nosuid" | "nodev" | "noexec" | "clone_children"
+    ) || opt.starts_with("release_agent=")
+        || opt == "xattr"
+        || opt == "noprefix"
+        || opt == "cpuset_v2_mode"
+        || opt == "favordynmods"
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+30 23 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+33 30 0:29 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+34 30 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+35 30 0:31 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+36 30 0:32 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+37 30 0:33 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const UNIFIED: &str = "\
+25 23 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    #[test]
+    fn hybrid_with_hugetlb_only_on_v2_uses_v1_for_the_rest() {
+        let l = CgroupLayout::from_mountinfo(HYBRID, "hugetlb\n");
+        assert_eq!(l.kind(), "hybrid");
+        assert!(l.missing_required().is_empty());
+        assert_eq!(
+            l.controllers["memory"],
+            Hierarchy::V1 {
+                mountpoint: "/sys/fs/cgroup/memory".into()
+            }
+        );
+        assert_eq!(
+            l.controllers["hugetlb"],
+            Hierarchy::V2 {
+                mountpoint: "/sys/fs/cgroup/unified".into()
+            }
+        );
+        assert!(!l.controllers.contains_key("name=systemd"));
+    }
+
+    #[test]
+    fn unified_has_everything_on_v2() {
+        let l =
+            CgroupLayout::from_mountinfo(UNIFIED, "cpuset cpu io memory hugetlb pids rdma misc");
+        assert_eq!(l.kind(), "unified");
+        assert!(
+            l.missing_required().is_empty(),
+            "{:?}",
+            l.missing_required()
+        );
+    }
+
+    #[test]
+    fn missing_controllers_are_named() {
+        let l = CgroupLayout::from_mountinfo(UNIFIED, "cpu io");
+        assert_eq!(l.missing_required(), vec!["cpuset", "memory", "pids"]);
+    }
+}

@@ -1,0 +1,9 @@
+//! The kernel-facing layer: namespaces, mounts, cgroups, capabilities, seccomp, spawn.
+//!
+//! This is the only module tree that may hold `unsafe` (in `sys.rs`, once it exists), each
+//! block with a `// SAFETY:` comment. Everything here that can be expressed as a pure
+//! function over kernel-provided text (mountinfo, cgroup files) is, so that it can be
+//! unit-tested against fixtures.
+
+pub mod cgroups;
+pub mod probe;

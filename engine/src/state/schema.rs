@@ -1,0 +1,25 @@
+//! The on-disk layout of the state db (`<root>/state.redb`).
+//!
+//! ```text
+//! state.redb
+//! ├── meta            &str -> &[u8]
+//! │   ├── "schema_version"   u32, little endian: the layout version below
+//! │   └── "written_by"       utf-8: the berth version that last migrated or created the db
+//! └── node            &str -> &str   node-level settings that survive restarts
+//!     └── "pod_cidr"         the pod CIDR kubelet sent through UpdateRuntimeConfig
+//! ```
+//!
+//! The rule: change the tree, add a migration step in `migrate.rs`, bump [`SCHEMA_VERSION`].
+//! Records are engine-owned serde structs with their own `schema_version`, never raw proto.
+
+use redb::TableDefinition;
+
+/// The layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub const NODE: TableDefinition<&str, &str> = TableDefinition::new("node");
+
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+pub const META_WRITTEN_BY: &str = "written_by";
+pub const NODE_POD_CIDR: &str = "pod_cidr";
