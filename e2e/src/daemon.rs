@@ -1,0 +1,282 @@
+//! `Daemon`: a real berthd on a temporary root, run dir and socket.
+//!
+//! It is started in its own session (`setsid`), so that signals meant for the test runner
+//! never reach it. Dropping the fixture stops it (SIGTERM, then SIGKILL after a bound) and
+//! asserts that nothing of berth's is left on the host: no process and no mount that
+//! refers to its directories, no socket.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::cri::Cri;
+
+/// Extra settings for a daemon under test.
+#[derive(Debug, Default, Clone)]
+pub struct DaemonOptions {
+    /// TOML appended to the generated config (paths are always set by the fixture).
+    pub extra_config: String,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+}
+
+/// A running berthd under test.
+#[derive(Debug)]
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// The berthd binary under test: `$BERTH_BIN`, else `berthd` beside the test executable's
+/// target directory (`target/<profile>/berthd`).
+pub fn berthd_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("BERTH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/berthd
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("berthd");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first (`cargo build --workspace --bins`) or set BERTH_BIN",
+        bin.display()
+    );
+    bin
+}
+
+impl Daemon {
+    /// Starts a daemon with default options and waits until it answers Version.
+    pub async fn start() -> Daemon {
+        Self::start_with(DaemonOptions::default()).await
+    }
+
+    /// Starts a daemon and waits until it answers Version.
+    pub async fn start_with(opts: DaemonOptions) -> Daemon {
+        let mut d = Self::spawn(&opts);
+        d.wait_ready().await;
+        d
+    }
+
+    /// Stops berthd (SIGTERM) and starts it again on the same root, run dir and config,
+    /// waiting until it answers; returns the stop's exit status.
+    pub async fn restart(&mut self) -> ExitStatus {
+        let status = self.stop();
+        self.child = Some(self.command(&[]).spawn().expect("spawn berthd"));
+        self.wait_ready().await;
+        status
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.try_status() {
+                panic!(
+                    "berthd exited during start with {status}; log:\n{}",
+                    self.log()
+                );
+            }
+            if self.socket.exists()
+                && let Ok(mut cri) = Cri::connect(&self.socket).await
+                && cri
+                    .runtime
+                    .version(berth_proto::cri::VersionRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berthd did not answer within 20s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Spawns berthd without waiting for it (for tests of failed starts).
+    pub fn spawn(opts: &DaemonOptions) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let root = dir.path().join("root");
+        let state = dir.path().join("run");
+        let socket = state.join("berth.sock");
+        let config = dir.path().join("config.toml");
+        let log = dir.path().join("berthd.log");
+        let text = format!(
+            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {socket:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n{}",
+            opts.extra_config
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut d = Daemon {
+            dir,
+            root,
+            state,
+            socket,
+            config,
+            log,
+            child: None,
+        };
+        let child = d.command(&opts.args).spawn().expect("spawn berthd");
+        d.child = Some(child);
+        d
+    }
+
+    /// A `setsid berthd --config <this daemon's config> ARGS` command with output to the
+    /// daemon's log file.
+    pub fn command(&self, args: &[String]) -> Command {
+        let logf = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let mut cmd = Command::new("setsid");
+        cmd.arg(berthd_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup log"))
+            .stderr(logf);
+        cmd
+    }
+
+    /// The temporary directory holding everything of this daemon.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A CRI client for this daemon.
+    pub async fn cri(&self) -> Cri {
+        Cri::connect(&self.socket).await.expect("connect to berthd")
+    }
+
+    /// What berthd wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .map(|c| Pid::from_raw(i32::try_from(c.id()).expect("pid fits i32")))
+    }
+
+    /// Sends a signal to berthd.
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, sig);
+        }
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for berthd to exit, at most `timeout`; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM and wait (SIGKILL after 15 s); returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        match self.wait_exit(Duration::from_secs(15)) {
+            Some(s) => s,
+            None => {
+                self.signal(Signal::SIGKILL);
+                self.wait_exit(Duration::from_secs(5))
+                    .expect("berthd did not die after SIGKILL")
+            }
+        }
+    }
+
+    /// What of this daemon is still on the host: processes and mounts that name its
+    /// directory, and its socket. Empty when it cleaned up.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if pid == std::process::id() {
+                    continue;
+                }
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(&needle) {
+                    out.push(format!("process {pid}: {cmdline}"));
+                }
+            }
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mountinfo.lines() {
+            if line.contains(&needle) {
+                out.push(format!("mount: {line}"));
+            }
+        }
+        if self.socket.exists() {
+            out.push(format!("socket {}", self.socket.display()));
+        }
+        out
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let running = self.child.is_some() && self.try_status().is_none();
+        if running {
+            let status = self.stop();
+            if !status.success() && !std::thread::panicking() {
+                panic!(
+                    "berthd exited with {status} on SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- berthd log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+            return;
+        }
+        let left = self.leftovers();
+        assert!(
+            left.is_empty(),
+            "berthd left things behind:\n{}\nlog:\n{}",
+            left.join("\n"),
+            self.log()
+        );
+    }
+}
