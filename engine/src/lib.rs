@@ -10,9 +10,13 @@
 //! The [`Engine`] facade is what the agent calls. It owns the root lock: one berthd per root.
 #![deny(unsafe_code)]
 
+pub mod content;
 pub mod durable;
 pub mod error;
+pub mod id;
+pub mod images;
 pub mod linux;
+pub mod snapshots;
 pub mod state;
 
 use std::fs::{File, OpenOptions};

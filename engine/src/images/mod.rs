@@ -1,0 +1,4 @@
+//! Images: references, registries, manifests, pulls and image records.
+
+pub mod manifest;
+pub mod reference;

@@ -1,0 +1,748 @@
+//! Applying a layer tar stream to an empty snapshot directory.
+//!
+//! The layer directory holds only this layer's changes, in overlayfs' format:
+//! - `dir/.wh.name` (OCI whiteout) becomes a 0/0 character device `dir/name`;
+//! - `dir/.wh..wh..opq` (opaque directory) becomes the xattr `trusted.overlay.opaque=y` on `dir`.
+//!
+//! Ownership, modes, mtimes, xattrs (`security.capability`, `user.*`), hard links, symlinks,
+//! device nodes, FIFOs and sparse files are kept.
+//!
+//! **Hostile input.** Nothing outside `dest` is ever created, written or followed:
+//! - entry names that are absolute or contain `..` are refused;
+//! - a parent directory that is a symlink is refused (no write through a symlink), so a
+//!   symlink planted by an earlier entry cannot redirect a later one;
+//! - hard links must name a file already in this layer (no links out of it);
+//! - `trusted.overlay.*` xattrs are refused (they would forge overlay metadata);
+//! - the uncompressed size is capped, and so is the number of entries.
+//!
+//! Symlink *targets* are data: an absolute symlink such as `/bin/sh -> /bin/busybox` is
+//! normal in images and is only ever resolved inside the container's root.
+//! On any error the caller removes the whole directory; nothing partial survives.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::sys::stat::{Mode, SFlag};
+
+use crate::error::{ErrorKind, IoContext, IoError};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// Bounds on what one layer may contain.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Uncompressed bytes of the tar stream.
+    pub max_bytes: u64,
+    /// Number of tar entries.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 64 << 30,
+            max_entries: 4_000_000,
+        }
+    }
+}
+
+/// What an apply wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub entries: u64,
+    pub whiteouts: u64,
+}
+
+/// Why a layer was refused or could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("layer entry {path:?}: {reason}")]
+    Hostile { path: String, reason: &'static str },
+    #[error("layer is larger than the limit of {limit} bytes uncompressed")]
+    TooLarge { limit: u64 },
+    #[error("layer has more than {limit} entries")]
+    TooManyEntries { limit: u64 },
+    #[error("layer tar stream is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+impl ApplyError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApplyError::Hostile { .. }
+            | ApplyError::TooLarge { .. }
+            | ApplyError::TooManyEntries { .. } => ErrorKind::InvalidArgument,
+            ApplyError::Corrupt(_) => ErrorKind::DataLoss,
+            ApplyError::Io(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+fn hostile(path: &Path, reason: &'static str) -> ApplyError {
+    ApplyError::Hostile {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Turns a tar entry name into a relative path of normal components, refusing `..` and
+/// absolute names. `./` prefixes and `.` components are dropped.
+pub fn sanitize(name: &Path) -> Result<PathBuf, ApplyError> {
+    let mut out = PathBuf::new();
+    for c in name.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(hostile(name, "path contains '..'")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(hostile(name, "absolute path"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A reader that counts bytes and refuses to go past a limit.
+struct Capped<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "layer size limit",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Applies a tar stream to `dest` (an empty directory that the caller owns).
+pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied, ApplyError> {
+    let capped = Capped {
+        inner: reader,
+        read: 0,
+        limit: limits.max_bytes,
+    };
+    let mut archive = tar::Archive::new(capped);
+    let mut applied = Applied::default();
+    // Directory metadata is applied last, so that creating entries inside does not undo it.
+    let mut dirs: Vec<(PathBuf, Meta)> = Vec::new();
+    let entries = archive.entries().map_err(|e| corrupt_or_limit(e, limits))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| corrupt_or_limit(e, limits))?;
+        applied.entries += 1;
+        if applied.entries > limits.max_entries {
+            return Err(ApplyError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
+        let raw = entry
+            .path()
+            .map_err(|e| corrupt_or_limit(e, limits))?
+            .into_owned();
+        let rel = sanitize(&raw)?;
+        let Some(name) = rel.file_name().map(OsStr::to_owned) else {
+            // The layer root itself ("./"): nothing to create.
+            continue;
+        };
+        let parent_rel = rel.parent().unwrap_or(Path::new("")).to_owned();
+        let parent = ensure_parents(dest, &parent_rel, &raw)?;
+        let target = parent.join(&name);
+        let meta = Meta::of(&entry)?;
+        let name_bytes = name.as_bytes();
+
+        if name_bytes == OPAQUE.as_bytes() {
+            xattr::set(&parent, OPAQUE_XATTR, b"y").at("set opaque xattr", &parent)?;
+            applied.whiteouts += 1;
+            continue;
+        }
+        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(hostile(&raw, "malformed whiteout"));
+            }
+            let victim = parent.join(OsStr::from_bytes(hidden));
+            remove_any(&victim)?;
+            nix::sys::stat::mknod(
+                &victim,
+                SFlag::S_IFCHR,
+                Mode::empty(),
+                nix::sys::stat::makedev(0, 0),
+            )
+            .map_err(|e| io_err("mknod whiteout", &victim, e))?;
+            applied.whiteouts += 1;
+            continue;
+        }
+
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => {
+                match fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        remove_any(&target)?;
+                        fs::create_dir(&target).at("create dir", &target)?;
+                    }
+                    Err(_) => fs::create_dir(&target).at("create dir", &target)?,
+                }
+                set_xattrs(&mut entry, &target, &raw)?;
+                dirs.push((target, meta));
+                continue;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                remove_any(&target)?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&target)
+                    .at("create file", &target)?;
+                copy_sparse(&mut entry, &mut f, &target).map_err(|e| match e {
+                    CopyError::Read(e) => corrupt_or_limit(e, limits),
+                    CopyError::Write(e) => ApplyError::Io(e),
+                })?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| corrupt_or_limit(e, limits))?
+                    .ok_or_else(|| hostile(&raw, "symlink without a target"))?;
+                remove_any(&target)?;
+                std::os::unix::fs::symlink(&link, &target).at("create symlink", &target)?;
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name()
+                    .map_err(|e| corrupt_or_limit(e, limits))?
+                    .ok_or_else(|| hostile(&raw, "hard link without a target"))?;
+                let link_rel = sanitize(&link)?;
+                if link_rel.as_os_str().is_empty() {
+                    return Err(hostile(&raw, "hard link to the layer root"));
+                }
+                check_no_symlink_parents(dest, link_rel.parent().unwrap_or(Path::new("")), &raw)?;
+                let source = dest.join(&link_rel);
+                match fs::symlink_metadata(&source) {
+                    Ok(m) if !m.is_dir() => {}
+                    Ok(_) => return Err(hostile(&raw, "hard link to a directory")),
+                    Err(_) => {
+                        return Err(hostile(
+                            &raw,
+                            "hard link to a file that is not in this layer",
+                        ));
+                    }
+                }
+                if source != target {
+                    remove_any(&target)?;
+                    fs::hard_link(&source, &target).at("create hard link", &target)?;
+                }
+                // A hard link shares the inode: its metadata is the source's.
+                continue;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                remove_any(&target)?;
+                let h = entry.header();
+                let (sflag, dev) = match kind {
+                    tar::EntryType::Fifo => (SFlag::S_IFIFO, 0),
+                    t => {
+                        let major = h.device_major().ok().flatten().unwrap_or(0);
+                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let f = if t == tar::EntryType::Char {
+                            SFlag::S_IFCHR
+                        } else {
+                            SFlag::S_IFBLK
+                        };
+                        (f, nix::sys::stat::makedev(major.into(), minor.into()))
+                    }
+                };
+                nix::sys::stat::mknod(&target, sflag, Mode::from_bits_truncate(0o600), dev)
+                    .map_err(|e| io_err("mknod", &target, e))?;
+            }
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {
+                continue;
+            }
+            _ => return Err(hostile(&raw, "unsupported tar entry type")),
+        }
+        set_xattrs(&mut entry, &target, &raw)?;
+        meta.apply(&target, kind == tar::EntryType::Symlink)?;
+    }
+    // Deepest directories first, so a parent's mtime is set after its children changed.
+    for (dir, meta) in dirs.iter().rev() {
+        meta.apply(dir, false)?;
+    }
+    // Drain what follows the end-of-archive marker, so the caller's digest covers it all.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt_or_limit(e, limits))?;
+    Ok(applied)
+}
+
+fn corrupt_or_limit(e: io::Error, limits: Limits) -> ApplyError {
+    if e.kind() == io::ErrorKind::FileTooLarge
+        || e.get_ref()
+            .is_some_and(|i| i.to_string().contains("layer size limit"))
+    {
+        ApplyError::TooLarge {
+            limit: limits.max_bytes,
+        }
+    } else {
+        ApplyError::Corrupt(e.to_string())
+    }
+}
+
+fn io_err(op: &'static str, path: &Path, e: nix::Error) -> ApplyError {
+    ApplyError::Io(IoError {
+        op,
+        path: path.to_owned(),
+        source: io::Error::from(e),
+    })
+}
+
+/// Creates the missing parents of an entry inside `dest`, refusing any that is a symlink
+/// or not a directory. Returns the absolute parent path.
+fn ensure_parents(dest: &Path, parent_rel: &Path, raw: &Path) -> Result<PathBuf, ApplyError> {
+    let mut cur = dest.to_owned();
+    for c in parent_rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(hostile(
+                    raw,
+                    "a parent directory is a symlink (write through a symlink)",
+                ));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(hostile(raw, "a parent path is not a directory")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&cur).at("create implicit dir", &cur)?;
+            }
+            Err(e) => return Err(Err(e).at("stat", &cur)?),
+        }
+    }
+    Ok(cur)
+}
+
+fn check_no_symlink_parents(dest: &Path, parent_rel: &Path, raw: &Path) -> Result<(), ApplyError> {
+    let mut cur = dest.to_owned();
+    for c in parent_rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(hostile(raw, "hard link through a symlink or non-directory")),
+            Err(_) => {
+                return Err(hostile(
+                    raw,
+                    "hard link to a file that is not in this layer",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file, symlink, device or whole directory tree, if present.
+fn remove_any(p: &Path) -> Result<(), ApplyError> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p).at("remove dir", p)?,
+        Ok(_) => fs::remove_file(p).at("remove", p)?,
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+fn set_xattrs<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    target: &Path,
+    raw: &Path,
+) -> Result<(), ApplyError> {
+    let Ok(Some(exts)) = entry.pax_extensions() else {
+        return Ok(());
+    };
+    let mut pairs = Vec::new();
+    for ext in exts.flatten() {
+        let Ok(key) = ext.key() else { continue };
+        let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
+            continue;
+        };
+        if name.starts_with("trusted.overlay.") {
+            return Err(hostile(
+                raw,
+                "xattr trusted.overlay.* would forge overlay metadata",
+            ));
+        }
+        if name == "security.capability"
+            || name.starts_with("user.")
+            || name.starts_with("trusted.")
+        {
+            pairs.push((name.to_owned(), ext.value_bytes().to_vec()));
+        }
+    }
+    for (name, value) in pairs {
+        xattr::set(target, &name, &value).at("set xattr", target)?;
+    }
+    Ok(())
+}
+
+/// Ownership, mode and mtime of an entry.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+}
+
+impl Meta {
+    fn of<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Meta, ApplyError> {
+        let h = entry.header();
+        let num = |r: io::Result<u64>| r.map_err(|e| ApplyError::Corrupt(e.to_string()));
+        Ok(Meta {
+            uid: u32::try_from(num(h.uid())?)
+                .map_err(|_| ApplyError::Corrupt("uid out of range".into()))?,
+            gid: u32::try_from(num(h.gid())?)
+                .map_err(|_| ApplyError::Corrupt("gid out of range".into()))?,
+            mode: h.mode().map_err(|e| ApplyError::Corrupt(e.to_string()))? & 0o7777,
+            mtime: i64::try_from(num(h.mtime())?).unwrap_or(0),
+        })
+    }
+
+    fn apply(&self, p: &Path, is_symlink: bool) -> Result<(), ApplyError> {
+        std::os::unix::fs::lchown(p, Some(self.uid), Some(self.gid)).at("chown", p)?;
+        if !is_symlink {
+            // After chown: chown clears set-id bits.
+            fs::set_permissions(p, fs::Permissions::from_mode(self.mode)).at("chmod", p)?;
+        }
+        let t = filetime::FileTime::from_unix_time(self.mtime, 0);
+        filetime::set_symlink_file_times(p, t, t).at("set mtime", p)?;
+        Ok(())
+    }
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(IoError),
+}
+
+/// Copies file data, leaving holes where whole blocks are zero (sparse files stay sparse).
+fn copy_sparse<R: Read>(src: &mut R, f: &mut File, path: &Path) -> Result<(), CopyError> {
+    const BLOCK: usize = 64 * 1024;
+    let mut buf = vec![0u8; BLOCK];
+    let mut len: u64 = 0;
+    let mut pending_hole = false;
+    loop {
+        let mut filled = 0;
+        while filled < BLOCK {
+            let n = src.read(&mut buf[filled..]).map_err(CopyError::Read)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        let chunk = &buf[..filled];
+        if chunk.iter().all(|&b| b == 0) {
+            f.seek(SeekFrom::Current(filled as i64))
+                .at("seek", path)
+                .map_err(CopyError::Write)?;
+            pending_hole = true;
+        } else {
+            f.write_all(chunk)
+                .at("write", path)
+                .map_err(CopyError::Write)?;
+            pending_hole = false;
+        }
+        len += filled as u64;
+        if filled < BLOCK {
+            break;
+        }
+    }
+    if pending_hole {
+        f.set_len(len)
+            .at("truncate", path)
+            .map_err(CopyError::Write)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    use super::*;
+
+    /// A tar builder that writes names verbatim (the tar crate refuses hostile names).
+    struct RawTar(Vec<u8>);
+
+    impl RawTar {
+        fn new() -> Self {
+            RawTar(Vec::new())
+        }
+        fn entry(
+            &mut self,
+            name: &str,
+            kind: tar::EntryType,
+            link: &str,
+            data: &[u8],
+            mode: u32,
+        ) -> &mut Self {
+            let mut h = tar::Header::new_gnu();
+            {
+                let gnu = h.as_gnu_mut().unwrap();
+                gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+                gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_entry_type(kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            h.set_cksum();
+            self.0.extend_from_slice(h.as_bytes());
+            self.0.extend_from_slice(data);
+            let pad = (512 - data.len() % 512) % 512;
+            self.0.extend(std::iter::repeat_n(0u8, pad));
+            self
+        }
+        fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+            self.entry(name, tar::EntryType::Regular, "", data, 0o644)
+        }
+        fn dir(&mut self, name: &str) -> &mut Self {
+            self.entry(name, tar::EntryType::Directory, "", b"", 0o755)
+        }
+        fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+            self.entry(name, tar::EntryType::Symlink, target, b"", 0o777)
+        }
+        fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+            self.entry(name, tar::EntryType::Link, target, b"", 0o644)
+        }
+        fn finish(&mut self) -> Vec<u8> {
+            let mut v = self.0.clone();
+            v.extend(std::iter::repeat_n(0u8, 1024));
+            v
+        }
+    }
+
+    fn run(tar: &[u8]) -> (tempfile::TempDir, PathBuf, Result<Applied, ApplyError>) {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("layer");
+        fs::create_dir(&dest).unwrap();
+        let r = apply(tar, &dest, Limits::default());
+        (t, dest, r)
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_become_overlay_format() {
+        let tar = RawTar::new()
+            .dir("./etc/")
+            .file("./etc/.wh.passwd", b"")
+            .dir("./opt/")
+            .file("./opt/.wh..wh..opq", b"")
+            .file("./opt/new", b"n")
+            .finish();
+        let (_t, dest, r) = run(&tar);
+        let a = r.unwrap();
+        assert_eq!(a.whiteouts, 2);
+        let wh = fs::symlink_metadata(dest.join("etc/passwd")).unwrap();
+        assert!(wh.file_type().is_char_device());
+        assert_eq!(wh.rdev(), 0);
+        assert_eq!(
+            xattr::get(dest.join("opt"), OPAQUE_XATTR)
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..])
+        );
+        assert_eq!(fs::read(dest.join("opt/new")).unwrap(), b"n");
+        assert!(!dest.join("etc/.wh.passwd").exists());
+    }
+
+    #[test]
+    fn keeps_modes_owners_links_and_times() {
+        let mut t = RawTar::new();
+        t.dir("bin/")
+            .entry(
+                "bin/tool",
+                tar::EntryType::Regular,
+                "",
+                b"#!/bin/sh\n",
+                0o4755,
+            )
+            .symlink("bin/sh", "/bin/busybox")
+            .hardlink("bin/tool2", "bin/tool")
+            .entry("dev-null", tar::EntryType::Char, "", b"", 0o666)
+            .entry("fifo", tar::EntryType::Fifo, "", b"", 0o600);
+        let (_t, dest, r) = run(&t.finish());
+        r.unwrap();
+        let m = fs::metadata(dest.join("bin/tool")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o4755);
+        assert_eq!(m.mtime(), 1_600_000_000);
+        assert_eq!(
+            fs::read_link(dest.join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
+        assert_eq!(fs::metadata(dest.join("bin/tool2")).unwrap().ino(), m.ino());
+        assert!(
+            fs::symlink_metadata(dest.join("dev-null"))
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        assert!(
+            fs::symlink_metadata(dest.join("fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        assert_eq!(
+            fs::metadata(dest.join("bin")).unwrap().mtime(),
+            1_600_000_000
+        );
+    }
+
+    #[test]
+    fn sparse_files_stay_sparse() {
+        let mut data = vec![0u8; 4 << 20];
+        data[0] = 1;
+        let tar = RawTar::new().file("sparse", &data).finish();
+        let (_t, dest, r) = run(&tar);
+        r.unwrap();
+        let m = fs::metadata(dest.join("sparse")).unwrap();
+        assert_eq!(m.len(), 4 << 20);
+        assert!(m.blocks() * 512 < 1 << 20, "{} blocks", m.blocks());
+        assert_eq!(fs::read(dest.join("sparse")).unwrap(), data);
+    }
+
+    /// Every hostile layer is refused and nothing is written outside the layer.
+    #[test]
+    fn hostile_layers_are_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"safe").unwrap();
+        let out = outside.path().display().to_string();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("dotdot", RawTar::new().file("../escape", b"x").finish()),
+            (
+                "dotdot-deep",
+                RawTar::new().file("a/../../escape", b"x").finish(),
+            ),
+            (
+                "absolute",
+                RawTar::new()
+                    .file(&format!("{out}/victim"), b"pwned")
+                    .finish(),
+            ),
+            (
+                "through-symlink",
+                RawTar::new()
+                    .symlink("link", &out)
+                    .file("link/victim", b"pwned")
+                    .finish(),
+            ),
+            (
+                "through-relative-symlink",
+                RawTar::new()
+                    .symlink("up", "../../../../../../../..")
+                    .file(&format!("up{out}/victim"), b"pwned")
+                    .finish(),
+            ),
+            (
+                "hardlink-out",
+                RawTar::new()
+                    .hardlink("h", &format!("{out}/victim"))
+                    .finish(),
+            ),
+            (
+                "hardlink-dotdot",
+                RawTar::new().hardlink("h", "../victim").finish(),
+            ),
+            (
+                "hardlink-missing",
+                RawTar::new().hardlink("h", "etc/shadow").finish(),
+            ),
+            (
+                "hardlink-through-symlink",
+                RawTar::new()
+                    .symlink("l", &out)
+                    .hardlink("h", "l/victim")
+                    .finish(),
+            ),
+            ("bad-whiteout", RawTar::new().file(".wh...", b"").finish()),
+        ];
+        for (name, tar) in cases {
+            let (_t, dest, r) = run(&tar);
+            let e = r.expect_err(name);
+            assert!(matches!(e, ApplyError::Hostile { .. }), "{name}: {e}");
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{name}");
+            assert_eq!(fs::read(&victim).unwrap(), b"safe", "{name}");
+            assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1, "{name}");
+            drop(dest);
+        }
+    }
+
+    #[test]
+    fn size_and_entry_limits() {
+        let tar = RawTar::new().file("big", &vec![7u8; 100_000]).finish();
+        let t = tempfile::tempdir().unwrap();
+        let e = apply(
+            tar.as_slice(),
+            t.path(),
+            Limits {
+                max_bytes: 50_000,
+                max_entries: 10,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, ApplyError::TooLarge { .. }), "{e}");
+        let mut many = RawTar::new();
+        for i in 0..20 {
+            many.file(&format!("f{i}"), b"");
+        }
+        let t = tempfile::tempdir().unwrap();
+        let e = apply(
+            many.finish().as_slice(),
+            t.path(),
+            Limits {
+                max_bytes: 1 << 30,
+                max_entries: 10,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, ApplyError::TooManyEntries { .. }), "{e}");
+    }
+
+    #[test]
+    fn truncated_stream_is_corrupt() {
+        let tar = RawTar::new().file("f", &[1u8; 5000]).finish();
+        let (_t, _dest, r) = run(&tar[..1500]);
+        assert!(matches!(r.unwrap_err(), ApplyError::Corrupt(_)));
+    }
+
+    #[test]
+    fn sanitize_rules() {
+        assert_eq!(
+            sanitize(Path::new("./a/./b/")).unwrap(),
+            PathBuf::from("a/b")
+        );
+        assert!(sanitize(Path::new("/a")).is_err());
+        assert!(sanitize(Path::new("a/../b")).is_err());
+        assert_eq!(sanitize(Path::new("./")).unwrap(), PathBuf::new());
+    }
+}
