@@ -7,9 +7,12 @@
 //! [`DEFAULT_TOML`] is the commented default config (`berthd config default`); a test keeps it
 //! equal to [`Config::default`] and to `manifests/config.toml`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use berth_cni::{NetworkMode, PodCidr};
+use berth_engine::images::reference::ImageRef;
+use berth_engine::images::registry::{HostConfig, RegistryConfig};
 use berth_engine::{CgroupDriver, EngineConfig};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +53,25 @@ mode = "builtin"
 # The node's pod range(s), comma-separated for dual stack, e.g. "10.88.0.0/16".
 # Empty: wait for kubelet to send one (UpdateRuntimeConfig).
 pod_cidr = ""
+
+[images]
+# Layers one pull downloads at the same time.
+max_concurrent_downloads = 3
+# Images reported as pinned, which kubelet never garbage-collects,
+# e.g. ["registry.k8s.io/pause:3.10"].
+pinned = []
+
+# Per-registry settings, keyed by the registry host as it appears in image names.
+# Registries on loopback (localhost, 127.0.0.0/8, ::1) are plain HTTP by default.
+#
+# [registries."docker.io"]
+# mirrors = ["http://127.0.0.1:5000"]   # tried in order, before the origin
+# mirrors_only = false                  # true: never contact the origin (air-gapped node)
+#
+# [registries."registry.example.com:5000"]
+# plain_http = false
+# ca_file = "/etc/berth/certs/registry.example.com.pem"
+# skip_verify = false                   # disables server authentication: tests only
 "#;
 
 /// The whole validated configuration.
@@ -62,6 +84,44 @@ pub struct Config {
     pub log: LogConfig,
     pub cgroup: CgroupConfig,
     pub network: NetworkConfig,
+    pub images: ImagesConfig,
+    pub registries: BTreeMap<String, HostConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    pub max_concurrent_downloads: usize,
+    pub pinned: Vec<ImageName>,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            max_concurrent_downloads: 3,
+            pinned: Vec::new(),
+        }
+    }
+}
+
+/// An image reference, checked at parse time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageName(String);
+
+impl TryFrom<String> for ImageName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse::<ImageRef>()
+            .map(|_| ImageName(s))
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl From<ImageName> for String {
+    fn from(n: ImageName) -> String {
+        n.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +247,8 @@ impl Default for Config {
             log: LogConfig::default(),
             cgroup: CgroupConfig::default(),
             network: NetworkConfig::default(),
+            images: ImagesConfig::default(),
+            registries: BTreeMap::new(),
         }
     }
 }
@@ -296,6 +358,12 @@ impl Config {
                 return Err(err(format!("{key} = {p:?}: must be an absolute path")));
             }
         }
+        if self.images.max_concurrent_downloads == 0 || self.images.max_concurrent_downloads > 64 {
+            return Err(err(format!(
+                "images.max_concurrent_downloads = {}: must be between 1 and 64",
+                self.images.max_concurrent_downloads
+            )));
+        }
         if self.root == self.state {
             return Err(err(
                 "root and state must be different directories (state is emptied at boot)".into(),
@@ -312,6 +380,11 @@ impl Config {
             cgroup_parent: self.cgroup.parent.0.clone(),
             network_mode: self.network.mode,
             pod_cidrs: self.network.pod_cidr.0.clone(),
+            registry: RegistryConfig {
+                hosts: self.registries.clone(),
+            },
+            max_concurrent_downloads: self.images.max_concurrent_downloads,
+            pinned_images: self.images.pinned.iter().map(|n| n.0.clone()).collect(),
         }
     }
 }
@@ -387,6 +460,13 @@ mod tests {
                 "shutdown_grace_seconds",
             ),
             ("[log]\nlevel = \"info,=[\"\n", "line 2", "log level"),
+            ("[images]\npinned = [\"Bad:Name\"]\n", "line 2", "Bad:Name"),
+            (
+                "[registries.\"docker.io\"]\nmirrors = [\"127.0.0.1:5000\"]\n",
+                "line 2",
+                "http://",
+            ),
+            ("[registries.\"x\"]\nmirror = []\n", "line 2", "mirror"),
         ] {
             let m = Config::parse(text, "f").unwrap_err().to_string();
             assert!(m.contains(line) && m.contains(needle), "{text}: {m}");

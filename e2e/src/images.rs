@@ -59,6 +59,14 @@ pub enum Entry {
     Opaque {
         dir: String,
     },
+    /// An entry written byte for byte, name and link unchecked: for hostile layers
+    /// (`../x`, absolute names, links out of the layer) that tar libraries refuse to write.
+    Raw {
+        name: String,
+        kind: tar::EntryType,
+        link: String,
+        data: Vec<u8>,
+    },
 }
 
 impl Entry {
@@ -171,6 +179,35 @@ fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header
 
 fn append(b: &mut tar::Builder<Vec<u8>>, e: &Entry) {
     match e {
+        Entry::Raw {
+            name,
+            kind,
+            link,
+            data,
+        } => {
+            let mut h = tar::Header::new_gnu();
+            {
+                let gnu = h.as_gnu_mut().expect("gnu header");
+                assert!(
+                    name.len() <= gnu.name.len() && link.len() <= gnu.linkname.len(),
+                    "raw names must fit the header"
+                );
+                gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+                gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(if *kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(MTIME);
+            h.set_cksum();
+            b.append(&h, data.as_slice()).expect("raw entry");
+        }
         Entry::Dir { path, mode } => {
             let mut h = header(path, tar::EntryType::Directory, *mode, 0);
             b.append_data(

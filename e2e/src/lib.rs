@@ -12,6 +12,7 @@
 pub mod cri;
 pub mod daemon;
 pub mod images;
+pub mod proxy;
 pub mod registry;
 pub mod require;
 

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 pub enum ErrorKind {
     NotFound,
     AlreadyExists,
+    PermissionDenied,
     InvalidArgument,
     FailedPrecondition,
     Unavailable,
@@ -60,6 +61,18 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     Network(#[from] berth_cni::NetworkError),
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
+    #[error("pull {image}: {source}")]
+    Pull {
+        image: String,
+        #[source]
+        source: crate::images::pull::PullError,
+    },
+    #[error(transparent)]
+    Reference(#[from] crate::images::reference::BadReference),
+    #[error("image {0:?} not found")]
+    ImageNotFound(String),
 }
 
 impl Error {
@@ -73,6 +86,10 @@ impl Error {
             Error::Network(e) => match e {
                 berth_cni::NetworkError::InvalidCidr { .. } => ErrorKind::InvalidArgument,
             },
+            Error::Content(e) => e.kind(),
+            Error::Pull { source, .. } => source.kind(),
+            Error::Reference(_) => ErrorKind::InvalidArgument,
+            Error::ImageNotFound(_) => ErrorKind::NotFound,
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod content;
 pub mod durable;
 pub mod error;
+pub mod gc;
 pub mod id;
 pub mod images;
 pub mod linux;
@@ -22,7 +23,7 @@ pub mod state;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use berth_cni::{NetworkMode, PodCidr, Readiness};
@@ -56,6 +57,12 @@ pub struct EngineConfig {
     pub network_mode: NetworkMode,
     /// Pod CIDRs from the config file; kubelet's UpdateRuntimeConfig takes precedence.
     pub pod_cidrs: Vec<PodCidr>,
+    /// Registry hosts: mirrors, plain HTTP, CA files.
+    pub registry: images::registry::RegistryConfig,
+    /// Layers fetched at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// Images reported as pinned (kubelet never garbage-collects them).
+    pub pinned_images: Vec<String>,
 }
 
 /// A CRI runtime condition.
@@ -71,7 +78,12 @@ pub struct Condition {
 #[derive(Debug)]
 pub struct Engine {
     cfg: EngineConfig,
-    db: StateDb,
+    db: Arc<StateDb>,
+    content: Arc<content::ContentStore>,
+    snapshots: Arc<snapshots::SnapshotStore>,
+    puller: images::pull::Puller,
+    /// Normalised names of pinned images.
+    pinned: Vec<String>,
     cgroups: Option<CgroupLayout>,
     pod_cidrs: RwLock<Vec<PodCidr>>,
     started: SystemTime,
@@ -86,7 +98,31 @@ impl Engine {
         durable::create_dir_all(&cfg.root, 0o711)?;
         durable::create_dir_all(&cfg.state, 0o711)?;
         let lock = lock_root(&cfg.root)?;
-        let db = StateDb::open(&cfg.root.join("state.redb"))?;
+        let db = Arc::new(StateDb::open(&cfg.root.join("state.redb"))?);
+        let content = Arc::new(content::ContentStore::open(&cfg.root.join("content"))?);
+        let snapshots = Arc::new(snapshots::SnapshotStore::open(&cfg.root.join("snapshots"))?);
+        let leases = Arc::new(images::lease::Leases::default());
+        let puller = images::pull::Puller {
+            db: db.clone(),
+            content: content.clone(),
+            snapshots: snapshots.clone(),
+            leases,
+            inflight: Arc::default(),
+            registry: Arc::new(cfg.registry.clone()),
+            max_concurrent_downloads: cfg.max_concurrent_downloads.max(1),
+            limits: snapshots::apply::Limits::default(),
+            stats: Arc::default(),
+            platform: images::manifest::Platform::host(),
+        };
+        let pinned = cfg
+            .pinned_images
+            .iter()
+            .map(|p| {
+                p.parse::<images::reference::ImageRef>()
+                    .map(|r| r.to_string())
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        images::service::recover(&db, &content, &snapshots, &puller.leases)?;
         let stored = match db.node_get(NODE_POD_CIDR)? {
             Some(s) => match PodCidr::parse_list(&s) {
                 Ok(l) => l,
@@ -115,6 +151,10 @@ impl Engine {
         Ok(Engine {
             cfg,
             db,
+            content,
+            snapshots,
+            puller,
+            pinned,
             cgroups,
             pod_cidrs: RwLock::new(pod_cidrs),
             started: SystemTime::now(),
@@ -279,6 +319,9 @@ mod tests {
             cgroup_parent: "berth".into(),
             network_mode: NetworkMode::Builtin,
             pod_cidrs: Vec::new(),
+            registry: Default::default(),
+            max_concurrent_downloads: 3,
+            pinned_images: Vec::new(),
         }
     }
 

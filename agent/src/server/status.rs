@@ -8,6 +8,7 @@ pub fn code(kind: ErrorKind) -> Code {
     match kind {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::InvalidArgument => Code::InvalidArgument,
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
         ErrorKind::Unavailable => Code::Unavailable,
@@ -38,6 +39,7 @@ mod tests {
         let table = [
             (ErrorKind::NotFound, Code::NotFound),
             (ErrorKind::AlreadyExists, Code::AlreadyExists),
+            (ErrorKind::PermissionDenied, Code::PermissionDenied),
             (ErrorKind::InvalidArgument, Code::InvalidArgument),
             (ErrorKind::FailedPrecondition, Code::FailedPrecondition),
             (ErrorKind::Unavailable, Code::Unavailable),

@@ -1,4 +1,8 @@
 //! Images: references, registries, manifests, pulls and image records.
 
+pub mod lease;
 pub mod manifest;
+pub mod pull;
 pub mod reference;
+pub mod registry;
+pub mod service;

@@ -7,17 +7,25 @@
 use redb::WriteTransaction;
 
 use super::StateError;
-use super::schema::{META, NODE};
+use super::schema::{IMAGES, META, NODE, SNAPSHOTS, TAGS};
 
 type Step = fn(&WriteTransaction) -> Result<(), StateError>;
 
 /// Migration steps, indexed by the version they start from.
-pub(super) const STEPS: &[Step] = &[v0_to_v1];
+pub(super) const STEPS: &[Step] = &[v0_to_v1, v1_to_v2];
 
 /// Version 1: the meta and node tables.
 fn v0_to_v1(txn: &WriteTransaction) -> Result<(), StateError> {
     txn.open_table(META).map_err(StateError::db)?;
     txn.open_table(NODE).map_err(StateError::db)?;
+    Ok(())
+}
+
+/// Version 2: image records, tags and snapshot records.
+fn v1_to_v2(txn: &WriteTransaction) -> Result<(), StateError> {
+    txn.open_table(IMAGES).map_err(StateError::db)?;
+    txn.open_table(TAGS).map_err(StateError::db)?;
+    txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
     Ok(())
 }
 

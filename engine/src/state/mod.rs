@@ -4,16 +4,22 @@
 //! Transactions are short: no file I/O, network I/O or awaiting inside a write transaction.
 //! The layout is documented in [`schema`]; migrations live in `migrate.rs`.
 
+pub mod records;
 pub mod schema;
 
 mod migrate;
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::error::ErrorKind;
-use schema::{META, META_SCHEMA_VERSION, META_WRITTEN_BY, NODE, SCHEMA_VERSION};
+use records::{ImageRecord, SnapshotRecord};
+use schema::{
+    IMAGES, META, META_SCHEMA_VERSION, META_WRITTEN_BY, NODE, SCHEMA_VERSION, SNAPSHOTS, TAGS,
+};
+
+use crate::id::Digest;
 
 /// Errors of the state db.
 #[derive(Debug, thiserror::Error)]
@@ -152,10 +158,177 @@ impl StateDb {
         for (name, len) in [
             ("meta", txn.open_table(META).map_err(StateError::db)?.len()),
             ("node", txn.open_table(NODE).map_err(StateError::db)?.len()),
+            (
+                "images",
+                txn.open_table(IMAGES).map_err(StateError::db)?.len(),
+            ),
+            ("tags", txn.open_table(TAGS).map_err(StateError::db)?.len()),
+            (
+                "snapshots",
+                txn.open_table(SNAPSHOTS).map_err(StateError::db)?.len(),
+            ),
         ] {
             out.push((name.to_owned(), len.map_err(StateError::db)?));
         }
         Ok(out)
+    }
+
+    /// An image record by id.
+    pub fn image_get(&self, id: &Digest) -> Result<Option<ImageRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(StateError::db)?;
+        let t = txn.open_table(IMAGES).map_err(StateError::db)?;
+        t.get(id.as_str())
+            .map_err(StateError::db)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    /// Every image record.
+    pub fn image_list(&self) -> Result<Vec<ImageRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(StateError::db)?;
+        let t = txn.open_table(IMAGES).map_err(StateError::db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StateError::db)? {
+            let (_, v) = row.map_err(StateError::db)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The image a `registry/repo:tag` name points to.
+    pub fn tag_get(&self, name: &str) -> Result<Option<Digest>, StateError> {
+        let txn = self.db.begin_read().map_err(StateError::db)?;
+        let t = txn.open_table(TAGS).map_err(StateError::db)?;
+        match t.get(name).map_err(StateError::db)? {
+            None => Ok(None),
+            Some(v) => v
+                .value()
+                .parse()
+                .map(Some)
+                .map_err(|e: crate::id::BadDigest| StateError::Db(e.to_string())),
+        }
+    }
+
+    /// Stores a pulled image in one transaction: merges it with an existing record of the
+    /// same id, points each of its tags at it, and takes those tags away from any other
+    /// image (which keeps its other names, or none).
+    pub fn image_put(&self, mut rec: ImageRecord) -> Result<ImageRecord, StateError> {
+        let txn = self.db.begin_write().map_err(StateError::db)?;
+        {
+            let mut images = txn.open_table(IMAGES).map_err(StateError::db)?;
+            let mut tags = txn.open_table(TAGS).map_err(StateError::db)?;
+            let existing: Option<ImageRecord> = images
+                .get(rec.id.as_str())
+                .map_err(StateError::db)?
+                .map(|v| decode(v.value()))
+                .transpose()?;
+            if let Some(old) = existing {
+                for t in old.repo_tags {
+                    if !rec.repo_tags.contains(&t) {
+                        rec.repo_tags.push(t);
+                    }
+                }
+                for d in old.repo_digests {
+                    if !rec.repo_digests.contains(&d) {
+                        rec.repo_digests.push(d);
+                    }
+                }
+            }
+            for tag in rec.repo_tags.clone() {
+                let previous = tags
+                    .insert(tag.as_str(), rec.id.as_str())
+                    .map_err(StateError::db)?
+                    .map(|v| v.value().to_owned());
+                if let Some(prev) = previous.filter(|p| p != rec.id.as_str()) {
+                    let other: Option<ImageRecord> = images
+                        .get(prev.as_str())
+                        .map_err(StateError::db)?
+                        .map(|v| decode(v.value()))
+                        .transpose()?;
+                    if let Some(mut other) = other {
+                        other.repo_tags.retain(|t| t != &tag);
+                        images
+                            .insert(prev.as_str(), encode(&other)?.as_slice())
+                            .map_err(StateError::db)?;
+                    }
+                }
+            }
+            rec.repo_tags.sort();
+            rec.repo_digests.sort();
+            images
+                .insert(rec.id.as_str(), encode(&rec)?.as_slice())
+                .map_err(StateError::db)?;
+        }
+        txn.commit().map_err(StateError::db)?;
+        Ok(rec)
+    }
+
+    /// Removes an image record and its tags; returns what was removed.
+    pub fn image_remove(&self, id: &Digest) -> Result<Option<ImageRecord>, StateError> {
+        let txn = self.db.begin_write().map_err(StateError::db)?;
+        let removed = {
+            let mut images = txn.open_table(IMAGES).map_err(StateError::db)?;
+            let mut tags = txn.open_table(TAGS).map_err(StateError::db)?;
+            let rec: Option<ImageRecord> = images
+                .remove(id.as_str())
+                .map_err(StateError::db)?
+                .map(|v| decode(v.value()))
+                .transpose()?;
+            if let Some(r) = &rec {
+                for t in &r.repo_tags {
+                    let points_here = tags
+                        .get(t.as_str())
+                        .map_err(StateError::db)?
+                        .is_some_and(|v| v.value() == id.as_str());
+                    if points_here {
+                        tags.remove(t.as_str()).map_err(StateError::db)?;
+                    }
+                }
+            }
+            rec
+        };
+        txn.commit().map_err(StateError::db)?;
+        Ok(removed)
+    }
+
+    /// Records an unpacked layer.
+    pub fn snapshot_put(&self, rec: &SnapshotRecord) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(StateError::db)?;
+        {
+            let mut t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+            t.insert(rec.chain_id.as_str(), encode(rec)?.as_slice())
+                .map_err(StateError::db)?;
+        }
+        txn.commit().map_err(StateError::db)
+    }
+
+    pub fn snapshot_get(&self, chain_id: &Digest) -> Result<Option<SnapshotRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(StateError::db)?;
+        let t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+        t.get(chain_id.as_str())
+            .map_err(StateError::db)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    pub fn snapshot_list(&self) -> Result<Vec<SnapshotRecord>, StateError> {
+        let txn = self.db.begin_read().map_err(StateError::db)?;
+        let t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StateError::db)? {
+            let (_, v) = row.map_err(StateError::db)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn snapshot_remove(&self, chain_id: &Digest) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(StateError::db)?;
+        {
+            let mut t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+            t.remove(chain_id.as_str()).map_err(StateError::db)?;
+        }
+        txn.commit().map_err(StateError::db)
     }
 
     /// Sets the stored schema version; only for tests of the too-new refusal.
@@ -169,6 +342,14 @@ impl StateDb {
         }
         txn.commit().unwrap();
     }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(v).map_err(|e| StateError::Db(format!("encode record: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StateError> {
+    serde_json::from_slice(b).map_err(|e| StateError::Db(format!("decode record: {e}")))
 }
 
 fn decode_version(path: &Path, bytes: &[u8]) -> Result<u32, StateError> {
@@ -197,6 +378,57 @@ mod tests {
             db.node_get(schema::NODE_POD_CIDR).unwrap().as_deref(),
             Some("10.88.0.0/16")
         );
+    }
+
+    fn image(n: u8, tags: &[&str]) -> ImageRecord {
+        ImageRecord {
+            schema_version: records::RECORD_VERSION,
+            id: Digest::of(&[n]),
+            repo_tags: tags.iter().map(|t| t.to_string()).collect(),
+            repo_digests: vec![],
+            index_digest: None,
+            manifest_digest: Digest::of(&[n, 1]),
+            manifest_media_type: String::new(),
+            manifest_size: 1,
+            config_size: 1,
+            layers: vec![],
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+            config: Default::default(),
+            pulled_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_tag_moves_to_the_newest_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.redb")).unwrap();
+        db.image_put(image(1, &["r/a:latest", "r/a:v1"])).unwrap();
+        db.image_put(image(2, &["r/a:latest"])).unwrap();
+        assert_eq!(db.tag_get("r/a:latest").unwrap(), Some(Digest::of(&[2])));
+        assert_eq!(
+            db.image_get(&Digest::of(&[1])).unwrap().unwrap().repo_tags,
+            vec!["r/a:v1"]
+        );
+        // Pulling the same image under another tag merges names.
+        let merged = db.image_put(image(2, &["r/b:x"])).unwrap();
+        assert_eq!(merged.repo_tags, vec!["r/a:latest", "r/b:x"]);
+        let removed = db.image_remove(&Digest::of(&[2])).unwrap().unwrap();
+        assert_eq!(removed.repo_tags.len(), 2);
+        assert_eq!(db.tag_get("r/a:latest").unwrap(), None);
+        assert_eq!(db.tag_get("r/a:v1").unwrap(), Some(Digest::of(&[1])));
+        assert_eq!(db.image_list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn v1_db_migrates_to_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.redb");
+        StateDb::open(&p).unwrap().force_version(1);
+        let db = StateDb::open(&p).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        assert!(db.image_list().unwrap().is_empty());
     }
 
     #[test]

@@ -1,0 +1,141 @@
+//! `Proxy`: a small HTTP/1.1 proxy on 127.0.0.1 in front of a test registry. It logs every
+//! request (to count blob downloads) and can corrupt blob bodies (one flipped byte in the
+//! middle of any blob larger than 4 KiB), to test that berth verifies what it downloads.
+//! One request per connection (`Connection: close`), which every HTTP client handles.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A running proxy; stops accepting when dropped.
+#[derive(Debug)]
+pub struct Proxy {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream`; `corrupt` flips a byte in large blob bodies.
+    pub fn start(upstream: SocketAddr, corrupt: bool) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l2, s2) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build()
+                .into();
+            while !s2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (agent, log) = (agent.clone(), l2.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve(conn, upstream, corrupt, &agent, &log);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Proxy { addr, log, stop }
+    }
+
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Every request so far, as "METHOD /path".
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    upstream: SocketAddr,
+    corrupt: bool,
+    agent: &ureq::Agent,
+    log: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let path = parts.next().unwrap_or_default().to_owned();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.trim_end().split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    log.lock().expect("log").push(format!("{method} {path}"));
+    let url = format!("http://{upstream}{path}");
+    let mut req = match method.as_str() {
+        "HEAD" => agent.head(&url),
+        _ => agent.get(&url),
+    };
+    for (k, v) in &headers {
+        if k.eq_ignore_ascii_case("accept") || k.eq_ignore_ascii_case("authorization") {
+            req = req.header(k.as_str(), v.as_str());
+        }
+    }
+    let resp = req.call().map_err(std::io::Error::other)?;
+    let status = resp.status();
+    let mut out_headers = String::new();
+    for (k, v) in resp.headers() {
+        let k = k.as_str();
+        if matches!(
+            k,
+            "content-type"
+                | "docker-content-digest"
+                | "www-authenticate"
+                | "location"
+                | "docker-distribution-api-version"
+        ) {
+            out_headers.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
+        }
+    }
+    let mut body = Vec::new();
+    if method != "HEAD" {
+        resp.into_body()
+            .into_reader()
+            .read_to_end(&mut body)
+            .map_err(std::io::Error::other)?;
+    }
+    if corrupt && path.contains("/blobs/") && body.len() > 4096 {
+        let mid = body.len() / 2;
+        body[mid] ^= 0xff;
+    }
+    let mut w = conn;
+    write!(
+        w,
+        "HTTP/1.1 {} {}\r\n{out_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )?;
+    if method != "HEAD" {
+        w.write_all(&body)?;
+    }
+    w.flush()
+}

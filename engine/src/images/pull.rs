@@ -1,0 +1,769 @@
+//! Pulling an image: resolve -> fetch (bounded concurrency, lease-protected) -> unpack.
+//!
+//! 1. Resolve the reference on each endpoint in turn (mirrors, then the origin) until one
+//!    answers; the rest of the pull uses that endpoint. Failures on a mirror fall through.
+//! 2. An index is narrowed to this node's platform; manifests and the config are read with
+//!    hard size limits and checked against their digests.
+//! 3. Layers are fetched in parallel (at most `max_concurrent_downloads`). Each blob is
+//!    streamed from the registry into a blocking task that writes it to the content store
+//!    (hashing, size-capped) *and* unpacks it at the same time into a fresh layer
+//!    directory, hashing the uncompressed stream. The layer becomes visible only if the
+//!    blob's digest and the uncompressed diff_id both check out.
+//! 4. The image record and its tags are written in one transaction.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use oci_client::Reference;
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use sha2::Digest as _;
+
+use super::lease::{Inflight, Lease, Leases};
+use super::manifest::{
+    self, ACCEPT, Document, LayerCompression, MAX_CONFIG, MAX_MANIFEST, ManifestError, Platform,
+};
+use super::reference::ImageRef;
+use super::registry::{ClientError, Credentials, EndpointClient, RegistryConfig};
+use crate::content::{ContentError, ContentStore};
+use crate::error::{ErrorKind, IoError};
+use crate::id::Digest;
+use crate::snapshots::SnapshotStore;
+use crate::snapshots::apply::{self, ApplyError, Limits};
+use crate::state::StateDb;
+use crate::state::StateError;
+use crate::state::records::{ImageRecord, LayerRecord, RECORD_VERSION, SnapshotRecord};
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("registry {endpoint}: {message}")]
+    Registry {
+        endpoint: String,
+        message: String,
+        kind: ErrorKind,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{what} {digest} is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        digest: String,
+        size: u64,
+        limit: u64,
+    },
+    #[error("{what}: registry sent content with digest {actual}, expected {expected}")]
+    DigestMismatch {
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "layer {layer}: uncompressed content has digest {actual}, but the image config says {expected}"
+    )]
+    DiffIdMismatch {
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("layer {layer}: {source}")]
+    Apply {
+        layer: Digest,
+        #[source]
+        source: ApplyError,
+    },
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl PullError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PullError::Registry { kind, .. } => *kind,
+            PullError::Manifest(ManifestError::NoMatchingPlatform { .. }) => ErrorKind::NotFound,
+            PullError::Manifest(_) => ErrorKind::InvalidArgument,
+            PullError::TooLarge { .. }
+            | PullError::DigestMismatch { .. }
+            | PullError::DiffIdMismatch { .. } => ErrorKind::DataLoss,
+            PullError::Apply { source, .. } => source.kind(),
+            PullError::Content(e) => e.kind(),
+            PullError::Client(_) => ErrorKind::FailedPrecondition,
+            PullError::Io(_) | PullError::Internal(_) => ErrorKind::Internal,
+            PullError::State(e) => e.kind(),
+        }
+    }
+}
+
+/// Counters kept for metrics.
+#[derive(Debug, Default)]
+pub struct PullStats {
+    pub pulls: AtomicU64,
+    pub failures: AtomicU64,
+    pub bytes: AtomicU64,
+    pub micros: AtomicU64,
+}
+
+/// What a pull needs from the engine.
+#[derive(Debug, Clone)]
+pub struct Puller {
+    pub db: Arc<StateDb>,
+    pub content: Arc<ContentStore>,
+    pub snapshots: Arc<SnapshotStore>,
+    pub leases: Arc<Leases>,
+    pub inflight: Arc<Inflight>,
+    pub registry: Arc<RegistryConfig>,
+    pub max_concurrent_downloads: usize,
+    pub limits: Limits,
+    pub stats: Arc<PullStats>,
+    pub platform: Platform,
+}
+
+/// Bytes downloaded by the current pull, for progress lines.
+#[derive(Debug, Default)]
+struct Progress {
+    bytes: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Puller {
+    /// Pulls an image and records it; returns the stored record.
+    pub async fn pull(
+        &self,
+        reference: &ImageRef,
+        creds: &Credentials,
+    ) -> Result<ImageRecord, PullError> {
+        let start = Instant::now();
+        let lease = self.leases.acquire();
+        let progress = Arc::new(Progress::default());
+        let ticker = {
+            let progress = progress.clone();
+            let image = reference.to_string();
+            tokio::spawn(async move {
+                let mut last = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let now = progress.bytes.load(Ordering::Relaxed);
+                    tracing::info!(
+                        image = %image,
+                        downloaded_bytes = now,
+                        total_bytes = progress.total.load(Ordering::Relaxed),
+                        rate_mib_s = format!("{:.1}", (now - last) as f64 / 5.0 / (1 << 20) as f64),
+                        "pull in progress"
+                    );
+                    last = now;
+                }
+            })
+        };
+        let result = self
+            .pull_any_endpoint(reference, creds, &lease, &progress)
+            .await;
+        ticker.abort();
+        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.pulls.fetch_add(1, Ordering::Relaxed);
+        self.stats.micros.fetch_add(micros, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(progress.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        match &result {
+            Ok(rec) => tracing::info!(
+                image = %reference,
+                id = %rec.id,
+                downloaded_bytes = progress.bytes.load(Ordering::Relaxed),
+                seconds = format!("{:.3}", start.elapsed().as_secs_f64()),
+                "image pulled"
+            ),
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(image = %reference, error = %scrub(&e.to_string(), creds), "pull failed");
+            }
+        }
+        result.map_err(|e| match e {
+            PullError::Registry {
+                endpoint,
+                message,
+                kind,
+            } => PullError::Registry {
+                endpoint,
+                message: scrub(&message, creds),
+                kind,
+            },
+            other => other,
+        })
+    }
+
+    async fn pull_any_endpoint(
+        &self,
+        reference: &ImageRef,
+        creds: &Credentials,
+        lease: &Lease,
+        progress: &Arc<Progress>,
+    ) -> Result<ImageRecord, PullError> {
+        let endpoints = self.registry.endpoints(&reference.domain);
+        let mut last = None;
+        let n = endpoints.len();
+        for (i, ep) in endpoints.into_iter().enumerate() {
+            let label = format!("{ep:?}");
+            let client = EndpointClient::new(ep, creds)?;
+            match self.pull_from(&client, reference, lease, progress).await {
+                Ok(r) => return Ok(r),
+                Err(e) if i + 1 < n && e.kind() != ErrorKind::InvalidArgument => {
+                    tracing::warn!(image = %reference, endpoint = %label, error = %scrub(&e.to_string(), creds), "endpoint failed; trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| PullError::Internal("no registry endpoint".into())))
+    }
+
+    async fn pull_from(
+        &self,
+        ep: &EndpointClient,
+        reference: &ImageRef,
+        lease: &Lease,
+        progress: &Arc<Progress>,
+    ) -> Result<ImageRecord, PullError> {
+        let host = ep.endpoint.host.clone();
+        let oref = match &reference.digest {
+            Some(d) => Reference::with_digest(host.clone(), reference.path.clone(), d.to_string()),
+            None => Reference::with_tag(
+                host.clone(),
+                reference.path.clone(),
+                reference.tag.clone().unwrap_or_else(|| "latest".into()),
+            ),
+        };
+        let (top_bytes, top_digest) = self
+            .fetch_manifest(ep, &oref, reference.digest.as_ref(), "manifest")
+            .await?;
+        let (index_digest, manifest_bytes, manifest_digest, manifest) =
+            match manifest::parse_document(&top_bytes, None)? {
+                Document::Manifest(m) => (None, top_bytes.clone(), top_digest.clone(), m),
+                Document::Index(idx) => {
+                    let desc = manifest::select_platform(&idx, &self.platform)?;
+                    if desc.size > MAX_MANIFEST {
+                        return Err(PullError::TooLarge {
+                            what: "manifest",
+                            digest: desc.digest.to_string(),
+                            size: desc.size,
+                            limit: MAX_MANIFEST,
+                        });
+                    }
+                    let mref = oref.clone_with_digest(desc.digest.to_string());
+                    let (bytes, d) = self
+                        .fetch_manifest(ep, &mref, Some(&desc.digest), "platform manifest")
+                        .await?;
+                    let m = match manifest::parse_document(&bytes, None)? {
+                        Document::Manifest(m) => m,
+                        Document::Index(_) => {
+                            return Err(ManifestError::Invalid(
+                                "an index entry points at another index".into(),
+                            )
+                            .into());
+                        }
+                    };
+                    (Some(top_digest.clone()), bytes, d, m)
+                }
+            };
+        // Keep what we fetched: manifests and index are blobs like any other.
+        for d in index_digest.iter().chain([&manifest_digest]) {
+            lease.add(d.to_string());
+        }
+        if let Some(i) = &index_digest {
+            self.put_blob(i, &top_bytes).await?;
+        }
+        self.put_blob(&manifest_digest, &manifest_bytes).await?;
+
+        // The config.
+        let cdesc = &manifest.config;
+        if cdesc.size > MAX_CONFIG {
+            return Err(PullError::TooLarge {
+                what: "image config",
+                digest: cdesc.digest.to_string(),
+                size: cdesc.size,
+                limit: MAX_CONFIG,
+            });
+        }
+        lease.add(cdesc.digest.to_string());
+        if !self.content.exists(&cdesc.digest) {
+            self.fetch_blob(ep, &oref, cdesc, None, progress).await?;
+        }
+        let config_bytes = {
+            let content = self.content.clone();
+            let d = cdesc.digest.clone();
+            blocking(move || content.read(&d, MAX_CONFIG)).await??
+        };
+        let config = manifest::parse_config(&config_bytes, manifest.layers.len())?;
+        let chain = manifest::chain_ids(&config.rootfs.diff_ids);
+
+        let mut layers = Vec::with_capacity(manifest.layers.len());
+        for (i, l) in manifest.layers.iter().enumerate() {
+            layers.push(LayerRecord {
+                digest: l.digest.clone(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+                compression: LayerCompression::from_media_type(&l.media_type)?,
+                diff_id: config.rootfs.diff_ids[i].clone(),
+                chain_id: chain[i].clone(),
+            });
+            lease.add(l.digest.to_string());
+            lease.add(chain[i].to_string());
+        }
+        progress
+            .total
+            .store(layers.iter().map(|l| l.size).sum(), Ordering::Relaxed);
+
+        // Layers, in parallel.
+        let sem = Arc::new(tokio::sync::Semaphore::new(
+            self.max_concurrent_downloads.max(1),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, layer) in layers.iter().cloned().enumerate() {
+            let parent = i.checked_sub(1).map(|p| layers[p].chain_id.clone());
+            let this = self.clone();
+            let sem = sem.clone();
+            let oref = oref.clone();
+            let ep_endpoint = ep.endpoint.clone();
+            let auth_client = ep.client.clone();
+            let auth = ep.auth.clone();
+            let progress = progress.clone();
+            tasks.spawn(async move {
+                let _permit = sem
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| PullError::Internal(e.to_string()))?;
+                let ep = EndpointClient {
+                    endpoint: ep_endpoint,
+                    client: auth_client,
+                    auth,
+                };
+                this.ensure_layer(&ep, &oref, &layer, parent, &progress)
+                    .await
+            });
+        }
+        let mut first_err = None;
+        while let Some(r) = tasks.join_next().await {
+            let r = r
+                .map_err(|e| PullError::Internal(format!("layer task: {e}")))
+                .and_then(|x| x);
+            if let Err(e) = r
+                && first_err.is_none()
+            {
+                first_err = Some(e);
+                tasks.abort_all();
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+
+        let repo_digest = reference.with_digest(index_digest.as_ref().unwrap_or(&manifest_digest));
+        let rec = ImageRecord {
+            schema_version: RECORD_VERSION,
+            id: cdesc.digest.clone(),
+            repo_tags: reference.tagged().into_iter().collect(),
+            repo_digests: vec![repo_digest],
+            index_digest,
+            manifest_digest,
+            manifest_media_type: manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| manifest::OCI_MANIFEST.to_owned()),
+            manifest_size: manifest_bytes.len() as u64,
+            config_size: cdesc.size,
+            layers,
+            os: config.os.clone(),
+            architecture: config.architecture.clone(),
+            variant: config.variant.clone(),
+            config: config.config.clone(),
+            pulled_at: now_nanos(),
+        };
+        let db = self.db.clone();
+        Ok(blocking(move || db.image_put(rec)).await??)
+    }
+
+    async fn put_blob(&self, d: &Digest, bytes: &[u8]) -> Result<(), PullError> {
+        let content = self.content.clone();
+        let d = d.clone();
+        let bytes = bytes.to_vec();
+        blocking(move || content.put(&d, &bytes)).await??;
+        Ok(())
+    }
+
+    /// Fetches a manifest or index, bounded and verified.
+    async fn fetch_manifest(
+        &self,
+        ep: &EndpointClient,
+        oref: &Reference,
+        expected: Option<&Digest>,
+        what: &'static str,
+    ) -> Result<(Vec<u8>, Digest), PullError> {
+        let (bytes, _) = ep
+            .client
+            .pull_manifest_raw(oref, &ep.auth, ACCEPT)
+            .await
+            .map_err(|e| registry_error(&ep.endpoint.host, e))?;
+        if bytes.len() as u64 > MAX_MANIFEST {
+            return Err(PullError::TooLarge {
+                what,
+                digest: oref.to_string(),
+                size: bytes.len() as u64,
+                limit: MAX_MANIFEST,
+            });
+        }
+        let actual = Digest::of(&bytes);
+        if let Some(exp) = expected
+            && &actual != exp
+        {
+            return Err(PullError::DigestMismatch {
+                what,
+                expected: exp.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok((bytes.to_vec(), actual))
+    }
+
+    /// Makes sure a layer's blob and unpacked snapshot exist.
+    async fn ensure_layer(
+        &self,
+        ep: &EndpointClient,
+        oref: &Reference,
+        layer: &LayerRecord,
+        parent: Option<Digest>,
+        progress: &Arc<Progress>,
+    ) -> Result<(), PullError> {
+        let _guard = self.inflight.lock(layer.chain_id.as_str()).await;
+        let have_blob = self.content.exists(&layer.digest);
+        let have_snapshot = self.snapshots.exists(&layer.chain_id)
+            && self.db.snapshot_get(&layer.chain_id)?.is_some();
+        if have_blob && have_snapshot {
+            return Ok(());
+        }
+        let desc = manifest::Descriptor {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            platform: None,
+            urls: vec![],
+        };
+        let unpack = (!have_snapshot).then(|| (layer.clone(), parent));
+        if have_blob {
+            // Unpack from the local blob.
+            let this = self.clone();
+            return blocking(move || {
+                let Some((layer, parent)) = unpack else {
+                    return Ok(());
+                };
+                let file = this.content.open_blob(&desc.digest)?;
+                let tmp = this.apply_layer(io::BufReader::new(file), &layer)?;
+                this.commit_layer(tmp, &layer, parent)
+            })
+            .await?;
+        }
+        self.fetch_blob(ep, oref, &desc, unpack, progress).await
+    }
+
+    /// Streams a blob from the registry into the content store, unpacking it on the way
+    /// when `unpack` is given.
+    async fn fetch_blob(
+        &self,
+        ep: &EndpointClient,
+        oref: &Reference,
+        desc: &manifest::Descriptor,
+        unpack: Option<(LayerRecord, Option<Digest>)>,
+        progress: &Arc<Progress>,
+    ) -> Result<(), PullError> {
+        let odesc = OciDescriptor {
+            media_type: desc.media_type.clone(),
+            digest: desc.digest.to_string(),
+            size: i64::try_from(desc.size).unwrap_or(i64::MAX),
+            ..OciDescriptor::default()
+        };
+        let mut stream = ep
+            .client
+            .pull_blob_stream(oref, &odesc)
+            .await
+            .map_err(|e| registry_error(&ep.endpoint.host, e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(16);
+        let this = self.clone();
+        let d = desc.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx,
+                buf: bytes::Bytes::new(),
+            };
+            this.store_and_unpack(reader, &d, unpack)
+        });
+        let size = desc.size;
+        let mut received = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => {
+                    received += b.len() as u64;
+                    progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    // Backpressure: the bounded channel waits while the writer is behind.
+                    if tx.send(Ok(b)).await.is_err() {
+                        break;
+                    }
+                }
+                // oci-client checks the digest too and reports a mismatch at the end of the
+                // stream; berth's own check in the content store classifies it.
+                Err(_) if received >= size => break,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(io::Error::other(format!(
+                            "registry {}: download interrupted after {received} of {size} bytes: {e}",
+                            ep.endpoint.host
+                        ))))
+                        .await;
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        worker
+            .await
+            .map_err(|e| PullError::Internal(format!("unpack task: {e}")))?
+    }
+
+    /// Blocking: writes the blob into the content store and, if asked, unpacks it.
+    fn store_and_unpack<R: Read>(
+        &self,
+        reader: R,
+        desc: &manifest::Descriptor,
+        unpack: Option<(LayerRecord, Option<Digest>)>,
+    ) -> Result<(), PullError> {
+        let mut ingest = self
+            .content
+            .writer(&desc.digest, Some(desc.size), desc.size)?;
+        let mut tee = Tee {
+            inner: reader,
+            ingest: &mut ingest,
+            failed: None,
+        };
+        let outcome = unpack
+            .as_ref()
+            .map(|(layer, _)| self.apply_layer(&mut tee, layer));
+        // Hash what remains of the blob (past the tar's end), so its digest is checked.
+        let drained = io::copy(&mut tee, &mut io::sink());
+        if let Some(e) = tee.failed.take() {
+            return Err(e.into());
+        }
+        if let Err(e) = drained {
+            return Err(PullError::Registry {
+                endpoint: String::from("download"),
+                message: e.to_string(),
+                kind: ErrorKind::Unavailable,
+            });
+        }
+        // The blob's digest decides first: a corrupt download is DataLoss, whatever the
+        // unpack made of it.
+        ingest.commit()?;
+        let Some((layer, parent)) = unpack else {
+            return Ok(());
+        };
+        let Some(outcome) = outcome else {
+            return Ok(());
+        };
+        match outcome {
+            Ok(tmp) => self.commit_layer(tmp, &layer, parent),
+            Err(e) => {
+                // Leave nothing of a refused layer, not even its (valid) blob.
+                let _ = self.content.delete(&desc.digest);
+                Err(e)
+            }
+        }
+    }
+
+    /// Decompresses and applies a layer into a fresh tmp snapshot, checking its diff_id.
+    fn apply_layer<R: Read>(
+        &self,
+        reader: R,
+        layer: &LayerRecord,
+    ) -> Result<crate::snapshots::TmpSnapshot, PullError> {
+        let tmp = self.snapshots.prepare()?;
+        let decompressed: Box<dyn Read> = match layer.compression {
+            LayerCompression::None => Box::new(reader),
+            LayerCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+            LayerCompression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(reader).map_err(|e| {
+                    PullError::Apply {
+                        layer: layer.digest.clone(),
+                        source: ApplyError::Corrupt(format!("zstd: {e}")),
+                    }
+                })?)
+            }
+        };
+        let mut hashing = HashingReader {
+            inner: decompressed,
+            hasher: sha2::Sha256::new(),
+        };
+        apply::apply(&mut hashing, &tmp.fs(), self.limits).map_err(|source| PullError::Apply {
+            layer: layer.digest.clone(),
+            source,
+        })?;
+        let diff = Digest::from_sha256(hashing.hasher.finalize().into());
+        if diff != layer.diff_id {
+            return Err(PullError::DiffIdMismatch {
+                layer: layer.digest.clone(),
+                expected: layer.diff_id.clone(),
+                actual: diff,
+            });
+        }
+        Ok(tmp)
+    }
+
+    fn commit_layer(
+        &self,
+        tmp: crate::snapshots::TmpSnapshot,
+        layer: &LayerRecord,
+        parent: Option<Digest>,
+    ) -> Result<(), PullError> {
+        let usage = self.snapshots.commit(tmp, &layer.chain_id)?;
+        self.db.snapshot_put(&SnapshotRecord {
+            schema_version: RECORD_VERSION,
+            chain_id: layer.chain_id.clone(),
+            parent,
+            diff_id: layer.diff_id.clone(),
+            usage,
+            created_at: now_nanos(),
+        })?;
+        Ok(())
+    }
+}
+
+/// Runs blocking work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PullError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PullError::Internal(format!("blocking task: {e}")))
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Removes secrets from a message.
+fn scrub(msg: &str, creds: &Credentials) -> String {
+    let mut out = msg.to_owned();
+    for s in creds.secrets() {
+        if !s.is_empty() {
+            out = out.replace(s, "<redacted>");
+        }
+    }
+    out
+}
+
+/// Classifies an oci-client error, keeping the registry's own message.
+fn registry_error(host: &str, e: OciDistributionError) -> PullError {
+    let kind = match &e {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => ErrorKind::PermissionDenied,
+        OciDistributionError::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
+        OciDistributionError::RegistryError { envelope, .. } => {
+            if envelope.errors.iter().any(|x| {
+                matches!(
+                    x.code,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                ErrorKind::NotFound
+            } else if envelope
+                .errors
+                .iter()
+                .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                ErrorKind::PermissionDenied
+            } else {
+                ErrorKind::Unavailable
+            }
+        }
+        OciDistributionError::ServerError { code: 404, .. } => ErrorKind::NotFound,
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => ErrorKind::PermissionDenied,
+        OciDistributionError::DigestError(_) => ErrorKind::DataLoss,
+        _ => ErrorKind::Unavailable,
+    };
+    PullError::Registry {
+        endpoint: host.to_owned(),
+        message: e.to_string(),
+        kind,
+    }
+}
+
+/// Reads bytes sent by the async download side.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    buf: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.buf = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        let _ = self.buf.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Copies everything read into the content store's ingest.
+struct Tee<'a, 'b, R> {
+    inner: R,
+    ingest: &'a mut crate::content::Ingest<'b>,
+    failed: Option<ContentError>,
+}
+
+impl<R: Read> Read for Tee<'_, '_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        if let Err(e) = self.ingest.write_chunk(&out[..n]) {
+            let msg = e.to_string();
+            self.failed = Some(e);
+            return Err(io::Error::other(msg));
+        }
+        Ok(n)
+    }
+}
+
+/// Hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.hasher.update(&out[..n]);
+        Ok(n)
+    }
+}
