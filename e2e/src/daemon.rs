@@ -36,25 +36,29 @@ pub struct Daemon {
     child: Option<Child>,
 }
 
-/// The berthd binary under test: `$BERTH_BIN`, else `berthd` beside the test executable's
-/// target directory (`target/<profile>/berthd`).
+/// The berthd binary under test: `$BERTH_BIN`, else `berthd` of the same cargo profile as
+/// the running test or bench (`target/<profile>/berthd`).
 pub fn berthd_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("BERTH_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/berthd
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("berthd");
-    assert!(
-        bin.is_file(),
-        "{} not found: build it first (`cargo build --workspace --bins`) or set BERTH_BIN",
-        bin.display()
-    );
-    bin
+    // A test runs from target/<profile>/deps/, a bench binary from target/<profile>/.
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("berthd"))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "berthd not found at {candidates:?}: build it first (`cargo build --workspace --bins`) or set BERTH_BIN"
+            )
+        })
 }
 
 impl Daemon {

@@ -110,7 +110,14 @@ async fn image_users_and_config_are_reported() {
         .unwrap();
     assert_eq!(i.unwrap().username, "berth");
     let (i, _) = c.image_status(&format!("{h}/by-uid"), false).await.unwrap();
-    assert_eq!(i.unwrap().uid.unwrap().value, 1234);
+    let i = i.unwrap();
+    assert_eq!(i.uid.unwrap().value, 1234);
+    assert!(i.pinned, "configured pin not reported");
+    let (i, _) = c
+        .image_status(&format!("{h}/by-name"), false)
+        .await
+        .unwrap();
+    assert!(!i.unwrap().pinned);
     let (_, info) = c.image_status(&format!("{h}/config"), true).await.unwrap();
     let cfg = &info.unwrap()["config"];
     assert_eq!(cfg["Entrypoint"][0], "/app/run.sh");

@@ -21,6 +21,7 @@ use oci_client::Reference;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use sha2::Digest as _;
+use tracing::Instrument;
 
 use super::lease::{Inflight, Lease, Leases};
 use super::manifest::{
@@ -349,7 +350,9 @@ impl Puller {
                     client: auth_client,
                     auth,
                 };
+                let span = tracing::debug_span!("layer", digest = %layer.digest, size = layer.size);
                 this.ensure_layer(&ep, &oref, &layer, parent, &progress)
+                    .instrument(span)
                     .await
             });
         }
