@@ -92,10 +92,16 @@ async fn pull_by_tag_and_by_digest_then_status_and_list() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn image_users_and_config_are_reported() {
-    let Some((d, reg)) = setup().await else {
+async fn image_users_config_and_pins_are_reported() {
+    if !ready() {
         return;
-    };
+    }
+    let Some(reg) = Registry::start() else { return };
+    let d = Daemon::start_with(DaemonOptions {
+        extra_config: format!("\n[images]\npinned = [\"{}/by-uid:latest\"]\n", reg.host()),
+        ..Default::default()
+    })
+    .await;
     reg.push_image("by-name", "latest", &catalog::user_by_name().build());
     reg.push_image("by-uid", "latest", &catalog::user_by_uid().build());
     reg.push_image("config", "latest", &catalog::with_config().build());

@@ -140,7 +140,7 @@ async fn bench_pull(runs: usize) {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs = args
         .iter()
@@ -153,10 +153,13 @@ fn main() {
         .build()
         .expect("runtime");
     match args.first().map(String::as_str) {
-        Some("pull") => rt.block_on(bench_pull(runs)),
+        Some("pull") => {
+            rt.block_on(bench_pull(runs));
+            std::process::ExitCode::SUCCESS
+        }
         _ => {
             eprintln!("usage: berth-bench pull [--runs N]");
-            std::process::exit(2);
+            std::process::ExitCode::from(2)
         }
     }
 }
