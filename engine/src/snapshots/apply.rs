@@ -142,6 +142,10 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
     let mut applied = Applied::default();
     // Directory metadata is applied last, so that creating entries inside does not undo it.
     let mut dirs: Vec<(PathBuf, Meta)> = Vec::new();
+    // Directories inside `dest` already checked to be real directories (not symlinks);
+    // forgotten as soon as an entry replaces them. Saves a stat per path component.
+    let mut known = KnownDirs::default();
+    let mut buf = vec![0u8; COPY_BLOCK];
     let entries = archive.entries().map_err(|e| corrupt_or_limit(e, limits))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| corrupt_or_limit(e, limits))?;
@@ -161,7 +165,7 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
             continue;
         };
         let parent_rel = rel.parent().unwrap_or(Path::new("")).to_owned();
-        let parent = ensure_parents(dest, &parent_rel, &raw)?;
+        let parent = ensure_parents(dest, &parent_rel, &raw, &mut known)?;
         let target = parent.join(&name);
         let meta = Meta::of(&entry)?;
         let name_bytes = name.as_bytes();
@@ -176,6 +180,7 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
                 return Err(hostile(&raw, "malformed whiteout"));
             }
             let victim = parent.join(OsStr::from_bytes(hidden));
+            known.forget(&victim);
             remove_any(&victim)?;
             nix::sys::stat::mknod(
                 &victim,
@@ -194,34 +199,50 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
                 match fs::symlink_metadata(&target) {
                     Ok(m) if m.is_dir() => {}
                     Ok(_) => {
+                        known.forget(&target);
                         remove_any(&target)?;
                         fs::create_dir(&target).at("create dir", &target)?;
                     }
                     Err(_) => fs::create_dir(&target).at("create dir", &target)?,
                 }
+                known.insert(target.clone());
                 set_xattrs(&mut entry, &target, &raw)?;
                 dirs.push((target, meta));
                 continue;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                remove_any(&target)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&target)
-                    .at("create file", &target)?;
-                copy_sparse(&mut entry, &mut f, &target).map_err(|e| match e {
+                let create = || {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .mode(0o600)
+                        .open(&target)
+                };
+                let mut f = match create() {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        known.forget(&target);
+                        remove_any(&target)?;
+                        create().at("create file", &target)?
+                    }
+                    Err(e) => return Err(Err(e).at("create file", &target)?),
+                };
+                copy_sparse(&mut entry, &mut f, &target, &mut buf).map_err(|e| match e {
                     CopyError::Read(e) => corrupt_or_limit(e, limits),
                     CopyError::Write(e) => ApplyError::Io(e),
                 })?;
+                set_xattrs(&mut entry, &target, &raw)?;
+                // Through the open file: no more path lookups for this entry.
+                meta.apply_fd(&f, &target)?;
+                continue;
             }
             tar::EntryType::Symlink => {
                 let link = entry
                     .link_name()
                     .map_err(|e| corrupt_or_limit(e, limits))?
                     .ok_or_else(|| hostile(&raw, "symlink without a target"))?;
+                known.forget(&target);
                 remove_any(&target)?;
                 std::os::unix::fs::symlink(&link, &target).at("create symlink", &target)?;
             }
@@ -247,6 +268,7 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
                     }
                 }
                 if source != target {
+                    known.forget(&target);
                     remove_any(&target)?;
                     fs::hard_link(&source, &target).at("create hard link", &target)?;
                 }
@@ -254,6 +276,7 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
                 continue;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                known.forget(&target);
                 remove_any(&target)?;
                 let h = entry.header();
                 let (sflag, dev) = match kind {
@@ -316,19 +339,32 @@ fn io_err(op: &'static str, path: &Path, e: nix::Error) -> ApplyError {
 
 /// Creates the missing parents of an entry inside `dest`, refusing any that is a symlink
 /// or not a directory. Returns the absolute parent path.
-fn ensure_parents(dest: &Path, parent_rel: &Path, raw: &Path) -> Result<PathBuf, ApplyError> {
+fn ensure_parents(
+    dest: &Path,
+    parent_rel: &Path,
+    raw: &Path,
+    known: &mut KnownDirs,
+) -> Result<PathBuf, ApplyError> {
     let mut cur = dest.to_owned();
     for c in parent_rel.components() {
         cur.push(c);
+        if known.contains(&cur) {
+            continue;
+        }
+        known.insert(cur.clone());
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
+                known.forget(&cur);
                 return Err(hostile(
                     raw,
                     "a parent directory is a symlink (write through a symlink)",
                 ));
             }
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(hostile(raw, "a parent path is not a directory")),
+            Ok(_) => {
+                known.forget(&cur);
+                return Err(hostile(raw, "a parent path is not a directory"));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir(&cur).at("create implicit dir", &cur)?;
             }
@@ -354,6 +390,27 @@ fn check_no_symlink_parents(dest: &Path, parent_rel: &Path, raw: &Path) -> Resul
         }
     }
     Ok(())
+}
+
+/// Directories known to be real directories inside the layer being applied.
+#[derive(Debug, Default)]
+struct KnownDirs(std::collections::HashSet<PathBuf>);
+
+impl KnownDirs {
+    fn contains(&self, p: &Path) -> bool {
+        self.0.contains(p)
+    }
+
+    fn insert(&mut self, p: PathBuf) {
+        self.0.insert(p);
+    }
+
+    /// Forgets a path that is about to be replaced, and everything below it.
+    fn forget(&mut self, p: &Path) {
+        if self.0.remove(p) {
+            self.0.retain(|k| !k.starts_with(p));
+        }
+    }
 }
 
 /// Removes a file, symlink, device or whole directory tree, if present.
@@ -422,6 +479,19 @@ impl Meta {
         })
     }
 
+    /// Ownership, mode and times through an open regular file.
+    fn apply_fd(&self, f: &File, p: &Path) -> Result<(), ApplyError> {
+        std::os::unix::fs::fchown(f, Some(self.uid), Some(self.gid)).at("chown", p)?;
+        // After chown: chown clears set-id bits.
+        f.set_permissions(fs::Permissions::from_mode(self.mode))
+            .at("chmod", p)?;
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(self.mtime).unwrap_or(0));
+        f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+            .at("set mtime", p)?;
+        Ok(())
+    }
+
     fn apply(&self, p: &Path, is_symlink: bool) -> Result<(), ApplyError> {
         std::os::unix::fs::lchown(p, Some(self.uid), Some(self.gid)).at("chown", p)?;
         if !is_symlink {
@@ -440,9 +510,15 @@ enum CopyError {
 }
 
 /// Copies file data, leaving holes where whole blocks are zero (sparse files stay sparse).
-fn copy_sparse<R: Read>(src: &mut R, f: &mut File, path: &Path) -> Result<(), CopyError> {
-    const BLOCK: usize = 64 * 1024;
-    let mut buf = vec![0u8; BLOCK];
+const COPY_BLOCK: usize = 64 * 1024;
+
+fn copy_sparse<R: Read>(
+    src: &mut R,
+    f: &mut File,
+    path: &Path,
+    buf: &mut [u8],
+) -> Result<(), CopyError> {
+    const BLOCK: usize = COPY_BLOCK;
     let mut len: u64 = 0;
     let mut pending_hole = false;
     loop {
@@ -661,6 +737,15 @@ mod tests {
                 RawTar::new()
                     .symlink("up", "../../../../../../../..")
                     .file(&format!("up{out}/victim"), b"pwned")
+                    .finish(),
+            ),
+            (
+                "dir-replaced-by-symlink",
+                RawTar::new()
+                    .dir("a/")
+                    .file("a/ok", b"ok")
+                    .symlink("a", &out)
+                    .file("a/victim", b"pwned")
                     .finish(),
             ),
             (
