@@ -15,6 +15,7 @@ pub mod images;
 pub mod proxy;
 pub mod registry;
 pub mod require;
+pub mod token;
 
 pub use cri::Cri;
 pub use daemon::{Daemon, DaemonOptions};

@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+use std::sync::Arc;
+
 use crate::images::{BuiltImage, BuiltIndex, sha256_digest};
+use crate::token::TokenServer;
 
 /// A registry process started by the test; dropping it stops it.
 #[derive(Debug)]
 pub struct Registry {
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
-    auth: Option<(String, String)>,
+    auth: Auth,
     child: Child,
     agent: ureq::Agent,
 }
@@ -47,15 +50,21 @@ pub fn registry_binary() -> Option<PathBuf> {
 impl Registry {
     /// Starts an open registry. None (after the skip/fail rule) when it is not installed.
     pub fn start() -> Option<Registry> {
-        Self::start_inner(None)
+        Self::start_inner(Auth::None)
     }
 
     /// Starts a registry that requires basic auth with this user and password.
     pub fn start_with_auth(user: &str, password: &str) -> Option<Registry> {
-        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+        Self::start_inner(Auth::Basic(user.to_owned(), password.to_owned()))
     }
 
-    fn start_inner(auth: Option<(String, String)>) -> Option<Registry> {
+    /// Starts a registry that requires bearer tokens from `tokens` (the distribution token
+    /// flow); the harness pushes with tokens it mints itself.
+    pub fn start_with_tokens(tokens: Arc<TokenServer>) -> Option<Registry> {
+        Self::start_inner(Auth::Token(tokens))
+    }
+
+    fn start_inner(auth: Auth) -> Option<Registry> {
         let bin = registry_binary()?;
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -66,7 +75,10 @@ impl Registry {
             let port = free_port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let mut auth_yaml = String::new();
-            if let Some((user, pass)) = &auth {
+            if let Auth::Token(t) = &auth {
+                auth_yaml = t.registry_yaml();
+            }
+            if let Auth::Basic(user, pass) = &auth {
                 let hash = bcrypt::hash(pass, 5).expect("bcrypt");
                 let htpasswd = dir.path().join("htpasswd");
                 std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("htpasswd");
@@ -135,9 +147,10 @@ impl Registry {
     fn authorize(
         &self,
         req: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+        repo: &str,
     ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        match &self.auth {
-            Some((u, p)) => req.header("Authorization", basic(u, p)),
+        match self.auth.header(repo) {
+            Some(h) => req.header("Authorization", h),
             None => req,
         }
     }
@@ -145,16 +158,25 @@ impl Registry {
     fn authorize_body(
         &self,
         req: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        repo: &str,
     ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        match &self.auth {
-            Some((u, p)) => req.header("Authorization", basic(u, p)),
+        match self.auth.header(repo) {
+            Some(h) => req.header("Authorization", h),
             None => req,
         }
     }
 
     /// GET a path with the registry's credentials (if any).
     pub fn get(&self, path: &str) -> Result<Reply, ureq::Error> {
-        self.get_with(path, self.auth.as_ref().map(|(u, p)| basic(u, p)), &[])
+        let repo = path
+            .strip_prefix("/v2/")
+            .and_then(|p| {
+                p.rsplit_once("/manifests/")
+                    .or_else(|| p.rsplit_once("/blobs/"))
+            })
+            .map(|(r, _)| r)
+            .unwrap_or("");
+        self.get_with(path, self.auth.header(repo), &[])
     }
 
     /// GET a path with the given Authorization header (None: anonymous) and extra headers.
@@ -181,6 +203,7 @@ impl Registry {
             .authorize(
                 self.agent
                     .head(format!("http://{}/v2/{repo}/blobs/{digest}", self.addr)),
+                repo,
             )
             .call()
             .expect("HEAD blob");
@@ -191,6 +214,7 @@ impl Registry {
             self.authorize_body(
                 self.agent
                     .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr)),
+                repo,
             )
             .send_empty()
             .expect("start upload"),
@@ -213,7 +237,7 @@ impl Registry {
         };
         let sep = if url.contains('?') { '&' } else { '?' };
         let put = reply(
-            self.authorize_body(self.agent.put(format!("{url}{sep}digest={digest}")))
+            self.authorize_body(self.agent.put(format!("{url}{sep}digest={digest}")), repo)
                 .header("Content-Type", "application/octet-stream")
                 .send(bytes)
                 .expect("PUT blob"),
@@ -237,10 +261,13 @@ impl Registry {
         bytes: &[u8],
     ) -> String {
         let r = reply(
-            self.authorize_body(self.agent.put(format!(
-                "http://{}/v2/{repo}/manifests/{reference}",
-                self.addr
-            )))
+            self.authorize_body(
+                self.agent.put(format!(
+                    "http://{}/v2/{repo}/manifests/{reference}",
+                    self.addr
+                )),
+                repo,
+            )
             .header("Content-Type", media_type)
             .send(bytes)
             .expect("PUT manifest"),
@@ -277,6 +304,27 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How the harness authenticates to its registry.
+#[derive(Debug, Clone)]
+enum Auth {
+    None,
+    Basic(String, String),
+    Token(Arc<TokenServer>),
+}
+
+impl Auth {
+    fn header(&self, repo: &str) -> Option<String> {
+        match self {
+            Auth::None => None,
+            Auth::Basic(u, p) => Some(basic(u, p)),
+            Auth::Token(t) => Some(format!(
+                "Bearer {}",
+                t.mint("berth-harness", repo, &["pull", "push"])
+            )),
+        }
     }
 }
 

@@ -555,3 +555,83 @@ async fn images_survive_restart_and_crash_leftovers_are_cleaned() {
     assert_eq!(dir_count(&d.root.join("snapshots/tmp")), 0);
     assert!(!orphan.exists(), "unreferenced blob kept");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_token_flow_with_password_registry_token_and_identity_token() {
+    if !ready() {
+        return;
+    }
+    let Some(tokens) = berth_e2e::token::TokenServer::start("berth", "tok-pass", "refresh-abc123")
+    else {
+        return;
+    };
+    let tokens = std::sync::Arc::new(tokens);
+    let Some(reg) = Registry::start_with_tokens(tokens.clone()) else {
+        return;
+    };
+    let built = catalog::busybox().build();
+    reg.push_image("secure/busybox", "v1", &built);
+    let d = Daemon::start().await;
+    let mut c = d.cri().await;
+    let name = format!("{}/secure/busybox:v1", reg.host());
+
+    // Anonymous: the token service refuses, the pull is denied.
+    let e = c.pull(&name, None).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::PermissionDenied | Code::Unavailable),
+        "{e:?}"
+    );
+
+    // User and password: exchanged for a bearer token at the realm.
+    let before = tokens.issued();
+    let auth = cri::AuthConfig {
+        username: "berth".into(),
+        password: "tok-pass".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.pull(&name, Some(auth)).await.unwrap(),
+        built.config_digest
+    );
+    assert!(tokens.issued() > before, "no token was requested");
+    c.remove_image(&name).await.unwrap();
+
+    // A registry token (already a bearer token for this registry).
+    let auth = cri::AuthConfig {
+        registry_token: tokens.mint("berth", "secure/busybox", &["pull"]),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.pull(&name, Some(auth)).await.unwrap(),
+        built.config_digest
+    );
+    c.remove_image(&name).await.unwrap();
+    // A token for another repository does not open this one.
+    let auth = cri::AuthConfig {
+        registry_token: tokens.mint("berth", "other/repo", &["pull"]),
+        ..Default::default()
+    };
+    assert!(c.pull(&name, Some(auth)).await.is_err());
+
+    // An identity token (OAuth2 refresh token), exchanged for an access token.
+    let auth = cri::AuthConfig {
+        identity_token: "refresh-abc123".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.pull(&name, Some(auth)).await.unwrap(),
+        built.config_digest
+    );
+    let auth = cri::AuthConfig {
+        identity_token: "refresh-wrong-999".into(),
+        ..Default::default()
+    };
+    let e = c.pull(&name, Some(auth)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        !e.message().contains("refresh-wrong-999"),
+        "{}",
+        e.message()
+    );
+    assert!(!d.log().contains("refresh-wrong-999") && !d.log().contains("tok-pass"));
+}

@@ -69,9 +69,7 @@ pub fn credentials(auth: Option<&AuthConfig>) -> Result<Credentials, Status> {
         return Ok(Credentials::RegistryToken(a.registry_token.clone()));
     }
     if !a.identity_token.is_empty() {
-        return Err(Status::invalid_argument(
-            "auth.identity_token (an OAuth2 refresh token) is not supported by berth yet; use username/password or registry_token",
-        ));
+        return Ok(Credentials::IdentityToken(a.identity_token.clone()));
     }
     Ok(Credentials::Anonymous)
 }

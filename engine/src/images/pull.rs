@@ -99,7 +99,8 @@ impl PullError {
             | PullError::DiffIdMismatch { .. } => ErrorKind::DataLoss,
             PullError::Apply { source, .. } => source.kind(),
             PullError::Content(e) => e.kind(),
-            PullError::Client(_) => ErrorKind::FailedPrecondition,
+            PullError::Client(ClientError::CaFile { .. }) => ErrorKind::FailedPrecondition,
+            PullError::Client(ClientError::Token { .. }) => ErrorKind::PermissionDenied,
             PullError::Io(_) | PullError::Internal(_) => ErrorKind::Internal,
             PullError::State(e) => e.kind(),
         }
@@ -217,7 +218,15 @@ impl Puller {
         let n = endpoints.len();
         for (i, ep) in endpoints.into_iter().enumerate() {
             let label = format!("{ep:?}");
-            let client = EndpointClient::new(ep, creds)?;
+            let client = match EndpointClient::new(ep, creds, &reference.path).await {
+                Ok(c) => c,
+                Err(e) if i + 1 < n => {
+                    tracing::warn!(image = %reference, endpoint = %label, error = %scrub(&e.to_string(), creds), "endpoint failed; trying the next");
+                    last = Some(e.into());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             match self.pull_from(&client, reference, lease, progress).await {
                 Ok(r) => return Ok(r),
                 Err(e) if i + 1 < n && e.kind() != ErrorKind::InvalidArgument => {

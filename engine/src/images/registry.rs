@@ -164,6 +164,9 @@ pub enum Credentials {
     },
     /// A bearer token for the registry itself (CRI `registry_token`).
     RegistryToken(String),
+    /// An OAuth2 refresh token (CRI `identity_token`), exchanged at the registry's token
+    /// service for an access token before each pull.
+    IdentityToken(String),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -172,27 +175,18 @@ impl std::fmt::Debug for Credentials {
             Credentials::Anonymous => "Anonymous",
             Credentials::Basic { .. } => "Basic(<redacted>)",
             Credentials::RegistryToken(_) => "RegistryToken(<redacted>)",
+            Credentials::IdentityToken(_) => "IdentityToken(<redacted>)",
         })
     }
 }
 
 impl Credentials {
-    fn to_auth(&self) -> RegistryAuth {
-        match self {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => {
-                RegistryAuth::Basic(username.clone(), password.clone())
-            }
-            Credentials::RegistryToken(t) => RegistryAuth::Bearer(t.clone()),
-        }
-    }
-
     /// Every secret string, so that error messages can be scrubbed of them.
     pub fn secrets(&self) -> Vec<&str> {
         match self {
             Credentials::Anonymous => vec![],
             Credentials::Basic { password, .. } => vec![password.as_str()],
-            Credentials::RegistryToken(t) => vec![t.as_str()],
+            Credentials::RegistryToken(t) | Credentials::IdentityToken(t) => vec![t.as_str()],
         }
     }
 }
@@ -207,6 +201,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error("registry {host}: {message}")]
+    Token { host: String, message: String },
 }
 
 /// A client for one endpoint, with the credentials that endpoint gets.
@@ -233,10 +229,13 @@ fn ensure_crypto_provider() {
 }
 
 impl EndpointClient {
-    /// A fresh client: tokens and credentials are never shared between pulls.
-    pub fn new(
+    /// A fresh client: tokens and credentials are never shared between pulls. The origin
+    /// gets the pull's credentials (an identity token is exchanged for an access token
+    /// here); a mirror pulls anonymously.
+    pub async fn new(
         endpoint: Endpoint,
         origin_credentials: &Credentials,
+        repository: &str,
     ) -> Result<EndpointClient, ClientError> {
         ensure_crypto_provider();
         let mut extra = Vec::new();
@@ -251,6 +250,20 @@ impl EndpointClient {
                 data,
             });
         }
+        let auth = if endpoint.is_mirror {
+            RegistryAuth::Anonymous
+        } else {
+            match origin_credentials {
+                Credentials::Anonymous => RegistryAuth::Anonymous,
+                Credentials::Basic { username, password } => {
+                    RegistryAuth::Basic(username.clone(), password.clone())
+                }
+                Credentials::RegistryToken(t) => RegistryAuth::Bearer(t.clone()),
+                Credentials::IdentityToken(t) => RegistryAuth::Bearer(
+                    exchange_identity_token(&endpoint, &extra, repository, t).await?,
+                ),
+            }
+        };
         let config = ClientConfig {
             protocol: if endpoint.plain_http {
                 ClientProtocol::Http
@@ -262,13 +275,8 @@ impl EndpointClient {
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(30)),
             read_timeout: Some(Duration::from_secs(60)),
-            user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
+            user_agent: USER_AGENT,
             ..ClientConfig::default()
-        };
-        let auth = if endpoint.is_mirror {
-            RegistryAuth::Anonymous
-        } else {
-            origin_credentials.to_auth()
         };
         Ok(EndpointClient {
             client: oci_client::Client::new(config),
@@ -276,6 +284,132 @@ impl EndpointClient {
             auth,
         })
     }
+}
+
+const USER_AGENT: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));
+
+/// Parses `Bearer realm="...",service="...",scope="..."` into its parameters.
+pub fn parse_bearer_challenge(header: &str) -> Option<BTreeMap<String, String>> {
+    let rest = header
+        .trim()
+        .strip_prefix("Bearer ")
+        .or_else(|| header.trim().strip_prefix("bearer "))?;
+    let mut out = BTreeMap::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let (key, after) = s.split_once('=')?;
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remainder) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            (q[..end].to_owned(), &q[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_owned(), &after[end..])
+        };
+        out.insert(key, value);
+        s = remainder.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(out)
+}
+
+/// Exchanges an OAuth2 refresh token for an access token at the registry's token service
+/// (the realm of its Bearer challenge), as Docker does for identity tokens.
+async fn exchange_identity_token(
+    endpoint: &Endpoint,
+    extra_roots: &[Certificate],
+    repository: &str,
+    refresh_token: &str,
+) -> Result<String, ClientError> {
+    let err = |message: String| ClientError::Token {
+        host: endpoint.host.clone(),
+        message,
+    };
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
+        .danger_accept_invalid_certs(endpoint.skip_verify);
+    for c in extra_roots {
+        let cert =
+            reqwest::Certificate::from_pem(&c.data).map_err(|e| err(format!("CA file: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let http = builder
+        .build()
+        .map_err(|e| err(format!("http client: {e}")))?;
+    let scheme = if endpoint.plain_http { "http" } else { "https" };
+    let ping = http
+        .get(format!("{scheme}://{}/v2/", endpoint.host))
+        .send()
+        .await
+        .map_err(|e| err(format!("GET /v2/: {e}")))?;
+    let challenge = ping
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_bearer_challenge)
+        .ok_or_else(|| {
+            err(
+                "an identity token was given but the registry offers no Bearer token service"
+                    .into(),
+            )
+        })?;
+    let realm = challenge
+        .get("realm")
+        .ok_or_else(|| err("Bearer challenge without a realm".into()))?;
+    let scope = format!("repository:{repository}:pull");
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", "berth"),
+        ("scope", scope.as_str()),
+    ];
+    if let Some(service) = challenge.get("service") {
+        form.push(("service", service.as_str()));
+    }
+    let resp = http
+        .post(realm)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| err(format!("token service {realm}: {e}")))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| err(format!("token service {realm}: {e}")))?;
+    if !status.is_success() {
+        return Err(err(format!(
+            "token service {realm} refused the identity token: HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(512)])
+                .replace(refresh_token, "<redacted>")
+        )));
+    }
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        #[serde(default)]
+        access_token: String,
+        #[serde(default)]
+        token: String,
+    }
+    let t: TokenResponse = serde_json::from_slice(&body)
+        .map_err(|e| err(format!("token service {realm}: bad JSON: {e}")))?;
+    let access = if t.access_token.is_empty() {
+        t.token
+    } else {
+        t.access_token
+    };
+    if access.is_empty() {
+        return Err(err(format!(
+            "token service {realm} returned no access token"
+        )));
+    }
+    Ok(access)
 }
 
 #[cfg(test)]
@@ -344,6 +478,18 @@ mod tests {
         ] {
             assert!(parse_mirror(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bearer_challenges_parse() {
+        let c = parse_bearer_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c["realm"], "https://auth.example/token");
+        assert_eq!(c["service"], "registry.example");
+        assert_eq!(c["scope"], "repository:a/b:pull,push");
+        assert!(parse_bearer_challenge(r#"Basic realm="x""#).is_none());
     }
 
     #[test]
