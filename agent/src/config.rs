@@ -60,6 +60,9 @@ max_concurrent_downloads = 3
 # Images reported as pinned, which kubelet never garbage-collects,
 # e.g. ["registry.k8s.io/pause:3.10"].
 pinned = []
+# Flush each unpacked layer to disk (syncfs) before it is committed, so that a power
+# loss never leaves a layer with empty files. Turn off only on throwaway nodes.
+sync_layers = true
 
 # Per-registry settings, keyed by the registry host as it appears in image names.
 # Registries on loopback (localhost, 127.0.0.0/8, ::1) are plain HTTP by default.
@@ -93,6 +96,7 @@ pub struct Config {
 pub struct ImagesConfig {
     pub max_concurrent_downloads: usize,
     pub pinned: Vec<ImageName>,
+    pub sync_layers: bool,
 }
 
 impl Default for ImagesConfig {
@@ -100,6 +104,7 @@ impl Default for ImagesConfig {
         ImagesConfig {
             max_concurrent_downloads: 3,
             pinned: Vec::new(),
+            sync_layers: true,
         }
     }
 }
@@ -385,6 +390,7 @@ impl Config {
             },
             max_concurrent_downloads: self.images.max_concurrent_downloads,
             pinned_images: self.images.pinned.iter().map(|n| n.0.clone()).collect(),
+            sync_layers: self.images.sync_layers,
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct EngineConfig {
     pub max_concurrent_downloads: usize,
     /// Images reported as pinned (kubelet never garbage-collects them).
     pub pinned_images: Vec<String>,
+    /// Flush every unpacked layer to disk before committing it (power-loss safety).
+    pub sync_layers: bool,
 }
 
 /// A CRI runtime condition.
@@ -113,6 +115,7 @@ impl Engine {
             limits: snapshots::apply::Limits::default(),
             stats: Arc::default(),
             platform: images::manifest::Platform::host(),
+            sync_layers: cfg.sync_layers,
         };
         let pinned = cfg
             .pinned_images
@@ -322,6 +325,7 @@ mod tests {
             registry: Default::default(),
             max_concurrent_downloads: 3,
             pinned_images: Vec::new(),
+            sync_layers: true,
         }
     }
 

@@ -129,6 +129,8 @@ pub struct Puller {
     pub limits: Limits,
     pub stats: Arc<PullStats>,
     pub platform: Platform,
+    /// Flush each unpacked layer to disk before it becomes visible.
+    pub sync_layers: bool,
 }
 
 /// Bytes downloaded by the current pull, for progress lines.
@@ -644,7 +646,9 @@ impl Puller {
         layer: &LayerRecord,
         parent: Option<Digest>,
     ) -> Result<(), PullError> {
-        let usage = self.snapshots.commit(tmp, &layer.chain_id)?;
+        let usage = self
+            .snapshots
+            .commit(tmp, &layer.chain_id, self.sync_layers)?;
         self.db.snapshot_put(&SnapshotRecord {
             schema_version: RECORD_VERSION,
             chain_id: layer.chain_id.clone(),

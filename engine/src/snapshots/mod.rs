@@ -116,11 +116,26 @@ impl SnapshotStore {
 
     /// Makes an unpacked layer visible under its chain id. If another unpack of the same
     /// layer won the race, this one is discarded: the content is the same.
-    pub fn commit(&self, mut tmp: TmpSnapshot, chain_id: &Digest) -> Result<Usage, IoError> {
+    ///
+    /// With `sync`, the layer's data is flushed to disk (one `syncfs`) *before* it becomes
+    /// visible, so that a power loss can never leave a committed layer with empty files
+    /// (containerd's failure in containerd#5854 and #8895, opt-in there, default here).
+    pub fn commit(
+        &self,
+        mut tmp: TmpSnapshot,
+        chain_id: &Digest,
+        sync: bool,
+    ) -> Result<Usage, IoError> {
         let usage = usage(&tmp.fs())?;
         let target = self.root.join("sha256").join(chain_id.hex());
         if target.exists() {
             return Ok(usage);
+        }
+        if sync {
+            let dir = fs::File::open(&tmp.dir).at("open", &tmp.dir)?;
+            nix::unistd::syncfs(&dir)
+                .map_err(std::io::Error::from)
+                .at("syncfs", &tmp.dir)?;
         }
         fs::rename(&tmp.dir, &target).at("commit layer", &target)?;
         tmp.committed = true;
@@ -197,7 +212,7 @@ mod tests {
         let tmp = s.prepare().unwrap();
         fs::write(tmp.fs().join("f"), b"x").unwrap();
         assert!(!s.exists(&id));
-        let u = s.commit(tmp, &id).unwrap();
+        let u = s.commit(tmp, &id, true).unwrap();
         assert!(s.exists(&id));
         assert_eq!(u.inodes, 2);
         assert_eq!(s.list().unwrap(), vec![id.clone()]);
