@@ -359,3 +359,142 @@ pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
 }
+
+/// A second registry process serving the same storage over HTTPS, with a throwaway
+/// certificate for 127.0.0.1 (made with the `openssl` tool).
+#[derive(Debug)]
+pub struct TlsRegistry {
+    dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl TlsRegistry {
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The PEM CA certificate clients must trust.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// Serves this registry's content over HTTPS from a second process.
+    pub fn serve_tls(&self) -> Option<TlsRegistry> {
+        crate::require::need_binary("openssl", "openssl")?;
+        let bin = registry_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-registry-tls-")
+            .tempdir()
+            .expect("tempdir");
+        // A CA and a server certificate for 127.0.0.1 signed by it (TLS libraries refuse a
+        // CA certificate used as the server's own).
+        let p = |n: &str| dir.path().join(n);
+        let (ca, ca_key, cert, key, csr, ext) = (
+            p("ca.pem"),
+            p("ca-key.pem"),
+            p("cert.pem"),
+            p("key.pem"),
+            p("req.csr"),
+            p("ext.cnf"),
+        );
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("ext");
+        let run = |args: &[&std::ffi::OsStr]| {
+            Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl")
+                .status
+                .success()
+        };
+        let s = |x: &'static str| std::ffi::OsStr::new(x);
+        let ok = run(&[
+            s("req"),
+            s("-x509"),
+            s("-newkey"),
+            s("rsa:2048"),
+            s("-nodes"),
+            s("-days"),
+            s("1"),
+            s("-subj"),
+            s("/CN=berth test CA"),
+            s("-keyout"),
+            ca_key.as_os_str(),
+            s("-out"),
+            ca.as_os_str(),
+        ]) && run(&[
+            s("req"),
+            s("-newkey"),
+            s("rsa:2048"),
+            s("-nodes"),
+            s("-subj"),
+            s("/CN=127.0.0.1"),
+            s("-keyout"),
+            key.as_os_str(),
+            s("-out"),
+            csr.as_os_str(),
+        ]) && run(&[
+            s("x509"),
+            s("-req"),
+            s("-in"),
+            csr.as_os_str(),
+            s("-CA"),
+            ca.as_os_str(),
+            s("-CAkey"),
+            ca_key.as_os_str(),
+            s("-CAcreateserial"),
+            s("-days"),
+            s("1"),
+            s("-extfile"),
+            ext.as_os_str(),
+            s("-out"),
+            cert.as_os_str(),
+        ]);
+        assert!(ok, "openssl could not make a certificate");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+            self.dir.path().join("data").display(),
+            cert.display(),
+            key.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("config");
+        let log_path = dir.path().join("registry.log");
+        let log = std::fs::File::create(&log_path).expect("log");
+        let child = Command::new("setsid")
+            .arg(bin)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        let reg = TlsRegistry { dir, addr, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Some(reg);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "TLS registry did not start: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+}

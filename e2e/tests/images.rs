@@ -635,3 +635,30 @@ async fn bearer_token_flow_with_password_registry_token_and_identity_token() {
     );
     assert!(!d.log().contains("refresh-wrong-999") && !d.log().contains("tok-pass"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_registries_need_their_ca_or_skip_verify() {
+    let Some((_plain_daemon, reg)) = setup().await else {
+        return;
+    };
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    let Some(tls) = reg.serve_tls() else { return };
+    let name = format!("{}/busybox:latest", tls.host());
+    for (setting, ok) in [
+        (String::new(), false),
+        (format!("ca_file = {:?}\n", tls.cert_path()), true),
+        ("skip_verify = true\n".to_owned(), true),
+    ] {
+        let d = Daemon::start_with(DaemonOptions {
+            extra_config: format!(
+                "\n[registries.\"{}\"]\nplain_http = false\n{setting}",
+                tls.host()
+            ),
+            ..Default::default()
+        })
+        .await;
+        let mut c = d.cri().await;
+        let r = c.pull(&name, None).await;
+        assert_eq!(r.is_ok(), ok, "{setting:?}: {r:?}");
+    }
+}

@@ -722,9 +722,20 @@ fn registry_error(host: &str, e: OciDistributionError) -> PullError {
         OciDistributionError::DigestError(_) => ErrorKind::DataLoss,
         _ => ErrorKind::Unavailable,
     };
+    // Keep the causes: "error sending request" alone does not tell an operator why.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
     PullError::Registry {
         endpoint: host.to_owned(),
-        message: e.to_string(),
+        message,
         kind,
     }
 }
