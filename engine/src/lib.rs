@@ -18,6 +18,7 @@ pub mod id;
 pub mod images;
 pub mod linux;
 pub mod snapshots;
+pub mod spec;
 pub mod state;
 
 use std::fs::{File, OpenOptions};
