@@ -17,6 +17,7 @@ pub mod gc;
 pub mod id;
 pub mod images;
 pub mod linux;
+pub mod monitor;
 pub mod snapshots;
 pub mod spec;
 pub mod state;

@@ -6,6 +6,8 @@
 //! controllers). berth uses, for each controller, the hierarchy that actually has it: on a
 //! hybrid host whose cgroup2 holds only `hugetlb`, memory, cpu and pids live on v1.
 
+pub mod manager;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

@@ -1,0 +1,12 @@
+//! The per-pod monitor: a small single-threaded process per pod, started as a fresh exec of
+//! berthd (`berthd monitor …`), never a fork of the multi-threaded daemon.
+//!
+//! It anchors the pod's shared namespaces, is the subreaper and parent of the pod's
+//! containers and exec processes, copies their output into CRI log files, and records every
+//! exit to disk before reporting it, so that nothing is lost while berthd is down. It talks
+//! to berthd over a unix socket in the pod's run directory with length-prefixed
+//! `berth.monitor.v1` frames (see `proto/berth/monitor.proto`).
+//!
+//! What exists so far: [`cri_log`], the kubelet log format writer.
+
+pub mod cri_log;
