@@ -6,4 +6,7 @@
 //! unit-tested against fixtures.
 
 pub mod cgroups;
+pub mod init;
 pub mod probe;
+pub mod spawn;
+pub mod sys;

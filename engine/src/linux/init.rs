@@ -1,0 +1,368 @@
+//! The container side of process creation: what the cloned child does, in order, before it
+//! execs the container's command. Every step names itself in the error it returns, so a
+//! failure reads like `mount /proc: EPERM`.
+//!
+//! Order (after youki and crun): join the cgroups; make the mount tree private; mount the
+//! overlay root and everything inside it; mask and protect paths; pivot_root; set sysctls
+//! and oom_score_adj; set up stdio; drop to the container's groups and user keeping the
+//! capabilities we grant; set the capability sets; no_new_privs; exec.
+
+use std::ffi::CString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::unistd::{Gid, Uid};
+
+use super::spawn::{LaunchSpec, Stdio};
+use crate::spec::mounts::{Mount, Propagation};
+use crate::spec::security::ALL_CAPABILITIES;
+
+type Step<T> = Result<T, String>;
+
+fn step<T, E: std::fmt::Display>(what: impl FnOnce() -> String, r: Result<T, E>) -> Step<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+/// Does everything up to and including exec; returns only with an error message.
+pub fn become_container(spec: &LaunchSpec, stdio: Stdio) -> String {
+    match run(spec, stdio) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
+    for dir in &spec.cgroup_dirs {
+        let f = dir.join("cgroup.procs");
+        step(|| format!("join cgroup {}", dir.display()), fs::write(&f, "0"))?;
+    }
+    step(
+        || "make mounts private".into(),
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
+    )?;
+    let root = &spec.rootfs.target;
+    mount_overlay(spec)?;
+    for m in &spec.mounts {
+        mount_one(root, m, spec)?;
+    }
+    for p in &spec.masked_paths {
+        mask(root, p)?;
+    }
+    for p in &spec.readonly_paths {
+        readonly(root, p)?;
+    }
+    pivot(root)?;
+    if spec.rootfs.readonly {
+        step(
+            || "remount / read-only".into(),
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None::<&str>,
+            ),
+        )?;
+    }
+    for (k, v) in &spec.sysctls {
+        let f = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        step(|| format!("sysctl {k}"), fs::write(&f, v))?;
+    }
+    if let Some(adj) = spec.oom_score_adj {
+        // Lowering the score needs CAP_SYS_RESOURCE, which a node may not grant: keep the
+        // inherited value then, as containerd's restrict_oom_score_adj does.
+        let _ = fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
+    // Standard streams.
+    if let Some(i) = &stdio.stdin {
+        step(|| "stdin".into(), nix::unistd::dup2_stdin(i))?;
+    } else {
+        let null = step(|| "open /dev/null".into(), fs::File::open("/dev/null"))?;
+        step(|| "stdin".into(), nix::unistd::dup2_stdin(&null))?;
+    }
+    step(|| "stdout".into(), nix::unistd::dup2_stdout(&stdio.stdout))?;
+    step(|| "stderr".into(), nix::unistd::dup2_stderr(&stdio.stderr))?;
+    drop(stdio);
+    step(|| format!("chdir {}", spec.cwd), nix::unistd::chdir(spec.cwd.as_str()))?;
+    set_identity(spec)?;
+    if spec.no_new_privs {
+        step(|| "no_new_privs".into(), nix::sys::prctl::set_no_new_privs())?;
+    }
+    exec(spec)
+}
+
+fn mount_overlay(spec: &LaunchSpec) -> Step<()> {
+    let r = &spec.rootfs;
+    let lower: Vec<String> = r.lowerdirs.iter().map(|p| p.display().to_string()).collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        r.upperdir.display(),
+        r.workdir.display()
+    );
+    step(|| format!("create {}", r.target.display()), fs::create_dir_all(&r.target))?;
+    step(
+        || format!("mount overlay root ({} layers)", lower.len()),
+        mount(Some("overlay"), &r.target, Some("overlay"), MsFlags::empty(), Some(data.as_str())),
+    )
+}
+
+/// Splits mount options into flags and data, as mount(8) does.
+fn options(opts: &[String]) -> (MsFlags, Vec<String>) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in opts {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            other => data.push(other.to_owned()),
+        }
+    }
+    (flags, data)
+}
+
+/// The destination inside the new root, refusing to follow symlinks out of it.
+fn inside(root: &Path, dest: &str) -> Step<PathBuf> {
+    let mut cur = root.to_owned();
+    for c in Path::new(dest).components() {
+        if let std::path::Component::Normal(n) = c {
+            cur.push(n);
+            if let Ok(m) = fs::symlink_metadata(&cur)
+                && m.file_type().is_symlink()
+            {
+                return Err(format!(
+                    "mount destination {dest}: {} is a symlink; refusing to follow it",
+                    cur.display()
+                ));
+            }
+        }
+    }
+    Ok(cur)
+}
+
+fn ensure_target(target: &Path, as_dir: bool) -> Step<()> {
+    if target.exists() {
+        return Ok(());
+    }
+    if as_dir {
+        step(|| format!("create {}", target.display()), fs::create_dir_all(target))
+    } else {
+        if let Some(p) = target.parent() {
+            step(|| format!("create {}", p.display()), fs::create_dir_all(p))?;
+        }
+        step(|| format!("create {}", target.display()), fs::File::create(target).map(|_| ()))
+    }
+}
+
+fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
+    let target = inside(root, &m.destination)?;
+    let (flags, data) = options(&m.options);
+    match m.kind.as_str() {
+        "bind" => {
+            let is_dir = fs::metadata(&m.source).map(|md| md.is_dir()).unwrap_or(true);
+            ensure_target(&target, is_dir)?;
+            step(
+                || format!("bind {} on {}", m.source, m.destination),
+                mount(Some(m.source.as_str()), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+            )?;
+            let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+            if !extra.is_empty() {
+                step(
+                    || format!("remount {} with {:?}", m.destination, m.options),
+                    mount(None::<&str>, &target, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra, None::<&str>),
+                )?;
+            }
+            let prop = match m.propagation {
+                Some(Propagation::RSlave) => MsFlags::MS_REC | MsFlags::MS_SLAVE,
+                Some(Propagation::RShared) => MsFlags::MS_REC | MsFlags::MS_SHARED,
+                _ => MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            };
+            step(
+                || format!("propagation of {}", m.destination),
+                mount(None::<&str>, &target, None::<&str>, prop, None::<&str>),
+            )
+        }
+        "cgroup" => {
+            // A read-only view of the container's own cgroups, as runc gives on v1.
+            ensure_target(&target, true)?;
+            step(
+                || "mount /sys/fs/cgroup tmpfs".into(),
+                mount(Some("tmpfs"), &target, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755")),
+            )?;
+            for (name, host_dir) in &spec.cgroup_view {
+                let t = target.join(name);
+                ensure_target(&t, true)?;
+                step(
+                    || format!("bind cgroup {name}"),
+                    mount(Some(host_dir.as_path()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+                )?;
+                step(
+                    || format!("cgroup {name} read-only"),
+                    mount(None::<&str>, &t, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags, None::<&str>),
+                )?;
+            }
+            if flags.contains(MsFlags::MS_RDONLY) {
+                step(
+                    || "/sys/fs/cgroup read-only".into(),
+                    mount(None::<&str>, &target, None::<&str>, MsFlags::MS_REMOUNT | flags, Some("mode=755")),
+                )?;
+            }
+            Ok(())
+        }
+        fstype => {
+            ensure_target(&target, true)?;
+            let d = data.join(",");
+            step(
+                || format!("mount {} on {}", fstype, m.destination),
+                mount(Some(m.source.as_str()), &target, Some(fstype), flags, (!d.is_empty()).then_some(d.as_str())),
+            )?;
+            if m.destination == "/dev" {
+                populate_dev(&target)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The standard device nodes (bind-mounted from the host, which works in every namespace)
+/// and the usual /dev symlinks.
+fn populate_dev(dev: &Path) -> Step<()> {
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let t = dev.join(name);
+        ensure_target(&t, false)?;
+        let src = format!("/dev/{name}");
+        step(
+            || format!("bind {src}"),
+            mount(Some(src.as_str()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+        )?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        step(|| format!("symlink /dev/{link}"), std::os::unix::fs::symlink(target, dev.join(link)))?;
+    }
+    Ok(())
+}
+
+fn mask(root: &Path, p: &str) -> Step<()> {
+    let t = inside(root, p)?;
+    match fs::metadata(&t) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => step(
+            || format!("mask {p}"),
+            mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
+        ),
+        Ok(_) => step(
+            || format!("mask {p}"),
+            mount(Some("/dev/null"), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+        ),
+    }
+}
+
+fn readonly(root: &Path, p: &str) -> Step<()> {
+    let t = inside(root, p)?;
+    if !t.exists() {
+        return Ok(());
+    }
+    step(
+        || format!("read-only {p}"),
+        mount(Some(&t), &t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+    )?;
+    step(
+        || format!("read-only {p}"),
+        mount(
+            None::<&str>,
+            &t,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ),
+    )
+}
+
+/// pivot_root into `root`, then detach the old root (pivot_root(".", ".") idiom).
+fn pivot(root: &Path) -> Step<()> {
+    step(|| format!("chdir {}", root.display()), nix::unistd::chdir(root))?;
+    step(|| "pivot_root".into(), nix::unistd::pivot_root(".", "."))?;
+    step(|| "detach old root".into(), umount2(".", MntFlags::MNT_DETACH))?;
+    step(|| "chdir /".into(), nix::unistd::chdir("/"))
+}
+
+fn cap_of(n: u8) -> Option<Capability> {
+    ALL_CAPABILITIES.get(usize::from(n))?.parse().ok()
+}
+
+fn set_of(nums: &std::collections::BTreeSet<u8>) -> CapsHashSet {
+    nums.iter().filter_map(|n| cap_of(*n)).collect()
+}
+
+fn set_identity(spec: &LaunchSpec) -> Step<()> {
+    let c = &spec.capabilities;
+    // Drop from the bounding set what the container may never have.
+    for n in 0..ALL_CAPABILITIES.len() {
+        let Ok(n8) = u8::try_from(n) else { continue };
+        if !c.bounding.contains(&n8)
+            && let Some(cap) = cap_of(n8)
+            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
+        {
+            step(|| format!("drop {cap} from the bounding set"), caps::drop(None, CapSet::Bounding, cap))?;
+        }
+    }
+    // Keep permitted capabilities across the uid change; the sets are set right after.
+    step(|| "keep capabilities".into(), nix::sys::prctl::set_keepcaps(true))?;
+    let u = &spec.user;
+    let groups: Vec<Gid> = u.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    step(|| "setgroups".into(), nix::unistd::setgroups(&groups))?;
+    let gid = Gid::from_raw(u.gid);
+    let uid = Uid::from_raw(u.uid);
+    step(|| format!("setresgid {}", u.gid), nix::unistd::setresgid(gid, gid, gid))?;
+    step(|| format!("setresuid {}", u.uid), nix::unistd::setresuid(uid, uid, uid))?;
+    step(|| "set permitted capabilities".into(), caps::set(None, CapSet::Permitted, &set_of(&c.permitted)))?;
+    step(|| "set inheritable capabilities".into(), caps::set(None, CapSet::Inheritable, &set_of(&c.inheritable)))?;
+    step(|| "set effective capabilities".into(), caps::set(None, CapSet::Effective, &set_of(&c.effective)))?;
+    step(|| "set ambient capabilities".into(), caps::set(None, CapSet::Ambient, &set_of(&c.ambient)))?;
+    Ok(())
+}
+
+/// Finds the executable in the container's PATH (from its own environment) and execs it.
+fn exec(spec: &LaunchSpec) -> Step<Never> {
+    let cmd = spec.args.first().ok_or_else(|| "no command".to_owned())?;
+    let path = if cmd.contains('/') {
+        PathBuf::from(cmd)
+    } else {
+        let path_var = spec
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(crate::spec::process::DEFAULT_PATH);
+        path_var
+            .split(':')
+            .map(|d| Path::new(d).join(cmd))
+            .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file()))
+            .ok_or_else(|| format!("exec {cmd:?}: executable file not found in $PATH"))?
+    };
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+    let prog = cstr(&path.to_string_lossy())?;
+    let argv = spec.args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+    let envp = spec.env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
+    match nix::unistd::execve(&prog, &argv, &envp) {
+        Ok(never) => match never {},
+        Err(e) => Err(format!("exec {}: {e}", path.display())),
+    }
+}

@@ -1,0 +1,63 @@
+//! The raw syscalls berth needs that have no safe wrapper. Every `unsafe` block in berth
+//! outside the monitor's process creation lives here, each with the invariant it relies on.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+/// Size of the stack the cloned child starts on (it execs soon, so this is plenty).
+const CHILD_STACK: usize = 1 << 20;
+
+/// Runs `child` in a new process created with `clone(2)` and `flags` (new namespaces),
+/// returning the child's pid in the caller's pid namespace. `child` must end by exec'ing or
+/// by `_exit`; its return value becomes the exit code otherwise.
+///
+/// The caller must be single-threaded (the per-pod monitor is): the child gets a copy of
+/// the caller's memory, including any lock another thread might have held.
+pub fn clone_child(flags: CloneFlags, mut child: impl FnMut() -> isize) -> nix::Result<Pid> {
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: without CLONE_VM the child runs on a copy-on-write copy of our address
+    // space, so `stack` and everything `child` captures stay valid in it; SIGCHLD as the
+    // exit signal makes it an ordinary child we can wait for. The single-thread
+    // precondition is documented above and upheld by the only caller (the monitor).
+    unsafe {
+        nix::sched::clone(
+            Box::new(&mut child),
+            &mut stack,
+            flags,
+            Some(nix::sys::signal::Signal::SIGCHLD as i32),
+        )
+    }
+}
+
+/// Ends the calling process at once: no destructors, no atexit handlers, no stdio flush.
+/// What a cloned or forked child must do instead of returning into its parent's code.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+nix::ioctl_read_bad!(siocgifflags, libc::SIOCGIFFLAGS, libc::ifreq);
+nix::ioctl_write_ptr_bad!(siocsifflags, libc::SIOCSIFFLAGS, libc::ifreq);
+
+/// Sets IFF_UP on the loopback interface of the caller's network namespace.
+pub fn loopback_up() -> nix::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock: OwnedFd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value for it.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid, initialised ifreq naming "lo"; SIOCGIFFLAGS fills its
+    // flags field and reads nothing else; the socket fd is open for the whole call.
+    unsafe { siocgifflags(sock.as_raw_fd(), &mut req) }?;
+    // SAFETY: reading the union member the kernel just wrote (ifru_flags).
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS reads the name and flags of a valid ifreq.
+    unsafe { siocsifflags(sock.as_raw_fd(), &req) }?;
+    Ok(())
+}
