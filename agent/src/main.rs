@@ -60,6 +60,20 @@ enum Command {
     },
     /// Check that this node has what berth needs; exits non-zero if a required check fails.
     Check,
+    /// The per-pod monitor (started by berthd itself; not for interactive use).
+    #[command(hide = true)]
+    Monitor {
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        new_net: Option<PathBuf>,
+        #[arg(long)]
+        new_ipc: bool,
+        #[arg(long, default_value = "")]
+        hostname: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +97,25 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Check) => check(cli.config.as_deref(), &overrides),
+        Some(Command::Monitor {
+            pod,
+            dir,
+            new_net,
+            new_ipc,
+            hostname,
+        }) => {
+            // A fresh exec of berthd, single-threaded from here on: no tokio runtime and no
+            // tracing subscriber of the daemon exist in this process.
+            let code =
+                berth_engine::monitor::entry::main(berth_engine::monitor::entry::MonitorArgs {
+                    pod_id: pod,
+                    dir,
+                    new_net,
+                    new_ipc,
+                    hostname,
+                });
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Some(Command::Serve) | None => serve(cli.config.as_deref(), &overrides),
     }
 }

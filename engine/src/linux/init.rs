@@ -38,11 +38,20 @@ enum Never {}
 fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
     for dir in &spec.cgroup_dirs {
         let f = dir.join("cgroup.procs");
-        step(|| format!("join cgroup {}", dir.display()), fs::write(&f, "0"))?;
+        step(
+            || format!("join cgroup {}", dir.display()),
+            fs::write(&f, "0"),
+        )?;
     }
     step(
         || "make mounts private".into(),
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
     )?;
     let root = &spec.rootfs.target;
     mount_overlay(spec)?;
@@ -87,27 +96,46 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
     step(|| "stdout".into(), nix::unistd::dup2_stdout(&stdio.stdout))?;
     step(|| "stderr".into(), nix::unistd::dup2_stderr(&stdio.stderr))?;
     drop(stdio);
-    step(|| format!("chdir {}", spec.cwd), nix::unistd::chdir(spec.cwd.as_str()))?;
+    step(
+        || format!("chdir {}", spec.cwd),
+        nix::unistd::chdir(spec.cwd.as_str()),
+    )?;
     set_identity(spec)?;
     if spec.no_new_privs {
-        step(|| "no_new_privs".into(), nix::sys::prctl::set_no_new_privs())?;
+        step(
+            || "no_new_privs".into(),
+            nix::sys::prctl::set_no_new_privs(),
+        )?;
     }
     exec(spec)
 }
 
 fn mount_overlay(spec: &LaunchSpec) -> Step<()> {
     let r = &spec.rootfs;
-    let lower: Vec<String> = r.lowerdirs.iter().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = r
+        .lowerdirs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         r.upperdir.display(),
         r.workdir.display()
     );
-    step(|| format!("create {}", r.target.display()), fs::create_dir_all(&r.target))?;
+    step(
+        || format!("create {}", r.target.display()),
+        fs::create_dir_all(&r.target),
+    )?;
     step(
         || format!("mount overlay root ({} layers)", lower.len()),
-        mount(Some("overlay"), &r.target, Some("overlay"), MsFlags::empty(), Some(data.as_str())),
+        mount(
+            Some("overlay"),
+            &r.target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        ),
     )
 }
 
@@ -156,12 +184,18 @@ fn ensure_target(target: &Path, as_dir: bool) -> Step<()> {
         return Ok(());
     }
     if as_dir {
-        step(|| format!("create {}", target.display()), fs::create_dir_all(target))
+        step(
+            || format!("create {}", target.display()),
+            fs::create_dir_all(target),
+        )
     } else {
         if let Some(p) = target.parent() {
             step(|| format!("create {}", p.display()), fs::create_dir_all(p))?;
         }
-        step(|| format!("create {}", target.display()), fs::File::create(target).map(|_| ()))
+        step(
+            || format!("create {}", target.display()),
+            fs::File::create(target).map(|_| ()),
+        )
     }
 }
 
@@ -170,17 +204,31 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
     let (flags, data) = options(&m.options);
     match m.kind.as_str() {
         "bind" => {
-            let is_dir = fs::metadata(&m.source).map(|md| md.is_dir()).unwrap_or(true);
+            let is_dir = fs::metadata(&m.source)
+                .map(|md| md.is_dir())
+                .unwrap_or(true);
             ensure_target(&target, is_dir)?;
             step(
                 || format!("bind {} on {}", m.source, m.destination),
-                mount(Some(m.source.as_str()), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+                mount(
+                    Some(m.source.as_str()),
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                ),
             )?;
             let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
             if !extra.is_empty() {
                 step(
                     || format!("remount {} with {:?}", m.destination, m.options),
-                    mount(None::<&str>, &target, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra, None::<&str>),
+                    mount(
+                        None::<&str>,
+                        &target,
+                        None::<&str>,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra,
+                        None::<&str>,
+                    ),
                 )?;
             }
             let prop = match m.propagation {
@@ -198,24 +246,48 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
             ensure_target(&target, true)?;
             step(
                 || "mount /sys/fs/cgroup tmpfs".into(),
-                mount(Some("tmpfs"), &target, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755")),
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    Some("mode=755"),
+                ),
             )?;
             for (name, host_dir) in &spec.cgroup_view {
                 let t = target.join(name);
                 ensure_target(&t, true)?;
                 step(
                     || format!("bind cgroup {name}"),
-                    mount(Some(host_dir.as_path()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+                    mount(
+                        Some(host_dir.as_path()),
+                        &t,
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    ),
                 )?;
                 step(
                     || format!("cgroup {name} read-only"),
-                    mount(None::<&str>, &t, None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags, None::<&str>),
+                    mount(
+                        None::<&str>,
+                        &t,
+                        None::<&str>,
+                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+                        None::<&str>,
+                    ),
                 )?;
             }
             if flags.contains(MsFlags::MS_RDONLY) {
                 step(
                     || "/sys/fs/cgroup read-only".into(),
-                    mount(None::<&str>, &target, None::<&str>, MsFlags::MS_REMOUNT | flags, Some("mode=755")),
+                    mount(
+                        None::<&str>,
+                        &target,
+                        None::<&str>,
+                        MsFlags::MS_REMOUNT | flags,
+                        Some("mode=755"),
+                    ),
                 )?;
             }
             Ok(())
@@ -225,7 +297,13 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
             let d = data.join(",");
             step(
                 || format!("mount {} on {}", fstype, m.destination),
-                mount(Some(m.source.as_str()), &target, Some(fstype), flags, (!d.is_empty()).then_some(d.as_str())),
+                mount(
+                    Some(m.source.as_str()),
+                    &target,
+                    Some(fstype),
+                    flags,
+                    (!d.is_empty()).then_some(d.as_str()),
+                ),
             )?;
             if m.destination == "/dev" {
                 populate_dev(&target)?;
@@ -244,7 +322,13 @@ fn populate_dev(dev: &Path) -> Step<()> {
         let src = format!("/dev/{name}");
         step(
             || format!("bind {src}"),
-            mount(Some(src.as_str()), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+            mount(
+                Some(src.as_str()),
+                &t,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
         )?;
     }
     for (link, target) in [
@@ -255,7 +339,10 @@ fn populate_dev(dev: &Path) -> Step<()> {
         ("ptmx", "pts/ptmx"),
         ("core", "/proc/kcore"),
     ] {
-        step(|| format!("symlink /dev/{link}"), std::os::unix::fs::symlink(target, dev.join(link)))?;
+        step(
+            || format!("symlink /dev/{link}"),
+            std::os::unix::fs::symlink(target, dev.join(link)),
+        )?;
     }
     Ok(())
 }
@@ -266,11 +353,23 @@ fn mask(root: &Path, p: &str) -> Step<()> {
         Err(_) => Ok(()),
         Ok(m) if m.is_dir() => step(
             || format!("mask {p}"),
-            mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
+            mount(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            ),
         ),
         Ok(_) => step(
             || format!("mask {p}"),
-            mount(Some("/dev/null"), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+            mount(
+                Some("/dev/null"),
+                &t,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
         ),
     }
 }
@@ -282,7 +381,13 @@ fn readonly(root: &Path, p: &str) -> Step<()> {
     }
     step(
         || format!("read-only {p}"),
-        mount(Some(&t), &t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>),
+        mount(
+            Some(&t),
+            &t,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
     )?;
     step(
         || format!("read-only {p}"),
@@ -290,7 +395,12 @@ fn readonly(root: &Path, p: &str) -> Step<()> {
             None::<&str>,
             &t,
             None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            MsFlags::MS_REMOUNT
+                | MsFlags::MS_BIND
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
             None::<&str>,
         ),
     )
@@ -298,9 +408,15 @@ fn readonly(root: &Path, p: &str) -> Step<()> {
 
 /// pivot_root into `root`, then detach the old root (pivot_root(".", ".") idiom).
 fn pivot(root: &Path) -> Step<()> {
-    step(|| format!("chdir {}", root.display()), nix::unistd::chdir(root))?;
+    step(
+        || format!("chdir {}", root.display()),
+        nix::unistd::chdir(root),
+    )?;
     step(|| "pivot_root".into(), nix::unistd::pivot_root(".", "."))?;
-    step(|| "detach old root".into(), umount2(".", MntFlags::MNT_DETACH))?;
+    step(
+        || "detach old root".into(),
+        umount2(".", MntFlags::MNT_DETACH),
+    )?;
     step(|| "chdir /".into(), nix::unistd::chdir("/"))
 }
 
@@ -321,22 +437,51 @@ fn set_identity(spec: &LaunchSpec) -> Step<()> {
             && let Some(cap) = cap_of(n8)
             && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
         {
-            step(|| format!("drop {cap} from the bounding set"), caps::drop(None, CapSet::Bounding, cap))?;
+            step(
+                || format!("drop {cap} from the bounding set"),
+                caps::drop(None, CapSet::Bounding, cap),
+            )?;
         }
     }
     // Keep permitted capabilities across the uid change; the sets are set right after.
-    step(|| "keep capabilities".into(), nix::sys::prctl::set_keepcaps(true))?;
+    step(
+        || "keep capabilities".into(),
+        nix::sys::prctl::set_keepcaps(true),
+    )?;
     let u = &spec.user;
-    let groups: Vec<Gid> = u.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    let groups: Vec<Gid> = u
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     step(|| "setgroups".into(), nix::unistd::setgroups(&groups))?;
     let gid = Gid::from_raw(u.gid);
     let uid = Uid::from_raw(u.uid);
-    step(|| format!("setresgid {}", u.gid), nix::unistd::setresgid(gid, gid, gid))?;
-    step(|| format!("setresuid {}", u.uid), nix::unistd::setresuid(uid, uid, uid))?;
-    step(|| "set permitted capabilities".into(), caps::set(None, CapSet::Permitted, &set_of(&c.permitted)))?;
-    step(|| "set inheritable capabilities".into(), caps::set(None, CapSet::Inheritable, &set_of(&c.inheritable)))?;
-    step(|| "set effective capabilities".into(), caps::set(None, CapSet::Effective, &set_of(&c.effective)))?;
-    step(|| "set ambient capabilities".into(), caps::set(None, CapSet::Ambient, &set_of(&c.ambient)))?;
+    step(
+        || format!("setresgid {}", u.gid),
+        nix::unistd::setresgid(gid, gid, gid),
+    )?;
+    step(
+        || format!("setresuid {}", u.uid),
+        nix::unistd::setresuid(uid, uid, uid),
+    )?;
+    // Effective first: the kernel refuses a permitted set that leaves effective larger.
+    step(
+        || "set effective capabilities".into(),
+        caps::set(None, CapSet::Effective, &set_of(&c.effective)),
+    )?;
+    step(
+        || "set permitted capabilities".into(),
+        caps::set(None, CapSet::Permitted, &set_of(&c.permitted)),
+    )?;
+    step(
+        || "set inheritable capabilities".into(),
+        caps::set(None, CapSet::Inheritable, &set_of(&c.inheritable)),
+    )?;
+    step(
+        || "set ambient capabilities".into(),
+        caps::set(None, CapSet::Ambient, &set_of(&c.ambient)),
+    )?;
     Ok(())
 }
 
@@ -359,8 +504,16 @@ fn exec(spec: &LaunchSpec) -> Step<Never> {
     };
     let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
     let prog = cstr(&path.to_string_lossy())?;
-    let argv = spec.args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
-    let envp = spec.env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
+    let argv = spec
+        .args
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = spec
+        .env
+        .iter()
+        .map(|e| cstr(e))
+        .collect::<Result<Vec<_>, _>>()?;
     match nix::unistd::execve(&prog, &argv, &envp) {
         Ok(never) => match never {},
         Err(e) => Err(format!("exec {}: {e}", path.display())),

@@ -79,7 +79,8 @@ pub enum SpawnError {
 
 /// Starts the container process; returns its pid once it has exec'd.
 pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
     let mut flags = CloneFlags::CLONE_NEWNS;
     if spec.new_pid_namespace {
         flags |= CloneFlags::CLONE_NEWPID;

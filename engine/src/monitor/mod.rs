@@ -7,6 +7,15 @@
 //! to berthd over a unix socket in the pod's run directory with length-prefixed
 //! `berth.monitor.v1` frames (see `proto/berth/monitor.proto`).
 //!
-//! What exists so far: [`cri_log`], the kubelet log format writer.
+//! - [`entry`]: the monitor process itself (`berthd monitor`);
+//! - [`client`]: berthd's side: start a monitor, talk to it, watch its events;
+//! - [`frame`]: the wire framing both ends use;
+//! - [`cri_log`]: the kubelet log format writer.
+//!
+//! What survives a berthd restart: the monitor and its containers keep running; exits are
+//! in `<pod dir>/exits/<container>.json`; berthd reconnects to `<pod dir>/monitor.sock`.
 
+pub mod client;
 pub mod cri_log;
+pub mod entry;
+pub mod frame;

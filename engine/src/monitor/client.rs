@@ -1,0 +1,205 @@
+//! berthd's side of the monitor: start one for a pod, send it requests, watch its events.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use berth_proto::monitor::{self as proto, Frame, frame::Body};
+use tokio::io::AsyncBufReadExt;
+
+use super::entry::{MonitorArgs, socket_path};
+use super::frame;
+use crate::error::ErrorKind;
+
+/// Errors talking to a monitor.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("start monitor {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("monitor of pod {pod} failed to start: {message}")]
+    NotReady { pod: String, message: String },
+    #[error("monitor {socket}: {source}")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("monitor {socket}: {message}")]
+    Protocol { socket: PathBuf, message: String },
+    #[error("{message}")]
+    Remote { kind: ErrorKind, message: String },
+}
+
+impl MonitorError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MonitorError::Remote { kind, .. } => *kind,
+            MonitorError::Connect { .. } => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+fn kind_from_code(code: u32) -> ErrorKind {
+    use ErrorKind::*;
+    [
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        InvalidArgument,
+        FailedPrecondition,
+        Unavailable,
+        ResourceExhausted,
+        DataLoss,
+        DeadlineExceeded,
+        Unimplemented,
+        Internal,
+    ]
+    .into_iter()
+    .find(|k| *k as u32 == code)
+    .unwrap_or(Internal)
+}
+
+/// Starts `exe monitor …` for a pod and waits until it is ready; returns its pid. The
+/// process is reaped by a background task if it exits while this berthd runs.
+pub async fn spawn(exe: &Path, args: &MonitorArgs) -> Result<u32, MonitorError> {
+    std::fs::create_dir_all(&args.dir).map_err(|source| MonitorError::Spawn {
+        exe: exe.to_owned(),
+        source,
+    })?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.dir.join("monitor.log"))
+        .map_err(|source| MonitorError::Spawn {
+            exe: exe.to_owned(),
+            source,
+        })?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("monitor")
+        .arg("--pod")
+        .arg(&args.pod_id)
+        .arg("--dir")
+        .arg(&args.dir);
+    if let Some(n) = &args.new_net {
+        cmd.arg("--new-net").arg(n);
+    }
+    if args.new_ipc {
+        cmd.arg("--new-ipc");
+    }
+    if !args.hostname.is_empty() {
+        cmd.arg("--hostname").arg(&args.hostname);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(false);
+    let mut child = cmd.spawn().map_err(|source| MonitorError::Spawn {
+        exe: exe.to_owned(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let stdout = child.stdout.take();
+    let line = async {
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let mut r = tokio::io::BufReader::new(out);
+            let _ = r.read_line(&mut line).await;
+        }
+        line
+    };
+    let line = tokio::time::timeout(Duration::from_secs(15), line)
+        .await
+        .unwrap_or_else(|_| "error: no answer within 15s".into());
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    if line.trim() == "ready" {
+        Ok(pid)
+    } else {
+        Err(MonitorError::NotReady {
+            pod: args.pod_id.clone(),
+            message: line.trim().trim_start_matches("error: ").to_owned(),
+        })
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+async fn connect(dir: &Path) -> Result<tokio::net::UnixStream, MonitorError> {
+    let socket = socket_path(dir);
+    tokio::net::UnixStream::connect(&socket)
+        .await
+        .map_err(|source| MonitorError::Connect { socket, source })
+}
+
+/// Sends one request and returns the response body (an Error response becomes Err).
+pub async fn request(dir: &Path, body: Body) -> Result<Body, MonitorError> {
+    let socket = socket_path(dir);
+    let proto_err = |message: String| MonitorError::Protocol {
+        socket: socket.clone(),
+        message,
+    };
+    let mut s = connect(dir).await?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    frame::write(
+        &mut s,
+        &Frame {
+            id,
+            body: Some(body),
+        },
+    )
+    .await
+    .map_err(|e| proto_err(e.to_string()))?;
+    loop {
+        let f = frame::read(&mut s)
+            .await
+            .map_err(|e| proto_err(e.to_string()))?
+            .ok_or_else(|| proto_err("connection closed before the answer".into()))?;
+        if f.id != id {
+            continue; // an event meant for watchers
+        }
+        return match f.body {
+            Some(Body::Error(e)) => Err(MonitorError::Remote {
+                kind: kind_from_code(e.code),
+                message: e.message,
+            }),
+            Some(b) => Ok(b),
+            None => Err(proto_err("empty answer".into())),
+        };
+    }
+}
+
+/// Follows a monitor's exit events until its connection ends (the monitor exited or died).
+pub async fn watch(dir: &Path, mut on_exit: impl FnMut(proto::Exited)) -> Result<(), MonitorError> {
+    let mut s = connect(dir).await?;
+    let socket = socket_path(dir);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    frame::write(
+        &mut s,
+        &Frame {
+            id,
+            body: Some(Body::Hello(proto::Hello {
+                protocol_version: proto::PROTOCOL_VERSION,
+                agent: concat!("berth ", env!("CARGO_PKG_VERSION")).into(),
+                pod_id: String::new(),
+                pid: std::process::id(),
+            })),
+        },
+    )
+    .await
+    .map_err(|e| MonitorError::Protocol {
+        socket: socket.clone(),
+        message: e.to_string(),
+    })?;
+    while let Ok(Some(f)) = frame::read(&mut s).await {
+        if let Some(Body::Exited(e)) = f.body {
+            on_exit(e);
+        }
+    }
+    Ok(())
+}

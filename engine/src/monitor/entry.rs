@@ -1,0 +1,542 @@
+//! The monitor process: `berthd monitor --pod ID --dir DIR [--new-net NETNS] [--new-ipc]
+//! [--hostname NAME]`.
+//!
+//! Start-up: leave berthd's session, become a child subreaper, create the pod's namespaces
+//! (UTS with the hostname, network with loopback up and bound at NETNS, IPC with a /dev/shm
+//! tmpfs at DIR/shm), listen on DIR/monitor.sock, then write `ready` on stdout (a pipe
+//! berthd reads) or the reason it could not. Then a current-thread runtime serves requests,
+//! reaps children on SIGCHLD, copies container output into CRI logs, and records every
+//! exit in DIR/exits/ before it tells anyone.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_proto::monitor::{self as proto, Frame, frame::Body};
+use nix::mount::{MsFlags, mount};
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use super::cri_log::{CriLogFile, DEFAULT_MAX_LINE, Stream};
+use super::frame;
+use crate::linux::spawn::{self, LaunchSpec, Stdio};
+
+/// Command-line arguments of `berthd monitor`.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorArgs {
+    pub pod_id: String,
+    pub dir: PathBuf,
+    /// Create a network namespace and bind it here.
+    pub new_net: Option<PathBuf>,
+    pub new_ipc: bool,
+    /// Create a UTS namespace with this hostname (empty: share the host's).
+    pub hostname: String,
+}
+
+/// Where the monitor of a pod listens.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("monitor.sock")
+}
+
+/// Where exit records are kept.
+pub fn exits_dir(dir: &Path) -> PathBuf {
+    dir.join("exits")
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs the monitor; returns the process exit code.
+pub fn main(args: MonitorArgs) -> i32 {
+    let mut ready = std::io::stdout();
+    match setup(&args) {
+        Ok(listener) => {
+            let _ = writeln!(ready, "ready");
+            let _ = ready.flush();
+            // berthd stops reading after "ready": point stdout at /dev/null.
+            if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                let _ = nix::unistd::dup2_stdout(&null);
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    log(&args.dir, &format!("runtime: {e}"));
+                    return 1;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, serve(args, listener));
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(ready, "error: {e}");
+            1
+        }
+    }
+}
+
+/// Appends a line to DIR/monitor.log (the monitor's own diagnostics).
+fn log(dir: &Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("monitor.log"))
+    {
+        let _ = writeln!(f, "{} {line}", super::cri_log::timestamp(SystemTime::now()));
+    }
+}
+
+fn setup(args: &MonitorArgs) -> Result<std::os::unix::net::UnixListener, String> {
+    let _ = nix::unistd::setsid();
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
+    close_inherited_fds();
+    std::fs::create_dir_all(exits_dir(&args.dir)).map_err(|e| format!("create exits dir: {e}"))?;
+    let mut flags = CloneFlags::empty();
+    if !args.hostname.is_empty() {
+        flags |= CloneFlags::CLONE_NEWUTS;
+    }
+    if args.new_net.is_some() {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if args.new_ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if !flags.is_empty() {
+        nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))?;
+    }
+    if !args.hostname.is_empty() {
+        nix::unistd::sethostname(&args.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    if let Some(netns) = &args.new_net {
+        crate::linux::sys::loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
+        bind_namespace("net", netns)?;
+    }
+    if args.new_ipc {
+        let shm = args.dir.join("shm");
+        std::fs::create_dir_all(&shm).map_err(|e| format!("create {}: {e}", shm.display()))?;
+        mount(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .map_err(|e| format!("mount pod /dev/shm: {e}"))?;
+    }
+    let sock = socket_path(&args.dir);
+    let _ = std::fs::remove_file(&sock);
+    let l = std::os::unix::net::UnixListener::bind(&sock)
+        .map_err(|e| format!("listen on {}: {e}", sock.display()))?;
+    l.set_nonblocking(true)
+        .map_err(|e| format!("nonblocking: {e}"))?;
+    Ok(l)
+}
+
+/// Bind-mounts our namespace of `kind` at `target`, so that it outlives us.
+fn bind_namespace(kind: &str, target: &Path) -> Result<(), String> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    }
+    std::fs::File::create(target).map_err(|e| format!("create {}: {e}", target.display()))?;
+    let src = format!("/proc/self/ns/{kind}");
+    mount(
+        Some(src.as_str()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {src} at {}: {e}", target.display()))
+}
+
+/// Closes every fd above stderr that berthd might have leaked to us.
+fn close_inherited_fds() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .filter(|fd| *fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// A running container process.
+struct Running {
+    pid: Pid,
+    started_at: i64,
+    oom_file: String,
+    oom_before: u64,
+    log: Option<Rc<RefCell<CriLogFile>>>,
+}
+
+struct State {
+    dir: PathBuf,
+    running: HashMap<String, Running>,
+    clients: Vec<mpsc::UnboundedSender<Frame>>,
+    shutting_down: bool,
+    /// Wakes the main loop to check whether it may exit.
+    wake: Rc<tokio::sync::Notify>,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+fn oom_count(file: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn serve(args: MonitorArgs, listener: std::os::unix::net::UnixListener) {
+    let listener = match tokio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log(&args.dir, &format!("listener: {e}"));
+            return;
+        }
+    };
+    let state: Shared = Rc::new(RefCell::new(State {
+        dir: args.dir.clone(),
+        running: HashMap::new(),
+        clients: Vec::new(),
+        shutting_down: false,
+        wake: Rc::new(tokio::sync::Notify::new()),
+    }));
+    let wake = state.borrow().wake.clone();
+    let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        Ok(s) => s,
+        Err(e) => {
+            log(&args.dir, &format!("SIGCHLD handler: {e}"));
+            return;
+        }
+    };
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    log(
+        &args.dir,
+        &format!(
+            "monitor for pod {} ready (pid {})",
+            args.pod_id,
+            std::process::id()
+        ),
+    );
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                if let Ok((stream, _)) = conn {
+                    tokio::task::spawn_local(client(state.clone(), args.pod_id.clone(), stream));
+                }
+            }
+            _ = sigchld.recv() => reap(&state),
+            _ = wake.notified() => {}
+            _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+                log(&args.dir, "SIGTERM: shutting down");
+                begin_shutdown(&state);
+            }
+        }
+        let st = state.borrow();
+        if st.shutting_down && st.running.is_empty() {
+            break;
+        }
+    }
+    log(&args.dir, "monitor exiting");
+}
+
+fn begin_shutdown(state: &Shared) {
+    let mut st = state.borrow_mut();
+    st.shutting_down = true;
+    for r in st.running.values() {
+        let _ = nix::sys::signal::kill(r.pid, Signal::SIGKILL);
+    }
+    st.wake.notify_one();
+}
+
+/// Reaps every exited child; records and reports container exits.
+fn reap(state: &Shared) {
+    loop {
+        let status = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(s) => s,
+        };
+        let (pid, code, signal) = match status {
+            WaitStatus::Exited(pid, code) => (pid, code, 0),
+            WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, sig as i32),
+            _ => continue,
+        };
+        let mut st = state.borrow_mut();
+        let Some(id) = st
+            .running
+            .iter()
+            .find(|(_, r)| r.pid == pid)
+            .map(|(id, _)| id.clone())
+        else {
+            continue; // an orphan reparented to us, or an exec helper
+        };
+        let Some(r) = st.running.remove(&id) else {
+            continue;
+        };
+        let oom_killed = !r.oom_file.is_empty() && oom_count(&r.oom_file) > r.oom_before;
+        let exited = proto::Exited {
+            container_id: id.clone(),
+            pid: u32::try_from(pid.as_raw()).unwrap_or(0),
+            exit_code: code,
+            signal,
+            finished_at: now_nanos(),
+            oom_killed,
+        };
+        // On disk first: berthd may be down right now.
+        let record = serde_json::json!({
+            "container_id": exited.container_id, "pid": exited.pid, "exit_code": exited.exit_code,
+            "signal": exited.signal, "finished_at": exited.finished_at, "oom_killed": exited.oom_killed,
+        });
+        let path = exits_dir(&st.dir).join(format!("{id}.json"));
+        if let Err(e) = crate::durable::write_atomic(&path, record.to_string().as_bytes()) {
+            log(&st.dir, &format!("record exit of {id}: {e}"));
+        }
+        drop(r.log);
+        let ev = Frame {
+            id: 0,
+            body: Some(Body::Exited(exited)),
+        };
+        st.clients.retain(|c| c.send(ev.clone()).is_ok());
+    }
+}
+
+fn error_frame(id: u64, kind: crate::ErrorKind, message: String) -> Frame {
+    Frame {
+        id,
+        body: Some(Body::Error(proto::Error {
+            code: kind as u32,
+            message,
+        })),
+    }
+}
+
+async fn client(state: Shared, pod_id: String, stream: tokio::net::UnixStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    state.borrow_mut().clients.push(tx.clone());
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(f) = rx.recv().await {
+            if frame::write(&mut wr, &f).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Ok(Some(req)) = frame::read(&mut rd).await {
+        let resp = handle(&state, &pod_id, req);
+        if tx.send(resp).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    writer.abort();
+}
+
+fn handle(state: &Shared, pod_id: &str, req: Frame) -> Frame {
+    let id = req.id;
+    let ok = Frame {
+        id,
+        body: Some(Body::Ok(proto::Ok {})),
+    };
+    match req.body {
+        Some(Body::Hello(_)) => Frame {
+            id,
+            body: Some(Body::Hello(proto::Hello {
+                protocol_version: proto::PROTOCOL_VERSION,
+                agent: concat!("berth ", env!("CARGO_PKG_VERSION")).into(),
+                pod_id: pod_id.to_owned(),
+                pid: std::process::id(),
+            })),
+        },
+        Some(Body::Start(s)) => match start(state, s) {
+            Ok((pid, started_at)) => Frame {
+                id,
+                body: Some(Body::Started(proto::Started {
+                    pid: u32::try_from(pid.as_raw()).unwrap_or(0),
+                    started_at,
+                })),
+            },
+            Err((kind, msg)) => error_frame(id, kind, msg),
+        },
+        Some(Body::Signal(s)) => {
+            let st = state.borrow();
+            if let Some(r) = st.running.get(&s.container_id)
+                && let Ok(sig) = Signal::try_from(s.signal)
+            {
+                let _ = nix::sys::signal::kill(r.pid, sig);
+            }
+            ok
+        }
+        Some(Body::ReopenLog(r)) => {
+            let st = state.borrow();
+            match st.running.get(&r.container_id).and_then(|c| c.log.clone()) {
+                Some(l) => match l.borrow_mut().reopen() {
+                    Ok(()) => ok,
+                    Err(e) => {
+                        error_frame(id, crate::ErrorKind::Internal, format!("reopen log: {e}"))
+                    }
+                },
+                None => error_frame(
+                    id,
+                    crate::ErrorKind::FailedPrecondition,
+                    format!("container {} is not running", r.container_id),
+                ),
+            }
+        }
+        Some(Body::List(_)) => {
+            let st = state.borrow();
+            Frame {
+                id,
+                body: Some(Body::Processes(proto::Processes {
+                    processes: st
+                        .running
+                        .iter()
+                        .map(|(cid, r)| proto::Process {
+                            container_id: cid.clone(),
+                            pid: u32::try_from(r.pid.as_raw()).unwrap_or(0),
+                            started_at: r.started_at,
+                        })
+                        .collect(),
+                    exits: Vec::new(),
+                })),
+            }
+        }
+        Some(Body::Shutdown(_)) => {
+            begin_shutdown(state);
+            ok
+        }
+        _ => error_frame(
+            id,
+            crate::ErrorKind::InvalidArgument,
+            "unexpected request".into(),
+        ),
+    }
+}
+
+/// A pipe whose read end is non-blocking (for the runtime) and write end goes to the child.
+fn log_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((r, w))
+}
+
+fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKind, String)> {
+    let spec: LaunchSpec = serde_json::from_slice(&s.launch_spec_json).map_err(|e| {
+        (
+            crate::ErrorKind::InvalidArgument,
+            format!("launch spec: {e}"),
+        )
+    })?;
+    if state.borrow().running.contains_key(&s.container_id) {
+        return Err((
+            crate::ErrorKind::FailedPrecondition,
+            format!("container {} is already running", s.container_id),
+        ));
+    }
+    if state.borrow().shutting_down {
+        return Err((
+            crate::ErrorKind::FailedPrecondition,
+            "the pod is stopping".into(),
+        ));
+    }
+    let io = |e: nix::Error| (crate::ErrorKind::Internal, format!("create pipes: {e}"));
+    let (out_r, out_w) = log_pipe().map_err(io)?;
+    let (err_r, err_w) = log_pipe().map_err(io)?;
+    let log = if s.log_path.is_empty() {
+        None
+    } else {
+        Some(Rc::new(RefCell::new(
+            CriLogFile::open(Path::new(&s.log_path), DEFAULT_MAX_LINE).map_err(|e| {
+                (
+                    crate::ErrorKind::Internal,
+                    format!("open log {}: {e}", s.log_path),
+                )
+            })?,
+        )))
+    };
+    let oom_before = if s.oom_file.is_empty() {
+        0
+    } else {
+        oom_count(&s.oom_file)
+    };
+    let pid = spawn::spawn(
+        &spec,
+        Stdio {
+            stdin: None,
+            stdout: out_w,
+            stderr: err_w,
+        },
+    )
+    .map_err(|e| (crate::ErrorKind::FailedPrecondition, e.to_string()))?;
+    let started_at = now_nanos();
+    for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+        tokio::task::spawn_local(copy_output(fd, stream, log.clone()));
+    }
+    state.borrow_mut().running.insert(
+        s.container_id.clone(),
+        Running {
+            pid,
+            started_at,
+            oom_file: s.oom_file,
+            oom_before,
+            log,
+        },
+    );
+    Ok((pid, started_at))
+}
+
+/// Copies one output stream of a container into its CRI log until end of file.
+async fn copy_output(fd: OwnedFd, stream: Stream, log: Option<Rc<RefCell<CriLogFile>>>) {
+    let raw = fd.as_raw_fd();
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        let _ = raw;
+        return;
+    };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(l) = &log {
+                    let _ = l
+                        .borrow_mut()
+                        .writer
+                        .write(stream, &buf[..n], SystemTime::now());
+                }
+            }
+        }
+    }
+    if let Some(l) = &log {
+        let _ = l
+            .borrow_mut()
+            .writer
+            .close_stream(stream, SystemTime::now());
+    }
+}
