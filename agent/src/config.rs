@@ -391,6 +391,8 @@ impl Config {
             max_concurrent_downloads: self.images.max_concurrent_downloads,
             pinned_images: self.images.pinned.iter().map(|n| n.0.clone()).collect(),
             sync_layers: self.images.sync_layers,
+            monitor_exe: std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
         }
     }
 }

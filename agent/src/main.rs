@@ -216,6 +216,9 @@ async fn run(cfg: Config) -> Result<(), Failure> {
             });
         }
     };
+    if let Err(e) = engine.recover_pods().await {
+        tracing::error!(error = %e, "pod recovery failed; continuing with what could be read");
+    }
     let listener = server::bind(&cfg.grpc.listen).await.map_err(|e| {
         let code = match e {
             server::BindError::InUse(_) => exit::UNAVAILABLE,

@@ -122,8 +122,9 @@ impl Daemon {
         let socket = state.join("berth.sock");
         let config = dir.path().join("config.toml");
         let log = dir.path().join("berthd.log");
+        let cgroup_parent = cgroup_parent_of(dir.path());
         let text = format!(
-            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {socket:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n{}",
+            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {socket:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\nparent = {cgroup_parent:?}\n{}",
             opts.extra_config
         );
         std::fs::write(&config, text).expect("write config");
@@ -221,10 +222,30 @@ impl Daemon {
         }
     }
 
+    /// This daemon's cgroup parent (unique per fixture) in every hierarchy.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let parent = cgroup_parent_of(self.dir.path());
+        std::fs::read_dir("/sys/fs/cgroup")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path().join(&parent))
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// What of this daemon is still on the host: processes and mounts that name its
-    /// directory, and its socket. Empty when it cleaned up.
+    /// directory, cgroups under its cgroup parent, and its socket. Empty when it cleaned up.
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for d in self.cgroup_dirs() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
         let needle = self.dir.path().to_string_lossy().into_owned();
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for e in entries.flatten() {
@@ -255,6 +276,16 @@ impl Daemon {
     }
 }
 
+/// A cgroup parent unique to one fixture: `berth-e2e-<temp dir name>`.
+fn cgroup_parent_of(dir: &Path) -> String {
+    format!(
+        "berth-e2e-{}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let running = self.child.is_some() && self.try_status().is_none();
@@ -276,6 +307,12 @@ impl Drop for Daemon {
             return;
         }
         let left = self.leftovers();
+        if left.is_empty() {
+            // The parent cgroup itself is the fixture's, not berth's: remove it.
+            for d in self.cgroup_dirs() {
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
         assert!(
             left.is_empty(),
             "berthd left things behind:\n{}\nlog:\n{}",

@@ -121,11 +121,11 @@ async fn unimplemented_rpcs_name_themselves() {
     let mut c = d.cri().await;
     let err = c
         .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .port_forward(cri::PortForwardRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    assert!(err.message().contains("PortForward"), "{}", err.message());
     let err = c
         .runtime
         .exec_sync(cri::ExecSyncRequest::default())
@@ -364,7 +364,7 @@ async fn a_python_cri_client_generated_from_upstream_proto_works() {
     assert_eq!(v["version"]["runtime_name"], "berth");
     assert_eq!(v["version"]["runtime_api_version"], "v1");
     assert_eq!(v["cgroup_driver"], "CGROUPFS");
-    assert_eq!(v["run_pod_sandbox"], "UNIMPLEMENTED");
+    assert_eq!(v["exec_sync"], "UNIMPLEMENTED");
     assert_eq!(v["info_keys"], serde_json::json!(["config", "engine"]));
     let conds = v["conditions"].as_array().unwrap();
     assert!(

@@ -73,6 +73,20 @@ pub enum Error {
     Reference(#[from] crate::images::reference::BadReference),
     #[error("image {0:?} not found")]
     ImageNotFound(String),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::linux::cgroups::manager::CgroupError),
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor::client::MonitorError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -90,6 +104,13 @@ impl Error {
             Error::Pull { source, .. } => source.kind(),
             Error::Reference(_) => ErrorKind::InvalidArgument,
             Error::ImageNotFound(_) => ErrorKind::NotFound,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::Spec(e) => e.kind(),
+            Error::Cgroup(e) => e.kind(),
+            Error::Monitor(e) => e.kind(),
+            Error::Internal(_) => ErrorKind::Internal,
         }
     }
 }

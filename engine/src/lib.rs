@@ -10,6 +10,7 @@
 //! The [`Engine`] facade is what the agent calls. It owns the root lock: one berthd per root.
 #![deny(unsafe_code)]
 
+pub mod containers;
 pub mod content;
 pub mod durable;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod id;
 pub mod images;
 pub mod linux;
 pub mod monitor;
+pub mod pods;
 pub mod snapshots;
 pub mod spec;
 pub mod state;
@@ -67,6 +69,8 @@ pub struct EngineConfig {
     pub pinned_images: Vec<String>,
     /// Flush every unpacked layer to disk before committing it (power-loss safety).
     pub sync_layers: bool,
+    /// The berthd binary, re-executed as `berthd monitor` for each pod.
+    pub monitor_exe: PathBuf,
 }
 
 /// A CRI runtime condition.
@@ -89,6 +93,8 @@ pub struct Engine {
     /// Normalised names of pinned images.
     pinned: Vec<String>,
     cgroups: Option<CgroupLayout>,
+    /// Per-pod and per-container locks (pod before container).
+    locks: Arc<images::lease::Inflight>,
     pod_cidrs: RwLock<Vec<PodCidr>>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
@@ -161,6 +167,7 @@ impl Engine {
             puller,
             pinned,
             cgroups,
+            locks: Arc::default(),
             pod_cidrs: RwLock::new(pod_cidrs),
             started: SystemTime::now(),
             _lock: lock,
@@ -328,6 +335,7 @@ mod tests {
             max_concurrent_downloads: 3,
             pinned_images: Vec::new(),
             sync_layers: true,
+            monitor_exe: PathBuf::from("/proc/self/exe"),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The CRI gRPC server on a unix socket.
 
+pub mod convert;
 pub mod image;
 pub mod layer;
 pub mod runtime;

@@ -10,7 +10,24 @@ use berth_proto::cri::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::convert;
 use super::status::{to_status, unimplemented};
+
+/// A required id field, or InvalidArgument naming it.
+fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, Status> {
+    if v.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is empty")))
+    } else {
+        Ok(v)
+    }
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 /// The CRI API version berth serves.
 pub const RUNTIME_API_VERSION: &str = "v1";
@@ -102,6 +119,201 @@ impl RuntimeService for RuntimeHandlers {
         }))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let req = req.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let id = self
+            .engine
+            .run_pod(&config, &req.runtime_handler)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        let id = required(&req.get_ref().pod_sandbox_id, "pod_sandbox_id")?;
+        self.engine.stop_pod(id).await.map_err(to_status)?;
+        Ok(Response::new(StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        let id = required(&req.get_ref().pod_sandbox_id, "pod_sandbox_id")?;
+        self.engine.remove_pod(id).await.map_err(to_status)?;
+        Ok(Response::new(RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let req = req.into_inner();
+        let id = required(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let p = self.engine.pod_status(id).map_err(to_status)?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            let v = serde_json::json!({
+                "pid": p.monitor_pid, "dir": p.dir, "netns": p.netns, "cgroup": p.cgroup,
+                "hostname": p.hostname, "reason": p.reason,
+            });
+            info.insert("info".to_owned(), v.to_string());
+        }
+        let containers_statuses = self
+            .engine
+            .list_containers()
+            .map_err(to_status)?
+            .iter()
+            .filter(|c| c.pod_id == p.id)
+            .map(convert::container_status)
+            .collect();
+        Ok(Response::new(PodSandboxStatusResponse {
+            status: Some(convert::pod_status(&p)),
+            info,
+            containers_statuses,
+            timestamp: now_nanos(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let items = self
+            .engine
+            .list_pods()
+            .map_err(to_status)?
+            .iter()
+            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
+            .filter(|p| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| convert::pod_state(p.state) == s.state)
+            })
+            .filter(|p| convert::labels_match(&p.labels, &filter.label_selector))
+            .map(convert::pod_sandbox)
+            .collect();
+        Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let req = req.into_inner();
+        let pod = required(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("config is required"))?;
+        let id = self
+            .engine
+            .create_container(pod, &config)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(CreateContainerResponse { container_id: id }))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = required(&req.get_ref().container_id, "container_id")?;
+        self.engine.start_container(id).await.map_err(to_status)?;
+        Ok(Response::new(StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let req = req.into_inner();
+        let id = required(&req.container_id, "container_id")?;
+        self.engine
+            .stop_container(id, req.timeout)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = required(&req.get_ref().container_id, "container_id")?;
+        self.engine.remove_container(id).await.map_err(to_status)?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .engine
+            .list_containers()
+            .map_err(to_status)?
+            .iter()
+            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|c| {
+                filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|c| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| convert::container_state(c.state) == s.state)
+            })
+            .filter(|c| convert::labels_match(&c.labels, &filter.label_selector))
+            .map(convert::container)
+            .collect();
+        Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let req = req.into_inner();
+        let id = required(&req.container_id, "container_id")?;
+        let c = self.engine.container_status(id).map_err(to_status)?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            let v = serde_json::json!({
+                "pid": c.pid, "sandboxID": c.pod_id, "cgroup": c.cgroup, "args": c.launch.args,
+                "rootfs": c.launch.rootfs, "user": c.launch.user,
+            });
+            info.insert("info".to_owned(), v.to_string());
+        }
+        Ok(Response::new(ContainerStatusResponse {
+            status: Some(convert::container_status(&c)),
+            info,
+        }))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = required(&req.get_ref().container_id, "container_id")?;
+        self.engine
+            .reopen_container_log(id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
+    }
+
     async fn update_runtime_config(
         &self,
         req: Request<UpdateRuntimeConfigRequest>,
@@ -120,83 +332,11 @@ impl RuntimeService for RuntimeHandlers {
         Ok(Response::new(UpdateRuntimeConfigResponse {}))
     }
 
-    async fn run_pod_sandbox(
-        &self,
-        _req: Request<RunPodSandboxRequest>,
-    ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RunPodSandbox"))
-    }
-    async fn stop_pod_sandbox(
-        &self,
-        _req: Request<StopPodSandboxRequest>,
-    ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        Err(unimplemented("StopPodSandbox"))
-    }
-    async fn remove_pod_sandbox(
-        &self,
-        _req: Request<RemovePodSandboxRequest>,
-    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RemovePodSandbox"))
-    }
-    async fn pod_sandbox_status(
-        &self,
-        _req: Request<PodSandboxStatusRequest>,
-    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("PodSandboxStatus"))
-    }
-    async fn list_pod_sandbox(
-        &self,
-        _req: Request<ListPodSandboxRequest>,
-    ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        Err(unimplemented("ListPodSandbox"))
-    }
-    async fn create_container(
-        &self,
-        _req: Request<CreateContainerRequest>,
-    ) -> Result<Response<CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
-    }
-    async fn start_container(
-        &self,
-        _req: Request<StartContainerRequest>,
-    ) -> Result<Response<StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
-    }
-    async fn stop_container(
-        &self,
-        _req: Request<StopContainerRequest>,
-    ) -> Result<Response<StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
-    }
-    async fn remove_container(
-        &self,
-        _req: Request<RemoveContainerRequest>,
-    ) -> Result<Response<RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
-    }
-    async fn list_containers(
-        &self,
-        _req: Request<ListContainersRequest>,
-    ) -> Result<Response<ListContainersResponse>, Status> {
-        Err(unimplemented("ListContainers"))
-    }
-    async fn container_status(
-        &self,
-        _req: Request<ContainerStatusRequest>,
-    ) -> Result<Response<ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
-    }
     async fn update_container_resources(
         &self,
         _req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         Err(unimplemented("UpdateContainerResources"))
-    }
-    async fn reopen_container_log(
-        &self,
-        _req: Request<ReopenContainerLogRequest>,
-    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
     }
     async fn exec_sync(
         &self,

@@ -130,11 +130,29 @@ pub async fn spawn(exe: &Path, args: &MonitorArgs) -> Result<u32, MonitorError> 
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-async fn connect(dir: &Path) -> Result<tokio::net::UnixStream, MonitorError> {
+/// Connects to a pod's monitor. A socket path too long for sockaddr_un (108 bytes) is
+/// reached through an O_PATH descriptor of its directory.
+pub async fn connect(dir: &Path) -> Result<tokio::net::UnixStream, MonitorError> {
     let socket = socket_path(dir);
-    tokio::net::UnixStream::connect(&socket)
-        .await
-        .map_err(|source| MonitorError::Connect { socket, source })
+    let err = |source| MonitorError::Connect {
+        socket: socket.clone(),
+        source,
+    };
+    if socket.as_os_str().len() < 100 {
+        return tokio::net::UnixStream::connect(&socket).await.map_err(err);
+    }
+    use nix::fcntl::OFlag;
+    let dirfd = nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| err(std::io::Error::from(e)))?;
+    use std::os::fd::AsRawFd;
+    let via = format!("/proc/self/fd/{}/monitor.sock", dirfd.as_raw_fd());
+    let r = tokio::net::UnixStream::connect(&via).await.map_err(err);
+    drop(dirfd);
+    r
 }
 
 /// Sends one request and returns the response body (an Error response becomes Err).

@@ -41,9 +41,11 @@ pub struct MonitorArgs {
     pub hostname: String,
 }
 
+const SOCKET_NAME: &str = "monitor.sock";
+
 /// Where the monitor of a pod listens.
 pub fn socket_path(dir: &Path) -> PathBuf {
-    dir.join("monitor.sock")
+    dir.join(SOCKET_NAME)
 }
 
 /// Where exit records are kept.
@@ -140,7 +142,10 @@ fn setup(args: &MonitorArgs) -> Result<std::os::unix::net::UnixListener, String>
     }
     let sock = socket_path(&args.dir);
     let _ = std::fs::remove_file(&sock);
-    let l = std::os::unix::net::UnixListener::bind(&sock)
+    // Bind by a relative name from inside the pod directory: socket paths are limited to
+    // 108 bytes and a run directory may be deep.
+    nix::unistd::chdir(&args.dir).map_err(|e| format!("chdir {}: {e}", args.dir.display()))?;
+    let l = std::os::unix::net::UnixListener::bind(SOCKET_NAME)
         .map_err(|e| format!("listen on {}: {e}", sock.display()))?;
     l.set_nonblocking(true)
         .map_err(|e| format!("nonblocking: {e}"))?;

@@ -7,12 +7,12 @@
 use redb::WriteTransaction;
 
 use super::StateError;
-use super::schema::{IMAGES, META, NODE, SNAPSHOTS, TAGS};
+use super::schema::{CONTAINERS, IMAGES, META, NODE, PODS, SNAPSHOTS, TAGS};
 
 type Step = fn(&WriteTransaction) -> Result<(), StateError>;
 
 /// Migration steps, indexed by the version they start from.
-pub(super) const STEPS: &[Step] = &[v0_to_v1, v1_to_v2];
+pub(super) const STEPS: &[Step] = &[v0_to_v1, v1_to_v2, v2_to_v3];
 
 /// Version 1: the meta and node tables.
 fn v0_to_v1(txn: &WriteTransaction) -> Result<(), StateError> {
@@ -26,6 +26,13 @@ fn v1_to_v2(txn: &WriteTransaction) -> Result<(), StateError> {
     txn.open_table(IMAGES).map_err(StateError::db)?;
     txn.open_table(TAGS).map_err(StateError::db)?;
     txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+    Ok(())
+}
+
+/// Version 3: pod and container records.
+fn v2_to_v3(txn: &WriteTransaction) -> Result<(), StateError> {
+    txn.open_table(PODS).map_err(StateError::db)?;
+    txn.open_table(CONTAINERS).map_err(StateError::db)?;
     Ok(())
 }
 

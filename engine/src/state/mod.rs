@@ -16,7 +16,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use crate::error::ErrorKind;
 use records::{ImageRecord, SnapshotRecord};
 use schema::{
-    IMAGES, META, META_SCHEMA_VERSION, META_WRITTEN_BY, NODE, SCHEMA_VERSION, SNAPSHOTS, TAGS,
+    CONTAINERS, IMAGES, META, META_SCHEMA_VERSION, META_WRITTEN_BY, NODE, PODS, SCHEMA_VERSION,
+    SNAPSHOTS, TAGS,
 };
 
 use crate::id::Digest;
@@ -166,6 +167,11 @@ impl StateDb {
             (
                 "snapshots",
                 txn.open_table(SNAPSHOTS).map_err(StateError::db)?.len(),
+            ),
+            ("pods", txn.open_table(PODS).map_err(StateError::db)?.len()),
+            (
+                "containers",
+                txn.open_table(CONTAINERS).map_err(StateError::db)?.len(),
             ),
         ] {
             out.push((name.to_owned(), len.map_err(StateError::db)?));
@@ -329,6 +335,93 @@ impl StateDb {
             t.remove(chain_id.as_str()).map_err(StateError::db)?;
         }
         txn.commit().map_err(StateError::db)
+    }
+
+    fn json_get<T: serde::de::DeserializeOwned>(
+        &self,
+        table: redb::TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StateError> {
+        let txn = self.db.begin_read().map_err(StateError::db)?;
+        let t = txn.open_table(table).map_err(StateError::db)?;
+        t.get(key)
+            .map_err(StateError::db)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn json_list<T: serde::de::DeserializeOwned>(
+        &self,
+        table: redb::TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StateError> {
+        let txn = self.db.begin_read().map_err(StateError::db)?;
+        let t = txn.open_table(table).map_err(StateError::db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StateError::db)? {
+            let (_, v) = row.map_err(StateError::db)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn json_put<T: serde::Serialize>(
+        &self,
+        table: redb::TableDefinition<&str, &[u8]>,
+        key: &str,
+        v: &T,
+    ) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(StateError::db)?;
+        {
+            let mut t = txn.open_table(table).map_err(StateError::db)?;
+            t.insert(key, encode(v)?.as_slice())
+                .map_err(StateError::db)?;
+        }
+        txn.commit().map_err(StateError::db)
+    }
+
+    fn json_remove(
+        &self,
+        table: redb::TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(StateError::db)?;
+        {
+            let mut t = txn.open_table(table).map_err(StateError::db)?;
+            t.remove(key).map_err(StateError::db)?;
+        }
+        txn.commit().map_err(StateError::db)
+    }
+
+    pub fn pod_get(&self, id: &str) -> Result<Option<records::PodRecord>, StateError> {
+        self.json_get(PODS, id)
+    }
+
+    pub fn pod_list(&self) -> Result<Vec<records::PodRecord>, StateError> {
+        self.json_list(PODS)
+    }
+
+    pub fn pod_put(&self, p: &records::PodRecord) -> Result<(), StateError> {
+        self.json_put(PODS, &p.id, p)
+    }
+
+    pub fn pod_remove(&self, id: &str) -> Result<(), StateError> {
+        self.json_remove(PODS, id)
+    }
+
+    pub fn container_get(&self, id: &str) -> Result<Option<records::ContainerRecord>, StateError> {
+        self.json_get(CONTAINERS, id)
+    }
+
+    pub fn container_list(&self) -> Result<Vec<records::ContainerRecord>, StateError> {
+        self.json_list(CONTAINERS)
+    }
+
+    pub fn container_put(&self, c: &records::ContainerRecord) -> Result<(), StateError> {
+        self.json_put(CONTAINERS, &c.id, c)
+    }
+
+    pub fn container_remove(&self, id: &str) -> Result<(), StateError> {
+        self.json_remove(CONTAINERS, id)
     }
 
     /// Sets the stored schema version; only for tests of the too-new refusal.

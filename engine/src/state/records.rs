@@ -74,3 +74,114 @@ pub struct SnapshotRecord {
     pub usage: Usage,
     pub created_at: i64,
 }
+
+/// Lifecycle of a pod.
+///
+/// ```text
+///   RunPodSandbox          StopPodSandbox           RemovePodSandbox
+///  ───────────────> Ready ────────────────> NotReady ────────────────> (gone)
+///                     │   monitor died / reboot  ^
+///                     └──────────────────────────┘
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodState {
+    Ready,
+    NotReady,
+}
+
+/// How a namespace is shared (CRI NamespaceMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NsMode {
+    Pod,
+    Container,
+    Node,
+    Target,
+}
+
+/// A pod sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub schema_version: u32,
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub attempt: u32,
+    pub state: PodState,
+    pub created_at: i64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub hostname: String,
+    pub log_directory: String,
+    pub runtime_handler: String,
+    pub network: NsMode,
+    pub pid: NsMode,
+    pub ipc: NsMode,
+    /// The bind-mounted network namespace, when the pod has its own.
+    pub netns: Option<std::path::PathBuf>,
+    /// The pod's run directory (monitor socket, files, exits).
+    pub dir: std::path::PathBuf,
+    /// The pod cgroup (relative path) and whether berth created it.
+    pub cgroup: String,
+    pub cgroup_owned: bool,
+    pub monitor_pid: u32,
+    pub sysctls: std::collections::BTreeMap<String, String>,
+    pub privileged: bool,
+    /// Why the pod is not ready, when it is not.
+    pub reason: String,
+}
+
+/// Lifecycle of a container.
+///
+/// ```text
+///   CreateContainer            StartContainer            exit / StopContainer
+///  ─────────────────> Created ────────────────> Running ──────────────────────> Exited
+///                        │          start failed (exit code 128)                  ^
+///                        └────────────────────────────────────────────────────────┘
+///  RemoveContainer from any state (a running container is killed first).
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+}
+
+impl ContainerState {
+    pub fn can_start(self) -> bool {
+        self == ContainerState::Created
+    }
+}
+
+/// A container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub schema_version: u32,
+    pub id: String,
+    pub pod_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub state: ContainerState,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// The image as the user named it, and the image id.
+    pub image: String,
+    pub image_id: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub log_path: String,
+    pub pid: u32,
+    /// The container cgroup (relative path) and the file with its oom_kill counter.
+    pub cgroup: String,
+    pub oom_file: String,
+    /// Persistent writable layer (upper and work dirs live here).
+    pub dir: std::path::PathBuf,
+    pub stop_signal: String,
+    /// CRI mounts, for ContainerStatus.
+    pub mounts: Vec<crate::spec::mounts::Mount>,
+    pub launch: crate::linux::spawn::LaunchSpec,
+}

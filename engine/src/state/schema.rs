@@ -9,7 +9,9 @@
 //! │   └── "pod_cidr"         the pod CIDR kubelet sent through UpdateRuntimeConfig
 //! ├── images          image id (config digest) -> ImageRecord (JSON)        [v2]
 //! ├── tags            "registry/repo:tag" -> image id                        [v2]
-//! └── snapshots       chain id -> SnapshotRecord (JSON)                      [v2]
+//! ├── snapshots       chain id -> SnapshotRecord (JSON)                      [v2]
+//! ├── pods            pod id -> PodRecord (JSON)                             [v3]
+//! └── containers      container id -> ContainerRecord (JSON)                 [v3]
 //! ```
 //!
 //! References (for garbage collection): an image record references its index, manifest,
@@ -22,13 +24,15 @@
 use redb::TableDefinition;
 
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const NODE: TableDefinition<&str, &str> = TableDefinition::new("node");
 pub const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 pub const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
 pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+pub const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
+pub const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_WRITTEN_BY: &str = "written_by";

@@ -148,6 +148,35 @@ impl CgroupManager {
         Ok(())
     }
 
+    /// The cgroup's directory in every hierarchy berth uses, with a short name for each
+    /// (the hierarchy's mount directory name, e.g. `memory` or `unified`).
+    pub fn dirs(&self, rel: &str) -> Result<Vec<(String, PathBuf)>, CgroupError> {
+        let relp = check_rel(rel)?;
+        Ok(self
+            .roots()
+            .into_iter()
+            .map(|(root, _)| {
+                let name = root
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, root.join(relp))
+            })
+            .collect())
+    }
+
+    /// The file whose `oom_kill` counter tells OOM kills in this cgroup.
+    pub fn oom_file(&self, rel: &str) -> Result<Option<PathBuf>, CgroupError> {
+        let relp = check_rel(rel)?;
+        Ok(self.dir("memory", relp).map(|(d, v2)| {
+            if v2 {
+                d.join("memory.events")
+            } else {
+                d.join("memory.oom_control")
+            }
+        }))
+    }
+
     /// Writes the limits of `res` into the cgroup.
     pub fn apply(&self, rel: &str, res: &Resources) -> Result<(), CgroupError> {
         let relp = check_rel(rel)?;

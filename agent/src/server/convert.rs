@@ -1,0 +1,168 @@
+//! Engine records -> CRI messages.
+
+use std::collections::HashMap;
+
+use berth_engine::state::records::{ContainerRecord, ContainerState, NsMode, PodRecord, PodState};
+use berth_proto::cri;
+
+fn map(m: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+pub fn pod_state(s: PodState) -> i32 {
+    match s {
+        PodState::Ready => cri::PodSandboxState::SandboxReady as i32,
+        PodState::NotReady => cri::PodSandboxState::SandboxNotready as i32,
+    }
+}
+
+pub fn container_state(s: ContainerState) -> i32 {
+    match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated as i32,
+        ContainerState::Running => cri::ContainerState::ContainerRunning as i32,
+        ContainerState::Exited => cri::ContainerState::ContainerExited as i32,
+    }
+}
+
+fn ns(m: NsMode) -> i32 {
+    match m {
+        NsMode::Pod => cri::NamespaceMode::Pod as i32,
+        NsMode::Container => cri::NamespaceMode::Container as i32,
+        NsMode::Node => cri::NamespaceMode::Node as i32,
+        NsMode::Target => cri::NamespaceMode::Target as i32,
+    }
+}
+
+fn pod_metadata(p: &PodRecord) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: p.name.clone(),
+        uid: p.uid.clone(),
+        namespace: p.namespace.clone(),
+        attempt: p.attempt,
+    }
+}
+
+pub fn pod_sandbox(p: &PodRecord) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: p.id.clone(),
+        metadata: Some(pod_metadata(p)),
+        state: pod_state(p.state),
+        created_at: p.created_at,
+        labels: map(&p.labels),
+        annotations: map(&p.annotations),
+        runtime_handler: p.runtime_handler.clone(),
+    }
+}
+
+pub fn pod_status(p: &PodRecord) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: p.id.clone(),
+        metadata: Some(pod_metadata(p)),
+        state: pod_state(p.state),
+        created_at: p.created_at,
+        network: Some(cri::PodSandboxNetworkStatus::default()),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: ns(p.network),
+                    pid: ns(p.pid),
+                    ipc: ns(p.ipc),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: map(&p.labels),
+        annotations: map(&p.annotations),
+        runtime_handler: p.runtime_handler.clone(),
+    }
+}
+
+fn metadata(c: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: c.name.clone(),
+        attempt: c.attempt,
+    }
+}
+
+pub fn container(c: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: Some(metadata(c)),
+        image: Some(cri::ImageSpec {
+            image: c.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: c.image_id.clone(),
+        state: container_state(c.state),
+        created_at: c.created_at,
+        labels: map(&c.labels),
+        annotations: map(&c.annotations),
+        image_id: c.image_id.clone(),
+    }
+}
+
+pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
+    use berth_engine::spec::mounts::Propagation;
+    cri::ContainerStatus {
+        id: c.id.clone(),
+        metadata: Some(metadata(c)),
+        state: container_state(c.state),
+        created_at: c.created_at,
+        started_at: c.started_at,
+        finished_at: c.finished_at,
+        exit_code: c.exit_code,
+        image: Some(cri::ImageSpec {
+            image: c.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: c.image_id.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        labels: map(&c.labels),
+        annotations: map(&c.annotations),
+        mounts: c
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.destination.clone(),
+                host_path: m.source.clone(),
+                readonly: m.options.iter().any(|o| o == "ro"),
+                propagation: match m.propagation {
+                    Some(Propagation::RSlave) => {
+                        cri::MountPropagation::PropagationHostToContainer as i32
+                    }
+                    Some(Propagation::RShared) => {
+                        cri::MountPropagation::PropagationBidirectional as i32
+                    }
+                    _ => cri::MountPropagation::PropagationPrivate as i32,
+                },
+                ..Default::default()
+            })
+            .collect(),
+        log_path: c.log_path.clone(),
+        resources: None,
+        image_id: c.image_id.clone(),
+        user: Some(cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: i64::from(c.launch.user.uid),
+                gid: i64::from(c.launch.user.gid),
+                supplemental_groups: c
+                    .launch
+                    .user
+                    .additional_gids
+                    .iter()
+                    .map(|g| i64::from(*g))
+                    .collect(),
+            }),
+        }),
+    }
+}
+
+/// Whether labels match a selector (every selector key present with the same value).
+pub fn labels_match(
+    labels: &std::collections::BTreeMap<String, String>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

@@ -1,0 +1,602 @@
+//! Pods and containers end to end: real namespaces, overlay roots, cgroups and monitors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use berth_e2e::images::catalog;
+use berth_e2e::{Cri, Daemon, Registry, require};
+use berth_proto::cri;
+use tonic::Code;
+
+struct Env {
+    d: Daemon,
+    reg: Registry,
+    c: Cri,
+    logs: tempfile::TempDir,
+}
+
+async fn env() -> Option<Env> {
+    if !(require::root() && catalog::available()) {
+        return None;
+    }
+    let reg = Registry::start()?;
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    reg.push_image("config", "latest", &catalog::with_config().build());
+    reg.push_image("by-name", "latest", &catalog::user_by_name().build());
+    let d = Daemon::start().await;
+    let mut c = d.cri().await;
+    for i in ["busybox", "config", "by-name"] {
+        c.pull(&format!("{}/{i}", reg.host()), None).await.unwrap();
+    }
+    let logs = tempfile::tempdir().unwrap();
+    Some(Env { d, reg, c, logs })
+}
+
+fn pod_config(env: &Env, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: env.logs.path().join(name).display().to_string(),
+        labels: HashMap::from([("app".to_owned(), name.to_owned())]),
+        ..Default::default()
+    }
+}
+
+fn container_config(
+    reg: &Registry,
+    image: &str,
+    name: &str,
+    command: &[&str],
+) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(berth_e2e::cri::spec(&format!("{}/{image}", reg.host()))),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(env: &mut Env, name: &str) -> String {
+    let config = pod_config(env, name);
+    env.c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn create(
+    c: &mut Cri,
+    pod: &str,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+async fn start(c: &mut Cri, id: &str) -> Result<(), tonic::Status> {
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn status(c: &mut Cri, id: &str) -> cri::ContainerStatus {
+    c.runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+async fn wait_exited(c: &mut Cri, id: &str) -> cri::ContainerStatus {
+    for _ in 0..500 {
+        let s = status(c, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("container {id} did not exit");
+}
+
+fn log_of(env: &Env, pod: &str, name: &str) -> String {
+    std::fs::read_to_string(env.logs.path().join(pod).join(name).join("0.log")).unwrap_or_default()
+}
+
+async fn teardown(env: &mut Env, pod: &str) {
+    env.c
+        .runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await
+        .unwrap();
+    env.c
+        .runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_runs_logs_and_exits_with_its_code() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "web").await;
+    let id = create(
+        &mut env.c,
+        &pod,
+        container_config(
+            &env.reg,
+            "busybox",
+            "main",
+            &["sh", "-c", "echo hello; hostname; echo oops >&2; exit 7"],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status(&mut env.c, &id).await.state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    start(&mut env.c, &id).await.unwrap();
+    let s = wait_exited(&mut env.c, &id).await;
+    assert_eq!(s.exit_code, 7);
+    assert_eq!(s.reason, "Error");
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    let log = log_of(&env, "web", "main");
+    assert!(log.contains(" stdout F hello\n"), "{log}");
+    assert!(log.contains(" stdout F web-host\n"), "{log}");
+    assert!(log.contains(" stderr F oops\n"), "{log}");
+    // Listing and filters.
+    let all = env
+        .c
+        .runtime
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(all.len(), 1);
+    let pods = env
+        .c
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    env.c
+        .runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    env.c
+        .runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    teardown(&mut env, &pod).await;
+    teardown(&mut env, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_config_user_and_stop() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "cfg").await;
+    // ENTRYPOINT/CMD/WORKDIR/ENV from the image.
+    let a = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "config", "app", &[]),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &a).await.unwrap();
+    assert_eq!(wait_exited(&mut env.c, &a).await.exit_code, 0);
+    assert!(
+        log_of(&env, "cfg", "app").contains("run.sh from-cmd in /app as hello"),
+        "{}",
+        log_of(&env, "cfg", "app")
+    );
+    // USER by name from the image's /etc/passwd.
+    let u = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "by-name", "user", &["id"]),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &u).await.unwrap();
+    wait_exited(&mut env.c, &u).await;
+    assert!(
+        log_of(&env, "cfg", "user").contains("uid=1000(berth) gid=1000(berth)"),
+        "{}",
+        log_of(&env, "cfg", "user")
+    );
+    // A long-running container stops with SIGTERM, and SIGKILL after the timeout.
+    let l = create(
+        &mut env.c,
+        &pod,
+        container_config(
+            &env.reg,
+            "busybox",
+            "sleeper",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &l).await.unwrap();
+    assert_eq!(
+        status(&mut env.c, &l).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    env.c
+        .runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: l.clone(),
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+    let s = status(&mut env.c, &l).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 0, "{s:?}");
+    let k = create(
+        &mut env.c,
+        &pod,
+        container_config(
+            &env.reg,
+            "busybox",
+            "stubborn",
+            &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &k).await.unwrap();
+    env.c
+        .runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: k.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&mut env.c, &k).await.exit_code, 137);
+    teardown(&mut env, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_the_right_codes_and_leaves_nothing() {
+    let Some(mut env) = env().await else { return };
+    let e = env
+        .c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = env
+        .c
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: "nope".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let pod = run_pod(&mut env, "bad").await;
+    // The same pod again.
+    let config = pod_config(&env, "bad");
+    let e = env
+        .c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    // A command that does not exist: start fails, the container is EXITED with 128.
+    let id = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "busybox", "missing", &["/no/such/binary"]),
+    )
+    .await
+    .unwrap();
+    let e = start(&mut env.c, &id).await.unwrap_err();
+    assert!(e.message().contains("/no/such/binary"), "{}", e.message());
+    let s = status(&mut env.c, &id).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 128)
+    );
+    assert!(s.message.contains("/no/such/binary"), "{}", s.message);
+    // An image that is not pulled, a user not in the image, a missing host path.
+    let e = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "never-pulled", "x", &["sh"]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let mut cfg = container_config(&env.reg, "busybox", "ghost", &["sh"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_username: "ghost".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let e = create(&mut env.c, &pod, cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("ghost"));
+    let mut cfg = container_config(&env.reg, "busybox", "vol", &["sh"]);
+    cfg.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: "/berth/does/not/exist".into(),
+        ..Default::default()
+    }];
+    let e = create(&mut env.c, &pod, cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("/berth/does/not/exist"));
+    // Only the container with the failed start was recorded.
+    let all = env
+        .c
+        .runtime
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(all.len(), 1);
+    // A container in a stopped pod.
+    env.c
+        .runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let e = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "busybox", "late", &["sh"]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    teardown(&mut env, &pod).await;
+}
+
+async fn pod_state(c: &mut Cri, pod: &str) -> (i32, serde_json::Value) {
+    let r = c
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (
+        r.status.unwrap().state,
+        serde_json::from_str(&r.info["info"]).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn berthd_kill9_keeps_pods_containers_exits_and_logs() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "survivor").await;
+    let long = create(
+        &mut env.c,
+        &pod,
+        container_config(
+            &env.reg,
+            "busybox",
+            "long",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    let short = create(
+        &mut env.c,
+        &pod,
+        container_config(
+            &env.reg,
+            "busybox",
+            "short",
+            &["sh", "-c", "sleep 1; exit 3"],
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &long).await.unwrap();
+    start(&mut env.c, &short).await.unwrap();
+    env.d.signal(nix::sys::signal::Signal::SIGKILL);
+    env.d
+        .wait_exit(Duration::from_secs(5))
+        .expect("berthd did not die");
+    // The short container exits while berthd is down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = log_of(&env, "survivor", "long").lines().count();
+    env.d.restart().await;
+    env.c = env.d.cri().await;
+    assert_eq!(
+        pod_state(&mut env.c, &pod).await.0,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    assert_eq!(
+        status(&mut env.c, &long).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let s = status(&mut env.c, &short).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 3)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        log_of(&env, "survivor", "long").lines().count() > before,
+        "log stopped growing"
+    );
+    env.c
+        .runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: long.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&mut env.c, &long).await.state,
+        cri::ContainerState::ContainerExited as i32
+    );
+    teardown(&mut env, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_monitor_leaves_an_exited_container_and_a_not_ready_pod() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "orphan").await;
+    let id = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "busybox", "sleeper", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    let (_, info) = pod_state(&mut env.c, &pod).await;
+    let monitor = info["pid"].as_i64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut state = 0;
+    for _ in 0..200 {
+        state = pod_state(&mut env.c, &pod).await.0;
+        if state == cri::PodSandboxState::SandboxNotready as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(state, cri::PodSandboxState::SandboxNotready as i32);
+    let s = status(&mut env.c, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    assert!(!s.message.is_empty());
+    teardown(&mut env, &pod).await;
+    // The name can be used again at once.
+    let again = run_pod(&mut env, "orphan").await;
+    teardown(&mut env, &again).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_reboot_pods_are_not_ready_and_removable() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "rebooted").await;
+    let id = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "busybox", "sleeper", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    let (_, info) = pod_state(&mut env.c, &pod).await;
+    // A reboot: everything in memory and in the run directory is gone.
+    env.d.signal(nix::sys::signal::Signal::SIGKILL);
+    env.d.wait_exit(Duration::from_secs(5)).unwrap();
+    let monitor = info["pid"].as_i64().unwrap() as i32;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let cgroup = info["cgroup"].as_str().unwrap().to_owned();
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let procs = h.path().join(&cgroup).join(&id).join("cgroup.procs");
+        for p in std::fs::read_to_string(&procs).unwrap_or_default().lines() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.parse().unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let netns = info["netns"].as_str().unwrap().to_owned();
+    let _ = nix::mount::umount2(netns.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    let _ = nix::mount::umount2(
+        env.d.state.join("pods").join(&pod).join("shm").as_path(),
+        nix::mount::MntFlags::MNT_DETACH,
+    );
+    std::fs::remove_dir_all(&env.d.state).unwrap();
+    env.d.restart().await;
+    env.c = env.d.cri().await;
+    assert_eq!(
+        pod_state(&mut env.c, &pod).await.0,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    let s = status(&mut env.c, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    teardown(&mut env, &pod).await;
+    let again = run_pod(&mut env, "rebooted").await;
+    teardown(&mut env, &again).await;
+}

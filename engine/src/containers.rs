@@ -1,0 +1,630 @@
+//! Containers: create, start, stop, remove, status, list, and exits.
+//!
+//! CreateContainer turns the CRI config into a [`LaunchSpec`] (pure, in `spec/`), creates
+//! the container's cgroup and writable layer, and records it; StartContainer hands the spec
+//! to the pod's monitor, which creates the process. The life cycle is drawn on
+//! [`ContainerState`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_proto::cri;
+use berth_proto::monitor::{self as mproto, frame::Body};
+
+use crate::Engine;
+use crate::error::{Error, Result};
+use crate::linux::spawn::{LaunchSpec, Rootfs};
+use crate::monitor::client;
+use crate::pods::{new_id, now_nanos};
+use crate::spec::{mounts, process, resources, security};
+use crate::state::records::{ContainerRecord, ContainerState, NsMode, PodState, RECORD_VERSION};
+
+/// Reads a file from an image's layers (top layer first), honouring whiteouts.
+fn image_file(layers_top_first: &[PathBuf], rel: &str) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for l in layers_top_first {
+        let p = l.join(rel);
+        if let Ok(m) = std::fs::symlink_metadata(&p) {
+            if m.file_type().is_char_device() && m.rdev() == 0 {
+                return None; // whited out
+            }
+            return std::fs::read_to_string(&p).ok();
+        }
+    }
+    None
+}
+
+/// A signal given as `SIGTERM`, `TERM` or `15`.
+pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok();
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse().ok()
+}
+
+fn reason_for(code: i32, oom: bool) -> &'static str {
+    if oom {
+        "OOMKilled"
+    } else if code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
+impl Engine {
+    fn container(&self, id: &str) -> Result<ContainerRecord> {
+        self.db.container_get(id)?.ok_or_else(|| Error::NotFound {
+            what: "container",
+            id: id.to_owned(),
+        })
+    }
+
+    /// CreateContainer.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: &cri::ContainerConfig,
+    ) -> Result<String> {
+        let _g = self.locks.lock(pod_id).await;
+        let pod = self.pod(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {pod_id} is not ready"
+            )));
+        }
+        let md = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("config.metadata is required".into()))?;
+        if md.name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "config.metadata.name is required".into(),
+            ));
+        }
+        if let Some(c) = self
+            .db
+            .container_list()?
+            .into_iter()
+            .find(|c| c.pod_id == pod_id && c.name == md.name && c.attempt == md.attempt)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "container {} (attempt {}) already exists in pod {pod_id} as {}",
+                md.name, md.attempt, c.id
+            )));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let image = self
+            .resolve_image(&image_name)?
+            .ok_or_else(|| Error::NotFound {
+                what: "image",
+                id: format!("{image_name:?} (pull it first)"),
+            })?;
+        let layers: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.snapshot_dir(&l.chain_id))
+            .collect();
+        let linux = config.linux.clone().unwrap_or_default();
+        let sc = linux.security_context.clone().unwrap_or_default();
+        if sc.privileged && !pod.privileged {
+            return Err(Error::InvalidArgument(
+                "security_context.privileged: a privileged container needs a privileged pod".into(),
+            ));
+        }
+        // No namespace options at all means Kubernetes' defaults (pid per container).
+        let pid_mode = sc.namespace_options.as_ref().map_or(1, |n| n.pid);
+        let new_pid_namespace = match pid_mode {
+            1 => true,
+            2 => false,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "security_context.namespace_options.pid: mode {} is not supported by berth yet",
+                    if other == 0 { "POD" } else { "TARGET" }
+                )));
+            }
+        };
+
+        // The process.
+        let argv = process::command_line(&image.config, &config.command, &config.args)?;
+        let envs: Vec<(String, String)> = config
+            .envs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let env = process::environment(&image.config.env, &envs, &pod.hostname)?;
+        let cwd = process::working_dir(&image.config, &config.working_dir)?;
+        let passwd = image_file(&layers, "etc/passwd").unwrap_or_default();
+        let group = image_file(&layers, "etc/group").unwrap_or_default();
+        let user = process::resolve_user(
+            &image.config.user,
+            &process::UserRequest {
+                run_as_user: sc.run_as_user.map(|v| v.value),
+                run_as_username: sc.run_as_username.clone(),
+                run_as_group: sc.run_as_group.map(|v| v.value),
+                supplemental_groups: sc.supplemental_groups.clone(),
+            },
+            &passwd,
+            &group,
+        )?;
+        let caps_req = sc.capabilities.clone().unwrap_or_default();
+        let capabilities = security::capabilities(
+            &security::CapabilityRequest {
+                add: caps_req.add_capabilities,
+                drop: caps_req.drop_capabilities,
+                add_ambient: caps_req.add_ambient_capabilities,
+                privileged: sc.privileged,
+            },
+            user.uid,
+        )?;
+        let (masked_paths, readonly_paths) =
+            security::masked_and_readonly(&sc.masked_paths, &sc.readonly_paths, sc.privileged);
+        let r = linux.resources.clone().unwrap_or_default();
+        let res = resources::resources(&resources::ResourceRequest {
+            cpu_period: r.cpu_period,
+            cpu_quota: r.cpu_quota,
+            cpu_shares: r.cpu_shares,
+            memory_limit_in_bytes: r.memory_limit_in_bytes,
+            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+            oom_score_adj: r.oom_score_adj,
+            cpuset_cpus: r.cpuset_cpus.clone(),
+            cpuset_mems: r.cpuset_mems.clone(),
+            hugepage_limits: r
+                .hugepage_limits
+                .iter()
+                .map(|h| (h.page_size.clone(), h.limit))
+                .collect(),
+            unified: r.unified.clone().into_iter().collect(),
+        })?;
+        let vols: Vec<mounts::VolumeRequest> = config
+            .mounts
+            .iter()
+            .map(|m| mounts::VolumeRequest {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: m.propagation,
+                image: m.image.as_ref().is_some_and(|i| !i.image.is_empty()),
+            })
+            .collect();
+        let volume_mounts = mounts::volume_mounts(&vols, |p| p.exists())?;
+        let host_shm = PathBuf::from("/dev/shm");
+        let pod_shm = pod.dir.join("shm");
+        let (hosts, resolv, hostname) = (
+            pod.dir.join("hosts"),
+            pod.dir.join("resolv.conf"),
+            pod.dir.join("hostname"),
+        );
+        let pod_files = mounts::PodFiles {
+            hosts: Some(&hosts),
+            resolv_conf: Some(&resolv),
+            hostname: Some(&hostname),
+            shm: Some(if pod.ipc == NsMode::Pod {
+                &pod_shm
+            } else {
+                &host_shm
+            }),
+        };
+        let all_mounts = mounts::merge(
+            mounts::default_mounts(&pod_files, sc.privileged),
+            volume_mounts.clone(),
+        );
+
+        // The writable layer and the cgroup.
+        let id = new_id();
+        let dir = self.cfg.root.join("containers").join(&id);
+        for d in ["upper", "work"] {
+            crate::durable::create_dir_all(&dir.join(d), 0o755)?;
+        }
+        let cg = self.cgroup_manager()?;
+        let cgroup = format!("{}/{id}", pod.cgroup);
+        let created = (|| -> Result<(Vec<(String, PathBuf)>, String)> {
+            cg.create(&cgroup)?;
+            cg.apply(&cgroup, &res)?;
+            let dirs = cg.dirs(&cgroup)?;
+            let oom = cg
+                .oom_file(&cgroup)?
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            Ok((dirs, oom))
+        })();
+        let (cgroup_dirs, oom_file) = match created {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = cg.remove(&cgroup);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&pod.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let launch = LaunchSpec {
+            id: id.clone(),
+            rootfs: Rootfs {
+                lowerdirs: layers,
+                upperdir: dir.join("upper"),
+                workdir: dir.join("work"),
+                target: self.cfg.state.join("containers").join(&id).join("rootfs"),
+                readonly: sc.readonly_rootfs,
+            },
+            args: argv,
+            env,
+            cwd,
+            user,
+            capabilities,
+            no_new_privs: sc.no_new_privs,
+            oom_score_adj: res.oom_score_adj,
+            mounts: all_mounts,
+            masked_paths,
+            readonly_paths,
+            cgroup_dirs: cgroup_dirs.iter().map(|(_, d)| d.clone()).collect(),
+            cgroup_view: cgroup_dirs,
+            new_pid_namespace,
+            sysctls: if pod.network == NsMode::Node {
+                Default::default()
+            } else {
+                pod.sysctls.clone()
+            },
+        };
+        let rec = ContainerRecord {
+            schema_version: RECORD_VERSION,
+            id: id.clone(),
+            pod_id: pod_id.to_owned(),
+            name: md.name.clone(),
+            attempt: md.attempt,
+            state: ContainerState::Created,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            image: image_name,
+            image_id: image.id.to_string(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_path,
+            pid: 0,
+            cgroup,
+            oom_file,
+            dir,
+            stop_signal: image.config.stop_signal.clone(),
+            mounts: volume_mounts,
+            launch,
+        };
+        if let Err(e) = self.db.container_put(&rec) {
+            let _ = self.remove_container_files(&rec);
+            return Err(e.into());
+        }
+        tracing::info!(container_id = %id, pod_id, name = %rec.name, "container created");
+        Ok(id)
+    }
+
+    /// StartContainer.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        let _pg = self.locks.lock(&c.pod_id).await;
+        let _g = self.locks.lock(id).await;
+        let mut c = self.container(id)?;
+        if !c.state.can_start() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is {:?}, not Created",
+                c.state
+            )));
+        }
+        let pod = self.pod(&c.pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let spec = serde_json::to_vec(&c.launch)
+            .map_err(|e| Error::Internal(format!("encode launch spec: {e}")))?;
+        let r = client::request(
+            &pod.dir,
+            Body::Start(mproto::Start {
+                container_id: id.to_owned(),
+                launch_spec_json: spec,
+                log_path: c.log_path.clone(),
+                oom_file: c.oom_file.clone(),
+            }),
+        )
+        .await;
+        match r {
+            Ok(Body::Started(s)) => {
+                c.state = ContainerState::Running;
+                c.pid = s.pid;
+                c.started_at = s.started_at;
+                self.db.container_put(&c)?;
+                tracing::info!(container_id = %id, pid = s.pid, "container started");
+                Ok(())
+            }
+            Ok(other) => Err(Error::Internal(format!(
+                "monitor answered {other:?} to Start"
+            ))),
+            Err(e) => {
+                let msg = e.to_string();
+                c.state = ContainerState::Exited;
+                c.exit_code = 128;
+                c.reason = "StartError".into();
+                c.message = msg.clone();
+                let now = now_nanos();
+                c.started_at = now;
+                c.finished_at = now;
+                self.db.container_put(&c)?;
+                tracing::warn!(container_id = %id, error = %msg, "container failed to start");
+                Err(Error::FailedPrecondition(format!(
+                    "container {id}: start failed: {msg}"
+                )))
+            }
+        }
+    }
+
+    /// Records an exit reported by a monitor (or found in its exit records).
+    pub fn record_exit(
+        &self,
+        id: &str,
+        exit_code: i32,
+        _signal: i32,
+        finished_at: i64,
+        oom_killed: bool,
+    ) -> Result<()> {
+        let Some(mut c) = self.db.container_get(id)? else {
+            return Ok(());
+        };
+        if c.state != ContainerState::Running {
+            return Ok(());
+        }
+        c.state = ContainerState::Exited;
+        c.exit_code = exit_code;
+        c.finished_at = finished_at;
+        c.reason = reason_for(exit_code, oom_killed).into();
+        self.db.container_put(&c)?;
+        tracing::info!(container_id = %id, exit_code, oom_killed, "container exited");
+        Ok(())
+    }
+
+    /// Applies the monitor's exit record of a running container, if it wrote one.
+    pub(crate) fn apply_exit_file(&self, c: &ContainerRecord) -> Result<bool> {
+        let f = crate::monitor::entry::exits_dir(&self.pod_dir(&c.pod_id))
+            .join(format!("{}.json", c.id));
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            return Ok(false);
+        };
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Internal(format!("exit record {}: {e}", f.display())))?;
+        let code = v["exit_code"]
+            .as_i64()
+            .and_then(|x| i32::try_from(x).ok())
+            .unwrap_or(255);
+        self.record_exit(
+            &c.id,
+            code,
+            v["signal"]
+                .as_i64()
+                .and_then(|x| i32::try_from(x).ok())
+                .unwrap_or(0),
+            v["finished_at"].as_i64().unwrap_or_else(now_nanos),
+            v["oom_killed"].as_bool().unwrap_or(false),
+        )?;
+        Ok(true)
+    }
+
+    /// StopContainer: the stop signal, then SIGKILL after `timeout` seconds. Idempotent.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let c = self.container(id)?;
+        let _pg = self.locks.lock(&c.pod_id).await;
+        self.stop_container_locked(id, timeout).await
+    }
+
+    pub(crate) async fn stop_container_locked(&self, id: &str, timeout: i64) -> Result<()> {
+        let _g = self.locks.lock(id).await;
+        let mut c = self.container(id)?;
+        match c.state {
+            ContainerState::Exited => return Ok(()),
+            ContainerState::Created => {
+                c.state = ContainerState::Exited;
+                c.reason = "Stopped".into();
+                c.finished_at = now_nanos();
+                self.db.container_put(&c)?;
+                return Ok(());
+            }
+            ContainerState::Running => {}
+        }
+        let pod = self.pod(&c.pod_id)?;
+        let sig = parse_signal(&c.stop_signal).unwrap_or(nix::sys::signal::Signal::SIGTERM);
+        let send = |s: nix::sys::signal::Signal| {
+            client::request(
+                &pod.dir,
+                Body::Signal(mproto::Signal {
+                    container_id: id.to_owned(),
+                    signal: s as i32,
+                }),
+            )
+        };
+        if timeout > 0 {
+            let _ = send(sig).await;
+            if self
+                .wait_exited(&c, Duration::from_secs(u64::try_from(timeout).unwrap_or(0)))
+                .await
+            {
+                return Ok(());
+            }
+        }
+        let _ = send(nix::sys::signal::Signal::SIGKILL).await;
+        if self.wait_exited(&c, Duration::from_secs(10)).await {
+            return Ok(());
+        }
+        // The monitor did not answer: kill through the cgroup and record it ourselves.
+        if let Ok(cg) = self.cgroup_manager() {
+            for pid in cg.pids(&c.cgroup).unwrap_or_default() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if !self.apply_exit_file(&c)? {
+            self.record_exit(id, 137, 9, now_nanos(), false)?;
+        }
+        Ok(())
+    }
+
+    async fn wait_exited(&self, c: &ContainerRecord, d: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            if let Ok(Some(now)) = self.db.container_get(&c.id)
+                && now.state == ContainerState::Exited
+            {
+                return true;
+            }
+            if self.apply_exit_file(c).unwrap_or(false) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// RemoveContainer: kills it if running, then removes its cgroup, writable layer and
+    /// record. Idempotent.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Some(c) = self.db.container_get(id)? else {
+            return Ok(());
+        };
+        if c.state == ContainerState::Running {
+            self.stop_container(id, 0).await?;
+        }
+        let _pg = self.locks.lock(&c.pod_id).await;
+        let _g = self.locks.lock(id).await;
+        let Some(c) = self.db.container_get(id)? else {
+            return Ok(());
+        };
+        self.remove_container_files(&c)?;
+        self.db.container_remove(id)?;
+        tracing::info!(container_id = %id, "container removed");
+        Ok(())
+    }
+
+    pub(crate) fn remove_container_files(&self, c: &ContainerRecord) -> Result<()> {
+        if let Ok(cg) = self.cgroup_manager() {
+            cg.remove(&c.cgroup)?;
+        }
+        for d in [c.dir.clone(), self.cfg.state.join("containers").join(&c.id)] {
+            if d.exists() {
+                std::fs::remove_dir_all(&d)
+                    .map_err(|e| Error::Internal(format!("remove {}: {e}", d.display())))?;
+            }
+        }
+        let exit = crate::monitor::entry::exits_dir(&self.pod_dir(&c.pod_id))
+            .join(format!("{}.json", c.id));
+        let _ = std::fs::remove_file(exit);
+        Ok(())
+    }
+
+    /// ContainerStatus (the record, with any exit the monitor recorded applied first).
+    pub fn container_status(&self, id: &str) -> Result<ContainerRecord> {
+        let c = self.container(id)?;
+        if c.state == ContainerState::Running && self.apply_exit_file(&c)? {
+            return self.container(id);
+        }
+        Ok(c)
+    }
+
+    /// ListContainers.
+    pub fn list_containers(&self) -> Result<Vec<ContainerRecord>> {
+        let mut out = Vec::new();
+        for c in self.db.container_list()? {
+            if c.state == ContainerState::Running && self.apply_exit_file(&c)? {
+                out.push(self.container(&c.id)?);
+            } else {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// ReopenContainerLog.
+    pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        if c.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        client::request(
+            &self.pod_dir(&c.pod_id),
+            Body::ReopenLog(mproto::ReopenLog {
+                container_id: id.to_owned(),
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_in_every_spelling() {
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("SIGUSR1"), Some(Signal::SIGUSR1));
+        assert_eq!(parse_signal("term"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal(""), None);
+        assert_eq!(parse_signal("SIGFOO"), None);
+        assert_eq!(reason_for(0, false), "Completed");
+        assert_eq!(reason_for(137, true), "OOMKilled");
+    }
+
+    #[test]
+    fn image_files_honour_whiteouts() {
+        let t = tempfile::tempdir().unwrap();
+        let (top, bottom) = (t.path().join("top"), t.path().join("bottom"));
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(bottom.join("etc")).unwrap();
+        std::fs::write(bottom.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::fs::write(bottom.join("etc/group"), "root:x:0:\n").unwrap();
+        nix::sys::stat::mknod(
+            &top.join("etc/group"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        let layers = vec![top, bottom];
+        assert!(
+            image_file(&layers, "etc/passwd")
+                .unwrap()
+                .starts_with("root")
+        );
+        assert_eq!(image_file(&layers, "etc/group"), None);
+        assert_eq!(image_file(&layers, "etc/shadow"), None);
+    }
+}

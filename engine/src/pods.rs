@@ -1,0 +1,533 @@
+//! Pod sandboxes: run, stop, remove, status, list.
+//!
+//! A pod is a run directory (`<state>/pods/<id>`: hostname, hosts, resolv.conf, /dev/shm,
+//! the monitor's socket and exit records), a cgroup, and a monitor process that holds the
+//! pod's namespaces (the network one bind-mounted at `<state>/netns/<id>`). The life cycle
+//! is drawn on [`PodState`]. Every multi-step operation undoes what it did when a later
+//! step fails, so no failed call leaves anything behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_proto::cri;
+use nix::mount::{MntFlags, umount2};
+
+use crate::error::{Error, Result};
+use crate::linux::cgroups::manager::CgroupManager;
+use crate::monitor::{client, entry::MonitorArgs};
+use crate::state::records::{ContainerState, NsMode, PodRecord, PodState, RECORD_VERSION};
+use crate::{CgroupDriver, Engine};
+
+/// A random 64-hex-digit id, like containerd's and CRI-O's.
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    hex::encode(b)
+}
+
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ns_mode(v: i32) -> NsMode {
+    match v {
+        0 => NsMode::Pod,
+        1 => NsMode::Container,
+        2 => NsMode::Node,
+        _ => NsMode::Target,
+    }
+}
+
+/// kubelet's cgroup parent as a relative cgroupfs path. With the systemd driver kubelet
+/// names slices (`kubepods-burstable-pod123.slice`); they nest by their dashes.
+pub fn cgroup_parent_path(driver: CgroupDriver, parent: &str) -> String {
+    let p = parent.trim_matches('/');
+    if driver == CgroupDriver::Systemd && p.ends_with(".slice") && !p.contains('/') {
+        let name = p.trim_end_matches(".slice");
+        let mut out = Vec::new();
+        let mut acc = String::new();
+        for part in name.split('-') {
+            if !acc.is_empty() {
+                acc.push('-');
+            }
+            acc.push_str(part);
+            out.push(format!("{acc}.slice"));
+        }
+        return out.join("/");
+    }
+    p.to_owned()
+}
+
+/// The pod's /etc/resolv.conf: kubelet's DNS config, or the node's file.
+pub fn resolv_conf(dns: Option<&cri::DnsConfig>) -> String {
+    match dns {
+        Some(d) if !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty() => {
+            let mut s = String::new();
+            if !d.searches.is_empty() {
+                s.push_str(&format!("search {}\n", d.searches.join(" ")));
+            }
+            for n in &d.servers {
+                s.push_str(&format!("nameserver {n}\n"));
+            }
+            if !d.options.is_empty() {
+                s.push_str(&format!("options {}\n", d.options.join(" ")));
+            }
+            s
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+/// The pod's /etc/hosts.
+pub fn hosts_file(hostname: &str) -> String {
+    let mut s = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if !hostname.is_empty() {
+        s.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    s
+}
+
+/// Undo steps, run in reverse unless disarmed.
+struct Rollback(Vec<Box<dyn FnOnce() + Send>>);
+
+impl Rollback {
+    fn push(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.0.push(Box::new(f));
+    }
+    fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        while let Some(f) = self.0.pop() {
+            f();
+        }
+    }
+}
+
+fn unmount_file(p: &Path) {
+    let _ = umount2(p, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(p);
+}
+
+impl Engine {
+    pub(crate) fn cgroup_manager(&self) -> Result<CgroupManager> {
+        self.cgroups
+            .clone()
+            .map(CgroupManager::with_layout)
+            .ok_or_else(|| {
+                Error::FailedPrecondition("the node's cgroup hierarchies could not be read".into())
+            })
+    }
+
+    pub(crate) fn pod(&self, id: &str) -> Result<PodRecord> {
+        self.db.pod_get(id)?.ok_or_else(|| Error::NotFound {
+            what: "pod sandbox",
+            id: id.to_owned(),
+        })
+    }
+
+    /// RunPodSandbox.
+    pub async fn run_pod(
+        self: &std::sync::Arc<Self>,
+        config: &cri::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String> {
+        let md = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("config.metadata is required".into()))?;
+        if md.name.is_empty() || md.namespace.is_empty() {
+            return Err(Error::InvalidArgument(
+                "config.metadata.name and .namespace are required".into(),
+            ));
+        }
+        if !runtime_handler.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "runtime handler {runtime_handler:?} is not configured; berth has only the default handler"
+            )));
+        }
+        let _names = self.locks.lock("pod-names").await;
+        if let Some(p) = self.db.pod_list()?.into_iter().find(|p| {
+            p.name == md.name
+                && p.namespace == md.namespace
+                && p.uid == md.uid
+                && p.attempt == md.attempt
+        }) {
+            return Err(Error::AlreadyExists(format!(
+                "pod sandbox {}/{} (uid {}, attempt {}) already exists as {}",
+                md.namespace, md.name, md.uid, md.attempt, p.id
+            )));
+        }
+        let linux = config.linux.clone().unwrap_or_default();
+        let sc = linux.security_context.clone().unwrap_or_default();
+        let ns = sc.namespace_options.clone().unwrap_or_default();
+        let (network, pid, ipc) = (ns_mode(ns.network), ns_mode(ns.pid), ns_mode(ns.ipc));
+        if ns.userns_options.as_ref().is_some_and(|u| u.mode == 0) {
+            return Err(Error::InvalidArgument(
+                "user namespaces (userns_options mode POD) are not supported by berth yet".into(),
+            ));
+        }
+        let id = new_id();
+        let dir = self.cfg.state.join("pods").join(&id);
+        let mut undo = Rollback(Vec::new());
+        crate::durable::create_dir_all(&dir, 0o711)?;
+        {
+            let d = dir.clone();
+            undo.push(move || {
+                let _ = umount2(&d.join("shm"), MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir_all(&d);
+            });
+        }
+        let hostname = if network == NsMode::Node {
+            String::new()
+        } else if config.hostname.is_empty() {
+            md.name.clone()
+        } else {
+            config.hostname.clone()
+        };
+        let node_name = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        std::fs::write(
+            dir.join("hostname"),
+            format!(
+                "{}\n",
+                if hostname.is_empty() {
+                    &node_name
+                } else {
+                    &hostname
+                }
+            ),
+        )
+        .map_err(|e| Error::Internal(format!("write hostname: {e}")))?;
+        std::fs::write(dir.join("hosts"), hosts_file(&hostname))
+            .map_err(|e| Error::Internal(format!("write hosts: {e}")))?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            resolv_conf(config.dns_config.as_ref()),
+        )
+        .map_err(|e| Error::Internal(format!("write resolv.conf: {e}")))?;
+
+        // The pod cgroup: kubelet's when it names one, else ours under the configured parent.
+        let cg = self.cgroup_manager()?;
+        let (cgroup, cgroup_owned) = if linux.cgroup_parent.is_empty() {
+            (format!("{}/pod-{id}", self.cfg.cgroup_parent), true)
+        } else {
+            (
+                cgroup_parent_path(self.cfg.cgroup_driver, &linux.cgroup_parent),
+                false,
+            )
+        };
+        cg.create(&cgroup)?;
+        if cgroup_owned {
+            let (cg2, c) = (cg.clone(), cgroup.clone());
+            undo.push(move || {
+                let _ = cg2.remove(&c);
+            });
+        }
+
+        let netns = (network == NsMode::Pod).then(|| self.cfg.state.join("netns").join(&id));
+        if let Some(n) = &netns {
+            let n = n.clone();
+            undo.push(move || unmount_file(&n));
+        }
+        let args = MonitorArgs {
+            pod_id: id.clone(),
+            dir: dir.clone(),
+            new_net: netns.clone(),
+            new_ipc: ipc == NsMode::Pod,
+            hostname: hostname.clone(),
+        };
+        let monitor_pid = client::spawn(&self.cfg.monitor_exe, &args).await?;
+        undo.push(move || {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(monitor_pid).unwrap_or(0)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
+        let rec = PodRecord {
+            schema_version: RECORD_VERSION,
+            id: id.clone(),
+            name: md.name.clone(),
+            namespace: md.namespace.clone(),
+            uid: md.uid.clone(),
+            attempt: md.attempt,
+            state: PodState::Ready,
+            created_at: now_nanos(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            hostname,
+            log_directory: config.log_directory.clone(),
+            runtime_handler: runtime_handler.to_owned(),
+            network,
+            pid,
+            ipc,
+            netns,
+            dir,
+            cgroup,
+            cgroup_owned,
+            monitor_pid,
+            sysctls: linux
+                .sysctls
+                .clone()
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+            privileged: sc.privileged,
+            reason: String::new(),
+        };
+        self.db.pod_put(&rec)?;
+        undo.disarm();
+        self.watch_pod(&rec);
+        tracing::info!(pod_id = %id, name = %rec.name, namespace = %rec.namespace, "pod sandbox running");
+        Ok(id)
+    }
+
+    /// Follows a pod monitor's exit events; when the monitor goes away, the pod is no
+    /// longer ready and its running containers are reported exited.
+    pub(crate) fn watch_pod(self: &std::sync::Arc<Self>, pod: &PodRecord) {
+        let engine = self.clone();
+        let dir = pod.dir.clone();
+        let pod_id = pod.id.clone();
+        tokio::spawn(async move {
+            let e2 = engine.clone();
+            let r = client::watch(&dir, move |ev| {
+                if let Err(err) = e2.record_exit(&ev.container_id, ev.exit_code, ev.signal, ev.finished_at, ev.oom_killed) {
+                    tracing::warn!(container_id = %ev.container_id, error = %err, "cannot record exit");
+                }
+            })
+            .await;
+            if let Err(e) = r {
+                tracing::debug!(pod_id = %pod_id, error = %e, "monitor watch ended");
+            }
+            engine.monitor_gone(&pod_id).await;
+        });
+    }
+
+    /// The monitor's connection closed: if the pod was not stopped on purpose, it died.
+    async fn monitor_gone(&self, pod_id: &str) {
+        let _g = self.locks.lock(pod_id).await;
+        let Ok(Some(mut pod)) = self.db.pod_get(pod_id) else {
+            return;
+        };
+        if pod.state != PodState::Ready {
+            return;
+        }
+        tracing::warn!(pod_id, "pod monitor is gone; the pod is not ready any more");
+        self.reap_orphaned_containers(&pod, "the pod's monitor process died");
+        pod.state = PodState::NotReady;
+        pod.reason = "MonitorGone".into();
+        let _ = self.db.pod_put(&pod);
+    }
+
+    /// Kills what is left in the containers of a pod whose monitor is gone and marks them
+    /// exited, with the exit recorded on disk when the monitor had written one.
+    pub(crate) fn reap_orphaned_containers(&self, pod: &PodRecord, why: &str) {
+        let Ok(cg) = self.cgroup_manager() else {
+            return;
+        };
+        for c in self.db.container_list().unwrap_or_default() {
+            if c.pod_id != pod.id || c.state != ContainerState::Running {
+                continue;
+            }
+            if self.apply_exit_file(&c).unwrap_or(false) {
+                continue;
+            }
+            for pid in cg.pids(&c.cgroup).unwrap_or_default() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let mut c = c;
+            c.state = ContainerState::Exited;
+            c.finished_at = now_nanos();
+            c.exit_code = 137;
+            c.reason = "Unknown".into();
+            c.message = why.to_owned();
+            let _ = self.db.container_put(&c);
+        }
+    }
+
+    /// StopPodSandbox: kills the pod's containers, ends its monitor, releases its
+    /// namespaces. Idempotent; an unknown id is not an error.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        let _g = self.locks.lock(id).await;
+        let Some(mut pod) = self.db.pod_get(id)? else {
+            return Ok(());
+        };
+        for c in self.db.container_list()? {
+            if c.pod_id == pod.id && c.state == ContainerState::Running {
+                self.stop_container_locked(&c.id, 0).await?;
+            }
+        }
+        self.end_monitor(&pod).await;
+        if let Some(n) = &pod.netns {
+            unmount_file(n);
+        }
+        let _ = umount2(&pod.dir.join("shm"), MntFlags::MNT_DETACH);
+        if pod.state == PodState::Ready {
+            pod.state = PodState::NotReady;
+            pod.reason = String::new();
+            self.db.pod_put(&pod)?;
+        }
+        tracing::info!(pod_id = %id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// Asks the monitor to shut down and waits for it to exit (SIGKILL after 5 s).
+    async fn end_monitor(&self, pod: &PodRecord) {
+        let _ = client::request(
+            &pod.dir,
+            berth_proto::monitor::frame::Body::Shutdown(berth_proto::monitor::Shutdown {}),
+        )
+        .await;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pod.monitor_pid).unwrap_or(0));
+        if pod.monitor_pid == 0 {
+            return;
+        }
+        for i in 0..100 {
+            if !process_is(pod.monitor_pid, &pod.id) {
+                return;
+            }
+            if i == 50 {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// RemovePodSandbox: stops the pod if needed, removes its containers and everything
+    /// the pod had on the node. Idempotent.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        if self.db.pod_get(id)?.is_none() {
+            return Ok(());
+        }
+        self.stop_pod(id).await?;
+        let _g = self.locks.lock(id).await;
+        let Some(pod) = self.db.pod_get(id)? else {
+            return Ok(());
+        };
+        for c in self.db.container_list()? {
+            if c.pod_id == pod.id {
+                self.remove_container_files(&c)?;
+                self.db.container_remove(&c.id)?;
+            }
+        }
+        if pod.cgroup_owned {
+            self.cgroup_manager()?.remove(&pod.cgroup)?;
+        }
+        if pod.dir.exists() {
+            std::fs::remove_dir_all(&pod.dir)
+                .map_err(|e| Error::Internal(format!("remove {}: {e}", pod.dir.display())))?;
+        }
+        self.db.pod_remove(id)?;
+        tracing::info!(pod_id = %id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// PodSandboxStatus (the record; the agent converts it).
+    pub fn pod_status(&self, id: &str) -> Result<PodRecord> {
+        self.pod(id)
+    }
+
+    /// ListPodSandbox.
+    pub fn list_pods(&self) -> Result<Vec<PodRecord>> {
+        Ok(self.db.pod_list()?)
+    }
+
+    /// At start-up: reconnect to the monitors of ready pods; a pod whose monitor is gone
+    /// (crash, or a reboot emptied the run directory) becomes not ready, its containers
+    /// exited; leftover namespace mounts are released.
+    pub async fn recover_pods(self: &std::sync::Arc<Self>) -> Result<()> {
+        for mut pod in self.db.pod_list()? {
+            if pod.state != PodState::Ready {
+                continue;
+            }
+            let alive =
+                process_is(pod.monitor_pid, &pod.id) && client::connect(&pod.dir).await.is_ok();
+            if alive {
+                // Exits that happened while berthd was down.
+                for c in self.db.container_list()? {
+                    if c.pod_id == pod.id && c.state == ContainerState::Running {
+                        let _ = self.apply_exit_file(&c);
+                    }
+                }
+                self.watch_pod(&pod);
+                tracing::info!(pod_id = %pod.id, "reconnected to pod monitor");
+            } else {
+                tracing::warn!(pod_id = %pod.id, "pod monitor is gone (crash or reboot); marking the pod not ready");
+                self.reap_orphaned_containers(
+                    &pod,
+                    "the pod's monitor was gone when berthd started",
+                );
+                if let Some(n) = &pod.netns {
+                    unmount_file(n);
+                }
+                let _ = umount2(&pod.dir.join("shm"), MntFlags::MNT_DETACH);
+                pod.state = PodState::NotReady;
+                pod.reason = "MonitorGone".into();
+                self.db.pod_put(&pod)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pod_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state.join("pods").join(id)
+    }
+}
+
+/// Whether `pid` is the monitor of pod `pod_id` (not a reused pid).
+pub(crate) fn process_is(pid: u32, pod_id: &str) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(pod_id))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_slices_nest_by_dashes() {
+        assert_eq!(
+            cgroup_parent_path(CgroupDriver::Systemd, "kubepods-burstable-pod12.slice"),
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice"
+        );
+        assert_eq!(
+            cgroup_parent_path(CgroupDriver::Cgroupfs, "/kubepods/burstable/pod12"),
+            "kubepods/burstable/pod12"
+        );
+    }
+
+    #[test]
+    fn resolv_conf_from_dns_config() {
+        let d = cri::DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&d)),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
+        assert!(hosts_file("web-0").ends_with("127.0.1.1\tweb-0\n"));
+        assert_eq!(new_id().len(), 64);
+        assert_ne!(new_id(), new_id());
+    }
+}
