@@ -48,7 +48,7 @@ def main():
             s = rt.Status(pb.StatusRequest(verbose=True), timeout=10)
             c = rt.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=10)
             try:
-                rt.ExecSync(pb.ExecSyncRequest(container_id="x", cmd=["true"]), timeout=10)
+                rt.PortForward(pb.PortForwardRequest(pod_sandbox_id="x", port=[80]), timeout=10)
                 unimpl = "OK"
             except grpc.RpcError as e:
                 unimpl = e.code().name
@@ -66,7 +66,7 @@ def main():
                 "info_keys": sorted(s.info.keys()),
                 "engine_info": json.loads(s.info.get("engine", "{}")),
                 "cgroup_driver": pb.CgroupDriver.Name(c.linux.cgroup_driver),
-                "exec_sync": unimpl,
+                "port_forward": unimpl,
             }))
 
 

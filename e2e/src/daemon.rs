@@ -276,6 +276,80 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Kills every process of this daemon's pods and monitors, unmounts what is mounted
+    /// under its directory and removes its cgroups.
+    fn clean_up(&self) {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        for _ in 0..3 {
+            // Monitors (their command line names our directory) and container processes
+            // (in our cgroups).
+            let mut pids = Vec::new();
+            if let Ok(entries) = std::fs::read_dir("/proc") {
+                for e in entries.flatten() {
+                    let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
+                    else {
+                        continue;
+                    };
+                    let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                    if String::from_utf8_lossy(&cmdline).contains(&needle)
+                        && pid != std::process::id() as i32
+                    {
+                        pids.push(pid);
+                    }
+                }
+            }
+            for d in self.cgroup_dirs() {
+                let mut stack = vec![d];
+                while let Some(dir) = stack.pop() {
+                    for p in std::fs::read_to_string(dir.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                    {
+                        if let Ok(p) = p.trim().parse() {
+                            pids.push(p);
+                        }
+                    }
+                    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            stack.push(e.path());
+                        }
+                    }
+                }
+            }
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|m| m.starts_with(&needle))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for d in self.cgroup_dirs() {
+            remove_cgroup_tree(&d);
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// A cgroup parent unique to one fixture: `berth-e2e-<temp dir name>`.
 fn cgroup_parent_of(dir: &Path) -> String {
     format!(
@@ -298,6 +372,10 @@ impl Drop for Daemon {
                 );
             }
         }
+        let left = self.leftovers();
+        // Whatever happened, leave the machine as we found it: the fixture started this
+        // berthd and everything under its directory and cgroup parent is its doing.
+        self.clean_up();
         if std::thread::panicking() {
             eprintln!(
                 "--- berthd log ({}) ---\n{}",
@@ -305,13 +383,6 @@ impl Drop for Daemon {
                 self.log()
             );
             return;
-        }
-        let left = self.leftovers();
-        if left.is_empty() {
-            // The parent cgroup itself is the fixture's, not berth's: remove it.
-            for d in self.cgroup_dirs() {
-                let _ = std::fs::remove_dir(&d);
-            }
         }
         assert!(
             left.is_empty(),

@@ -128,11 +128,11 @@ async fn unimplemented_rpcs_name_themselves() {
     assert!(err.message().contains("PortForward"), "{}", err.message());
     let err = c
         .runtime
-        .exec_sync(cri::ExecSyncRequest::default())
+        .attach(cri::AttachRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ExecSync"), "{}", err.message());
+    assert!(err.message().contains("Attach"), "{}", err.message());
 }
 
 /// The 1-based line of the daemon's config file that contains `needle`.
@@ -364,7 +364,7 @@ async fn a_python_cri_client_generated_from_upstream_proto_works() {
     assert_eq!(v["version"]["runtime_name"], "berth");
     assert_eq!(v["version"]["runtime_api_version"], "v1");
     assert_eq!(v["cgroup_driver"], "CGROUPFS");
-    assert_eq!(v["exec_sync"], "UNIMPLEMENTED");
+    assert_eq!(v["port_forward"], "UNIMPLEMENTED");
     assert_eq!(v["info_keys"], serde_json::json!(["config", "engine"]));
     let conds = v["conditions"].as_array().unwrap();
     assert!(

@@ -600,3 +600,104 @@ async fn after_a_reboot_pods_are_not_ready_and_removable() {
     let again = run_pod(&mut env, "rebooted").await;
     teardown(&mut env, &again).await;
 }
+
+async fn exec(
+    c: &mut Cri,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<cri::ExecSyncResponse, tonic::Status> {
+    Ok(c.runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await?
+        .into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_output_codes_timeouts_and_background_children() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "exec").await;
+    let id = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "by-name", "app", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    let r = exec(
+        &mut env.c,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; id -un; hostname; exit 4",
+        ],
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.exit_code, 4);
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "out\nberth\nexec-host\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "err\n");
+    // Same pid namespace as the container: its main process is pid 1 there.
+    let r = exec(&mut env.c, &id, &["cat", "/proc/1/cmdline"], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).replace('\0', " ").trim(),
+        "sleep 1000"
+    );
+    // A background child keeping stdout open does not hold the answer.
+    let t = std::time::Instant::now();
+    let r = exec(
+        &mut env.c,
+        &id,
+        &["sh", "-c", "sleep 30 & echo started"],
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "started\n");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // A timeout is DeadlineExceeded and kills the process and its children.
+    let t = std::time::Instant::now();
+    let e = exec(&mut env.c, &id, &["sh", "-c", "sleep 300 & sleep 301"], 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let ps = exec(&mut env.c, &id, &["ps", "-o", "args"], 10)
+        .await
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).to_string();
+    assert!(
+        !ps.contains("sleep 301") && !ps.contains("sleep 300"),
+        "{ps}"
+    );
+    // Not found, and not running.
+    let e = exec(&mut env.c, "nope", &["true"], 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = exec(&mut env.c, &id, &["/no/such/tool"], 1)
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("/no/such/tool"), "{e:?}");
+    env.c
+        .runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    let e = exec(&mut env.c, &id, &["true"], 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    teardown(&mut env, &pod).await;
+}

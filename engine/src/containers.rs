@@ -568,6 +568,56 @@ impl Engine {
         Ok(out)
     }
 
+    /// ExecSync: runs `cmd` in the running container; (exit code, stdout, stderr).
+    /// Each output stream is kept up to 8 MiB, so that a reply fits a gRPC message.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout_secs: i64,
+    ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
+        const OUTPUT_LIMIT: u64 = 8 << 20;
+        let c = self.container_status(id)?;
+        if c.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        if cmd.is_empty() || cmd[0].is_empty() {
+            return Err(Error::InvalidArgument("cmd is empty".into()));
+        }
+        let spec = crate::linux::spawn::ExecSpec {
+            args: cmd.to_vec(),
+            env: c.launch.env.clone(),
+            cwd: c.launch.cwd.clone(),
+            user: c.launch.user.clone(),
+            capabilities: c.launch.capabilities.clone(),
+            no_new_privs: c.launch.no_new_privs,
+            cgroup_dirs: c.launch.cgroup_dirs.clone(),
+        };
+        let json = serde_json::to_vec(&spec)
+            .map_err(|e| Error::Internal(format!("encode exec spec: {e}")))?;
+        let r = client::request(
+            &self.pod_dir(&c.pod_id),
+            Body::Exec(mproto::Exec {
+                container_id: id.to_owned(),
+                exec_spec_json: json,
+                timeout_ms: timeout_secs.saturating_mul(1000).max(0),
+                output_limit: OUTPUT_LIMIT,
+            }),
+        )
+        .await?;
+        match r {
+            Body::ExecResult(x) if x.timed_out => Err(Error::DeadlineExceeded(format!(
+                "exec in container {id} timed out after {timeout_secs}s; the process and its children were killed"
+            ))),
+            Body::ExecResult(x) => Ok((x.exit_code, x.stdout, x.stderr)),
+            other => Err(Error::Internal(format!(
+                "monitor answered {other:?} to Exec"
+            ))),
+        }
+    }
+
     /// ReopenContainerLog.
     pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;

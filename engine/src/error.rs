@@ -87,6 +87,8 @@ pub enum Error {
     Monitor(#[from] crate::monitor::client::MonitorError),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 impl Error {
@@ -111,6 +113,7 @@ impl Error {
             Error::Cgroup(e) => e.kind(),
             Error::Monitor(e) => e.kind(),
             Error::Internal(_) => ErrorKind::Internal,
+            Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
         }
     }
 }

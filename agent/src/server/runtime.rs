@@ -340,9 +340,20 @@ impl RuntimeService for RuntimeHandlers {
     }
     async fn exec_sync(
         &self,
-        _req: Request<ExecSyncRequest>,
+        req: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+        let req = req.into_inner();
+        let id = required(&req.container_id, "container_id")?;
+        let (exit_code, stdout, stderr) = self
+            .engine
+            .exec_sync(id, &req.cmd, req.timeout)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code,
+        }))
     }
     async fn exec(&self, _req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
         Err(unimplemented("Exec"))

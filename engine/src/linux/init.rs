@@ -87,6 +87,48 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
         let _ = fs::write("/proc/self/oom_score_adj", adj.to_string());
     }
     // Standard streams.
+    redirect(stdio)?;
+    step(
+        || format!("chdir {}", spec.cwd),
+        nix::unistd::chdir(spec.cwd.as_str()),
+    )?;
+    set_identity_of(&spec.capabilities, &spec.user)?;
+    if spec.no_new_privs {
+        step(
+            || "no_new_privs".into(),
+            nix::sys::prctl::set_no_new_privs(),
+        )?;
+    }
+    exec_args(&spec.args, &spec.env)
+}
+
+/// The exec side: already inside the container's mount and pid namespaces.
+pub fn become_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> String {
+    match run_exec(spec, stdio) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn run_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> Step<Never> {
+    // Its own session, so that a timeout can kill it and everything it started.
+    let _ = nix::unistd::setsid();
+    redirect(stdio)?;
+    step(
+        || format!("chdir {}", spec.cwd),
+        nix::unistd::chdir(spec.cwd.as_str()),
+    )?;
+    set_identity_of(&spec.capabilities, &spec.user)?;
+    if spec.no_new_privs {
+        step(
+            || "no_new_privs".into(),
+            nix::sys::prctl::set_no_new_privs(),
+        )?;
+    }
+    exec_args(&spec.args, &spec.env)
+}
+
+fn redirect(stdio: Stdio) -> Step<()> {
     if let Some(i) = &stdio.stdin {
         step(|| "stdin".into(), nix::unistd::dup2_stdin(i))?;
     } else {
@@ -95,19 +137,7 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
     }
     step(|| "stdout".into(), nix::unistd::dup2_stdout(&stdio.stdout))?;
     step(|| "stderr".into(), nix::unistd::dup2_stderr(&stdio.stderr))?;
-    drop(stdio);
-    step(
-        || format!("chdir {}", spec.cwd),
-        nix::unistd::chdir(spec.cwd.as_str()),
-    )?;
-    set_identity(spec)?;
-    if spec.no_new_privs {
-        step(
-            || "no_new_privs".into(),
-            nix::sys::prctl::set_no_new_privs(),
-        )?;
-    }
-    exec(spec)
+    Ok(())
 }
 
 fn mount_overlay(spec: &LaunchSpec) -> Step<()> {
@@ -428,8 +458,10 @@ fn set_of(nums: &std::collections::BTreeSet<u8>) -> CapsHashSet {
     nums.iter().filter_map(|n| cap_of(*n)).collect()
 }
 
-fn set_identity(spec: &LaunchSpec) -> Step<()> {
-    let c = &spec.capabilities;
+fn set_identity_of(
+    c: &crate::spec::security::Capabilities,
+    u: &crate::spec::process::User,
+) -> Step<()> {
     // Drop from the bounding set what the container may never have.
     for n in 0..ALL_CAPABILITIES.len() {
         let Ok(n8) = u8::try_from(n) else { continue };
@@ -448,7 +480,6 @@ fn set_identity(spec: &LaunchSpec) -> Step<()> {
         || "keep capabilities".into(),
         nix::sys::prctl::set_keepcaps(true),
     )?;
-    let u = &spec.user;
     let groups: Vec<Gid> = u
         .additional_gids
         .iter()
@@ -486,13 +517,12 @@ fn set_identity(spec: &LaunchSpec) -> Step<()> {
 }
 
 /// Finds the executable in the container's PATH (from its own environment) and execs it.
-fn exec(spec: &LaunchSpec) -> Step<Never> {
-    let cmd = spec.args.first().ok_or_else(|| "no command".to_owned())?;
+fn exec_args(args: &[String], env: &[String]) -> Step<Never> {
+    let cmd = args.first().ok_or_else(|| "no command".to_owned())?;
     let path = if cmd.contains('/') {
         PathBuf::from(cmd)
     } else {
-        let path_var = spec
-            .env
+        let path_var = env
             .iter()
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or(crate::spec::process::DEFAULT_PATH);
@@ -504,16 +534,11 @@ fn exec(spec: &LaunchSpec) -> Step<Never> {
     };
     let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
     let prog = cstr(&path.to_string_lossy())?;
-    let argv = spec
-        .args
+    let argv = args
         .iter()
         .map(|a| cstr(a))
         .collect::<Result<Vec<_>, _>>()?;
-    let envp = spec
-        .env
-        .iter()
-        .map(|e| cstr(e))
-        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
     match nix::unistd::execve(&prog, &argv, &envp) {
         Ok(never) => match never {},
         Err(e) => Err(format!("exec {}: {e}", path.display())),

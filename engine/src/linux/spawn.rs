@@ -108,3 +108,111 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         Err(SpawnError::Child(msg))
     }
 }
+
+/// A process to run inside a running container (ExecSync, exec sessions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: User,
+    pub capabilities: Capabilities,
+    pub no_new_privs: bool,
+    pub cgroup_dirs: Vec<PathBuf>,
+}
+
+/// Starts `spec` inside the namespaces of the container whose main process is `target`.
+///
+/// An intermediate process joins the container's cgroups (while the host's cgroupfs is
+/// still visible), enters its pid and mount namespaces and forks the exec process, which
+/// starts its own session, takes the container's identity and execs. The intermediate
+/// stays the exec process's parent and exits with its status: were it to exit first, the
+/// exec process would be orphaned into the container's pid namespace, whose init never
+/// reaps it. Returns (intermediate, exec process) once the exec process has exec'd; wait
+/// for the intermediate, signal the exec process's group.
+pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pid), SpawnError> {
+    use std::os::fd::AsRawFd;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (pid_r, pid_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let mut stdio = Some(stdio);
+    let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
+        let report = |msg: String| -> ! { fail(&err_w, &msg) };
+        // Open both first: once in the container's mount namespace, its /proc is the
+        // container's and no longer shows the target by its host pid.
+        let mut files = Vec::new();
+        for ns in ["pid", "mnt"] {
+            let path = format!("/proc/{target}/ns/{ns}");
+            match std::fs::File::open(&path) {
+                Ok(f) => files.push((ns, f)),
+                Err(e) => report(format!("open {path}: {e}")),
+            }
+        }
+        for dir in &spec.cgroup_dirs {
+            if let Err(e) = std::fs::write(dir.join("cgroup.procs"), "0") {
+                report(format!("join cgroup {}: {e}", dir.display()));
+            }
+        }
+        for (ns, f) in &files {
+            if let Err(e) = nix::sched::setns(f, CloneFlags::empty()) {
+                report(format!("enter the container's {ns} namespace: {e}"));
+            }
+        }
+        let Some(io) = stdio.take() else { return 127 };
+        let mut io = Some(io);
+        let child = super::sys::clone_child(CloneFlags::empty(), || {
+            let Some(io) = io.take() else { return 127 };
+            let failure = init::become_exec(spec, io);
+            fail(&err_w, &failure)
+        });
+        let child = match child {
+            Ok(pid) => pid,
+            Err(e) => report(format!("fork exec process: {e}")),
+        };
+        if let Ok(fd) = pid_w.try_clone() {
+            let _ = std::fs::File::from(fd).write_all(&child.as_raw().to_le_bytes());
+        }
+        // Our copies must not keep the caller's reads open.
+        let _ = nix::unistd::close(pid_w.as_raw_fd());
+        let _ = nix::unistd::close(err_w.as_raw_fd());
+        drop(io);
+        let code = loop {
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break 255,
+            }
+        };
+        super::sys::exit_now(code)
+    })
+    .map_err(SpawnError::Clone)?;
+    drop(err_w);
+    drop(pid_w);
+    drop(stdio);
+    let mut pid_bytes = [0u8; 4];
+    let got_pid = std::fs::File::from(pid_r)
+        .read_exact(&mut pid_bytes)
+        .is_ok();
+    let mut msg = String::new();
+    let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
+    if got_pid && msg.is_empty() {
+        return Ok((intermediate, Pid::from_raw(i32::from_le_bytes(pid_bytes))));
+    }
+    let _ = nix::sys::wait::waitpid(intermediate, None);
+    Err(SpawnError::Child(if msg.is_empty() {
+        "exec process did not start".into()
+    } else {
+        msg
+    }))
+}
+
+/// In a child: reports a failure on the error pipe and exits.
+fn fail(err_w: &OwnedFd, msg: &str) -> ! {
+    if let Ok(fd) = err_w.try_clone() {
+        let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
+    }
+    super::sys::exit_now(127)
+}

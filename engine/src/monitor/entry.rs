@@ -200,6 +200,8 @@ struct State {
     shutting_down: bool,
     /// Wakes the main loop to check whether it may exit.
     wake: Rc<tokio::sync::Notify>,
+    /// Exec processes waiting for their exit code, by pid.
+    execs: HashMap<i32, tokio::sync::oneshot::Sender<i32>>,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -229,6 +231,7 @@ async fn serve(args: MonitorArgs, listener: std::os::unix::net::UnixListener) {
         clients: Vec::new(),
         shutting_down: false,
         wake: Rc::new(tokio::sync::Notify::new()),
+        execs: HashMap::new(),
     }));
     let wake = state.borrow().wake.clone();
     let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
@@ -292,6 +295,10 @@ fn reap(state: &Shared) {
             _ => continue,
         };
         let mut st = state.borrow_mut();
+        if let Some(tx) = st.execs.remove(&pid.as_raw()) {
+            let _ = tx.send(code);
+            continue;
+        }
         let Some(id) = st
             .running
             .iter()
@@ -352,6 +359,14 @@ async fn client(state: Shared, pod_id: String, stream: tokio::net::UnixStream) {
         }
     });
     while let Ok(Some(req)) = frame::read(&mut rd).await {
+        if let Some(Body::Exec(e)) = req.body {
+            // Runs for as long as the process does: answer from a task of its own.
+            let (state, tx) = (state.clone(), tx.clone());
+            tokio::task::spawn_local(async move {
+                let _ = tx.send(exec(state, req.id, e).await);
+            });
+            continue;
+        }
         let resp = handle(&state, &pod_id, req);
         if tx.send(resp).is_err() {
             break;
@@ -543,5 +558,114 @@ async fn copy_output(fd: OwnedFd, stream: Stream, log: Option<Rc<RefCell<CriLogF
             .borrow_mut()
             .writer
             .close_stream(stream, SystemTime::now());
+    }
+}
+
+/// Reads a stream into a shared buffer until end of file, keeping at most `limit` bytes.
+async fn collect(fd: OwnedFd, buf: Rc<RefCell<Vec<u8>>>, limit: usize) {
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut b = buf.borrow_mut();
+                let room = limit.saturating_sub(b.len());
+                b.extend_from_slice(&chunk[..n.min(room)]);
+            }
+        }
+    }
+}
+
+/// ExecSync: runs a process in a running container and returns its exit code and output.
+/// On timeout the process's whole session is killed. The answer comes when the process
+/// exits, even if a background child keeps its output open (after a short grace for the
+/// last bytes).
+async fn exec(state: Shared, id: u64, e: proto::Exec) -> Frame {
+    let spec: crate::linux::spawn::ExecSpec = match serde_json::from_slice(&e.exec_spec_json) {
+        Ok(s) => s,
+        Err(err) => {
+            return error_frame(
+                id,
+                crate::ErrorKind::InvalidArgument,
+                format!("exec spec: {err}"),
+            );
+        }
+    };
+    let target = match state.borrow().running.get(&e.container_id) {
+        Some(r) => r.pid,
+        None => {
+            return error_frame(
+                id,
+                crate::ErrorKind::FailedPrecondition,
+                format!("container {} is not running", e.container_id),
+            );
+        }
+    };
+    let pipes = log_pipe().and_then(|o| log_pipe().map(|er| (o, er)));
+    let ((out_r, out_w), (err_r, err_w)) = match pipes {
+        Ok(p) => p,
+        Err(err) => {
+            return error_frame(
+                id,
+                crate::ErrorKind::Internal,
+                format!("create pipes: {err}"),
+            );
+        }
+    };
+    let (waiter, pid) = match spawn::spawn_exec(
+        target,
+        &spec,
+        Stdio {
+            stdin: None,
+            stdout: out_w,
+            stderr: err_w,
+        },
+    ) {
+        Ok(p) => p,
+        Err(err) => return error_frame(id, crate::ErrorKind::FailedPrecondition, err.to_string()),
+    };
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    // The intermediate process exits with the exec process's status.
+    state.borrow_mut().execs.insert(waiter.as_raw(), tx);
+    let limit = usize::try_from(e.output_limit).unwrap_or(usize::MAX).max(1);
+    let (out, err) = (
+        Rc::new(RefCell::new(Vec::new())),
+        Rc::new(RefCell::new(Vec::new())),
+    );
+    let readers = [
+        tokio::task::spawn_local(collect(out_r, out.clone(), limit)),
+        tokio::task::spawn_local(collect(err_r, err.clone(), limit)),
+    ];
+    let mut timed_out = false;
+    let code = if e.timeout_ms > 0 {
+        let d = std::time::Duration::from_millis(u64::try_from(e.timeout_ms).unwrap_or(0));
+        match tokio::time::timeout(d, &mut rx).await {
+            Ok(r) => r.unwrap_or(-1),
+            Err(_) => {
+                timed_out = true;
+                let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                rx.await.unwrap_or(-1)
+            }
+        }
+    } else {
+        rx.await.unwrap_or(-1)
+    };
+    // The last bytes may still be in the pipes; a background child may hold them open.
+    for r in readers {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), r).await;
+    }
+    let (stdout, stderr) = (out.borrow().clone(), err.borrow().clone());
+    Frame {
+        id,
+        body: Some(Body::ExecResult(proto::ExecResult {
+            exit_code: code,
+            stdout,
+            stderr,
+            timed_out,
+        })),
     }
 }
