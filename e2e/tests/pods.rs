@@ -701,3 +701,173 @@ async fn exec_sync_output_codes_timeouts_and_background_children() {
     assert_eq!(e.code(), Code::FailedPrecondition);
     teardown(&mut env, &pod).await;
 }
+
+fn cgroup_file(env: &Env, info: &serde_json::Value, file: &str) -> String {
+    let _ = env;
+    let cg = info["cgroup"].as_str().unwrap();
+    let controller = file.split('.').next().unwrap();
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/{cg}/{file}"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_apply_update_live_and_oom_kills_are_reported() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "limits").await;
+    let mut cfg = container_config(&env.reg, "busybox", "capped", &["sleep", "1000"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut env.c, &pod, cfg).await.unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(
+        &env.c
+            .runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info["info"],
+    )
+    .unwrap();
+    if !std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        require::prerequisite(
+            "cgroup v1 memory hierarchy at /sys/fs/cgroup/memory (this test reads v1 files)",
+            false,
+        );
+        teardown(&mut env, &pod).await;
+        return;
+    }
+    assert_eq!(
+        cgroup_file(&env, &info, "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(cgroup_file(&env, &info, "cpu.shares"), "512");
+    assert_eq!(cgroup_file(&env, &info, "cpu.cfs_quota_us"), "50000");
+    // The container process is in it.
+    let pid = info["pid"].as_u64().unwrap().to_string();
+    let procs = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{}/cgroup.procs",
+        info["cgroup"].as_str().unwrap()
+    ))
+    .unwrap();
+    assert!(procs.lines().any(|p| p == pid), "{procs}");
+    // Live update.
+    env.c
+        .runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 128 << 20,
+                cpu_shares: 256,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cgroup_file(&env, &info, "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(cgroup_file(&env, &info, "cpu.shares"), "256");
+
+    // A container that outgrows its limit is OOMKilled.
+    let mut cfg = container_config(
+        &env.reg,
+        "busybox",
+        "hog",
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = create(&mut env.c, &pod, cfg).await.unwrap();
+    start(&mut env.c, &hog).await.unwrap();
+    let s = wait_exited(&mut env.c, &hog).await;
+    assert_eq!(s.reason, "OOMKilled", "{s:?}");
+    assert_ne!(s.exit_code, 0);
+    teardown(&mut env, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reopen_container_log_after_rotation() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "rotate").await;
+    let id = create(
+        &mut env.c,
+        &pod,
+        container_config(
+            &env.reg,
+            "busybox",
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done",
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = env.logs.path().join("rotate/ticker");
+    std::fs::rename(dir.join("0.log"), dir.join("0.log.1")).unwrap();
+    env.c
+        .runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = std::fs::read_to_string(dir.join("0.log")).unwrap();
+    assert!(new.lines().count() >= 2, "{new}");
+    assert!(new.lines().all(|l| l.contains(" stdout F line ")), "{new}");
+    let old = std::fs::read_to_string(dir.join("0.log.1")).unwrap();
+    let last_old: u64 = old
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first_new: u64 = new
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        first_new,
+        last_old + 1,
+        "a line was lost or repeated across the rotation"
+    );
+    teardown(&mut env, &pod).await;
+}

@@ -618,6 +618,43 @@ impl Engine {
         }
     }
 
+    /// UpdateContainerResources: applies new limits to the container's cgroup at once and
+    /// keeps them in its record.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        r: &cri::LinuxContainerResources,
+    ) -> Result<()> {
+        let _g = self.locks.lock(id).await;
+        let mut c = self.container(id)?;
+        if c.state == ContainerState::Exited {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} has exited"
+            )));
+        }
+        let res = resources::resources(&resources::ResourceRequest {
+            cpu_period: r.cpu_period,
+            cpu_quota: r.cpu_quota,
+            cpu_shares: r.cpu_shares,
+            memory_limit_in_bytes: r.memory_limit_in_bytes,
+            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+            oom_score_adj: r.oom_score_adj,
+            cpuset_cpus: r.cpuset_cpus.clone(),
+            cpuset_mems: r.cpuset_mems.clone(),
+            hugepage_limits: r
+                .hugepage_limits
+                .iter()
+                .map(|h| (h.page_size.clone(), h.limit))
+                .collect(),
+            unified: r.unified.clone().into_iter().collect(),
+        })?;
+        self.cgroup_manager()?.apply(&c.cgroup, &res)?;
+        c.launch.oom_score_adj = res.oom_score_adj;
+        self.db.container_put(&c)?;
+        tracing::info!(container_id = %id, "container resources updated");
+        Ok(())
+    }
+
     /// ReopenContainerLog.
     pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
         let c = self.container(id)?;

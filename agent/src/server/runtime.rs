@@ -334,9 +334,16 @@ impl RuntimeService for RuntimeHandlers {
 
     async fn update_container_resources(
         &self,
-        _req: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+        let req = req.into_inner();
+        let id = required(&req.container_id, "container_id")?;
+        let linux = req.linux.unwrap_or_default();
+        self.engine
+            .update_container_resources(id, &linux)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
     async fn exec_sync(
         &self,
