@@ -402,6 +402,7 @@ impl Engine {
         c.finished_at = finished_at;
         c.reason = reason_for(exit_code, oom_killed).into();
         self.db.container_put(&c)?;
+        self.exits.notify_waiters();
         tracing::info!(container_id = %id, exit_code, oom_killed, "container exited");
         Ok(())
     }
@@ -495,6 +496,10 @@ impl Engine {
     async fn wait_exited(&self, c: &ContainerRecord, d: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + d;
         loop {
+            // Registered before the check, so an exit recorded in between still wakes us.
+            let notified = self.exits.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if let Ok(Some(now)) = self.db.container_get(&c.id)
                 && now.state == ContainerState::Exited
             {
@@ -506,7 +511,8 @@ impl Engine {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Exit events wake us at once; the timer covers a monitor that cannot send one.
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
         }
     }
 

@@ -95,6 +95,8 @@ pub struct Engine {
     cgroups: Option<CgroupLayout>,
     /// Per-pod and per-container locks (pod before container).
     locks: Arc<images::lease::Inflight>,
+    /// Woken whenever a container exit is recorded.
+    exits: tokio::sync::Notify,
     pod_cidrs: RwLock<Vec<PodCidr>>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
@@ -168,6 +170,7 @@ impl Engine {
             pinned,
             cgroups,
             locks: Arc::default(),
+            exits: tokio::sync::Notify::new(),
             pod_cidrs: RwLock::new(pod_cidrs),
             started: SystemTime::now(),
             _lock: lock,

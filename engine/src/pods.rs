@@ -397,14 +397,21 @@ impl Engine {
         if pod.monitor_pid == 0 {
             return;
         }
-        for i in 0..100 {
+        // The monitor exits within a millisecond or two of Shutdown: poll finely, then back
+        // off; SIGKILL after 5 s.
+        let start = tokio::time::Instant::now();
+        let mut killed = false;
+        let mut delay = Duration::from_micros(500);
+        while start.elapsed() < Duration::from_secs(10) {
             if !process_is(pod.monitor_pid, &pod.id) {
                 return;
             }
-            if i == 50 {
+            if !killed && start.elapsed() > Duration::from_secs(5) {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                killed = true;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(50));
         }
     }
 

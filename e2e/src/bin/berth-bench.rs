@@ -6,6 +6,11 @@
 //! - `multilayer`: 6 layers, 250 MB uncompressed, half of each layer incompressible;
 //! - `smallfiles`: one layer of 20,000 small files.
 //!
+//! `berth-bench lifecycle [--runs N]` runs N full pod lifecycles (run pod, create, start,
+//! stop, remove container, stop and remove pod) and reports p50/p90/p99 per step and in
+//! total, then the memory (PSS) of one pod's monitor with one running container and the
+//! daemon's RSS.
+//!
 //! It prints a table and one JSON line per image. Build it in release mode:
 //! `cargo build --release -p berth-agent -p berth-e2e && target/release/berth-bench pull`.
 #![forbid(unsafe_code)]
@@ -140,6 +145,194 @@ async fn bench_pull(runs: usize) {
     }
 }
 
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn bench_lifecycle(runs: usize) {
+    use berth_proto::cri;
+    assert!(catalog::available(), "busybox-static is needed");
+    let reg = Registry::start().expect("docker-registry is needed");
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    let d = Daemon::start().await;
+    let mut c = d.cri().await;
+    let image = format!("{}/busybox:latest", reg.host());
+    c.pull(&image, None).await.expect("pull");
+    let steps = [
+        "run_pod",
+        "create",
+        "start",
+        "stop",
+        "remove",
+        "stop_pod",
+        "remove_pod",
+        "total",
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
+    let pod_config = |i: usize| cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: format!("bench-{i}"),
+            uid: format!("uid-{i}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: format!("bench-{i}"),
+        ..Default::default()
+    };
+    let ctr_config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "main".into(),
+            attempt: 0,
+        }),
+        image: Some(berth_e2e::cri::spec(&image)),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "trap 'exit 0' TERM; sleep 1000 & wait".into(),
+        ],
+        ..Default::default()
+    };
+    let mut pss = 0;
+    for i in 0..runs + 2 {
+        let t0 = Instant::now();
+        let mut lap = Instant::now();
+        let step = |k: usize, lap: &mut Instant| {
+            let s = lap.elapsed().as_secs_f64() * 1e3;
+            *lap = Instant::now();
+            (k, s)
+        };
+        let mut rec = Vec::new();
+        let pod = c
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_config(i)),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("run pod")
+            .into_inner()
+            .pod_sandbox_id;
+        rec.push(step(0, &mut lap));
+        let id = c
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ctr_config.clone()),
+                sandbox_config: Some(pod_config(i)),
+            })
+            .await
+            .expect("create")
+            .into_inner()
+            .container_id;
+        rec.push(step(1, &mut lap));
+        c.runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("start");
+        rec.push(step(2, &mut lap));
+        if i == 0 {
+            // Memory of one pod's monitor with one running container.
+            let st = c
+                .runtime
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: true,
+                })
+                .await
+                .expect("status")
+                .into_inner();
+            let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info");
+            pss = pss_kib(u32::try_from(info["pid"].as_u64().unwrap_or(0)).unwrap_or(0));
+        }
+        // Let the shell install its TERM trap (a pid 1 ignores an untrapped SIGTERM);
+        // this pause is not counted.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        lap = Instant::now();
+        c.runtime
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 10,
+            })
+            .await
+            .expect("stop");
+        rec.push(step(3, &mut lap));
+        c.runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("remove");
+        rec.push(step(4, &mut lap));
+        c.runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .expect("stop pod");
+        rec.push(step(5, &mut lap));
+        c.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .expect("remove pod");
+        rec.push(step(6, &mut lap));
+        let _ = t0;
+        let total: f64 = rec.iter().map(|(_, v)| v).sum();
+        rec.push((7, total));
+        if i >= 2 {
+            // The first two runs warm up caches and are not counted.
+            for (k, v) in rec {
+                times[k].push(v);
+            }
+        }
+    }
+    let daemon_rss = d
+        .pid()
+        .map(|p| rss_kib(u32::try_from(p.as_raw()).unwrap_or(0)))
+        .unwrap_or(0);
+    println!("{:<11} {:>9} {:>9} {:>9}", "step (ms)", "p50", "p90", "p99");
+    let mut json = serde_json::Map::new();
+    for (k, name) in steps.iter().enumerate() {
+        let v = &mut times[k];
+        v.sort_by(f64::total_cmp);
+        let (p50, p90, p99) = (percentile(v, 0.5), percentile(v, 0.9), percentile(v, 0.99));
+        println!("{name:<11} {p50:>9.2} {p90:>9.2} {p99:>9.2}");
+        json.insert(
+            (*name).into(),
+            serde_json::json!({"p50_ms": p50, "p90_ms": p90, "p99_ms": p99}),
+        );
+    }
+    println!("monitor PSS with one running container: {pss} KiB; berthd RSS: {daemon_rss} KiB");
+    json.insert("runs".into(), serde_json::json!(runs));
+    json.insert("monitor_pss_kib".into(), serde_json::json!(pss));
+    json.insert("berthd_rss_kib".into(), serde_json::json!(daemon_rss));
+    println!(
+        "{}",
+        serde_json::json!({"bench": "lifecycle", "results": json})
+    );
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs = args
@@ -157,8 +350,12 @@ fn main() -> std::process::ExitCode {
             rt.block_on(bench_pull(runs));
             std::process::ExitCode::SUCCESS
         }
+        Some("lifecycle") => {
+            rt.block_on(bench_lifecycle(runs));
+            std::process::ExitCode::SUCCESS
+        }
         _ => {
-            eprintln!("usage: berth-bench pull [--runs N]");
+            eprintln!("usage: berth-bench pull|lifecycle [--runs N]");
             std::process::ExitCode::from(2)
         }
     }
