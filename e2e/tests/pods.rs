@@ -871,3 +871,96 @@ async fn reopen_container_log_after_rotation() {
     );
     teardown(&mut env, &pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_network_host_ipc_readonly_root_and_volumes() {
+    let Some(mut env) = env().await else { return };
+    let mut config = pod_config(&env, "hostnet");
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ipc: cri::NamespaceMode::Node as i32,
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = env
+        .c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let vol = tempfile::tempdir().unwrap();
+    std::fs::write(vol.path().join("in.txt"), "from the host\n").unwrap();
+    let mut cfg = container_config(
+        &env.reg,
+        "busybox",
+        "probe",
+        &[
+            "sh",
+            "-c",
+            "cat /data/in.txt; echo out > /data/out.txt; echo nets $(ls /sys/class/net); touch /rootfile 2>/dev/null || echo readonly-root; touch /tmp/x 2>/dev/null || echo readonly-tmp; cat /proc/self/status | grep NoNewPrivs",
+        ],
+    );
+    cfg.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: vol.path().display().to_string(),
+        ..Default::default()
+    }];
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            no_new_privs: true,
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ipc: cri::NamespaceMode::Node as i32,
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut env.c, &pod, cfg).await.unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    let s = wait_exited(&mut env.c, &id).await;
+    let log = log_of(&env, "hostnet", "probe");
+    assert_eq!(s.exit_code, 0, "{log}");
+    assert!(log.contains("F from the host"), "{log}");
+    // The host's network: the container sees the node's interfaces, not just a lo.
+    let host_ifaces: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    if let Some(i) = host_ifaces.first() {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("F nets ") && l.contains(i.as_str())),
+            "{i} not seen: {log}"
+        );
+    }
+    assert!(log.contains("F readonly-root"), "{log}");
+    assert!(log.contains("F readonly-tmp"), "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(vol.path().join("out.txt")).unwrap(),
+        "out\n"
+    );
+    let (_, info) = pod_state(&mut env.c, &pod).await;
+    assert!(
+        info["netns"].is_null(),
+        "a host-network pod has no netns of its own: {info}"
+    );
+    teardown(&mut env, &pod).await;
+}
