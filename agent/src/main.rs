@@ -73,6 +73,10 @@ enum Command {
         new_ipc: bool,
         #[arg(long, default_value = "")]
         hostname: String,
+        #[arg(long)]
+        share_pid: bool,
+        #[arg(long)]
+        init_cgroup: Vec<PathBuf>,
     },
 }
 
@@ -103,6 +107,8 @@ fn main() -> ExitCode {
             new_net,
             new_ipc,
             hostname,
+            share_pid,
+            init_cgroup,
         }) => {
             // A fresh exec of berthd, single-threaded from here on: no tokio runtime and no
             // tracing subscriber of the daemon exist in this process.
@@ -113,6 +119,7 @@ fn main() -> ExitCode {
                     new_net,
                     new_ipc,
                     hostname,
+                    share_pid: share_pid.then_some(init_cgroup),
                 });
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }

@@ -964,3 +964,76 @@ async fn host_network_host_ipc_readonly_root_and_volumes() {
     );
     teardown(&mut env, &pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_pid_namespace_lets_containers_see_each_other() {
+    let Some(mut env) = env().await else { return };
+    let ns = |pid: i32| cri::NamespaceOption {
+        pid,
+        ..Default::default()
+    };
+    let mut config = pod_config(&env, "shared");
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(ns(cri::NamespaceMode::Pod as i32)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = env
+        .c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let with_pid_mode = |mut cfg: cri::ContainerConfig| {
+        cfg.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(ns(cri::NamespaceMode::Pod as i32)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cfg
+    };
+    let a = create(
+        &mut env.c,
+        &pod,
+        with_pid_mode(container_config(
+            &env.reg,
+            "busybox",
+            "a",
+            &["sleep", "1000"],
+        )),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &a).await.unwrap();
+    let b = create(
+        &mut env.c,
+        &pod,
+        with_pid_mode(container_config(
+            &env.reg,
+            "busybox",
+            "b",
+            &["ps", "-o", "pid,args"],
+        )),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &b).await.unwrap();
+    wait_exited(&mut env.c, &b).await;
+    let log = log_of(&env, "shared", "b");
+    assert!(
+        log.contains("sleep 1000"),
+        "the other container is not visible: {log}"
+    );
+    // Pid 1 is the pod's init, not a container.
+    assert!(!log.lines().any(|l| l.contains(" F     1 sleep")), "{log}");
+    teardown(&mut env, &pod).await;
+}

@@ -129,14 +129,22 @@ impl Engine {
         }
         // No namespace options at all means Kubernetes' defaults (pid per container).
         let pid_mode = sc.namespace_options.as_ref().map_or(1, |n| n.pid);
+        if pod.pid == NsMode::Pod && pid_mode != 0 {
+            return Err(Error::InvalidArgument(
+                "security_context.namespace_options.pid: the pod shares one pid namespace; its containers must use mode POD".into(),
+            ));
+        }
         let new_pid_namespace = match pid_mode {
             1 => true,
             2 => false,
+            // The pod's shared namespace: the monitor creates children in it already.
+            0 if pod.pid == NsMode::Pod => false,
             other => {
-                return Err(Error::InvalidArgument(format!(
-                    "security_context.namespace_options.pid: mode {} is not supported by berth yet",
-                    if other == 0 { "POD" } else { "TARGET" }
-                )));
+                return Err(Error::InvalidArgument(if other == 0 {
+                    "security_context.namespace_options.pid: mode POD needs a pod whose pid mode is POD".to_owned()
+                } else {
+                    "security_context.namespace_options.pid: mode TARGET is not supported by berth yet".to_owned()
+                }));
             }
         };
 

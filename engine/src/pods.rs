@@ -19,6 +19,9 @@ use crate::monitor::{client, entry::MonitorArgs};
 use crate::state::records::{ContainerState, NsMode, PodRecord, PodState, RECORD_VERSION};
 use crate::{CgroupDriver, Engine};
 
+/// The cgroup (under the pod's) of a shared pid namespace's init.
+pub const POD_INIT_CGROUP: &str = "pod-init";
+
 /// A random 64-hex-digit id, like containerd's and CRI-O's.
 pub fn new_id() -> String {
     let mut b = [0u8; 32];
@@ -173,7 +176,14 @@ impl Engine {
         let linux = config.linux.clone().unwrap_or_default();
         let sc = linux.security_context.clone().unwrap_or_default();
         let ns = sc.namespace_options.clone().unwrap_or_default();
-        let (network, pid, ipc) = (ns_mode(ns.network), ns_mode(ns.pid), ns_mode(ns.ipc));
+        // Without namespace options, Kubernetes' defaults: own network and IPC, and one pid
+        // namespace per container (a shared one only when asked for, shareProcessNamespace).
+        let pid_value = if sc.namespace_options.is_some() {
+            ns.pid
+        } else {
+            1
+        };
+        let (network, pid, ipc) = (ns_mode(ns.network), ns_mode(pid_value), ns_mode(ns.ipc));
         if ns.userns_options.as_ref().is_some_and(|u| u.mode == 0) {
             return Err(Error::InvalidArgument(
                 "user namespaces (userns_options mode POD) are not supported by berth yet".into(),
@@ -243,12 +253,25 @@ impl Engine {
             let n = n.clone();
             undo.push(move || unmount_file(&n));
         }
+        // A shared pid namespace gets a small init, in a cgroup of its own under the pod's.
+        let share_pid = if pid == NsMode::Pod {
+            let rel = format!("{cgroup}/{POD_INIT_CGROUP}");
+            cg.create(&rel)?;
+            let (cg2, r) = (cg.clone(), rel.clone());
+            undo.push(move || {
+                let _ = cg2.remove(&r);
+            });
+            Some(cg.dirs(&rel)?.into_iter().map(|(_, d)| d).collect())
+        } else {
+            None
+        };
         let args = MonitorArgs {
             pod_id: id.clone(),
             dir: dir.clone(),
             new_net: netns.clone(),
             new_ipc: ipc == NsMode::Pod,
             hostname: hostname.clone(),
+            share_pid,
         };
         let monitor_pid = client::spawn(&self.cfg.monitor_exe, &args).await?;
         undo.push(move || {
@@ -434,6 +457,9 @@ impl Engine {
         }
         if pod.cgroup_owned {
             self.cgroup_manager()?.remove(&pod.cgroup)?;
+        } else if pod.pid == NsMode::Pod {
+            self.cgroup_manager()?
+                .remove(&format!("{}/{POD_INIT_CGROUP}", pod.cgroup))?;
         }
         if pod.dir.exists() {
             std::fs::remove_dir_all(&pod.dir)

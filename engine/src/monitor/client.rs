@@ -94,6 +94,12 @@ pub async fn spawn(exe: &Path, args: &MonitorArgs) -> Result<u32, MonitorError> 
     if !args.hostname.is_empty() {
         cmd.arg("--hostname").arg(&args.hostname);
     }
+    if let Some(dirs) = &args.share_pid {
+        cmd.arg("--share-pid");
+        for d in dirs {
+            cmd.arg("--init-cgroup").arg(d);
+        }
+    }
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log)

@@ -39,6 +39,9 @@ pub struct MonitorArgs {
     pub new_ipc: bool,
     /// Create a UTS namespace with this hostname (empty: share the host's).
     pub hostname: String,
+    /// Give the pod one pid namespace for all its containers, with a small init as pid 1
+    /// that joins these cgroup directories.
+    pub share_pid: Option<Vec<PathBuf>>,
 }
 
 const SOCKET_NAME: &str = "monitor.sock";
@@ -64,7 +67,7 @@ fn now_nanos() -> i64 {
 pub fn main(args: MonitorArgs) -> i32 {
     let mut ready = std::io::stdout();
     match setup(&args) {
-        Ok(listener) => {
+        Ok((listener, init)) => {
             let _ = writeln!(ready, "ready");
             let _ = ready.flush();
             // berthd stops reading after "ready": point stdout at /dev/null.
@@ -83,6 +86,11 @@ pub fn main(args: MonitorArgs) -> i32 {
             };
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, serve(args, listener));
+            if let Some(init) = init {
+                // Killing the pod's init ends its pid namespace: nothing survives in it.
+                let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(init, None);
+            }
             0
         }
         Err(e) => {
@@ -103,7 +111,7 @@ fn log(dir: &Path, line: &str) {
     }
 }
 
-fn setup(args: &MonitorArgs) -> Result<std::os::unix::net::UnixListener, String> {
+fn setup(args: &MonitorArgs) -> Result<(std::os::unix::net::UnixListener, Option<Pid>), String> {
     let _ = nix::unistd::setsid();
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
     close_inherited_fds();
@@ -149,7 +157,43 @@ fn setup(args: &MonitorArgs) -> Result<std::os::unix::net::UnixListener, String>
         .map_err(|e| format!("listen on {}: {e}", sock.display()))?;
     l.set_nonblocking(true)
         .map_err(|e| format!("nonblocking: {e}"))?;
-    Ok(l)
+    let init = match &args.share_pid {
+        Some(cgroups) => Some(start_pod_init(cgroups)?),
+        None => None,
+    };
+    Ok((l, init))
+}
+
+/// Starts the pod's init (pid 1 of the pod's shared pid namespace) and makes every later
+/// child of ours (containers, exec helpers) start in that namespace.
+fn start_pod_init(cgroups: &[PathBuf]) -> Result<Pid, String> {
+    let init = crate::linux::sys::clone_child(CloneFlags::CLONE_NEWPID, || {
+        for d in cgroups {
+            let _ = std::fs::write(d.join("cgroup.procs"), "0");
+        }
+        pod_init()
+    })
+    .map_err(|e| format!("start the pod's init: {e}"))?;
+    let ns = std::fs::File::open(format!("/proc/{init}/ns/pid"))
+        .map_err(|e| format!("open the pod's pid namespace: {e}"))?;
+    nix::sched::setns(&ns, CloneFlags::CLONE_NEWPID)
+        .map_err(|e| format!("enter the pod's pid namespace: {e}"))?;
+    Ok(init)
+}
+
+/// Pid 1 of a shared pod pid namespace: reaps the orphans reparented to it, forever.
+fn pod_init() -> ! {
+    use nix::sys::signal::{SigSet, Signal as S};
+    let mut set = SigSet::empty();
+    set.add(S::SIGCHLD);
+    let _ = set.thread_block();
+    loop {
+        while matches!(
+            nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+        ) {}
+        let _ = set.wait();
+    }
 }
 
 /// Bind-mounts our namespace of `kind` at `target`, so that it outlives us.
@@ -516,6 +560,21 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
     )
     .map_err(|e| (crate::ErrorKind::FailedPrecondition, e.to_string()))?;
     let started_at = now_nanos();
+    if let Some(want) = spec.oom_score_adj {
+        // The kernel refuses to lower the score without CAP_SYS_RESOURCE; the container then
+        // keeps the inherited one. Clamp-and-log, as containerd's restrict_oom_score_adj.
+        let got = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap_or_default();
+        if got.trim().parse::<i32>().ok() != Some(want) {
+            self::log(
+                &state.borrow().dir,
+                &format!(
+                    "container {}: oom_score_adj {want} refused by this node; kept {}",
+                    s.container_id,
+                    got.trim()
+                ),
+            );
+        }
+    }
     for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
         tokio::task::spawn_local(copy_output(fd, stream, log.clone()));
     }
