@@ -1037,3 +1037,61 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
     assert!(!log.lines().any(|l| l.contains(" F     1 sleep")), "{log}");
     teardown(&mut env, &pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_sysctls_supplemental_groups_and_run_as() {
+    let Some(mut env) = env().await else { return };
+    let mut config = pod_config(&env, "tuned");
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: HashMap::from([(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "80".to_owned(),
+        )]),
+        ..Default::default()
+    });
+    let pod = env
+        .c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut cfg = container_config(
+        &env.reg,
+        "busybox",
+        "who",
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/net/ipv4/ip_unprivileged_port_start; id; echo x > /proc/sys/kernel/hostname || echo sysctl-readonly",
+        ],
+    );
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 4321 }),
+            run_as_group: Some(cri::Int64Value { value: 4322 }),
+            supplemental_groups: vec![5000, 5001],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut env.c, &pod, cfg).await.unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    wait_exited(&mut env.c, &id).await;
+    let log = log_of(&env, "tuned", "who");
+    assert!(log.contains("stdout F 80\n"), "{log}");
+    assert!(log.contains("uid=4321 gid=4322 groups=5000,5001"), "{log}");
+    assert!(log.contains("sysctl-readonly"), "{log}");
+    // The node's own value is untouched.
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .unwrap()
+            .trim(),
+        "80"
+    );
+    teardown(&mut env, &pod).await;
+}

@@ -319,6 +319,7 @@ impl Engine {
             dir,
             stop_signal: image.config.stop_signal.clone(),
             mounts: volume_mounts,
+            resources: res.clone(),
             launch,
         };
         if let Err(e) = self.db.container_put(&rec) {
@@ -664,6 +665,29 @@ impl Engine {
         })?;
         self.cgroup_manager()?.apply(&c.cgroup, &res)?;
         c.launch.oom_score_adj = res.oom_score_adj;
+        // Unset fields keep their previous values, as in the cgroup.
+        let old = std::mem::take(&mut c.resources);
+        c.resources = crate::spec::resources::Resources {
+            cpu_shares: res.cpu_shares.or(old.cpu_shares),
+            cpu_quota: res.cpu_quota.or(old.cpu_quota),
+            cpu_period: res.cpu_period.or(old.cpu_period),
+            cpuset_cpus: res.cpuset_cpus.clone().or(old.cpuset_cpus),
+            cpuset_mems: res.cpuset_mems.clone().or(old.cpuset_mems),
+            memory_limit: res.memory_limit.or(old.memory_limit),
+            memory_swap_limit: res.memory_swap_limit.or(old.memory_swap_limit),
+            pids_limit: res.pids_limit.or(old.pids_limit),
+            hugepages: if res.hugepages.is_empty() {
+                old.hugepages
+            } else {
+                res.hugepages.clone()
+            },
+            unified: if res.unified.is_empty() {
+                old.unified
+            } else {
+                res.unified.clone()
+            },
+            oom_score_adj: res.oom_score_adj.or(old.oom_score_adj),
+        };
         self.db.container_put(&c)?;
         tracing::info!(container_id = %id, "container resources updated");
         Ok(())

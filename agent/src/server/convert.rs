@@ -141,7 +141,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             })
             .collect(),
         log_path: c.log_path.clone(),
-        resources: None,
+        resources: Some(resources(&c.resources)),
         image_id: c.image_id.clone(),
         user: Some(cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {
@@ -165,4 +165,40 @@ pub fn labels_match(
     selector: &HashMap<String, String>,
 ) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The limits in force, as CRI reports them.
+pub fn resources(r: &berth_engine::spec::resources::Resources) -> cri::ContainerResources {
+    cri::ContainerResources {
+        linux: Some(cri::LinuxContainerResources {
+            cpu_period: r
+                .cpu_period
+                .and_then(|v| i64::try_from(v).ok())
+                .unwrap_or(0),
+            cpu_quota: r.cpu_quota.unwrap_or(0),
+            cpu_shares: r
+                .cpu_shares
+                .and_then(|v| i64::try_from(v).ok())
+                .unwrap_or(0),
+            memory_limit_in_bytes: r.memory_limit.unwrap_or(0),
+            memory_swap_limit_in_bytes: r.memory_swap_limit.unwrap_or(0),
+            oom_score_adj: r.oom_score_adj.map(i64::from).unwrap_or(0),
+            cpuset_cpus: r.cpuset_cpus.clone().unwrap_or_default(),
+            cpuset_mems: r.cpuset_mems.clone().unwrap_or_default(),
+            hugepage_limits: r
+                .hugepages
+                .iter()
+                .map(|(k, v)| cri::HugepageLimit {
+                    page_size: k.clone(),
+                    limit: *v,
+                })
+                .collect(),
+            unified: r
+                .unified
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }),
+        windows: None,
+    }
 }

@@ -58,6 +58,14 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
     for m in &spec.mounts {
         mount_one(root, m, spec)?;
     }
+    // Sysctls go through the container's /proc before /proc/sys is made read-only.
+    for (k, v) in &spec.sysctls {
+        if k.contains('/') || k.contains("..") {
+            return Err(format!("sysctl {k:?}: not a sysctl name"));
+        }
+        let f = root.join("proc/sys").join(k.replace('.', "/"));
+        step(|| format!("sysctl {k}"), fs::write(&f, v))?;
+    }
     for p in &spec.masked_paths {
         mask(root, p)?;
     }
@@ -76,10 +84,6 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
                 None::<&str>,
             ),
         )?;
-    }
-    for (k, v) in &spec.sysctls {
-        let f = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        step(|| format!("sysctl {k}"), fs::write(&f, v))?;
     }
     if let Some(adj) = spec.oom_score_adj {
         // Lowering the score needs CAP_SYS_RESOURCE, which a node may not grant: keep the

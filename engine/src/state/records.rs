@@ -183,5 +183,8 @@ pub struct ContainerRecord {
     pub stop_signal: String,
     /// CRI mounts, for ContainerStatus.
     pub mounts: Vec<crate::spec::mounts::Mount>,
+    /// The limits in force (as created, or as last updated).
+    #[serde(default)]
+    pub resources: crate::spec::resources::Resources,
     pub launch: crate::linux::spawn::LaunchSpec,
 }
