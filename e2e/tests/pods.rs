@@ -783,6 +783,12 @@ async fn limits_apply_update_live_and_oom_kills_are_reported() {
         (128u64 << 20).to_string()
     );
     assert_eq!(cgroup_file(&env, &info, "cpu.shares"), "256");
+    let st = status(&mut env.c, &id).await;
+    let r = st.resources.unwrap().linux.unwrap();
+    assert_eq!(
+        (r.memory_limit_in_bytes, r.cpu_shares, r.cpu_quota),
+        (128 << 20, 256, 50_000)
+    );
 
     // A container that outgrows its limit is OOMKilled.
     let mut cfg = container_config(
