@@ -1101,3 +1101,50 @@ async fn pod_sysctls_supplemental_groups_and_run_as() {
     );
     teardown(&mut env, &pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pid_mode_target_joins_another_containers_pid_namespace() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "target").await;
+    let a = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &a).await.unwrap();
+    let mut cfg = container_config(&env.reg, "busybox", "debug", &["ps", "-o", "pid,args"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Target as i32,
+                target_id: a.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let b = create(&mut env.c, &pod, cfg.clone()).await.unwrap();
+    start(&mut env.c, &b).await.unwrap();
+    let s = wait_exited(&mut env.c, &b).await;
+    let log = log_of(&env, "target", "debug");
+    assert_eq!(s.exit_code, 0, "{log}");
+    assert!(
+        log.lines().any(|l| l.ends_with(" 1 sleep 1000")),
+        "the target's pid 1 is not visible: {log}"
+    );
+    // A target that is not in the pod is refused.
+    let mut bad = cfg;
+    bad.metadata = Some(cri::ContainerMetadata {
+        name: "bad".into(),
+        attempt: 0,
+    });
+    if let Some(sc) = bad.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        sc.namespace_options.as_mut().unwrap().target_id = "nope".into();
+    }
+    let e = create(&mut env.c, &pod, bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    teardown(&mut env, &pod).await;
+}

@@ -129,6 +129,23 @@ impl Engine {
         }
         // No namespace options at all means Kubernetes' defaults (pid per container).
         let pid_mode = sc.namespace_options.as_ref().map_or(1, |n| n.pid);
+        let pid_target = if pid_mode == 3 {
+            let target = sc
+                .namespace_options
+                .as_ref()
+                .map(|n| n.target_id.clone())
+                .unwrap_or_default();
+            match self.db.container_get(&target)? {
+                Some(t) if t.pod_id == pod_id => Some(target),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "security_context.namespace_options.target_id: {target:?} is not a container of pod {pod_id}"
+                    )));
+                }
+            }
+        } else {
+            None
+        };
         if pod.pid == NsMode::Pod && pid_mode != 0 {
             return Err(Error::InvalidArgument(
                 "security_context.namespace_options.pid: the pod shares one pid namespace; its containers must use mode POD".into(),
@@ -139,12 +156,11 @@ impl Engine {
             2 => false,
             // The pod's shared namespace: the monitor creates children in it already.
             0 if pod.pid == NsMode::Pod => false,
+            3 => false,
             other => {
-                return Err(Error::InvalidArgument(if other == 0 {
-                    "security_context.namespace_options.pid: mode POD needs a pod whose pid mode is POD".to_owned()
-                } else {
-                    "security_context.namespace_options.pid: mode TARGET is not supported by berth yet".to_owned()
-                }));
+                return Err(Error::InvalidArgument(format!(
+                    "security_context.namespace_options.pid: mode {other} is not valid here (POD needs a pod whose pid mode is POD)"
+                )));
             }
         };
 
@@ -289,6 +305,7 @@ impl Engine {
             cgroup_dirs: cgroup_dirs.iter().map(|(_, d)| d.clone()).collect(),
             cgroup_view: cgroup_dirs,
             new_pid_namespace,
+            pid_target,
             sysctls: if pod.network == NsMode::Node {
                 Default::default()
             } else {

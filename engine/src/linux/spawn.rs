@@ -41,6 +41,9 @@ pub struct LaunchSpec {
     pub cgroup_view: Vec<(String, PathBuf)>,
     /// Give the container its own pid namespace (CRI pid mode CONTAINER).
     pub new_pid_namespace: bool,
+    /// Join the pid namespace of this container of the pod instead (CRI pid mode TARGET).
+    #[serde(default)]
+    pub pid_target: Option<String>,
     /// Namespaced sysctls to set inside.
     pub sysctls: BTreeMap<String, String>,
 }
@@ -75,6 +78,70 @@ pub enum SpawnError {
     /// The child failed before exec; the message says at which step.
     #[error("{0}")]
     Child(String),
+}
+
+/// Starts the container process in the pid namespace of the process `target` (CRI pid
+/// mode TARGET): an intermediate enters that namespace and clones the container with
+/// CLONE_PARENT, so the container is our child like any other; then it exits.
+pub fn spawn_in_pid_namespace_of(
+    target: Pid,
+    spec: &LaunchSpec,
+    stdio: Stdio,
+) -> Result<Pid, SpawnError> {
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (pid_r, pid_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let mut stdio = Some(stdio);
+    let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
+        let path = format!("/proc/{target}/ns/pid");
+        let ns = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => fail(&err_w, &format!("open {path}: {e}")),
+        };
+        if let Err(e) = nix::sched::setns(&ns, CloneFlags::empty()) {
+            fail(&err_w, &format!("enter the target's pid namespace: {e}"));
+        }
+        let mut io = stdio.take();
+        let child =
+            super::sys::clone_child(CloneFlags::CLONE_PARENT | CloneFlags::CLONE_NEWNS, || {
+                let Some(io) = io.take() else { return 127 };
+                let failure = init::become_container(spec, io);
+                fail(&err_w, &failure)
+            });
+        match child {
+            Ok(pid) => {
+                if let Ok(fd) = pid_w.try_clone() {
+                    let _ = std::fs::File::from(fd).write_all(&pid.as_raw().to_le_bytes());
+                }
+                super::sys::exit_now(0)
+            }
+            Err(e) => fail(&err_w, &format!("clone the container: {e}")),
+        }
+    })
+    .map_err(SpawnError::Clone)?;
+    drop(err_w);
+    drop(pid_w);
+    drop(stdio);
+    let _ = nix::sys::wait::waitpid(intermediate, None);
+    let mut pid_bytes = [0u8; 4];
+    let got_pid = std::fs::File::from(pid_r)
+        .read_exact(&mut pid_bytes)
+        .is_ok();
+    let mut msg = String::new();
+    let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
+    let pid = Pid::from_raw(i32::from_le_bytes(pid_bytes));
+    if got_pid && msg.is_empty() {
+        return Ok(pid);
+    }
+    if got_pid {
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+    Err(SpawnError::Child(if msg.is_empty() {
+        "container process did not start".into()
+    } else {
+        msg
+    }))
 }
 
 /// Starts the container process; returns its pid once it has exec'd.

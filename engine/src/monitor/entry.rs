@@ -550,15 +550,24 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
     } else {
         oom_count(&s.oom_file)
     };
-    let pid = spawn::spawn(
-        &spec,
-        Stdio {
-            stdin: None,
-            stdout: out_w,
-            stderr: err_w,
-        },
-    )
-    .map_err(|e| (crate::ErrorKind::FailedPrecondition, e.to_string()))?;
+    let stdio = Stdio {
+        stdin: None,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    let spawned = match &spec.pid_target {
+        None => spawn::spawn(&spec, stdio),
+        Some(target) => {
+            let Some(tpid) = state.borrow().running.get(target).map(|r| r.pid) else {
+                return Err((
+                    crate::ErrorKind::FailedPrecondition,
+                    format!("the target container {target} of pid mode TARGET is not running"),
+                ));
+            };
+            spawn::spawn_in_pid_namespace_of(tpid, &spec, stdio)
+        }
+    };
+    let pid = spawned.map_err(|e| (crate::ErrorKind::FailedPrecondition, e.to_string()))?;
     let started_at = now_nanos();
     if let Some(want) = spec.oom_score_adj {
         // The kernel refuses to lower the score without CAP_SYS_RESOURCE; the container then
