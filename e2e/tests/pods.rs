@@ -1148,3 +1148,100 @@ async fn pid_mode_target_joins_another_containers_pid_namespace() {
     assert_eq!(e.code(), Code::InvalidArgument);
     teardown(&mut env, &pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn security_defaults_dns_and_mount_propagation() {
+    let Some(mut env) = env().await else { return };
+    let mut config = pod_config(&env, "secure");
+    config.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let pod = env
+        .c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    // A shared mount on the host, so that host-to-container propagation has something to carry.
+    let vol = tempfile::tempdir().unwrap();
+    let v = vol.path().to_owned();
+    let run = |args: &[&str]| {
+        assert!(
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap()
+                .success(),
+            "{args:?}"
+        )
+    };
+    run(&["mount", "--bind", v.to_str().unwrap(), v.to_str().unwrap()]);
+    run(&["mount", "--make-shared", v.to_str().unwrap()]);
+    std::fs::create_dir(v.join("sub")).unwrap();
+    let mut cfg = container_config(
+        &env.reg,
+        "busybox",
+        "check",
+        &[
+            "sh",
+            "-c",
+            "grep -E '^Cap(Eff|Bnd)' /proc/self/status; wc -c < /proc/timer_list; cat /etc/resolv.conf; \
+             for i in $(seq 100); do [ -e /data/sub/marker ] && echo propagated && exit 0; sleep 0.05; done; exit 9",
+        ],
+    );
+    cfg.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: v.display().to_string(),
+        propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }];
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["NET_RAW".into()],
+                add_capabilities: vec!["SYS_TIME".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&mut env.c, &pod, cfg).await.unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    run(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "berth-e2e-prop",
+        v.join("sub").to_str().unwrap(),
+    ]);
+    std::fs::write(v.join("sub/marker"), "x").unwrap();
+    let s = wait_exited(&mut env.c, &id).await;
+    let _ = nix::mount::umount2(v.join("sub").as_path(), nix::mount::MntFlags::MNT_DETACH);
+    let _ = nix::mount::umount2(v.as_path(), nix::mount::MntFlags::MNT_DETACH);
+    let log = log_of(&env, "secure", "check");
+    assert_eq!(s.exit_code, 0, "{log}");
+    // Default set 0xa80425fb, minus NET_RAW (bit 13), plus SYS_TIME (bit 25).
+    let want = format!("{:016x}", (0xa80425fbu64 & !(1 << 13)) | (1 << 25));
+    assert!(log.contains(&format!("CapEff:\t{want}")), "{want}: {log}");
+    assert!(log.contains(&format!("CapBnd:\t{want}")), "{log}");
+    assert!(
+        log.contains("stdout F 0\n"),
+        "/proc/timer_list is not masked: {log}"
+    );
+    assert!(
+        log.contains("F nameserver 10.96.0.10")
+            && log.contains("F search default.svc.cluster.local")
+            && log.contains("F options ndots:5"),
+        "{log}"
+    );
+    assert!(log.contains("F propagated"), "{log}");
+    teardown(&mut env, &pod).await;
+}

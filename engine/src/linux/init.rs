@@ -44,12 +44,14 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
         )?;
     }
     step(
-        || "make mounts private".into(),
+        // Slave, not private: nothing we mount leaks to the host, and host mounts still
+        // reach volumes that ask for host-to-container propagation (runc's default too).
+        || "make mounts slave".into(),
         mount(
             None::<&str>,
             "/",
             None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
             None::<&str>,
         ),
     )?;
