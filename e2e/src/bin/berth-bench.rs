@@ -307,10 +307,70 @@ async fn bench_lifecycle(runs: usize) {
             }
         }
     }
+    // Per-pod memory at scale: N pods, each with one running container; the average PSS of
+    // their monitors (what berth adds per pod; the container itself is the workload).
+    const SCALE: usize = 20;
+    let mut pods = Vec::new();
+    let mut monitors = Vec::new();
+    for i in 0..SCALE {
+        let cfg = pod_config(1000 + i);
+        let pod = c
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cfg.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("run pod")
+            .into_inner()
+            .pod_sandbox_id;
+        let id = c
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ctr_config.clone()),
+                sandbox_config: Some(cfg),
+            })
+            .await
+            .expect("create")
+            .into_inner()
+            .container_id;
+        c.runtime
+            .start_container(cri::StartContainerRequest { container_id: id })
+            .await
+            .expect("start");
+        let st = c
+            .runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info");
+        monitors.push(u32::try_from(info["pid"].as_u64().unwrap_or(0)).unwrap_or(0));
+        pods.push(pod);
+    }
+    let scale_pss: u64 = monitors.iter().map(|m| pss_kib(*m)).sum::<u64>() / SCALE as u64;
     let daemon_rss = d
         .pid()
         .map(|p| rss_kib(u32::try_from(p.as_raw()).unwrap_or(0)))
         .unwrap_or(0);
+    for pod in pods {
+        c.runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .expect("stop pod");
+        c.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await
+            .expect("remove pod");
+    }
     println!("{:<11} {:>9} {:>9} {:>9}", "step (ms)", "p50", "p90", "p99");
     let mut json = serde_json::Map::new();
     for (k, name) in steps.iter().enumerate() {
@@ -323,9 +383,15 @@ async fn bench_lifecycle(runs: usize) {
             serde_json::json!({"p50_ms": p50, "p90_ms": p90, "p99_ms": p99}),
         );
     }
-    println!("monitor PSS with one running container: {pss} KiB; berthd RSS: {daemon_rss} KiB");
+    println!(
+        "monitor PSS with one running container: {pss} KiB (1 pod), {scale_pss} KiB average over {SCALE} pods; berthd RSS with {SCALE} pods: {daemon_rss} KiB"
+    );
     json.insert("runs".into(), serde_json::json!(runs));
     json.insert("monitor_pss_kib".into(), serde_json::json!(pss));
+    json.insert(
+        "monitor_pss_kib_at_20_pods".into(),
+        serde_json::json!(scale_pss),
+    );
     json.insert("berthd_rss_kib".into(), serde_json::json!(daemon_rss));
     println!(
         "{}",
