@@ -19,6 +19,26 @@ use crate::pods::{new_id, now_nanos};
 use crate::spec::{mounts, process, resources, security};
 use crate::state::records::{ContainerRecord, ContainerState, NsMode, PodState, RECORD_VERSION};
 
+/// CRI's LinuxContainerResources as the spec module reads them.
+fn resource_request(r: &cri::LinuxContainerResources) -> resources::ResourceRequest {
+    resources::ResourceRequest {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
+        unified: r.unified.clone().into_iter().collect(),
+    }
+}
+
 /// Reads a file from an image's layers (top layer first), honouring whiteouts.
 fn image_file(layers_top_first: &[PathBuf], rel: &str) -> Option<String> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -199,22 +219,7 @@ impl Engine {
         let (masked_paths, readonly_paths) =
             security::masked_and_readonly(&sc.masked_paths, &sc.readonly_paths, sc.privileged);
         let r = linux.resources.clone().unwrap_or_default();
-        let res = resources::resources(&resources::ResourceRequest {
-            cpu_period: r.cpu_period,
-            cpu_quota: r.cpu_quota,
-            cpu_shares: r.cpu_shares,
-            memory_limit_in_bytes: r.memory_limit_in_bytes,
-            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
-            oom_score_adj: r.oom_score_adj,
-            cpuset_cpus: r.cpuset_cpus.clone(),
-            cpuset_mems: r.cpuset_mems.clone(),
-            hugepage_limits: r
-                .hugepage_limits
-                .iter()
-                .map(|h| (h.page_size.clone(), h.limit))
-                .collect(),
-            unified: r.unified.clone().into_iter().collect(),
-        })?;
+        let res = resources::resources(&resource_request(&r))?;
         let vols: Vec<mounts::VolumeRequest> = config
             .mounts
             .iter()
@@ -664,22 +669,7 @@ impl Engine {
                 "container {id} has exited"
             )));
         }
-        let res = resources::resources(&resources::ResourceRequest {
-            cpu_period: r.cpu_period,
-            cpu_quota: r.cpu_quota,
-            cpu_shares: r.cpu_shares,
-            memory_limit_in_bytes: r.memory_limit_in_bytes,
-            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
-            oom_score_adj: r.oom_score_adj,
-            cpuset_cpus: r.cpuset_cpus.clone(),
-            cpuset_mems: r.cpuset_mems.clone(),
-            hugepage_limits: r
-                .hugepage_limits
-                .iter()
-                .map(|h| (h.page_size.clone(), h.limit))
-                .collect(),
-            unified: r.unified.clone().into_iter().collect(),
-        })?;
+        let res = resources::resources(&resource_request(r))?;
         self.cgroup_manager()?.apply(&c.cgroup, &res)?;
         c.launch.oom_score_adj = res.oom_score_adj;
         // Unset fields keep their previous values, as in the cgroup.

@@ -92,20 +92,38 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
         // inherited value then, as containerd's restrict_oom_score_adj does.
         let _ = fs::write("/proc/self/oom_score_adj", adj.to_string());
     }
-    // Standard streams.
+    become_process(
+        stdio,
+        &spec.cwd,
+        &spec.capabilities,
+        &spec.user,
+        spec.no_new_privs,
+        &spec.args,
+        &spec.env,
+    )
+}
+
+/// The steps a container's process and an exec process share: standard streams, working
+/// directory, identity, no_new_privs, exec.
+fn become_process(
+    stdio: Stdio,
+    cwd: &str,
+    caps: &crate::spec::security::Capabilities,
+    user: &crate::spec::process::User,
+    no_new_privs: bool,
+    args: &[String],
+    env: &[String],
+) -> Step<Never> {
     redirect(stdio)?;
-    step(
-        || format!("chdir {}", spec.cwd),
-        nix::unistd::chdir(spec.cwd.as_str()),
-    )?;
-    set_identity_of(&spec.capabilities, &spec.user)?;
-    if spec.no_new_privs {
+    step(|| format!("chdir {cwd}"), nix::unistd::chdir(cwd))?;
+    set_identity_of(caps, user)?;
+    if no_new_privs {
         step(
             || "no_new_privs".into(),
             nix::sys::prctl::set_no_new_privs(),
         )?;
     }
-    exec_args(&spec.args, &spec.env)
+    exec_args(args, env)
 }
 
 /// The exec side: already inside the container's mount and pid namespaces.
@@ -119,19 +137,15 @@ pub fn become_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> String {
 fn run_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> Step<Never> {
     // Its own session, so that a timeout can kill it and everything it started.
     let _ = nix::unistd::setsid();
-    redirect(stdio)?;
-    step(
-        || format!("chdir {}", spec.cwd),
-        nix::unistd::chdir(spec.cwd.as_str()),
-    )?;
-    set_identity_of(&spec.capabilities, &spec.user)?;
-    if spec.no_new_privs {
-        step(
-            || "no_new_privs".into(),
-            nix::sys::prctl::set_no_new_privs(),
-        )?;
-    }
-    exec_args(&spec.args, &spec.env)
+    become_process(
+        stdio,
+        &spec.cwd,
+        &spec.capabilities,
+        &spec.user,
+        spec.no_new_privs,
+        &spec.args,
+        &spec.env,
+    )
 }
 
 fn redirect(stdio: Stdio) -> Step<()> {
