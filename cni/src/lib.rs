@@ -8,6 +8,7 @@
 //! that CRI `Status` reports as `NetworkReady`.
 #![forbid(unsafe_code)]
 
+pub mod builtin;
 mod cidr;
 
 pub use cidr::PodCidr;
