@@ -1245,3 +1245,41 @@ async fn security_defaults_dns_and_mount_propagation() {
     assert!(log.contains("F propagated"), "{log}");
     teardown(&mut env, &pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_the_image_of_a_running_container_keeps_its_layers() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "inuse").await;
+    let id = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    for i in ["busybox", "config", "by-name"] {
+        env.c
+            .remove_image(&format!("{}/{i}", env.reg.host()))
+            .await
+            .unwrap();
+    }
+    let r = exec(&mut env.c, &id, &["ls", "/bin/busybox"], 10)
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        std::fs::read_dir(env.d.root.join("snapshots/sha256"))
+            .unwrap()
+            .count()
+            >= 1
+    );
+    teardown(&mut env, &pod).await;
+    // With the container gone, its layers go too.
+    assert_eq!(
+        std::fs::read_dir(env.d.root.join("snapshots/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -564,6 +564,8 @@ impl Engine {
         self.remove_container_files(&c)?;
         self.db.container_remove(id)?;
         tracing::info!(container_id = %id, "container removed");
+        // Its layers may have been held only by it (its image removed meanwhile).
+        self.collect_garbage()?;
         Ok(())
     }
 

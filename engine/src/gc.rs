@@ -1,7 +1,8 @@
 //! Garbage collection of blobs and layers, by references.
 //!
 //! Roots are the image records (their index, manifest, config and layer blobs, and their
-//! layers' chain ids) and the leases of pulls in flight. Everything else in the content
+//! layers' chain ids), the layers under every container's root filesystem, and the leases
+//! of pulls in flight. Everything else in the content
 //! store and the layer store is garbage. The lease table is held for the whole decision and
 //! deletion, so no pull can start relying on an object that is being removed.
 
@@ -35,6 +36,20 @@ pub fn collect(
     for img in &images {
         blobs.extend(img.blobs().map(ToString::to_string));
         layers.extend(img.layers.iter().map(|l| l.chain_id.to_string()));
+    }
+    // Containers are roots too: the layers under a container's root filesystem stay, even
+    // when its image was removed.
+    for c in db.container_list()? {
+        for dir in &c.launch.rootfs.lowerdirs {
+            // <root>/snapshots/sha256/<hex>/fs
+            if let Some(hex) = dir
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+            {
+                layers.insert(format!("sha256:{hex}"));
+            }
+        }
     }
     let mut report = GcReport::default();
     for (d, size) in content.list().map_err(crate::Error::from)? {

@@ -467,6 +467,7 @@ impl Engine {
         }
         self.db.pod_remove(id)?;
         tracing::info!(pod_id = %id, "pod sandbox removed");
+        self.collect_garbage()?;
         Ok(())
     }
 

@@ -136,13 +136,18 @@ impl Engine {
         };
         self.db.image_remove(&rec.id)?;
         tracing::info!(image = %rec.id, tags = ?rec.repo_tags, "image removed");
+        self.collect_garbage()?;
+        Ok(())
+    }
+
+    /// Removes every blob and layer that no image, container or pull still uses.
+    pub fn collect_garbage(&self) -> Result<gc::GcReport> {
         gc::collect(
             &self.db,
             &self.content,
             &self.snapshots,
             &self.puller.leases,
-        )?;
-        Ok(())
+        )
     }
 
     /// Bytes and inodes used by images (blobs and unpacked layers) and by container
