@@ -11,6 +11,7 @@
 
 pub mod cri;
 pub mod daemon;
+pub mod http;
 pub mod images;
 pub mod proxy;
 pub mod registry;

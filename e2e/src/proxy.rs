@@ -3,7 +3,7 @@
 //! middle of any blob larger than 4 KiB), to test that berth verifies what it downloads.
 //! One request per connection (`Connection: close`), which every HTTP client handles.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,23 +71,8 @@ fn serve(
     agent: &ureq::Agent,
     log: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
-    conn.set_nonblocking(false)?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let path = parts.next().unwrap_or_default().to_owned();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(':') {
-            headers.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
+    let req = crate::http::read_request(&conn)?;
+    let (method, path, headers) = (req.method, req.target, req.headers);
     log.lock().expect("log").push(format!("{method} {path}"));
     let url = format!("http://{upstream}{path}");
     let mut req = match method.as_str() {

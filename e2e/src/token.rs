@@ -12,7 +12,7 @@
 //! Anything else, or wrong credentials, gets 401.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
@@ -215,29 +215,9 @@ fn decode(s: &str) -> String {
 }
 
 fn serve(conn: TcpStream, inner: &Inner) -> std::io::Result<()> {
-    conn.set_nonblocking(false)?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default().to_owned();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.trim_end().split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-        }
-    }
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; len.min(1 << 20)];
-    reader.read_exact(&mut body)?;
+    let req = crate::http::read_request(&conn)?;
+    let (method, target, body) = (req.method.clone(), req.target.clone(), req.body.clone());
+    let headers: HashMap<String, String> = req.headers.into_iter().collect();
     let (path, qs) = target.split_once('?').unwrap_or((target.as_str(), ""));
     let mut params = query(qs);
     if method == "POST" {

@@ -69,8 +69,11 @@ fn container_config(
 
 async fn run_pod(env: &mut Env, name: &str) -> String {
     let config = pod_config(env, name);
-    env.c
-        .runtime
+    run_pod_with(&mut env.c, config).await
+}
+
+async fn run_pod_with(c: &mut Cri, config: cri::PodSandboxConfig) -> String {
+    c.runtime
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config),
             runtime_handler: String::new(),
@@ -894,17 +897,7 @@ async fn host_network_host_ipc_readonly_root_and_volumes() {
         }),
         ..Default::default()
     });
-    let pod = env
-        .c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod_with(&mut env.c, config).await;
     let vol = tempfile::tempdir().unwrap();
     std::fs::write(vol.path().join("in.txt"), "from the host\n").unwrap();
     let mut cfg = container_config(
@@ -986,17 +979,7 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
         }),
         ..Default::default()
     });
-    let pod = env
-        .c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod_with(&mut env.c, config).await;
     let with_pid_mode = |mut cfg: cri::ContainerConfig| {
         cfg.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -1055,17 +1038,7 @@ async fn pod_sysctls_supplemental_groups_and_run_as() {
         )]),
         ..Default::default()
     });
-    let pod = env
-        .c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod_with(&mut env.c, config).await;
     let mut cfg = container_config(
         &env.reg,
         "busybox",
@@ -1158,17 +1131,7 @@ async fn security_defaults_dns_and_mount_propagation() {
         searches: vec!["default.svc.cluster.local".into()],
         options: vec!["ndots:5".into()],
     });
-    let pod = env
-        .c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod_with(&mut env.c, config).await;
     // A shared mount on the host, so that host-to-container propagation has something to carry.
     let vol = tempfile::tempdir().unwrap();
     let v = vol.path().to_owned();

@@ -21,6 +21,23 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// Every kind, in declaration order (their `as u32` values travel on the monitor wire).
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::PermissionDenied,
+        ErrorKind::InvalidArgument,
+        ErrorKind::FailedPrecondition,
+        ErrorKind::Unavailable,
+        ErrorKind::ResourceExhausted,
+        ErrorKind::DataLoss,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::Unimplemented,
+        ErrorKind::Internal,
+    ];
+}
+
 /// An I/O error together with the path it concerns and what was being done.
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {source}")]

@@ -49,6 +49,11 @@ mod tests {
             (ErrorKind::Unimplemented, Code::Unimplemented),
             (ErrorKind::Internal, Code::Internal),
         ];
+        assert_eq!(
+            table.len(),
+            ErrorKind::ALL.len(),
+            "a kind is missing from this table"
+        );
         for (k, c) in table {
             assert_eq!(code(k), c, "{k:?}");
         }

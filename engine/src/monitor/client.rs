@@ -45,23 +45,10 @@ impl MonitorError {
 }
 
 fn kind_from_code(code: u32) -> ErrorKind {
-    use ErrorKind::*;
-    [
-        NotFound,
-        AlreadyExists,
-        PermissionDenied,
-        InvalidArgument,
-        FailedPrecondition,
-        Unavailable,
-        ResourceExhausted,
-        DataLoss,
-        DeadlineExceeded,
-        Unimplemented,
-        Internal,
-    ]
-    .into_iter()
-    .find(|k| *k as u32 == code)
-    .unwrap_or(Internal)
+    ErrorKind::ALL
+        .into_iter()
+        .find(|k| *k as u32 == code)
+        .unwrap_or(ErrorKind::Internal)
 }
 
 /// Starts `exe monitor …` for a pod and waits until it is ready; returns its pid. The
