@@ -1,6 +1,7 @@
 //! `Proxy`: a small HTTP/1.1 proxy on 127.0.0.1 in front of a test registry. It logs every
-//! request (to count blob downloads) and can corrupt blob bodies (one flipped byte in the
-//! middle of any blob larger than 4 KiB), to test that berth verifies what it downloads.
+//! request (to count blob downloads) and can damage blob bodies larger than 4 KiB (one
+//! flipped byte in the middle, or the connection cut half-way), to test that berth verifies
+//! what it downloads.
 //! One request per connection (`Connection: close`), which every HTTP client handles.
 
 use std::io::{Read, Write};
@@ -8,6 +9,16 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// What the proxy does to large blob bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Flip one byte in the middle.
+    Corrupt,
+    /// Announce the full length, send half, close.
+    Truncate,
+}
 
 /// A running proxy; stops accepting when dropped.
 #[derive(Debug)]
@@ -20,6 +31,11 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy to `upstream`; `corrupt` flips a byte in large blob bodies.
     pub fn start(upstream: SocketAddr, corrupt: bool) -> Proxy {
+        Self::start_with(upstream, if corrupt { Fault::Corrupt } else { Fault::None })
+    }
+
+    /// Starts a proxy to `upstream` that applies `fault` to large blob bodies.
+    pub fn start_with(upstream: SocketAddr, fault: Fault) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -38,7 +54,7 @@ impl Proxy {
                     Ok((conn, _)) => {
                         let (agent, log) = (agent.clone(), l2.clone());
                         std::thread::spawn(move || {
-                            let _ = serve(conn, upstream, corrupt, &agent, &log);
+                            let _ = serve(conn, upstream, fault, &agent, &log);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -67,7 +83,7 @@ impl Drop for Proxy {
 fn serve(
     conn: TcpStream,
     upstream: SocketAddr,
-    corrupt: bool,
+    fault: Fault,
     agent: &ureq::Agent,
     log: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
@@ -107,9 +123,14 @@ fn serve(
             .read_to_end(&mut body)
             .map_err(std::io::Error::other)?;
     }
-    if corrupt && path.contains("/blobs/") && body.len() > 4096 {
+    let damage = path.contains("/blobs/") && body.len() > 4096;
+    let full_len = body.len();
+    if damage && fault == Fault::Corrupt {
         let mid = body.len() / 2;
         body[mid] ^= 0xff;
+    }
+    if damage && fault == Fault::Truncate {
+        body.truncate(full_len / 2);
     }
     let mut w = conn;
     write!(
@@ -117,7 +138,7 @@ fn serve(
         "HTTP/1.1 {} {}\r\n{out_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        body.len()
+        full_len
     )?;
     if method != "HEAD" {
         w.write_all(&body)?;

@@ -469,6 +469,37 @@ async fn corrupt_bytes_from_the_registry_are_data_loss() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_download_fails_and_stores_nothing() {
+    let Some((d, reg)) = setup().await else {
+        return;
+    };
+    let built = catalog::busybox().build();
+    reg.push_image("busybox", "latest", &built);
+    let proxy = Proxy::start_with(reg.addr, berth_e2e::proxy::Fault::Truncate);
+    let mut c = d.cri().await;
+    let e = c
+        .pull(&format!("{}/busybox", proxy.host()), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::DataLoss),
+        "{e:?}"
+    );
+    let layer_blob = d
+        .root
+        .join("content/blobs/sha256")
+        .join(built.blobs[0].0.trim_start_matches("sha256:"));
+    assert!(!layer_blob.exists(), "a truncated blob became visible");
+    assert_eq!(dir_count(&d.root.join("content/ingest")), 0);
+    assert_eq!(dir_count(&d.root.join("snapshots/sha256")), 0);
+    assert_eq!(dir_count(&d.root.join("snapshots/tmp")), 0);
+    // The same image through an honest path afterwards is fine.
+    c.pull(&format!("{}/busybox", reg.host()), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn concurrent_pulls_download_each_blob_once() {
     let Some((d, reg)) = setup().await else {
         return;
