@@ -1246,3 +1246,39 @@ async fn removing_the_image_of_a_running_container_keeps_its_layers() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_in_flight_call_finish() {
+    let Some(mut env) = env().await else { return };
+    let pod = run_pod(&mut env, "drain").await;
+    let id = create(
+        &mut env.c,
+        &pod,
+        container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
+    )
+    .await
+    .unwrap();
+    start(&mut env.c, &id).await.unwrap();
+    let mut c2 = env.d.cri().await;
+    let slow = tokio::spawn({
+        let id = id.clone();
+        async move { exec(&mut c2, &id, &["sh", "-c", "sleep 2; echo done"], 30).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.d.signal(nix::sys::signal::Signal::SIGTERM);
+    let r = slow.await.unwrap().expect("the in-flight call was cut");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "done\n");
+    let status = env
+        .d
+        .wait_exit(Duration::from_secs(10))
+        .expect("berthd did not exit after draining");
+    assert!(status.success(), "{status}");
+    // The pod outlived berthd; a new berthd finds it and removes it.
+    env.d.restart().await;
+    env.c = env.d.cri().await;
+    assert_eq!(
+        status(&mut env.c, &id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    teardown(&mut env, &pod).await;
+}
