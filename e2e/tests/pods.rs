@@ -1268,11 +1268,11 @@ async fn sigterm_lets_an_in_flight_call_finish() {
     env.d.signal(nix::sys::signal::Signal::SIGTERM);
     let r = slow.await.unwrap().expect("the in-flight call was cut");
     assert_eq!(String::from_utf8_lossy(&r.stdout), "done\n");
-    let status = env
+    let exit = env
         .d
         .wait_exit(Duration::from_secs(10))
         .expect("berthd did not exit after draining");
-    assert!(status.success(), "{status}");
+    assert!(exit.success(), "{exit}");
     // The pod outlived berthd; a new berthd finds it and removes it.
     env.d.restart().await;
     env.c = env.d.cri().await;
