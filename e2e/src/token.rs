@@ -42,6 +42,7 @@ pub struct TokenServer {
     pub addr: SocketAddr,
     inner: Arc<Inner>,
     stop: Arc<AtomicBool>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TokenServer {
@@ -95,7 +96,7 @@ impl TokenServer {
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
         let (i2, s2) = (inner.clone(), stop.clone());
-        std::thread::spawn(move || {
+        let acceptor = std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((c, _)) => {
@@ -108,7 +109,12 @@ impl TokenServer {
                 }
             }
         });
-        Some(TokenServer { addr, inner, stop })
+        Some(TokenServer {
+            addr,
+            inner,
+            stop,
+            acceptor: Some(acceptor),
+        })
     }
 
     /// The realm URL registries send clients to.
@@ -143,6 +149,10 @@ impl TokenServer {
 impl Drop for TokenServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // The acceptor holds the key directory: wait for it, so the directory goes too.
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
     }
 }
 
