@@ -272,6 +272,17 @@ impl Daemon {
         if self.socket.exists() {
             out.push(format!("socket {}", self.socket.display()));
         }
+        // Pods and containers that were removed leave no file behind either.
+        for dir in [
+            self.state.join("pods"),
+            self.state.join("netns"),
+            self.state.join("containers"),
+            self.root.join("containers"),
+        ] {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                out.push(format!("file {}", e.path().display()));
+            }
+        }
         out
     }
 }
