@@ -78,13 +78,7 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
     if spec.rootfs.readonly {
         step(
             || "remount / read-only".into(),
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-                None::<&str>,
-            ),
+            remount_bind(Path::new("/"), MsFlags::MS_RDONLY),
         )?;
     }
     if let Some(adj) = spec.oom_score_adj {
@@ -260,25 +254,13 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
             ensure_target(&target, is_dir)?;
             step(
                 || format!("bind {} on {}", m.source, m.destination),
-                mount(
-                    Some(m.source.as_str()),
-                    &target,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                ),
+                bind(Path::new(&m.source), &target, true),
             )?;
             let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
             if !extra.is_empty() {
                 step(
                     || format!("remount {} with {:?}", m.destination, m.options),
-                    mount(
-                        None::<&str>,
-                        &target,
-                        None::<&str>,
-                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra,
-                        None::<&str>,
-                    ),
+                    remount_bind(&target, extra),
                 )?;
             }
             let prop = match m.propagation {
@@ -307,25 +289,10 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
             for (name, host_dir) in &spec.cgroup_view {
                 let t = target.join(name);
                 ensure_target(&t, true)?;
-                step(
-                    || format!("bind cgroup {name}"),
-                    mount(
-                        Some(host_dir.as_path()),
-                        &t,
-                        None::<&str>,
-                        MsFlags::MS_BIND,
-                        None::<&str>,
-                    ),
-                )?;
+                step(|| format!("bind cgroup {name}"), bind(host_dir, &t, false))?;
                 step(
                     || format!("cgroup {name} read-only"),
-                    mount(
-                        None::<&str>,
-                        &t,
-                        None::<&str>,
-                        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
-                        None::<&str>,
-                    ),
+                    remount_bind(&t, flags),
                 )?;
             }
             if flags.contains(MsFlags::MS_RDONLY) {
@@ -370,16 +337,7 @@ fn populate_dev(dev: &Path) -> Step<()> {
         let t = dev.join(name);
         ensure_target(&t, false)?;
         let src = format!("/dev/{name}");
-        step(
-            || format!("bind {src}"),
-            mount(
-                Some(src.as_str()),
-                &t,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
-        )?;
+        step(|| format!("bind {src}"), bind(Path::new(&src), &t, false))?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -413,13 +371,7 @@ fn mask(root: &Path, p: &str) -> Step<()> {
         ),
         Ok(_) => step(
             || format!("mask {p}"),
-            mount(
-                Some("/dev/null"),
-                &t,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
+            bind(Path::new("/dev/null"), &t, false),
         ),
     }
 }
@@ -429,30 +381,40 @@ fn readonly(root: &Path, p: &str) -> Step<()> {
     if !t.exists() {
         return Ok(());
     }
+    step(|| format!("read-only {p}"), bind(&t, &t, true))?;
     step(
         || format!("read-only {p}"),
-        mount(
-            Some(&t),
+        remount_bind(
             &t,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         ),
-    )?;
-    step(
-        || format!("read-only {p}"),
-        mount(
-            None::<&str>,
-            &t,
-            None::<&str>,
-            MsFlags::MS_REMOUNT
-                | MsFlags::MS_BIND
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        ),
+    )
+}
+
+/// Bind-mounts `src` at `dst`, with everything mounted below it when `recursive`.
+fn bind(src: &Path, dst: &Path, recursive: bool) -> nix::Result<()> {
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | rec,
+        None::<&str>,
+    )
+}
+
+/// Changes the flags (read-only, nosuid, …) of the bind mount at `dst`.
+fn remount_bind(dst: &Path, flags: MsFlags) -> nix::Result<()> {
+    mount(
+        None::<&str>,
+        dst,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+        None::<&str>,
     )
 }
 

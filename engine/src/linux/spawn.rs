@@ -88,10 +88,8 @@ pub fn spawn_in_pid_namespace_of(
     spec: &LaunchSpec,
     stdio: Stdio,
 ) -> Result<Pid, SpawnError> {
-    let (err_r, err_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    let (pid_r, pid_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (err_r, err_w) = cloexec_pipe()?;
+    let (pid_r, pid_w) = cloexec_pipe()?;
     let mut stdio = Some(stdio);
     let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
         let path = format!("/proc/{target}/ns/pid");
@@ -124,17 +122,11 @@ pub fn spawn_in_pid_namespace_of(
     drop(pid_w);
     drop(stdio);
     let _ = nix::sys::wait::waitpid(intermediate, None);
-    let mut pid_bytes = [0u8; 4];
-    let got_pid = std::fs::File::from(pid_r)
-        .read_exact(&mut pid_bytes)
-        .is_ok();
-    let mut msg = String::new();
-    let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
-    let pid = Pid::from_raw(i32::from_le_bytes(pid_bytes));
-    if got_pid && msg.is_empty() {
+    let (pid, msg) = child_report(pid_r, err_r);
+    if let (Some(pid), true) = (pid, msg.is_empty()) {
         return Ok(pid);
     }
-    if got_pid {
+    if let Some(pid) = pid {
         let _ = nix::sys::wait::waitpid(pid, None);
     }
     Err(SpawnError::Child(if msg.is_empty() {
@@ -146,8 +138,7 @@ pub fn spawn_in_pid_namespace_of(
 
 /// Starts the container process; returns its pid once it has exec'd.
 pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
-    let (err_r, err_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (err_r, err_w) = cloexec_pipe()?;
     let mut flags = CloneFlags::CLONE_NEWNS;
     if spec.new_pid_namespace {
         flags |= CloneFlags::CLONE_NEWPID;
@@ -158,10 +149,7 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         let failure = init::become_container(spec, io);
         // Only reached on failure: report it and die without running any destructor or
         // atexit handler of the monitor's copy.
-        if let Ok(fd) = err_w.try_clone() {
-            let _ = std::fs::File::from(fd).write_all(failure.as_bytes());
-        }
-        super::sys::exit_now(127)
+        fail(&err_w, &failure)
     })
     .map_err(SpawnError::Clone)?;
     drop(err_w);
@@ -199,10 +187,8 @@ pub struct ExecSpec {
 /// for the intermediate, signal the exec process's group.
 pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pid), SpawnError> {
     use std::os::fd::AsRawFd;
-    let (err_r, err_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-    let (pid_r, pid_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+    let (err_r, err_w) = cloexec_pipe()?;
+    let (pid_r, pid_w) = cloexec_pipe()?;
     let mut stdio = Some(stdio);
     let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
         let report = |msg: String| -> ! { fail(&err_w, &msg) };
@@ -259,14 +245,9 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     drop(err_w);
     drop(pid_w);
     drop(stdio);
-    let mut pid_bytes = [0u8; 4];
-    let got_pid = std::fs::File::from(pid_r)
-        .read_exact(&mut pid_bytes)
-        .is_ok();
-    let mut msg = String::new();
-    let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
-    if got_pid && msg.is_empty() {
-        return Ok((intermediate, Pid::from_raw(i32::from_le_bytes(pid_bytes))));
+    let (pid, msg) = child_report(pid_r, err_r);
+    if let (Some(pid), true) = (pid, msg.is_empty()) {
+        return Ok((intermediate, pid));
     }
     let _ = nix::sys::wait::waitpid(intermediate, None);
     Err(SpawnError::Child(if msg.is_empty() {
@@ -274,6 +255,25 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     } else {
         msg
     }))
+}
+
+/// A pipe whose ends close on exec: a child's exec closes its copy, which is how the
+/// parent learns the exec succeeded.
+fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)
+}
+
+/// What a child reported: the pid an intermediate wrote (if any) and the error text
+/// (empty when the process exec'd). Blocks until every writer has exec'd or exited.
+fn child_report(pid_r: OwnedFd, err_r: OwnedFd) -> (Option<Pid>, String) {
+    let mut pid_bytes = [0u8; 4];
+    let pid = std::fs::File::from(pid_r)
+        .read_exact(&mut pid_bytes)
+        .ok()
+        .map(|()| Pid::from_raw(i32::from_le_bytes(pid_bytes)));
+    let mut msg = String::new();
+    let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
+    (pid, msg)
 }
 
 /// In a child: reports a failure on the error pipe and exits.
