@@ -144,22 +144,8 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
-    fn authorize(
-        &self,
-        req: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
-        repo: &str,
-    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        match self.auth.header(repo) {
-            Some(h) => req.header("Authorization", h),
-            None => req,
-        }
-    }
-
-    fn authorize_body(
-        &self,
-        req: ureq::RequestBuilder<ureq::typestate::WithBody>,
-        repo: &str,
-    ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+    /// Adds the harness's credentials for `repo`, if the registry needs any.
+    fn authorize<B>(&self, req: ureq::RequestBuilder<B>, repo: &str) -> ureq::RequestBuilder<B> {
         match self.auth.header(repo) {
             Some(h) => req.header("Authorization", h),
             None => req,
@@ -211,7 +197,7 @@ impl Registry {
             return digest;
         }
         let start = reply(
-            self.authorize_body(
+            self.authorize(
                 self.agent
                     .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr)),
                 repo,
@@ -237,7 +223,7 @@ impl Registry {
         };
         let sep = if url.contains('?') { '&' } else { '?' };
         let put = reply(
-            self.authorize_body(self.agent.put(format!("{url}{sep}digest={digest}")), repo)
+            self.authorize(self.agent.put(format!("{url}{sep}digest={digest}")), repo)
                 .header("Content-Type", "application/octet-stream")
                 .send(bytes)
                 .expect("PUT blob"),
@@ -261,7 +247,7 @@ impl Registry {
         bytes: &[u8],
     ) -> String {
         let r = reply(
-            self.authorize_body(
+            self.authorize(
                 self.agent.put(format!(
                     "http://{}/v2/{repo}/manifests/{reference}",
                     self.addr

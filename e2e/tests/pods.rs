@@ -100,6 +100,13 @@ async fn create(
         .container_id)
 }
 
+/// CreateContainer then StartContainer; the container's id.
+async fn run_container(c: &mut Cri, pod: &str, config: cri::ContainerConfig) -> String {
+    let id = create(c, pod, config).await.unwrap();
+    start(c, &id).await.unwrap();
+    id
+}
+
 async fn start(c: &mut Cri, id: &str) -> Result<(), tonic::Status> {
     c.runtime
         .start_container(cri::StartContainerRequest {
@@ -226,14 +233,12 @@ async fn image_config_user_and_stop() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "cfg").await;
     // ENTRYPOINT/CMD/WORKDIR/ENV from the image.
-    let a = create(
+    let a = run_container(
         &mut env.c,
         &pod,
         container_config(&env.reg, "config", "app", &[]),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &a).await.unwrap();
+    .await;
     assert_eq!(wait_exited(&mut env.c, &a).await.exit_code, 0);
     assert!(
         log_of(&env, "cfg", "app").contains("run.sh from-cmd in /app as hello"),
@@ -241,14 +246,12 @@ async fn image_config_user_and_stop() {
         log_of(&env, "cfg", "app")
     );
     // USER by name from the image's /etc/passwd.
-    let u = create(
+    let u = run_container(
         &mut env.c,
         &pod,
         container_config(&env.reg, "by-name", "user", &["id"]),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &u).await.unwrap();
+    .await;
     wait_exited(&mut env.c, &u).await;
     assert!(
         log_of(&env, "cfg", "user").contains("uid=1000(berth) gid=1000(berth)"),
@@ -519,14 +522,12 @@ async fn berthd_kill9_keeps_pods_containers_exits_and_logs() {
 async fn a_killed_monitor_leaves_an_exited_container_and_a_not_ready_pod() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "orphan").await;
-    let id = create(
+    let id = run_container(
         &mut env.c,
         &pod,
         container_config(&env.reg, "busybox", "sleeper", &["sleep", "1000"]),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    .await;
     let (_, info) = pod_state(&mut env.c, &pod).await;
     let monitor = info["pid"].as_i64().unwrap();
     nix::sys::signal::kill(
@@ -556,14 +557,12 @@ async fn a_killed_monitor_leaves_an_exited_container_and_a_not_ready_pod() {
 async fn after_a_reboot_pods_are_not_ready_and_removable() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "rebooted").await;
-    let id = create(
+    let id = run_container(
         &mut env.c,
         &pod,
         container_config(&env.reg, "busybox", "sleeper", &["sleep", "1000"]),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    .await;
     let (_, info) = pod_state(&mut env.c, &pod).await;
     // A reboot: everything in memory and in the run directory is gone.
     env.d.signal(nix::sys::signal::Signal::SIGKILL);
@@ -624,14 +623,12 @@ async fn exec(
 async fn exec_sync_output_codes_timeouts_and_background_children() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "exec").await;
-    let id = create(
+    let id = run_container(
         &mut env.c,
         &pod,
         container_config(&env.reg, "by-name", "app", &["sleep", "1000"]),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    .await;
     let r = exec(
         &mut env.c,
         &id,
@@ -730,8 +727,7 @@ async fn limits_apply_update_live_and_oom_kills_are_reported() {
         }),
         ..Default::default()
     });
-    let id = create(&mut env.c, &pod, cfg).await.unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    let id = run_container(&mut env.c, &pod, cfg).await;
     let info: serde_json::Value = serde_json::from_str(
         &env.c
             .runtime
@@ -811,8 +807,7 @@ async fn limits_apply_update_live_and_oom_kills_are_reported() {
         }),
         ..Default::default()
     });
-    let hog = create(&mut env.c, &pod, cfg).await.unwrap();
-    start(&mut env.c, &hog).await.unwrap();
+    let hog = run_container(&mut env.c, &pod, cfg).await;
     let s = wait_exited(&mut env.c, &hog).await;
     assert_eq!(s.reason, "OOMKilled", "{s:?}");
     assert_ne!(s.exit_code, 0);
@@ -929,8 +924,7 @@ async fn host_network_host_ipc_readonly_root_and_volumes() {
         }),
         ..Default::default()
     });
-    let id = create(&mut env.c, &pod, cfg).await.unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    let id = run_container(&mut env.c, &pod, cfg).await;
     let s = wait_exited(&mut env.c, &id).await;
     let log = log_of(&env, "hostnet", "probe");
     assert_eq!(s.exit_code, 0, "{log}");
@@ -990,7 +984,7 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
         });
         cfg
     };
-    let a = create(
+    let _sleeper = run_container(
         &mut env.c,
         &pod,
         with_pid_mode(container_config(
@@ -1000,10 +994,8 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
             &["sleep", "1000"],
         )),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &a).await.unwrap();
-    let b = create(
+    .await;
+    let b = run_container(
         &mut env.c,
         &pod,
         with_pid_mode(container_config(
@@ -1013,9 +1005,7 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
             &["ps", "-o", "pid,args"],
         )),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &b).await.unwrap();
+    .await;
     wait_exited(&mut env.c, &b).await;
     let log = log_of(&env, "shared", "b");
     assert!(
@@ -1058,8 +1048,7 @@ async fn pod_sysctls_supplemental_groups_and_run_as() {
         }),
         ..Default::default()
     });
-    let id = create(&mut env.c, &pod, cfg).await.unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    let id = run_container(&mut env.c, &pod, cfg).await;
     wait_exited(&mut env.c, &id).await;
     let log = log_of(&env, "tuned", "who");
     assert!(log.contains("stdout F 80\n"), "{log}");
@@ -1079,14 +1068,12 @@ async fn pod_sysctls_supplemental_groups_and_run_as() {
 async fn pid_mode_target_joins_another_containers_pid_namespace() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "target").await;
-    let a = create(
+    let a = run_container(
         &mut env.c,
         &pod,
         container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &a).await.unwrap();
+    .await;
     let mut cfg = container_config(&env.reg, "busybox", "debug", &["ps", "-o", "pid,args"]);
     cfg.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -1099,8 +1086,7 @@ async fn pid_mode_target_joins_another_containers_pid_namespace() {
         }),
         ..Default::default()
     });
-    let b = create(&mut env.c, &pod, cfg.clone()).await.unwrap();
-    start(&mut env.c, &b).await.unwrap();
+    let b = run_container(&mut env.c, &pod, cfg.clone()).await;
     let s = wait_exited(&mut env.c, &b).await;
     let log = log_of(&env, "target", "debug");
     assert_eq!(s.exit_code, 0, "{log}");
@@ -1176,8 +1162,7 @@ async fn security_defaults_dns_and_mount_propagation() {
         }),
         ..Default::default()
     });
-    let id = create(&mut env.c, &pod, cfg).await.unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    let id = run_container(&mut env.c, &pod, cfg).await;
     run(&[
         "mount",
         "-t",
@@ -1213,14 +1198,12 @@ async fn security_defaults_dns_and_mount_propagation() {
 async fn removing_the_image_of_a_running_container_keeps_its_layers() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "inuse").await;
-    let id = create(
+    let id = run_container(
         &mut env.c,
         &pod,
         container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    .await;
     for i in ["busybox", "config", "by-name"] {
         env.c
             .remove_image(&format!("{}/{i}", env.reg.host()))
@@ -1251,14 +1234,12 @@ async fn removing_the_image_of_a_running_container_keeps_its_layers() {
 async fn sigterm_lets_an_in_flight_call_finish() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "drain").await;
-    let id = create(
+    let id = run_container(
         &mut env.c,
         &pod,
         container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
     )
-    .await
-    .unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    .await;
     let mut c2 = env.d.cri().await;
     let slow = tokio::spawn({
         let id = id.clone();
