@@ -50,9 +50,17 @@ parent = "berth"
 [network]
 # "builtin" (berth's bridge, veth and IPAM) or "cni" (standard CNI plugins).
 mode = "builtin"
-# The node's pod range(s), comma-separated for dual stack, e.g. "10.88.0.0/16".
-# Empty: wait for kubelet to send one (UpdateRuntimeConfig).
-pod_cidr = ""
+# The node's pod range(s), comma-separated for dual stack, e.g. "10.88.0.0/16,fd00:88::/64".
+# kubelet's range (UpdateRuntimeConfig) replaces it; empty waits for kubelet.
+pod_cidr = "10.88.0.0/16"
+# Built-in mode: the node bridge, which holds each range's first address as the pods' gateway.
+bridge = "berth0"
+# MTU of pod interfaces; 0 takes the MTU of the interface holding the default route.
+mtu = 0
+# berth's nftables table (family inet): masquerade and hostPort rules. berth touches no other.
+nft_table = "berth"
+# Remove the bridge and the table when the last pod network is gone.
+remove_idle = false
 
 [images]
 # Layers one pull downloads at the same time.
@@ -218,6 +226,89 @@ impl From<CgroupParent> for String {
 pub struct NetworkConfig {
     pub mode: NetworkMode,
     pub pod_cidr: PodCidrs,
+    pub bridge: IfName,
+    pub mtu: Mtu,
+    pub nft_table: NftName,
+    pub remove_idle: bool,
+}
+
+/// A network interface name (1-15 characters of letters, digits, '-', '_' and '.').
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IfName(String);
+
+impl TryFrom<String> for IfName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = (1..=15).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && s != "."
+            && s != "..";
+        if ok {
+            Ok(IfName(s))
+        } else {
+            Err(format!(
+                "invalid interface name {s:?}: 1 to 15 letters, digits, '-', '_' or '.'"
+            ))
+        }
+    }
+}
+
+impl From<IfName> for String {
+    fn from(p: IfName) -> String {
+        p.0
+    }
+}
+
+/// An nftables table name (letters, digits, '-' and '_', starting with a letter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NftName(String);
+
+impl TryFrom<String> for NftName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = (1..=64).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if ok {
+            Ok(NftName(s))
+        } else {
+            Err(format!(
+                "invalid nftables table name {s:?}: up to 64 letters, digits, '-' or '_', starting with a letter"
+            ))
+        }
+    }
+}
+
+impl From<NftName> for String {
+    fn from(p: NftName) -> String {
+        p.0
+    }
+}
+
+/// A pod interface MTU: 0 (the uplink's) or 576 to 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Mtu(u32);
+
+impl TryFrom<u32> for Mtu {
+    type Error = String;
+    fn try_from(v: u32) -> Result<Self, String> {
+        if v == 0 || (576..=65535).contains(&v) {
+            Ok(Mtu(v))
+        } else {
+            Err(format!("invalid mtu {v}: 0 (automatic) or 576 to 65535"))
+        }
+    }
+}
+
+impl From<Mtu> for u32 {
+    fn from(m: Mtu) -> u32 {
+        m.0
+    }
 }
 
 /// A comma-separated list of pod CIDRs, checked at parse time.
@@ -289,7 +380,11 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             mode: NetworkMode::Builtin,
-            pod_cidr: PodCidrs::default(),
+            pod_cidr: PodCidrs::try_from("10.88.0.0/16".to_owned()).unwrap_or_default(),
+            bridge: IfName("berth0".into()),
+            mtu: Mtu(0),
+            nft_table: NftName("berth".into()),
+            remove_idle: false,
         }
     }
 }
@@ -383,7 +478,13 @@ impl Config {
             state: self.state.clone(),
             cgroup_driver: self.cgroup.driver,
             cgroup_parent: self.cgroup.parent.0.clone(),
-            network_mode: self.network.mode,
+            network: berth_engine::network::NetworkConfig {
+                mode: self.network.mode,
+                bridge: self.network.bridge.0.clone(),
+                mtu: self.network.mtu.0,
+                nft_table: self.network.nft_table.0.clone(),
+                remove_idle: self.network.remove_idle,
+            },
             pod_cidrs: self.network.pod_cidr.0.clone(),
             registry: RegistryConfig {
                 hosts: self.registries.clone(),

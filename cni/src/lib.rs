@@ -4,12 +4,14 @@
 //! through netlink) and **cni** (standard CNI plugin conflists). This crate knows nothing of
 //! the engine; the engine calls it with a pod's network namespace path and gets addresses back.
 //!
-//! What exists today: the vocabulary ([`NetworkMode`], [`PodCidr`]) and the readiness rule
-//! that CRI `Status` reports as `NetworkReady`.
+//! The pieces: [`netlink`] (a small synchronous route-netlink client), [`builtin`] (bridge,
+//! veth, IPAM, nftables), and the readiness rule that CRI `Status` reports as
+//! `NetworkReady`.
 #![forbid(unsafe_code)]
 
 pub mod builtin;
 mod cidr;
+pub mod netlink;
 
 pub use cidr::PodCidr;
 
@@ -18,6 +20,23 @@ pub use cidr::PodCidr;
 pub enum NetworkError {
     #[error("invalid pod CIDR {value:?}: {reason}")]
     InvalidCidr { value: String, reason: String },
+    #[error("netlink: {op} {name}: {source}")]
+    Netlink {
+        op: &'static str,
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Sysctl {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("nftables: {0}")]
+    Nft(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Ipam(#[from] builtin::ipam::IpamError),
 }
 
 /// How pods get their network.
@@ -40,14 +59,18 @@ pub enum Readiness {
 
 /// Decides the NetworkReady condition from what is known of the node.
 ///
-/// `pod_cidrs` are the node's pod ranges (from config or kubelet); `backend_available` says
-/// whether this build can set up pod interfaces in the chosen mode.
-pub fn readiness(mode: NetworkMode, pod_cidrs: &[PodCidr], backend_available: bool) -> Readiness {
-    if !backend_available {
+/// `pod_cidrs` are the node's pod ranges (from config or kubelet); `backend_error` is why
+/// the chosen mode could not set up the node network the last time it tried, if it failed.
+pub fn readiness(
+    mode: NetworkMode,
+    pod_cidrs: &[PodCidr],
+    backend_error: Option<&str>,
+) -> Readiness {
+    if let Some(e) = backend_error {
         return Readiness::NotReady {
             reason: "NetworkPluginNotReady".into(),
             message: format!(
-                "{} pod networking is not available in this berth build; pods can only use host networking",
+                "{} pod networking is not set up: {e}",
                 match mode {
                     NetworkMode::Builtin => "built-in",
                     NetworkMode::Cni => "CNI plugin",
@@ -70,20 +93,20 @@ mod tests {
 
     #[test]
     fn builtin_needs_a_cidr() {
-        let r = readiness(NetworkMode::Builtin, &[], true);
+        let r = readiness(NetworkMode::Builtin, &[], None);
         assert!(matches!(r, Readiness::NotReady { ref reason, .. } if reason == "NoPodCIDR"));
         let c: PodCidr = "10.88.0.0/16".parse().unwrap();
         assert_eq!(
-            readiness(NetworkMode::Builtin, &[c], true),
+            readiness(NetworkMode::Builtin, &[c], None),
             Readiness::Ready
         );
     }
 
     #[test]
-    fn missing_backend_is_never_ready() {
+    fn a_failed_backend_is_never_ready() {
         let c: PodCidr = "10.88.0.0/16".parse().unwrap();
         assert!(matches!(
-            readiness(NetworkMode::Cni, &[c], false),
+            readiness(NetworkMode::Cni, &[c], Some("no conflist")),
             Readiness::NotReady { .. }
         ));
     }

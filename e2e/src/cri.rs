@@ -123,3 +123,145 @@ pub fn spec(image: &str) -> cri::ImageSpec {
         ..cri::ImageSpec::default()
     }
 }
+
+/// Pods and containers.
+impl Cri {
+    /// RunPodSandbox; the pod's id.
+    pub async fn run_pod(&mut self, config: cri::PodSandboxConfig) -> String {
+        self.try_run_pod(config).await.expect("RunPodSandbox")
+    }
+
+    /// RunPodSandbox, for tests of refusals.
+    pub async fn try_run_pod(
+        &mut self,
+        config: cri::PodSandboxConfig,
+    ) -> Result<String, tonic::Status> {
+        Ok(self
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id)
+    }
+
+    /// PodSandboxStatus (not verbose).
+    pub async fn pod_status(&mut self, id: &str) -> cri::PodSandboxStatus {
+        self.runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    /// The pod's addresses as PodSandboxStatus reports them, primary first.
+    pub async fn pod_ips(&mut self, id: &str) -> Vec<String> {
+        let net = self.pod_status(id).await.network.unwrap_or_default();
+        std::iter::once(net.ip)
+            .filter(|ip| !ip.is_empty())
+            .chain(net.additional_ips.into_iter().map(|p| p.ip))
+            .collect()
+    }
+
+    /// StopPodSandbox then RemovePodSandbox.
+    pub async fn stop_and_remove_pod(&mut self, id: &str) {
+        self.runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .expect("StopPodSandbox");
+        self.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+    }
+
+    /// CreateContainer.
+    pub async fn create(
+        &mut self,
+        pod: &str,
+        config: cri::ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        Ok(self
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: None,
+            })
+            .await?
+            .into_inner()
+            .container_id)
+    }
+
+    /// StartContainer.
+    pub async fn start(&mut self, id: &str) -> Result<(), tonic::Status> {
+        self.runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// CreateContainer then StartContainer; the container's id.
+    pub async fn run_container(&mut self, pod: &str, config: cri::ContainerConfig) -> String {
+        let id = self.create(pod, config).await.expect("CreateContainer");
+        self.start(&id).await.expect("StartContainer");
+        id
+    }
+
+    /// ContainerStatus (not verbose).
+    pub async fn status(&mut self, id: &str) -> cri::ContainerStatus {
+        self.runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    /// Polls until the container has exited (10 s at most).
+    pub async fn wait_exited(&mut self, id: &str) -> cri::ContainerStatus {
+        for _ in 0..500 {
+            let s = self.status(id).await;
+            if s.state == cri::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("container {id} did not exit");
+    }
+
+    /// ExecSync.
+    pub async fn exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        Ok(self
+            .runtime
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await?
+            .into_inner())
+    }
+}

@@ -22,6 +22,9 @@ pub struct DaemonOptions {
     pub extra_config: String,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// Lines for the `[network]` section. The fixture gives every daemon its own pod
+    /// CIDR, bridge and nft table unless these lines set them.
+    pub network: String,
 }
 
 /// A running berthd under test.
@@ -34,6 +37,11 @@ pub struct Daemon {
     pub config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// This daemon's bridge and nft table (the fixture removes them on drop).
+    pub bridge: String,
+    pub nft_table: String,
+    /// This daemon's pod CIDR as configured.
+    pub pod_cidr: String,
 }
 
 /// The berthd binary under test: `$BERTH_BIN`, else `berthd` of the same cargo profile as
@@ -123,9 +131,11 @@ impl Daemon {
         let config = dir.path().join("config.toml");
         let log = dir.path().join("berthd.log");
         let cgroup_parent = cgroup_parent_of(dir.path());
+        let suffix = suffix_of(dir.path());
+        let net = crate::net::DaemonNetwork::new(&suffix, &opts.network);
         let text = format!(
-            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {socket:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\nparent = {cgroup_parent:?}\n{}",
-            opts.extra_config
+            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {socket:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\nparent = {cgroup_parent:?}\n\n[network]\n{}\n{}",
+            net.config, opts.extra_config
         );
         std::fs::write(&config, text).expect("write config");
         let mut d = Daemon {
@@ -136,6 +146,9 @@ impl Daemon {
             config,
             log,
             child: None,
+            bridge: net.bridge,
+            nft_table: net.nft_table,
+            pod_cidr: net.pod_cidr,
         };
         let child = d.command(&opts.args).spawn().expect("spawn berthd");
         d.child = Some(child);
@@ -272,6 +285,12 @@ impl Daemon {
         if self.socket.exists() {
             out.push(format!("socket {}", self.socket.display()));
         }
+        for port in crate::net::bridge_ports(&self.bridge) {
+            out.push(format!("veth {port} on bridge {}", self.bridge));
+        }
+        for e in crate::net::nft_map_elements(&self.nft_table) {
+            out.push(format!("nft element {e} in table {}", self.nft_table));
+        }
         // Pods and containers that were removed leave no file behind either.
         for dir in [
             self.state.join("pods"),
@@ -349,6 +368,7 @@ impl Daemon {
         for d in self.cgroup_dirs() {
             remove_cgroup_tree(&d);
         }
+        crate::net::remove_daemon_network(&self.bridge, &self.nft_table);
     }
 }
 
@@ -369,6 +389,17 @@ fn cgroup_parent_of(dir: &Path) -> String {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     )
+}
+
+/// The random part of the fixture's temporary directory name (`berth-e2e-XXXXXX`).
+fn suffix_of(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .trim_start_matches("berth-e2e-")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
 }
 
 impl Drop for Daemon {

@@ -13,6 +13,7 @@ pub mod cri;
 pub mod daemon;
 pub mod http;
 pub mod images;
+pub mod net;
 pub mod proxy;
 pub mod registry;
 pub mod require;

@@ -69,75 +69,7 @@ fn container_config(
 
 async fn run_pod(env: &mut Env, name: &str) -> String {
     let config = pod_config(env, name);
-    run_pod_with(&mut env.c, config).await
-}
-
-async fn run_pod_with(c: &mut Cri, config: cri::PodSandboxConfig) -> String {
-    c.runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn create(
-    c: &mut Cri,
-    pod: &str,
-    config: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    Ok(c.runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: None,
-        })
-        .await?
-        .into_inner()
-        .container_id)
-}
-
-/// CreateContainer then StartContainer; the container's id.
-async fn run_container(c: &mut Cri, pod: &str, config: cri::ContainerConfig) -> String {
-    let id = create(c, pod, config).await.unwrap();
-    start(c, &id).await.unwrap();
-    id
-}
-
-async fn start(c: &mut Cri, id: &str) -> Result<(), tonic::Status> {
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn status(c: &mut Cri, id: &str) -> cri::ContainerStatus {
-    c.runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-}
-
-async fn wait_exited(c: &mut Cri, id: &str) -> cri::ContainerStatus {
-    for _ in 0..500 {
-        let s = status(c, id).await;
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("container {id} did not exit");
+    env.c.run_pod(config).await
 }
 
 fn log_of(env: &Env, pod: &str, name: &str) -> String {
@@ -145,44 +77,32 @@ fn log_of(env: &Env, pod: &str, name: &str) -> String {
 }
 
 async fn teardown(env: &mut Env, pod: &str) {
-    env.c
-        .runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await
-        .unwrap();
-    env.c
-        .runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await
-        .unwrap();
+    env.c.stop_and_remove_pod(pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_runs_logs_and_exits_with_its_code() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "web").await;
-    let id = create(
-        &mut env.c,
-        &pod,
-        container_config(
-            &env.reg,
-            "busybox",
-            "main",
-            &["sh", "-c", "echo hello; hostname; echo oops >&2; exit 7"],
-        ),
-    )
-    .await
-    .unwrap();
+    let id = env
+        .c
+        .create(
+            &pod,
+            container_config(
+                &env.reg,
+                "busybox",
+                "main",
+                &["sh", "-c", "echo hello; hostname; echo oops >&2; exit 7"],
+            ),
+        )
+        .await
+        .unwrap();
     assert_eq!(
-        status(&mut env.c, &id).await.state,
+        env.c.status(&id).await.state,
         cri::ContainerState::ContainerCreated as i32
     );
-    start(&mut env.c, &id).await.unwrap();
-    let s = wait_exited(&mut env.c, &id).await;
+    env.c.start(&id).await.unwrap();
+    let s = env.c.wait_exited(&id).await;
     assert_eq!(s.exit_code, 7);
     assert_eq!(s.reason, "Error");
     assert!(s.started_at > 0 && s.finished_at >= s.started_at);
@@ -233,51 +153,48 @@ async fn image_config_user_and_stop() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "cfg").await;
     // ENTRYPOINT/CMD/WORKDIR/ENV from the image.
-    let a = run_container(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "config", "app", &[]),
-    )
-    .await;
-    assert_eq!(wait_exited(&mut env.c, &a).await.exit_code, 0);
+    let a = env
+        .c
+        .run_container(&pod, container_config(&env.reg, "config", "app", &[]))
+        .await;
+    assert_eq!(env.c.wait_exited(&a).await.exit_code, 0);
     assert!(
         log_of(&env, "cfg", "app").contains("run.sh from-cmd in /app as hello"),
         "{}",
         log_of(&env, "cfg", "app")
     );
     // USER by name from the image's /etc/passwd.
-    let u = run_container(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "by-name", "user", &["id"]),
-    )
-    .await;
-    wait_exited(&mut env.c, &u).await;
+    let u = env
+        .c
+        .run_container(&pod, container_config(&env.reg, "by-name", "user", &["id"]))
+        .await;
+    env.c.wait_exited(&u).await;
     assert!(
         log_of(&env, "cfg", "user").contains("uid=1000(berth) gid=1000(berth)"),
         "{}",
         log_of(&env, "cfg", "user")
     );
     // A long-running container stops with SIGTERM, and SIGKILL after the timeout.
-    let l = create(
-        &mut env.c,
-        &pod,
-        container_config(
-            &env.reg,
-            "busybox",
-            "sleeper",
-            &[
-                "sh",
-                "-c",
-                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
-            ],
-        ),
-    )
-    .await
-    .unwrap();
-    start(&mut env.c, &l).await.unwrap();
+    let l = env
+        .c
+        .create(
+            &pod,
+            container_config(
+                &env.reg,
+                "busybox",
+                "sleeper",
+                &[
+                    "sh",
+                    "-c",
+                    "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    env.c.start(&l).await.unwrap();
     assert_eq!(
-        status(&mut env.c, &l).await.state,
+        env.c.status(&l).await.state,
         cri::ContainerState::ContainerRunning as i32
     );
     env.c
@@ -288,22 +205,23 @@ async fn image_config_user_and_stop() {
         })
         .await
         .unwrap();
-    let s = status(&mut env.c, &l).await;
+    let s = env.c.status(&l).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 0, "{s:?}");
-    let k = create(
-        &mut env.c,
-        &pod,
-        container_config(
-            &env.reg,
-            "busybox",
-            "stubborn",
-            &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
-        ),
-    )
-    .await
-    .unwrap();
-    start(&mut env.c, &k).await.unwrap();
+    let k = env
+        .c
+        .create(
+            &pod,
+            container_config(
+                &env.reg,
+                "busybox",
+                "stubborn",
+                &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+            ),
+        )
+        .await
+        .unwrap();
+    env.c.start(&k).await.unwrap();
     env.c
         .runtime
         .stop_container(cri::StopContainerRequest {
@@ -312,7 +230,7 @@ async fn image_config_user_and_stop() {
         })
         .await
         .unwrap();
-    assert_eq!(status(&mut env.c, &k).await.exit_code, 137);
+    assert_eq!(env.c.status(&k).await.exit_code, 137);
     teardown(&mut env, &pod).await;
 }
 
@@ -353,29 +271,31 @@ async fn bad_input_gets_the_right_codes_and_leaves_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
     // A command that does not exist: start fails, the container is EXITED with 128.
-    let id = create(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "busybox", "missing", &["/no/such/binary"]),
-    )
-    .await
-    .unwrap();
-    let e = start(&mut env.c, &id).await.unwrap_err();
+    let id = env
+        .c
+        .create(
+            &pod,
+            container_config(&env.reg, "busybox", "missing", &["/no/such/binary"]),
+        )
+        .await
+        .unwrap();
+    let e = env.c.start(&id).await.unwrap_err();
     assert!(e.message().contains("/no/such/binary"), "{}", e.message());
-    let s = status(&mut env.c, &id).await;
+    let s = env.c.status(&id).await;
     assert_eq!(
         (s.state, s.exit_code),
         (cri::ContainerState::ContainerExited as i32, 128)
     );
     assert!(s.message.contains("/no/such/binary"), "{}", s.message);
     // An image that is not pulled, a user not in the image, a missing host path.
-    let e = create(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "never-pulled", "x", &["sh"]),
-    )
-    .await
-    .unwrap_err();
+    let e = env
+        .c
+        .create(
+            &pod,
+            container_config(&env.reg, "never-pulled", "x", &["sh"]),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     let mut cfg = container_config(&env.reg, "busybox", "ghost", &["sh"]);
     cfg.linux = Some(cri::LinuxContainerConfig {
@@ -385,7 +305,7 @@ async fn bad_input_gets_the_right_codes_and_leaves_nothing() {
         }),
         ..Default::default()
     });
-    let e = create(&mut env.c, &pod, cfg).await.unwrap_err();
+    let e = env.c.create(&pod, cfg).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("ghost"));
     let mut cfg = container_config(&env.reg, "busybox", "vol", &["sh"]);
@@ -394,7 +314,7 @@ async fn bad_input_gets_the_right_codes_and_leaves_nothing() {
         host_path: "/berth/does/not/exist".into(),
         ..Default::default()
     }];
-    let e = create(&mut env.c, &pod, cfg).await.unwrap_err();
+    let e = env.c.create(&pod, cfg).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("/berth/does/not/exist"));
     // Only the container with the failed start was recorded.
@@ -415,13 +335,11 @@ async fn bad_input_gets_the_right_codes_and_leaves_nothing() {
         })
         .await
         .unwrap();
-    let e = create(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "busybox", "late", &["sh"]),
-    )
-    .await
-    .unwrap_err();
+    let e = env
+        .c
+        .create(&pod, container_config(&env.reg, "busybox", "late", &["sh"]))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     teardown(&mut env, &pod).await;
 }
@@ -446,36 +364,38 @@ async fn pod_state(c: &mut Cri, pod: &str) -> (i32, serde_json::Value) {
 async fn berthd_kill9_keeps_pods_containers_exits_and_logs() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "survivor").await;
-    let long = create(
-        &mut env.c,
-        &pod,
-        container_config(
-            &env.reg,
-            "busybox",
-            "long",
-            &[
-                "sh",
-                "-c",
-                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
-            ],
-        ),
-    )
-    .await
-    .unwrap();
-    let short = create(
-        &mut env.c,
-        &pod,
-        container_config(
-            &env.reg,
-            "busybox",
-            "short",
-            &["sh", "-c", "sleep 1; exit 3"],
-        ),
-    )
-    .await
-    .unwrap();
-    start(&mut env.c, &long).await.unwrap();
-    start(&mut env.c, &short).await.unwrap();
+    let long = env
+        .c
+        .create(
+            &pod,
+            container_config(
+                &env.reg,
+                "busybox",
+                "long",
+                &[
+                    "sh",
+                    "-c",
+                    "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    let short = env
+        .c
+        .create(
+            &pod,
+            container_config(
+                &env.reg,
+                "busybox",
+                "short",
+                &["sh", "-c", "sleep 1; exit 3"],
+            ),
+        )
+        .await
+        .unwrap();
+    env.c.start(&long).await.unwrap();
+    env.c.start(&short).await.unwrap();
     env.d.signal(nix::sys::signal::Signal::SIGKILL);
     env.d
         .wait_exit(Duration::from_secs(5))
@@ -490,10 +410,10 @@ async fn berthd_kill9_keeps_pods_containers_exits_and_logs() {
         cri::PodSandboxState::SandboxReady as i32
     );
     assert_eq!(
-        status(&mut env.c, &long).await.state,
+        env.c.status(&long).await.state,
         cri::ContainerState::ContainerRunning as i32
     );
-    let s = status(&mut env.c, &short).await;
+    let s = env.c.status(&short).await;
     assert_eq!(
         (s.state, s.exit_code),
         (cri::ContainerState::ContainerExited as i32, 3)
@@ -512,7 +432,7 @@ async fn berthd_kill9_keeps_pods_containers_exits_and_logs() {
         .await
         .unwrap();
     assert_eq!(
-        status(&mut env.c, &long).await.state,
+        env.c.status(&long).await.state,
         cri::ContainerState::ContainerExited as i32
     );
     teardown(&mut env, &pod).await;
@@ -522,12 +442,13 @@ async fn berthd_kill9_keeps_pods_containers_exits_and_logs() {
 async fn a_killed_monitor_leaves_an_exited_container_and_a_not_ready_pod() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "orphan").await;
-    let id = run_container(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "busybox", "sleeper", &["sleep", "1000"]),
-    )
-    .await;
+    let id = env
+        .c
+        .run_container(
+            &pod,
+            container_config(&env.reg, "busybox", "sleeper", &["sleep", "1000"]),
+        )
+        .await;
     let (_, info) = pod_state(&mut env.c, &pod).await;
     let monitor = info["pid"].as_i64().unwrap();
     nix::sys::signal::kill(
@@ -544,7 +465,7 @@ async fn a_killed_monitor_leaves_an_exited_container_and_a_not_ready_pod() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(state, cri::PodSandboxState::SandboxNotready as i32);
-    let s = status(&mut env.c, &id).await;
+    let s = env.c.status(&id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     assert!(!s.message.is_empty());
     teardown(&mut env, &pod).await;
@@ -557,12 +478,13 @@ async fn a_killed_monitor_leaves_an_exited_container_and_a_not_ready_pod() {
 async fn after_a_reboot_pods_are_not_ready_and_removable() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "rebooted").await;
-    let id = run_container(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "busybox", "sleeper", &["sleep", "1000"]),
-    )
-    .await;
+    let id = env
+        .c
+        .run_container(
+            &pod,
+            container_config(&env.reg, "busybox", "sleeper", &["sleep", "1000"]),
+        )
+        .await;
     let (_, info) = pod_state(&mut env.c, &pod).await;
     // A reboot: everything in memory and in the run directory is gone.
     env.d.signal(nix::sys::signal::Signal::SIGKILL);
@@ -596,51 +518,37 @@ async fn after_a_reboot_pods_are_not_ready_and_removable() {
         pod_state(&mut env.c, &pod).await.0,
         cri::PodSandboxState::SandboxNotready as i32
     );
-    let s = status(&mut env.c, &id).await;
+    let s = env.c.status(&id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
     teardown(&mut env, &pod).await;
     let again = run_pod(&mut env, "rebooted").await;
     teardown(&mut env, &again).await;
 }
 
-async fn exec(
-    c: &mut Cri,
-    id: &str,
-    cmd: &[&str],
-    timeout: i64,
-) -> Result<cri::ExecSyncResponse, tonic::Status> {
-    Ok(c.runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout,
-        })
-        .await?
-        .into_inner())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sync_output_codes_timeouts_and_background_children() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "exec").await;
-    let id = run_container(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "by-name", "app", &["sleep", "1000"]),
-    )
-    .await;
-    let r = exec(
-        &mut env.c,
-        &id,
-        &[
-            "sh",
-            "-c",
-            "echo out; echo err >&2; id -un; hostname; exit 4",
-        ],
-        10,
-    )
-    .await
-    .unwrap();
+    let id = env
+        .c
+        .run_container(
+            &pod,
+            container_config(&env.reg, "by-name", "app", &["sleep", "1000"]),
+        )
+        .await;
+    let r = env
+        .c
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "echo out; echo err >&2; id -un; hostname; exit 4",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
     assert_eq!(r.exit_code, 4);
     assert_eq!(
         String::from_utf8_lossy(&r.stdout),
@@ -648,7 +556,9 @@ async fn exec_sync_output_codes_timeouts_and_background_children() {
     );
     assert_eq!(String::from_utf8_lossy(&r.stderr), "err\n");
     // Same pid namespace as the container: its main process is pid 1 there.
-    let r = exec(&mut env.c, &id, &["cat", "/proc/1/cmdline"], 10)
+    let r = env
+        .c
+        .exec(&id, &["cat", "/proc/1/cmdline"], 10)
         .await
         .unwrap();
     assert_eq!(
@@ -657,37 +567,32 @@ async fn exec_sync_output_codes_timeouts_and_background_children() {
     );
     // A background child keeping stdout open does not hold the answer.
     let t = std::time::Instant::now();
-    let r = exec(
-        &mut env.c,
-        &id,
-        &["sh", "-c", "sleep 30 & echo started"],
-        10,
-    )
-    .await
-    .unwrap();
+    let r = env
+        .c
+        .exec(&id, &["sh", "-c", "sleep 30 & echo started"], 10)
+        .await
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&r.stdout), "started\n");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     // A timeout is DeadlineExceeded and kills the process and its children.
     let t = std::time::Instant::now();
-    let e = exec(&mut env.c, &id, &["sh", "-c", "sleep 300 & sleep 301"], 1)
+    let e = env
+        .c
+        .exec(&id, &["sh", "-c", "sleep 300 & sleep 301"], 1)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     assert!(t.elapsed() < Duration::from_secs(5));
-    let ps = exec(&mut env.c, &id, &["ps", "-o", "args"], 10)
-        .await
-        .unwrap();
+    let ps = env.c.exec(&id, &["ps", "-o", "args"], 10).await.unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout).to_string();
     assert!(
         !ps.contains("sleep 301") && !ps.contains("sleep 300"),
         "{ps}"
     );
     // Not found, and not running.
-    let e = exec(&mut env.c, "nope", &["true"], 1).await.unwrap_err();
+    let e = env.c.exec("nope", &["true"], 1).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    let e = exec(&mut env.c, &id, &["/no/such/tool"], 1)
-        .await
-        .unwrap_err();
+    let e = env.c.exec(&id, &["/no/such/tool"], 1).await.unwrap_err();
     assert!(e.message().contains("/no/such/tool"), "{e:?}");
     env.c
         .runtime
@@ -697,7 +602,7 @@ async fn exec_sync_output_codes_timeouts_and_background_children() {
         })
         .await
         .unwrap();
-    let e = exec(&mut env.c, &id, &["true"], 1).await.unwrap_err();
+    let e = env.c.exec(&id, &["true"], 1).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     teardown(&mut env, &pod).await;
 }
@@ -727,7 +632,7 @@ async fn limits_apply_update_live_and_oom_kills_are_reported() {
         }),
         ..Default::default()
     });
-    let id = run_container(&mut env.c, &pod, cfg).await;
+    let id = env.c.run_container(&pod, cfg).await;
     let info: serde_json::Value = serde_json::from_str(
         &env.c
             .runtime
@@ -782,7 +687,7 @@ async fn limits_apply_update_live_and_oom_kills_are_reported() {
         (128u64 << 20).to_string()
     );
     assert_eq!(cgroup_file(&env, &info, "cpu.shares"), "256");
-    let st = status(&mut env.c, &id).await;
+    let st = env.c.status(&id).await;
     let r = st.resources.unwrap().linux.unwrap();
     assert_eq!(
         (r.memory_limit_in_bytes, r.cpu_shares, r.cpu_quota),
@@ -807,8 +712,8 @@ async fn limits_apply_update_live_and_oom_kills_are_reported() {
         }),
         ..Default::default()
     });
-    let hog = run_container(&mut env.c, &pod, cfg).await;
-    let s = wait_exited(&mut env.c, &hog).await;
+    let hog = env.c.run_container(&pod, cfg).await;
+    let s = env.c.wait_exited(&hog).await;
     assert_eq!(s.reason, "OOMKilled", "{s:?}");
     assert_ne!(s.exit_code, 0);
     teardown(&mut env, &pod).await;
@@ -818,23 +723,24 @@ async fn limits_apply_update_live_and_oom_kills_are_reported() {
 async fn reopen_container_log_after_rotation() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "rotate").await;
-    let id = create(
-        &mut env.c,
-        &pod,
-        container_config(
-            &env.reg,
-            "busybox",
-            "ticker",
-            &[
-                "sh",
-                "-c",
-                "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done",
-            ],
-        ),
-    )
-    .await
-    .unwrap();
-    start(&mut env.c, &id).await.unwrap();
+    let id = env
+        .c
+        .create(
+            &pod,
+            container_config(
+                &env.reg,
+                "busybox",
+                "ticker",
+                &[
+                    "sh",
+                    "-c",
+                    "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done",
+                ],
+            ),
+        )
+        .await
+        .unwrap();
+    env.c.start(&id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dir = env.logs.path().join("rotate/ticker");
     std::fs::rename(dir.join("0.log"), dir.join("0.log.1")).unwrap();
@@ -892,7 +798,7 @@ async fn host_network_host_ipc_readonly_root_and_volumes() {
         }),
         ..Default::default()
     });
-    let pod = run_pod_with(&mut env.c, config).await;
+    let pod = env.c.run_pod(config).await;
     let vol = tempfile::tempdir().unwrap();
     std::fs::write(vol.path().join("in.txt"), "from the host\n").unwrap();
     let mut cfg = container_config(
@@ -924,8 +830,8 @@ async fn host_network_host_ipc_readonly_root_and_volumes() {
         }),
         ..Default::default()
     });
-    let id = run_container(&mut env.c, &pod, cfg).await;
-    let s = wait_exited(&mut env.c, &id).await;
+    let id = env.c.run_container(&pod, cfg).await;
+    let s = env.c.wait_exited(&id).await;
     let log = log_of(&env, "hostnet", "probe");
     assert_eq!(s.exit_code, 0, "{log}");
     assert!(log.contains("F from the host"), "{log}");
@@ -973,7 +879,7 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
         }),
         ..Default::default()
     });
-    let pod = run_pod_with(&mut env.c, config).await;
+    let pod = env.c.run_pod(config).await;
     let with_pid_mode = |mut cfg: cri::ContainerConfig| {
         cfg.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -984,29 +890,31 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
         });
         cfg
     };
-    let _sleeper = run_container(
-        &mut env.c,
-        &pod,
-        with_pid_mode(container_config(
-            &env.reg,
-            "busybox",
-            "a",
-            &["sleep", "1000"],
-        )),
-    )
-    .await;
-    let b = run_container(
-        &mut env.c,
-        &pod,
-        with_pid_mode(container_config(
-            &env.reg,
-            "busybox",
-            "b",
-            &["ps", "-o", "pid,args"],
-        )),
-    )
-    .await;
-    wait_exited(&mut env.c, &b).await;
+    let _sleeper = env
+        .c
+        .run_container(
+            &pod,
+            with_pid_mode(container_config(
+                &env.reg,
+                "busybox",
+                "a",
+                &["sleep", "1000"],
+            )),
+        )
+        .await;
+    let b = env
+        .c
+        .run_container(
+            &pod,
+            with_pid_mode(container_config(
+                &env.reg,
+                "busybox",
+                "b",
+                &["ps", "-o", "pid,args"],
+            )),
+        )
+        .await;
+    env.c.wait_exited(&b).await;
     let log = log_of(&env, "shared", "b");
     assert!(
         log.contains("sleep 1000"),
@@ -1028,7 +936,7 @@ async fn pod_sysctls_supplemental_groups_and_run_as() {
         )]),
         ..Default::default()
     });
-    let pod = run_pod_with(&mut env.c, config).await;
+    let pod = env.c.run_pod(config).await;
     let mut cfg = container_config(
         &env.reg,
         "busybox",
@@ -1048,8 +956,8 @@ async fn pod_sysctls_supplemental_groups_and_run_as() {
         }),
         ..Default::default()
     });
-    let id = run_container(&mut env.c, &pod, cfg).await;
-    wait_exited(&mut env.c, &id).await;
+    let id = env.c.run_container(&pod, cfg).await;
+    env.c.wait_exited(&id).await;
     let log = log_of(&env, "tuned", "who");
     assert!(log.contains("stdout F 80\n"), "{log}");
     assert!(log.contains("uid=4321 gid=4322 groups=5000,5001"), "{log}");
@@ -1068,12 +976,13 @@ async fn pod_sysctls_supplemental_groups_and_run_as() {
 async fn pid_mode_target_joins_another_containers_pid_namespace() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "target").await;
-    let a = run_container(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
-    )
-    .await;
+    let a = env
+        .c
+        .run_container(
+            &pod,
+            container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
+        )
+        .await;
     let mut cfg = container_config(&env.reg, "busybox", "debug", &["ps", "-o", "pid,args"]);
     cfg.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -1086,8 +995,8 @@ async fn pid_mode_target_joins_another_containers_pid_namespace() {
         }),
         ..Default::default()
     });
-    let b = run_container(&mut env.c, &pod, cfg.clone()).await;
-    let s = wait_exited(&mut env.c, &b).await;
+    let b = env.c.run_container(&pod, cfg.clone()).await;
+    let s = env.c.wait_exited(&b).await;
     let log = log_of(&env, "target", "debug");
     assert_eq!(s.exit_code, 0, "{log}");
     assert!(
@@ -1103,7 +1012,7 @@ async fn pid_mode_target_joins_another_containers_pid_namespace() {
     if let Some(sc) = bad.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
         sc.namespace_options.as_mut().unwrap().target_id = "nope".into();
     }
-    let e = create(&mut env.c, &pod, bad).await.unwrap_err();
+    let e = env.c.create(&pod, bad).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     teardown(&mut env, &pod).await;
 }
@@ -1117,7 +1026,7 @@ async fn security_defaults_dns_and_mount_propagation() {
         searches: vec!["default.svc.cluster.local".into()],
         options: vec!["ndots:5".into()],
     });
-    let pod = run_pod_with(&mut env.c, config).await;
+    let pod = env.c.run_pod(config).await;
     // A shared mount on the host, so that host-to-container propagation has something to carry.
     let vol = tempfile::tempdir().unwrap();
     let v = vol.path().to_owned();
@@ -1162,7 +1071,7 @@ async fn security_defaults_dns_and_mount_propagation() {
         }),
         ..Default::default()
     });
-    let id = run_container(&mut env.c, &pod, cfg).await;
+    let id = env.c.run_container(&pod, cfg).await;
     run(&[
         "mount",
         "-t",
@@ -1171,7 +1080,7 @@ async fn security_defaults_dns_and_mount_propagation() {
         v.join("sub").to_str().unwrap(),
     ]);
     std::fs::write(v.join("sub/marker"), "x").unwrap();
-    let s = wait_exited(&mut env.c, &id).await;
+    let s = env.c.wait_exited(&id).await;
     let _ = nix::mount::umount2(v.join("sub").as_path(), nix::mount::MntFlags::MNT_DETACH);
     let _ = nix::mount::umount2(v.as_path(), nix::mount::MntFlags::MNT_DETACH);
     let log = log_of(&env, "secure", "check");
@@ -1198,21 +1107,20 @@ async fn security_defaults_dns_and_mount_propagation() {
 async fn removing_the_image_of_a_running_container_keeps_its_layers() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "inuse").await;
-    let id = run_container(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
-    )
-    .await;
+    let id = env
+        .c
+        .run_container(
+            &pod,
+            container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
+        )
+        .await;
     for i in ["busybox", "config", "by-name"] {
         env.c
             .remove_image(&format!("{}/{i}", env.reg.host()))
             .await
             .unwrap();
     }
-    let r = exec(&mut env.c, &id, &["ls", "/bin/busybox"], 10)
-        .await
-        .unwrap();
+    let r = env.c.exec(&id, &["ls", "/bin/busybox"], 10).await.unwrap();
     assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
     assert!(
         std::fs::read_dir(env.d.root.join("snapshots/sha256"))
@@ -1234,16 +1142,17 @@ async fn removing_the_image_of_a_running_container_keeps_its_layers() {
 async fn sigterm_lets_an_in_flight_call_finish() {
     let Some(mut env) = env().await else { return };
     let pod = run_pod(&mut env, "drain").await;
-    let id = run_container(
-        &mut env.c,
-        &pod,
-        container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
-    )
-    .await;
+    let id = env
+        .c
+        .run_container(
+            &pod,
+            container_config(&env.reg, "busybox", "app", &["sleep", "1000"]),
+        )
+        .await;
     let mut c2 = env.d.cri().await;
     let slow = tokio::spawn({
         let id = id.clone();
-        async move { exec(&mut c2, &id, &["sh", "-c", "sleep 2; echo done"], 30).await }
+        async move { c2.exec(&id, &["sh", "-c", "sleep 2; echo done"], 30).await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     env.d.signal(nix::sys::signal::Signal::SIGTERM);
@@ -1258,7 +1167,7 @@ async fn sigterm_lets_an_in_flight_call_finish() {
     env.d.restart().await;
     env.c = env.d.cri().await;
     assert_eq!(
-        status(&mut env.c, &id).await.state,
+        env.c.status(&id).await.state,
         cri::ContainerState::ContainerRunning as i32
     );
     teardown(&mut env, &pod).await;

@@ -118,6 +118,17 @@ impl Error {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Network(e) => match e {
                 berth_cni::NetworkError::InvalidCidr { .. } => ErrorKind::InvalidArgument,
+                berth_cni::NetworkError::Ipam(berth_cni::builtin::ipam::IpamError::RangeFull(
+                    _,
+                )) => ErrorKind::ResourceExhausted,
+                berth_cni::NetworkError::Conflict(_) => ErrorKind::FailedPrecondition,
+                berth_cni::NetworkError::Netlink { source, .. }
+                | berth_cni::NetworkError::Sysctl { source, .. }
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    ErrorKind::PermissionDenied
+                }
+                _ => ErrorKind::Internal,
             },
             Error::Content(e) => e.kind(),
             Error::Pull { source, .. } => source.kind(),

@@ -19,6 +19,7 @@ pub mod id;
 pub mod images;
 pub mod linux;
 pub mod monitor;
+pub mod network;
 pub mod pods;
 pub mod snapshots;
 pub mod spec;
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use berth_cni::{NetworkMode, PodCidr, Readiness};
+use berth_cni::{PodCidr, Readiness};
 use error::IoContext;
 pub use error::{Error, ErrorKind, Result};
 use linux::cgroups::CgroupLayout;
@@ -58,7 +59,8 @@ pub struct EngineConfig {
     pub state: PathBuf,
     pub cgroup_driver: CgroupDriver,
     pub cgroup_parent: String,
-    pub network_mode: NetworkMode,
+    /// Pod networking: mode, bridge, MTU, nft table.
+    pub network: network::NetworkConfig,
     /// Pod CIDRs from the config file; kubelet's UpdateRuntimeConfig takes precedence.
     pub pod_cidrs: Vec<PodCidr>,
     /// Registry hosts: mirrors, plain HTTP, CA files.
@@ -98,6 +100,10 @@ pub struct Engine {
     /// Woken whenever a container exit is recorded.
     exits: tokio::sync::Notify,
     pod_cidrs: RwLock<Vec<PodCidr>>,
+    /// Leases, port mappings and the node network's state.
+    net: std::sync::Mutex<network::NetState>,
+    /// The MTU of pod interfaces (configured, or the uplink's).
+    mtu: u32,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
     _lock: File,
@@ -161,6 +167,10 @@ impl Engine {
         if let Some(l) = &cgroups {
             tracing::info!(layout = l.kind(), "cgroup hierarchies detected");
         }
+        let mtu = match cfg.network.mtu {
+            0 => berth_cni::builtin::default_mtu(),
+            m => m,
+        };
         Ok(Engine {
             cfg,
             db,
@@ -172,6 +182,8 @@ impl Engine {
             locks: Arc::default(),
             exits: tokio::sync::Notify::new(),
             pod_cidrs: RwLock::new(pod_cidrs),
+            net: std::sync::Mutex::default(),
+            mtu,
             started: SystemTime::now(),
             _lock: lock,
         })
@@ -207,6 +219,7 @@ impl Engine {
             *g = cidrs;
         }
         tracing::info!(pod_cidr = %canonical, "pod CIDR updated");
+        self.network_cidrs_changed();
         Ok(())
     }
 
@@ -226,7 +239,11 @@ impl Engine {
                 message,
             },
         };
-        let network = match berth_cni::readiness(self.cfg.network_mode, &self.pod_cidrs(), false) {
+        let network = match berth_cni::readiness(
+            self.cfg.network.mode,
+            &self.pod_cidrs(),
+            self.network_error().as_deref(),
+        ) {
             Readiness::Ready => Condition {
                 kind: "NetworkReady",
                 status: true,
@@ -285,7 +302,10 @@ impl Engine {
             "cgroupParent": self.cfg.cgroup_parent,
             "cgroups": self.cgroups,
             "network": {
-                "mode": self.cfg.network_mode,
+                "mode": self.cfg.network.mode,
+                "bridge": self.cfg.network.bridge,
+                "mtu": self.mtu,
+                "nftTable": self.cfg.network.nft_table,
                 "podCIDRs": self.pod_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             },
             "uptimeSeconds": uptime,
@@ -332,7 +352,12 @@ mod tests {
             state: dir.join("run"),
             cgroup_driver: CgroupDriver::Cgroupfs,
             cgroup_parent: "berth".into(),
-            network_mode: NetworkMode::Builtin,
+            // Unit tests never touch the host's network: CNI mode sets nothing up until a
+            // pod asks.
+            network: network::NetworkConfig {
+                mode: berth_cni::NetworkMode::Cni,
+                ..network::NetworkConfig::default()
+            },
             pod_cidrs: Vec::new(),
             registry: Default::default(),
             max_concurrent_downloads: 3,

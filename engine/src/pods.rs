@@ -280,6 +280,20 @@ impl Engine {
                 nix::sys::signal::Signal::SIGKILL,
             );
         });
+        // The network, once the namespace exists (CRI sets it up in RunPodSandbox).
+        let net = match &netns {
+            Some(n) => {
+                let net = self
+                    .setup_pod_network(&id, n, &config.port_mappings)
+                    .await?;
+                let (engine, pod_id, n2) = (self.clone(), id.clone(), net.clone());
+                undo.push(move || {
+                    let _ = engine.teardown_pod_network(&pod_id, &n2);
+                });
+                Some(net)
+            }
+            None => None,
+        };
         let rec = PodRecord {
             schema_version: RECORD_VERSION,
             id: id.clone(),
@@ -309,6 +323,7 @@ impl Engine {
                 .collect::<BTreeMap<_, _>>(),
             privileged: sc.privileged,
             reason: String::new(),
+            net,
         };
         self.db.pod_put(&rec)?;
         undo.disarm();
@@ -349,6 +364,9 @@ impl Engine {
         }
         tracing::warn!(pod_id, "pod monitor is gone; the pod is not ready any more");
         self.reap_orphaned_containers(&pod, "the pod's monitor process died");
+        if let Err(e) = self.release_pod_network(&mut pod) {
+            tracing::warn!(pod_id, error = %e, "cannot tear down the network of a pod whose monitor died");
+        }
         pod.state = PodState::NotReady;
         pod.reason = "MonitorGone".into();
         let _ = self.db.pod_put(&pod);
@@ -394,6 +412,13 @@ impl Engine {
             if c.pod_id == pod.id && c.state == ContainerState::Running {
                 self.stop_container_locked(&c.id, 0).await?;
             }
+        }
+        // The network goes first, while the namespace still exists; its leases are
+        // released (CRI tears the network down on stop, not on remove).
+        let had_net = pod.net.is_some();
+        self.release_pod_network(&mut pod)?;
+        if had_net {
+            self.db.pod_put(&pod)?;
         }
         self.end_monitor(&pod).await;
         if let Some(n) = &pod.netns {
@@ -485,6 +510,7 @@ impl Engine {
     /// (crash, or a reboot emptied the run directory) becomes not ready, its containers
     /// exited; leftover namespace mounts are released.
     pub async fn recover_pods(self: &std::sync::Arc<Self>) -> Result<()> {
+        self.sweep_unrecorded_pods().await?;
         for mut pod in self.db.pod_list()? {
             if pod.state != PodState::Ready {
                 continue;
@@ -506,6 +532,11 @@ impl Engine {
                     &pod,
                     "the pod's monitor was gone when berthd started",
                 );
+                // The namespace died with the monitor, and the veth with it; what
+                // remains is the lease and any port mapping.
+                if let Some(net) = pod.net.take() {
+                    tracing::info!(pod_id = %pod.id, ips = ?net.ips, "releasing the network of a pod whose monitor is gone");
+                }
                 if let Some(n) = &pod.netns {
                     unmount_file(n);
                 }
@@ -513,6 +544,61 @@ impl Engine {
                 pod.state = PodState::NotReady;
                 pod.reason = "MonitorGone".into();
                 self.db.pod_put(&pod)?;
+            }
+        }
+        self.recover_network()?;
+        Ok(())
+    }
+
+    /// Pods whose RunPodSandbox a crash cut short: a run directory, maybe a monitor, a
+    /// namespace mount and a cgroup, but no record, so nothing can refer to them. Removed
+    /// before anything else happens, so that their addresses are free for new pods.
+    async fn sweep_unrecorded_pods(&self) -> Result<()> {
+        let known: std::collections::BTreeSet<String> =
+            self.db.pod_list()?.into_iter().map(|p| p.id).collect();
+        let mut orphans = std::collections::BTreeSet::new();
+        for d in [self.cfg.state.join("pods"), self.cfg.state.join("netns")] {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(&name) {
+                    orphans.insert(name);
+                }
+            }
+        }
+        for id in orphans {
+            tracing::warn!(pod_id = %id, "removing a pod that a crash left half made");
+            let dir = self.pod_dir(&id);
+            let _ = client::request(
+                &dir,
+                berth_proto::monitor::frame::Body::Shutdown(berth_proto::monitor::Shutdown {}),
+            )
+            .await;
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if pid != std::process::id() && process_is(pid, &id) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            unmount_file(&self.cfg.state.join("netns").join(&id));
+            let _ = umount2(&dir.join("shm"), MntFlags::MNT_DETACH);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| Error::Internal(format!("remove {}: {e}", dir.display())))?;
+            }
+            if let Ok(cg) = self.cgroup_manager() {
+                let own = format!("{}/pod-{id}", self.cfg.cgroup_parent);
+                // The monitor may take a moment to leave the cgroup after SIGKILL.
+                for _ in 0..50 {
+                    if cg.remove(&own).is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
         }
         Ok(())

@@ -60,7 +60,7 @@ pub fn pod_status(p: &PodRecord) -> cri::PodSandboxStatus {
         metadata: Some(pod_metadata(p)),
         state: pod_state(p.state),
         created_at: p.created_at,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(pod_network(p)),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: Some(cri::NamespaceOption {
@@ -200,5 +200,22 @@ pub fn resources(r: &berth_engine::spec::resources::Resources) -> cri::Container
                 .collect(),
         }),
         windows: None,
+    }
+}
+
+/// The pod's addresses: the primary first, the others (dual stack) as additional IPs.
+fn pod_network(p: &PodRecord) -> cri::PodSandboxNetworkStatus {
+    let ips: Vec<String> = p
+        .net
+        .iter()
+        .flat_map(|n| n.ips.iter().map(ToString::to_string))
+        .collect();
+    cri::PodSandboxNetworkStatus {
+        ip: ips.first().cloned().unwrap_or_default(),
+        additional_ips: ips
+            .iter()
+            .skip(1)
+            .map(|ip| cri::PodIp { ip: ip.clone() })
+            .collect(),
     }
 }

@@ -358,18 +358,7 @@ async fn bench_lifecycle(runs: usize) {
         .map(|p| rss_kib(u32::try_from(p.as_raw()).unwrap_or(0)))
         .unwrap_or(0);
     for pod in pods {
-        c.runtime
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .expect("stop pod");
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await
-            .expect("remove pod");
+        c.stop_and_remove_pod(&pod).await;
     }
     println!("{:<11} {:>9} {:>9} {:>9}", "step (ms)", "p50", "p90", "p99");
     let mut json = serde_json::Map::new();

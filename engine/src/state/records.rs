@@ -129,6 +129,24 @@ pub struct PodRecord {
     pub privileged: bool,
     /// Why the pod is not ready, when it is not.
     pub reason: String,
+    /// The pod's network while it is set up (its addresses are the IPAM leases).
+    #[serde(default)]
+    pub net: Option<PodNet>,
+}
+
+/// A pod's network attachment: what StopPodSandbox must undo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNet {
+    /// Which backend set it up.
+    pub mode: berth_cni::NetworkMode,
+    /// The host end of the veth pair (built-in mode).
+    #[serde(default)]
+    pub host_ifname: String,
+    /// The pod's addresses, primary first; in built-in mode these are its leases.
+    pub ips: Vec<std::net::IpAddr>,
+    /// hostPort mappings in force.
+    #[serde(default)]
+    pub port_mappings: Vec<berth_cni::builtin::nft::PortMapping>,
 }
 
 /// Lifecycle of a container.

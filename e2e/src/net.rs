@@ -1,0 +1,216 @@
+//! Network fixtures: each daemon under test gets its own pod CIDR, bridge and nft table
+//! (so daemons never share or disturb anything), and tests can create a client network
+//! namespace joined to the host by a veth pair of their own.
+//!
+//! Traffic in these tests goes only to loopback, to the pods' namespaces the daemon under
+//! test created, and to the client namespace the test created: the addresses used are
+//! 10.213.0.0/16 (pods) and 198.18.0.0/15 (RFC 2544 benchmarking range, client links).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The network part of one daemon's config.
+#[derive(Debug)]
+pub struct DaemonNetwork {
+    pub config: String,
+    pub bridge: String,
+    pub nft_table: String,
+    pub pod_cidr: String,
+}
+
+static TAKEN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Destinations of the host's IPv4 routes (network addresses, host order).
+fn routed_networks() -> BTreeSet<u32> {
+    std::fs::read_to_string("/proc/net/route")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|d| u32::from_str_radix(d, 16).ok())
+        .map(u32::from_be)
+        .collect()
+}
+
+/// A free /24 inside `base`/16: not routed on this host and not handed out by this
+/// process. The starting point depends on the pid, so that test processes that overlap
+/// rarely probe the same ranges first.
+pub fn free_slash24(base: [u8; 2]) -> Ipv4Addr {
+    let routed = routed_networks();
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let start = std::process::id().wrapping_mul(37) % 256;
+    for i in 0..256u32 {
+        let third = (start + i) % 256;
+        let key = (u32::from(base[0]) << 8 | u32::from(base[1])) << 8 | third;
+        let net = Ipv4Addr::new(base[0], base[1], u8::try_from(third).unwrap_or(0), 0);
+        if !routed.contains(&u32::from(net)) && taken.insert(key) {
+            return net;
+        }
+    }
+    panic!("no free /24 in {}.{}.0.0/16", base[0], base[1]);
+}
+
+impl DaemonNetwork {
+    /// Names from the fixture's random suffix; `lines` (the test's own `[network]` lines)
+    /// win over the fixture's choices.
+    pub fn new(suffix: &str, lines: &str) -> DaemonNetwork {
+        let set = |key: &str| {
+            lines
+                .lines()
+                .any(|l| l.trim_start().starts_with(key) && l.contains('='))
+        };
+        let value = |key: &str| -> Option<String> {
+            lines.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        let bridge = value("bridge").unwrap_or_else(|| format!("bt{suffix}"));
+        let nft_table = value("nft_table").unwrap_or_else(|| format!("berth_e2e_{suffix}"));
+        let pod_cidr =
+            value("pod_cidr").unwrap_or_else(|| format!("{}/24", free_slash24([10, 213])));
+        let mut config = lines.trim().to_owned();
+        for (key, v) in [
+            ("bridge", &bridge),
+            ("nft_table", &nft_table),
+            ("pod_cidr", &pod_cidr),
+        ] {
+            if !set(key) {
+                config.push_str(&format!("\n{key} = {v:?}"));
+            }
+        }
+        DaemonNetwork {
+            config,
+            bridge,
+            nft_table,
+            pod_cidr,
+        }
+    }
+}
+
+/// The links enslaved to `bridge`.
+pub fn bridge_ports(bridge: &str) -> Vec<String> {
+    berth_cni::builtin::bridge_ports(bridge).unwrap_or_default()
+}
+
+/// Whether an interface exists on the host.
+pub fn link_exists(name: &str) -> bool {
+    PathBuf::from("/sys/class/net").join(name).exists()
+}
+
+/// The map elements of nft table `inet <table>` (empty when the table does not exist).
+pub fn nft_map_elements(table: &str) -> Vec<String> {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("elements = {"))
+        .map(|e| e.trim_end_matches('}').trim().to_owned())
+        .collect()
+}
+
+/// Whether nft table `inet <table>` exists.
+pub fn nft_table_exists(table: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Removes a daemon's bridge, its ports and its nft table.
+pub fn remove_daemon_network(bridge: &str, table: &str) {
+    for p in bridge_ports(bridge) {
+        let _ = berth_cni::builtin::detach(&p);
+    }
+    let _ = berth_cni::builtin::remove_bridge(bridge);
+    let _ = berth_cni::builtin::nft::apply(&berth_cni::builtin::nft::Table::drop_script(table));
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace the test creates (`ip netns add`), joined to the host by a veth
+/// pair with addresses from 198.18.0.0/15: `host_ip` on the host end, `client_ip` inside.
+#[derive(Debug)]
+pub struct ClientNetns {
+    pub name: String,
+    pub host_if: String,
+    pub host_ip: Ipv4Addr,
+    pub client_ip: Ipv4Addr,
+}
+
+impl ClientNetns {
+    pub fn create() -> ClientNetns {
+        let net = free_slash24([198, 18]);
+        let o = net.octets();
+        let suffix = format!("{:02x}{:02x}", o[2], std::process::id() % 256);
+        let name = format!("berth-e2e-client-{suffix}");
+        let host_if = format!("bc{suffix}");
+        let (host_ip, client_ip) = (
+            Ipv4Addr::new(o[0], o[1], o[2], 1),
+            Ipv4Addr::new(o[0], o[1], o[2], 2),
+        );
+        let c = ClientNetns {
+            name,
+            host_if,
+            host_ip,
+            client_ip,
+        };
+        run(Command::new("ip").args(["netns", "add", &c.name]));
+        run(Command::new("ip").args([
+            "link", "add", &c.host_if, "type", "veth", "peer", "name", "eth0", "netns", &c.name,
+        ]));
+        run(Command::new("ip").args(["addr", "add", &format!("{host_ip}/30"), "dev", &c.host_if]));
+        run(Command::new("ip").args(["link", "set", &c.host_if, "up"]));
+        // Packets from the client to a hostPort are forwarded to the pod bridge: this
+        // interface (the test's own) must forward.
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/forwarding", c.host_if),
+            "1",
+        )
+        .expect("enable forwarding on the client link");
+        let inside = |args: &[&str]| {
+            let mut v = vec!["netns", "exec", &c.name, "ip"];
+            v.extend_from_slice(args);
+            run(Command::new("ip").args(&v));
+        };
+        inside(&["addr", "add", &format!("{client_ip}/30"), "dev", "eth0"]);
+        inside(&["link", "set", "eth0", "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["route", "add", "default", "via", &host_ip.to_string()]);
+        c
+    }
+
+    /// Runs `f` on a thread inside the client namespace.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        berth_cni::netlink::in_netns(&PathBuf::from("/run/netns").join(&self.name), f)
+    }
+}
+
+impl Drop for ClientNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}

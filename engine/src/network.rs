@@ -1,0 +1,464 @@
+//! Pod networking as the engine drives it: which backend sets a pod up, the IPAM leases
+//! (kept in the pod records, so a lease is durable exactly when its pod is), the hostPort
+//! mappings in force, and the repair at start-up.
+//!
+//! Built-in mode: [`berth_cni::builtin`] does the kernel work; this module decides. The
+//! addresses in memory are rebuilt from the records at start-up, and any veth on the
+//! bridge that no record owns (a crash between creating it and committing its pod) is
+//! deleted before the first allocation, so no address is ever handed out twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, MutexGuard};
+
+use berth_cni::builtin::ipam::Allocator;
+use berth_cni::builtin::nft::{self, PortMapping, Protocol};
+use berth_cni::builtin::{self as bridge, BridgeConfig, PodInterface};
+use berth_cni::{NetworkMode, PodCidr};
+use berth_proto::cri;
+
+use crate::Engine;
+use crate::error::{Error, Result};
+use crate::state::records::{PodNet, PodRecord};
+
+/// What the engine knows of the node network between calls.
+#[derive(Debug, Default)]
+pub(crate) struct NetState {
+    /// The bridge's index once it is set up (built-in mode).
+    bridge_index: Option<u32>,
+    /// Why setting up the node network failed last, for NetworkReady.
+    error: Option<String>,
+    allocators: Vec<Allocator>,
+    /// hostPort mappings by pod id.
+    mappings: BTreeMap<String, Vec<PortMapping>>,
+}
+
+/// Network settings of the engine.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub mode: NetworkMode,
+    /// The node bridge (built-in mode).
+    pub bridge: String,
+    /// Pod interface MTU; 0 picks the MTU of the node's default-route interface.
+    pub mtu: u32,
+    /// berth's nftables table (family inet).
+    pub nft_table: String,
+    /// Remove the bridge and the table when the last pod network is gone.
+    pub remove_idle: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            mode: NetworkMode::Builtin,
+            bridge: "berth0".into(),
+            mtu: 0,
+            nft_table: "berth".into(),
+            remove_idle: false,
+        }
+    }
+}
+
+/// The CRI port mappings of a pod as nft mappings for its addresses. Mappings without a
+/// host port are not host ports (kubelet sends only those that have one).
+pub fn port_mappings(cri: &[cri::PortMapping], pod_ips: &[IpAddr]) -> Result<Vec<PortMapping>> {
+    let mut out = Vec::new();
+    for m in cri {
+        if m.host_port == 0 {
+            continue;
+        }
+        let port = |v: i32, what: &str| {
+            u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| {
+                Error::InvalidArgument(format!("port_mappings: {what} {v} is not a port (1-65535)"))
+            })
+        };
+        let (host_port, container_port) = (
+            port(m.host_port, "host_port")?,
+            port(m.container_port, "container_port")?,
+        );
+        let protocol = match m.protocol {
+            0 => Protocol::Tcp,
+            1 => Protocol::Udp,
+            2 => Protocol::Sctp,
+            p => {
+                return Err(Error::InvalidArgument(format!(
+                    "port_mappings: unknown protocol {p}"
+                )));
+            }
+        };
+        // "" is every local address of both families; 0.0.0.0 and :: every address of
+        // one family; anything else that address only.
+        let (host_ip, family): (Option<IpAddr>, Option<bool>) = match m.host_ip.as_str() {
+            "" => (None, None),
+            s => {
+                let ip: IpAddr = s.parse().map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "port_mappings: host_ip {s:?} is not an IP address"
+                    ))
+                })?;
+                ((!ip.is_unspecified()).then_some(ip), Some(ip.is_ipv4()))
+            }
+        };
+        for pod_ip in pod_ips {
+            if family.is_some_and(|v4| v4 != pod_ip.is_ipv4()) {
+                continue;
+            }
+            out.push(PortMapping {
+                protocol,
+                host_ip,
+                host_port,
+                pod_ip: *pod_ip,
+                container_port,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn in_range(cidr: &PodCidr, ip: IpAddr) -> bool {
+    let bits = |ip: IpAddr| match ip {
+        IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+        IpAddr::V6(v) => u128::from(v),
+    };
+    if cidr.is_ipv4() != ip.is_ipv4() {
+        return false;
+    }
+    // IPv4 addresses sit in the top 32 bits, so one mask of `prefix` top bits fits both.
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(cidr.prefix()))
+        .unwrap_or(0);
+    bits(ip) & mask == bits(cidr.addr()) & mask
+}
+
+impl Engine {
+    fn net_state(&self) -> MutexGuard<'_, NetState> {
+        self.net
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets up the bridge and berth's table unless already done. Called with the state
+    /// locked; the error is kept for NetworkReady.
+    fn ensure_node_network(&self, st: &mut NetState) -> Result<u32> {
+        if let Some(i) = st.bridge_index {
+            return Ok(i);
+        }
+        let cidrs = self.pod_cidrs();
+        if cidrs.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "the pod network is not ready: no pod CIDR (set network.pod_cidr or let kubelet send one)".into(),
+            ));
+        }
+        let cfg = BridgeConfig {
+            name: self.cfg.network.bridge.clone(),
+            mtu: self.mtu,
+            cidrs: cidrs.clone(),
+        };
+        let all: Vec<PortMapping> = st.mappings.values().flatten().cloned().collect();
+        let script = nft::Table {
+            name: &self.cfg.network.nft_table,
+            bridge: &self.cfg.network.bridge,
+            cidrs: &cidrs,
+        }
+        .replace_script(&all);
+        match bridge::ensure_bridge(&cfg).and_then(|i| nft::apply(&script).map(|()| i)) {
+            Ok(i) => {
+                st.bridge_index = Some(i);
+                st.error = None;
+                tracing::info!(bridge = %cfg.name, mtu = cfg.mtu, table = %self.cfg.network.nft_table, "node pod network set up");
+                Ok(i)
+            }
+            Err(e) => {
+                st.error = Some(e.to_string());
+                Err(Error::Network(e))
+            }
+        }
+    }
+
+    /// Why pods cannot get a network now, if they cannot (for NetworkReady).
+    pub(crate) fn network_error(&self) -> Option<String> {
+        self.net_state().error.clone()
+    }
+
+    /// At start-up, after the pods are recovered: leases and port mappings from the
+    /// records, the bridge and table set up, and any veth on the bridge that no pod owns
+    /// removed.
+    pub(crate) fn recover_network(&self) -> Result<()> {
+        if self.cfg.network.mode != NetworkMode::Builtin {
+            return Ok(());
+        }
+        let pods = self.db.pod_list()?;
+        let mut st = self.net_state();
+        st.allocators = self.pod_cidrs().into_iter().map(Allocator::new).collect();
+        let mut owned = BTreeSet::new();
+        for p in &pods {
+            let Some(net) = &p.net else { continue };
+            owned.insert(net.host_ifname.clone());
+            for ip in &net.ips {
+                if let Some(a) = st.allocators.iter_mut().find(|a| in_range(&a.cidr(), *ip))
+                    && let Err(e) = a.restore(*ip, &p.id)
+                {
+                    tracing::warn!(pod_id = %p.id, %ip, error = %e, "cannot restore an address lease");
+                }
+            }
+            if !net.port_mappings.is_empty() {
+                st.mappings.insert(p.id.clone(), net.port_mappings.clone());
+            }
+        }
+        st.bridge_index = None;
+        if st.allocators.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.ensure_node_network(&mut st) {
+            tracing::error!(error = %e, "cannot set up the node's pod network; pods cannot start until it is fixed");
+            return Ok(());
+        }
+        drop(st);
+        for port in bridge::bridge_ports(&self.cfg.network.bridge)? {
+            if !owned.contains(&port) {
+                tracing::warn!(veth = %port, "removing a veth no pod owns (left by a crash)");
+                bridge::detach(&port)?;
+            }
+        }
+        if !bridge::node_forwards_ipv4() {
+            tracing::warn!(
+                "net.ipv4.ip_forward is 0: pods reach each other and the node, but nothing beyond it (Kubernetes requires it to be 1)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The pod CIDRs changed: new allocators (keeping every lease that fits), and the
+    /// bridge and table set up again for the new ranges.
+    pub(crate) fn network_cidrs_changed(&self) {
+        if self.cfg.network.mode != NetworkMode::Builtin {
+            return;
+        }
+        let mut st = self.net_state();
+        let mut fresh: Vec<Allocator> = self.pod_cidrs().into_iter().map(Allocator::new).collect();
+        for p in self.db.pod_list().unwrap_or_default() {
+            for ip in p.net.iter().flat_map(|n| n.ips.iter()) {
+                if let Some(a) = fresh.iter_mut().find(|a| in_range(&a.cidr(), *ip)) {
+                    let _ = a.restore(*ip, &p.id);
+                }
+            }
+        }
+        st.allocators = fresh;
+        st.bridge_index = None;
+        if let Err(e) = self.ensure_node_network(&mut st) {
+            tracing::error!(error = %e, "cannot set up the pod network for the new pod CIDR");
+        }
+    }
+
+    /// Gives a pod its network (RunPodSandbox). On error nothing is left.
+    pub(crate) async fn setup_pod_network(
+        self: &Arc<Self>,
+        pod_id: &str,
+        netns: &Path,
+        mappings: &[cri::PortMapping],
+    ) -> Result<PodNet> {
+        let (engine, id, ns, m) = (
+            self.clone(),
+            pod_id.to_owned(),
+            netns.to_owned(),
+            mappings.to_vec(),
+        );
+        match self.cfg.network.mode {
+            NetworkMode::Builtin => {
+                tokio::task::spawn_blocking(move || engine.builtin_attach(&id, &ns, &m))
+                    .await
+                    .map_err(|e| Error::Internal(format!("network set-up task: {e}")))?
+            }
+            NetworkMode::Cni => Err(Error::FailedPrecondition(
+                "CNI plugin mode is not available in this build".into(),
+            )),
+        }
+    }
+
+    fn builtin_attach(
+        &self,
+        pod_id: &str,
+        netns: &Path,
+        cri_mappings: &[cri::PortMapping],
+    ) -> Result<PodNet> {
+        let (index, addrs, gateways, mappings) = {
+            let mut st = self.net_state();
+            let index = self.ensure_node_network(&mut st)?;
+            let mut addrs = Vec::new();
+            let mut gateways = Vec::new();
+            let mut failed = None;
+            for a in &mut st.allocators {
+                match a.allocate(pod_id) {
+                    Ok(ip) => {
+                        addrs.push((ip, a.cidr().prefix()));
+                        gateways.push(a.gateway());
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let ips: Vec<IpAddr> = addrs.iter().map(|(ip, _)| *ip).collect();
+            let mapped = match failed {
+                Some(e) => Err(Error::Network(e.into())),
+                None => port_mappings(cri_mappings, &ips),
+            };
+            let mappings = match mapped.and_then(|m| {
+                for (other, theirs) in &st.mappings {
+                    if let Some(c) = m.iter().find(|n| theirs.iter().any(|t| n.clashes_with(t))) {
+                        return Err(Error::AlreadyExists(format!(
+                            "hostPort {}/{} is already mapped to pod {other}",
+                            c.host_port,
+                            c.protocol.as_str()
+                        )));
+                    }
+                }
+                Ok(m)
+            }) {
+                Ok(m) => m,
+                Err(e) => {
+                    for a in &mut st.allocators {
+                        a.release(pod_id);
+                    }
+                    return Err(e);
+                }
+            };
+            if !mappings.is_empty() {
+                st.mappings.insert(pod_id.to_owned(), mappings.clone());
+            }
+            (index, addrs, gateways, mappings)
+        };
+        let iface = PodInterface {
+            host_ifname: bridge::host_ifname(pod_id),
+            addrs,
+            gateways,
+        };
+        let table = nft::Table {
+            name: &self.cfg.network.nft_table,
+            bridge: &self.cfg.network.bridge,
+            cidrs: &[],
+        };
+        let done = bridge::attach(index, netns, &iface, self.mtu).and_then(|()| {
+            if mappings.is_empty() {
+                Ok(())
+            } else {
+                nft::apply(&table.add_script(&mappings))
+            }
+        });
+        if let Err(e) = done {
+            let _ = bridge::detach(&iface.host_ifname);
+            let mut st = self.net_state();
+            st.mappings.remove(pod_id);
+            for a in &mut st.allocators {
+                a.release(pod_id);
+            }
+            // The bridge may have been removed behind berth's back: check it next time.
+            st.bridge_index = None;
+            return Err(Error::Network(e));
+        }
+        Ok(PodNet {
+            mode: NetworkMode::Builtin,
+            host_ifname: iface.host_ifname,
+            ips: iface.addrs.iter().map(|(ip, _)| *ip).collect(),
+            port_mappings: mappings,
+        })
+    }
+
+    /// Undoes [`Engine::setup_pod_network`]: the veth pair, the port mappings, the leases
+    /// (released last, so an address is free only once nothing uses it). Idempotent.
+    pub(crate) fn teardown_pod_network(&self, pod_id: &str, net: &PodNet) -> Result<()> {
+        match net.mode {
+            NetworkMode::Builtin => {
+                bridge::detach(&net.host_ifname)?;
+                let mut st = self.net_state();
+                if let Some(ms) = st.mappings.remove(pod_id) {
+                    let table = nft::Table {
+                        name: &self.cfg.network.nft_table,
+                        bridge: &self.cfg.network.bridge,
+                        cidrs: &[],
+                    };
+                    if let Err(e) = nft::apply(&table.delete_script(&ms)) {
+                        tracing::warn!(pod_id, error = %e, "cannot delete the pod's host ports; reloading berth's table");
+                        st.bridge_index = None;
+                        self.ensure_node_network(&mut st)?;
+                    }
+                }
+                for a in &mut st.allocators {
+                    a.release(pod_id);
+                }
+                if self.cfg.network.remove_idle
+                    && st.allocators.iter().all(|a| a.leased() == 0)
+                    && st.bridge_index.is_some()
+                {
+                    bridge::remove_bridge(&self.cfg.network.bridge)?;
+                    nft::apply(&nft::Table::drop_script(&self.cfg.network.nft_table))?;
+                    st.bridge_index = None;
+                    tracing::info!(bridge = %self.cfg.network.bridge, "last pod network gone; bridge and table removed");
+                }
+                Ok(())
+            }
+            NetworkMode::Cni => Ok(()),
+        }
+    }
+
+    /// Tears down a pod's network if it has one and clears it from the record (the
+    /// caller saves the record).
+    pub(crate) fn release_pod_network(&self, pod: &mut PodRecord) -> Result<()> {
+        if let Some(net) = pod.net.clone() {
+            self.teardown_pod_network(&pod.id, &net)?;
+            pod.net = None;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pm(protocol: i32, host: i32, cport: i32, host_ip: &str) -> cri::PortMapping {
+        cri::PortMapping {
+            protocol,
+            container_port: cport,
+            host_port: host,
+            host_ip: host_ip.into(),
+        }
+    }
+
+    #[test]
+    fn mappings_per_family() {
+        let ips: Vec<IpAddr> = vec!["10.88.0.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        let m = port_mappings(
+            &[
+                pm(0, 8080, 80, ""),
+                pm(1, 53, 53, "0.0.0.0"),
+                pm(0, 0, 9, ""),
+            ],
+            &ips,
+        )
+        .unwrap();
+        assert_eq!(m.len(), 3);
+        assert!(m.iter().all(|x| x.host_ip.is_none()));
+        assert_eq!(m[2].protocol, Protocol::Udp);
+        assert!(m[2].pod_ip.is_ipv4());
+        let m = port_mappings(&[pm(0, 80, 80, "127.0.0.1")], &ips).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert!(port_mappings(&[pm(0, 70000, 80, "")], &ips).is_err());
+        assert!(port_mappings(&[pm(7, 80, 80, "")], &ips).is_err());
+        assert!(port_mappings(&[pm(0, 80, 80, "x")], &ips).is_err());
+    }
+
+    #[test]
+    fn range_membership() {
+        let c: PodCidr = "10.88.0.0/16".parse().unwrap();
+        assert!(in_range(&c, "10.88.3.4".parse().unwrap()));
+        assert!(!in_range(&c, "10.89.0.1".parse().unwrap()));
+        assert!(!in_range(&c, "fd00::1".parse().unwrap()));
+        let c: PodCidr = "fd00:88::/64".parse().unwrap();
+        assert!(in_range(&c, "fd00:88::9".parse().unwrap()));
+        assert!(!in_range(&c, "fd00:89::9".parse().unwrap()));
+    }
+}
