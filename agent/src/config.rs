@@ -61,6 +61,11 @@ mtu = 0
 nft_table = "berth"
 # Remove the bridge and the table when the last pod network is gone.
 remove_idle = false
+# CNI mode: the first .conflist/.conf/.json here (in name order) is the pod network.
+cni_conf_dir = "/etc/cni/net.d"
+# CNI mode: where plugins are looked up, in order (Debian's containernetworking-plugins
+# installs them in /usr/lib/cni).
+cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 
 [images]
 # Layers one pull downloads at the same time.
@@ -230,6 +235,8 @@ pub struct NetworkConfig {
     pub mtu: Mtu,
     pub nft_table: NftName,
     pub remove_idle: bool,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 /// A network interface name (1-15 characters of letters, digits, '-', '_' and '.').
@@ -385,6 +392,8 @@ impl Default for NetworkConfig {
             mtu: Mtu(0),
             nft_table: NftName("berth".into()),
             remove_idle: false,
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         }
     }
 }
@@ -484,6 +493,8 @@ impl Config {
                 mtu: self.network.mtu.0,
                 nft_table: self.network.nft_table.0.clone(),
                 remove_idle: self.network.remove_idle,
+                cni_conf_dir: self.network.cni_conf_dir.clone(),
+                cni_bin_dirs: self.network.cni_bin_dirs.clone(),
             },
             pod_cidrs: self.network.pod_cidr.0.clone(),
             registry: RegistryConfig {

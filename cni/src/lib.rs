@@ -12,6 +12,7 @@
 pub mod builtin;
 mod cidr;
 pub mod netlink;
+pub mod plugin;
 
 pub use cidr::PodCidr;
 
@@ -37,6 +38,14 @@ pub enum NetworkError {
     Conflict(String),
     #[error(transparent)]
     Ipam(#[from] builtin::ipam::IpamError),
+    #[error("CNI plugin {plugin} {command}: {message}")]
+    Cni {
+        plugin: String,
+        command: String,
+        message: String,
+    },
+    #[error("CNI configuration: {0}")]
+    CniConfig(String),
 }
 
 /// How pods get their network.

@@ -214,3 +214,135 @@ impl Drop for ClientNetns {
             .output();
     }
 }
+
+/// Puts back what CNI plugins change on the host beyond the test's own bridge: the
+/// `bridge` plugin turns on `net.ipv4.ip_forward` and `portmap` adds iptables nat chains
+/// and rules (IPv4 and IPv6). On drop, every nat chain and rule that appeared since `new`
+/// is removed (the whole table when it did not exist before) and ip_forward is restored.
+#[derive(Debug)]
+pub struct HostNatGuard {
+    families: Vec<NatSnapshot>,
+    ip_forward: String,
+}
+
+#[derive(Debug)]
+struct NatSnapshot {
+    tool: &'static str,
+    family: &'static str,
+    existed: bool,
+    rules: BTreeSet<String>,
+    chains: BTreeSet<String>,
+}
+
+fn nat_rules(tool: &str) -> Vec<String> {
+    Command::new(tool)
+        .args(["-t", "nat", "-S"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn nft_has_table(family: &str, name: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "tables", family])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == format!("table {family} {name}"))
+        })
+}
+
+impl NatSnapshot {
+    fn take(tool: &'static str, family: &'static str) -> NatSnapshot {
+        let existed = nft_has_table(family, "nat");
+        let lines = if existed { nat_rules(tool) } else { Vec::new() };
+        NatSnapshot {
+            tool,
+            family,
+            existed,
+            chains: lines
+                .iter()
+                .filter_map(|l| l.strip_prefix("-N "))
+                .map(str::to_owned)
+                .collect(),
+            rules: lines.into_iter().filter(|l| l.starts_with("-A ")).collect(),
+        }
+    }
+
+    fn restore(&self) {
+        if !self.existed {
+            let _ = Command::new("nft")
+                .args(["delete", "table", self.family, "nat"])
+                .output();
+            return;
+        }
+        let now = nat_rules(self.tool);
+        // New rules in chains that existed before, deleted by position, last first.
+        let mut per_chain: std::collections::BTreeMap<String, Vec<(usize, bool)>> =
+            std::collections::BTreeMap::new();
+        for l in now.iter().filter(|l| l.starts_with("-A ")) {
+            let chain = l.split_whitespace().nth(1).unwrap_or_default().to_owned();
+            let v = per_chain.entry(chain).or_default();
+            let n = v.len() + 1;
+            v.push((n, !self.rules.contains(l)));
+        }
+        for (chain, rules) in &per_chain {
+            let builtin = chain.chars().all(|c| c.is_ascii_uppercase());
+            if !builtin && !self.chains.contains(chain) {
+                continue; // a new chain: flushed and deleted below
+            }
+            for (n, new) in rules.iter().rev() {
+                if *new {
+                    let _ = Command::new(self.tool)
+                        .args(["-t", "nat", "-D", chain, &n.to_string()])
+                        .output();
+                }
+            }
+        }
+        let new_chains: Vec<&str> = now
+            .iter()
+            .filter_map(|l| l.strip_prefix("-N "))
+            .filter(|c| !self.chains.contains(*c))
+            .collect();
+        // Flush them all first: new chains may jump to each other.
+        for op in ["-F", "-X"] {
+            for c in &new_chains {
+                let _ = Command::new(self.tool).args(["-t", "nat", op, c]).output();
+            }
+        }
+    }
+}
+
+impl HostNatGuard {
+    pub fn new() -> HostNatGuard {
+        HostNatGuard {
+            families: vec![
+                NatSnapshot::take("iptables", "ip"),
+                NatSnapshot::take("ip6tables", "ip6"),
+            ],
+            ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+                .unwrap_or_else(|_| "0".into()),
+        }
+    }
+}
+
+impl Default for HostNatGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for HostNatGuard {
+    fn drop(&mut self) {
+        for f in &self.families {
+            f.restore();
+        }
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", self.ip_forward.trim());
+    }
+}

@@ -9,13 +9,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
 
 use berth_cni::builtin::ipam::Allocator;
 use berth_cni::builtin::nft::{self, PortMapping, Protocol};
 use berth_cni::builtin::{self as bridge, BridgeConfig, PodInterface};
+use berth_cni::plugin::{Attachment, Cni, CniPortMapping, CniSettings};
 use berth_cni::{NetworkMode, PodCidr};
+
+/// How long one CNI plugin may run.
+const CNI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 use berth_proto::cri;
 
 use crate::Engine;
@@ -46,6 +50,10 @@ pub struct NetworkConfig {
     pub nft_table: String,
     /// Remove the bridge and the table when the last pod network is gone.
     pub remove_idle: bool,
+    /// CNI mode: where the network configuration lists are.
+    pub cni_conf_dir: PathBuf,
+    /// CNI mode: where the plugins are, searched in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
 }
 
 impl Default for NetworkConfig {
@@ -56,13 +64,25 @@ impl Default for NetworkConfig {
             mtu: 0,
             nft_table: "berth".into(),
             remove_idle: false,
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         }
     }
 }
 
-/// The CRI port mappings of a pod as nft mappings for its addresses. Mappings without a
-/// host port are not host ports (kubelet sends only those that have one).
-pub fn port_mappings(cri: &[cri::PortMapping], pod_ips: &[IpAddr]) -> Result<Vec<PortMapping>> {
+/// One CRI hostPort, checked: ports, protocol, and the host address (None is any).
+struct HostPort {
+    protocol: Protocol,
+    host_port: u16,
+    container_port: u16,
+    host_ip: Option<IpAddr>,
+    /// The family the host address restricts the mapping to (None: both).
+    family_v4: Option<bool>,
+}
+
+/// The CRI port mappings that are host ports (kubelet sends only those, but a mapping
+/// without a host port is skipped anyway), checked.
+fn port_mappings_of(cri: &[cri::PortMapping]) -> Result<Vec<HostPort>> {
     let mut out = Vec::new();
     for m in cri {
         if m.host_port == 0 {
@@ -100,16 +120,31 @@ pub fn port_mappings(cri: &[cri::PortMapping], pod_ips: &[IpAddr]) -> Result<Vec
                 ((!ip.is_unspecified()).then_some(ip), Some(ip.is_ipv4()))
             }
         };
+        out.push(HostPort {
+            protocol,
+            host_port,
+            container_port,
+            host_ip,
+            family_v4: family,
+        });
+    }
+    Ok(out)
+}
+
+/// The CRI port mappings of a pod as nft mappings for its addresses.
+pub fn port_mappings(cri: &[cri::PortMapping], pod_ips: &[IpAddr]) -> Result<Vec<PortMapping>> {
+    let mut out = Vec::new();
+    for m in port_mappings_of(cri)? {
         for pod_ip in pod_ips {
-            if family.is_some_and(|v4| v4 != pod_ip.is_ipv4()) {
+            if m.family_v4.is_some_and(|v4| v4 != pod_ip.is_ipv4()) {
                 continue;
             }
             out.push(PortMapping {
-                protocol,
-                host_ip,
-                host_port,
+                protocol: m.protocol,
+                host_ip: m.host_ip,
+                host_port: m.host_port,
                 pod_ip: *pod_ip,
-                container_port,
+                container_port: m.container_port,
             });
         }
     }
@@ -178,17 +213,43 @@ impl Engine {
 
     /// Why pods cannot get a network now, if they cannot (for NetworkReady).
     pub(crate) fn network_error(&self) -> Option<String> {
-        self.net_state().error.clone()
+        match self.cfg.network.mode {
+            NetworkMode::Builtin => self.net_state().error.clone(),
+            NetworkMode::Cni => self.cni().load().err().map(|e| e.to_string()),
+        }
+    }
+
+    /// The CNI runner: configuration from the operator's directories, results cached
+    /// under berth's root.
+    pub(crate) fn cni(&self) -> Cni {
+        Cni {
+            settings: CniSettings {
+                conf_dir: self.cfg.network.cni_conf_dir.clone(),
+                bin_dirs: self.cfg.network.cni_bin_dirs.clone(),
+                cache_dir: self.cfg.root.join("cni"),
+                timeout: CNI_TIMEOUT,
+            },
+        }
     }
 
     /// At start-up, after the pods are recovered: leases and port mappings from the
     /// records, the bridge and table set up, and any veth on the bridge that no pod owns
     /// removed.
     pub(crate) fn recover_network(&self) -> Result<()> {
-        if self.cfg.network.mode != NetworkMode::Builtin {
+        let pods = self.db.pod_list()?;
+        if self.cfg.network.mode == NetworkMode::Cni {
+            // CHECK that what the plugins set up is still there.
+            let cni = self.cni();
+            for p in &pods {
+                if let (Some(net), Some(ns)) = (&p.net, &p.netns)
+                    && net.mode == NetworkMode::Cni
+                    && let Err(e) = cni.check(&net.cni_network, &p.id, ns)
+                {
+                    tracing::warn!(pod_id = %p.id, error = %e, "CNI CHECK failed for a running pod");
+                }
+            }
             return Ok(());
         }
-        let pods = self.db.pod_list()?;
         let mut st = self.net_state();
         st.allocators = self.pod_cidrs().into_iter().map(Allocator::new).collect();
         let mut owned = BTreeSet::new();
@@ -256,6 +317,7 @@ impl Engine {
         self: &Arc<Self>,
         pod_id: &str,
         netns: &Path,
+        md: &cri::PodSandboxMetadata,
         mappings: &[cri::PortMapping],
     ) -> Result<PodNet> {
         let (engine, id, ns, m) = (
@@ -264,16 +326,51 @@ impl Engine {
             netns.to_owned(),
             mappings.to_vec(),
         );
-        match self.cfg.network.mode {
-            NetworkMode::Builtin => {
-                tokio::task::spawn_blocking(move || engine.builtin_attach(&id, &ns, &m))
-                    .await
-                    .map_err(|e| Error::Internal(format!("network set-up task: {e}")))?
-            }
-            NetworkMode::Cni => Err(Error::FailedPrecondition(
-                "CNI plugin mode is not available in this build".into(),
-            )),
+        let md = md.clone();
+        tokio::task::spawn_blocking(move || match engine.cfg.network.mode {
+            NetworkMode::Builtin => engine.builtin_attach(&id, &ns, &m),
+            NetworkMode::Cni => engine.cni_attach(&id, &ns, &md, &m),
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("network set-up task: {e}")))?
+    }
+
+    fn cni_attach(
+        &self,
+        pod_id: &str,
+        netns: &Path,
+        md: &cri::PodSandboxMetadata,
+        cri_mappings: &[cri::PortMapping],
+    ) -> Result<PodNet> {
+        let mut port_mappings = Vec::new();
+        for m in port_mappings_of(cri_mappings)? {
+            port_mappings.push(CniPortMapping {
+                host_port: m.host_port,
+                container_port: m.container_port,
+                protocol: m.protocol.as_str().to_owned(),
+                host_ip: m.host_ip.map(|i| i.to_string()).unwrap_or_default(),
+            });
         }
+        let att = Attachment {
+            container_id: pod_id.to_owned(),
+            netns: netns.to_owned(),
+            ifname: bridge::POD_IFNAME.to_owned(),
+            args: vec![
+                ("K8S_POD_NAMESPACE".into(), md.namespace.clone()),
+                ("K8S_POD_NAME".into(), md.name.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), pod_id.to_owned()),
+                ("K8S_POD_UID".into(), md.uid.clone()),
+            ],
+            port_mappings,
+        };
+        let (list, result) = self.cni().add(&att)?;
+        Ok(PodNet {
+            mode: NetworkMode::Cni,
+            host_ifname: String::new(),
+            ips: berth_cni::plugin::result_ips(&result),
+            port_mappings: Vec::new(),
+            cni_network: list.name,
+        })
     }
 
     fn builtin_attach(
@@ -363,6 +460,7 @@ impl Engine {
             host_ifname: iface.host_ifname,
             ips: iface.addrs.iter().map(|(ip, _)| *ip).collect(),
             port_mappings: mappings,
+            cni_network: String::new(),
         })
     }
 
@@ -399,7 +497,11 @@ impl Engine {
                 }
                 Ok(())
             }
-            NetworkMode::Cni => Ok(()),
+            NetworkMode::Cni => Ok(self.cni().del(
+                &net.cni_network,
+                pod_id,
+                &self.cfg.state.join("netns").join(pod_id),
+            )?),
         }
     }
 

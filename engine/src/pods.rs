@@ -284,7 +284,7 @@ impl Engine {
         let net = match &netns {
             Some(n) => {
                 let net = self
-                    .setup_pod_network(&id, n, &config.port_mappings)
+                    .setup_pod_network(&id, n, md, &config.port_mappings)
                     .await?;
                 let (engine, pod_id, n2) = (self.clone(), id.clone(), net.clone());
                 undo.push(move || {
@@ -532,10 +532,11 @@ impl Engine {
                     &pod,
                     "the pod's monitor was gone when berthd started",
                 );
-                // The namespace died with the monitor, and the veth with it; what
-                // remains is the lease and any port mapping.
-                if let Some(net) = pod.net.take() {
-                    tracing::info!(pod_id = %pod.id, ips = ?net.ips, "releasing the network of a pod whose monitor is gone");
+                // Release the network while the namespace mount still exists (CNI
+                // plugins DEL best with it; the built-in veth goes with it).
+                if let Err(e) = self.release_pod_network(&mut pod) {
+                    tracing::warn!(pod_id = %pod.id, error = %e, "cannot release the network of a pod whose monitor is gone");
+                    pod.net = None;
                 }
                 if let Some(n) = &pod.netns {
                     unmount_file(n);

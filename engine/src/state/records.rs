@@ -144,9 +144,12 @@ pub struct PodNet {
     pub host_ifname: String,
     /// The pod's addresses, primary first; in built-in mode these are its leases.
     pub ips: Vec<std::net::IpAddr>,
-    /// hostPort mappings in force.
+    /// hostPort mappings in force (built-in mode; CNI's portmap keeps its own).
     #[serde(default)]
     pub port_mappings: Vec<berth_cni::builtin::nft::PortMapping>,
+    /// The CNI network the pod was added to (CNI mode), for DEL and CHECK.
+    #[serde(default)]
+    pub cni_network: String,
 }
 
 /// Lifecycle of a container.
