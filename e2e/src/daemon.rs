@@ -285,7 +285,7 @@ impl Daemon {
         if self.socket.exists() {
             out.push(format!("socket {}", self.socket.display()));
         }
-        for port in crate::net::bridge_ports(&self.bridge) {
+        for port in crate::net::settled_bridge_ports(&self.bridge) {
             out.push(format!("veth {port} on bridge {}", self.bridge));
         }
         for e in crate::net::nft_map_elements(&self.nft_table) {

@@ -99,6 +99,19 @@ pub fn bridge_ports(bridge: &str) -> Vec<String> {
     berth_cni::builtin::bridge_ports(bridge).unwrap_or_default()
 }
 
+/// The ports left on `bridge` once stopped pods' veths had up to 5 s to go away (the
+/// kernel frees them with their namespaces, in the background).
+pub fn settled_bridge_ports(bridge: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let ports = bridge_ports(bridge);
+        if ports.is_empty() || std::time::Instant::now() > deadline {
+            return ports;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Whether an interface exists on the host.
 pub fn link_exists(name: &str) -> bool {
     PathBuf::from("/sys/class/net").join(name).exists()
@@ -345,4 +358,42 @@ impl Drop for HostNatGuard {
         }
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", self.ip_forward.trim());
     }
+}
+
+/// Writes `<conf_dir>/10-<name>.conflist`: Debian's `bridge` plugin on `bridge` (gateway,
+/// no masquerade, hairpin), `host-local` addresses from `subnet` kept in `data_dir`, and
+/// `portmap` for hostPorts.
+pub fn write_bridge_conflist(
+    conf_dir: &std::path::Path,
+    name: &str,
+    bridge: &str,
+    subnet: &str,
+    data_dir: &std::path::Path,
+) {
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": subnet }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "dataDir": data_dir,
+                }
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": false }
+        ]
+    });
+    std::fs::create_dir_all(conf_dir).expect("create the CNI conf dir");
+    std::fs::write(
+        conf_dir.join(format!("10-{name}.conflist")),
+        conflist.to_string(),
+    )
+    .expect("write the conflist");
 }

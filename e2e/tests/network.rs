@@ -254,7 +254,7 @@ async fn pods_reach_each_other_the_gateway_and_the_node() {
 
     env.c.stop_and_remove_pod(&a).await;
     env.c.stop_and_remove_pod(&b).await;
-    assert!(net::bridge_ports(&env.d.bridge).is_empty());
+    assert!(net::settled_bridge_ports(&env.d.bridge).is_empty());
 }
 
 /// A free TCP port on the host (bound and released).
@@ -373,7 +373,7 @@ async fn fifty_pods_started_at_once_get_distinct_addresses() {
         set.spawn(async move { c.stop_and_remove_pod(&id).await });
     }
     set.join_all().await;
-    assert!(net::bridge_ports(&d.bridge).is_empty());
+    assert!(net::settled_bridge_ports(&d.bridge).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -480,7 +480,7 @@ async fn a_full_range_is_resource_exhausted_and_stop_releases() {
             .unwrap();
     }
     assert!(c.pod_ips(&first).await.is_empty());
-    assert!(net::bridge_ports(&d.bridge).is_empty());
+    assert!(net::settled_bridge_ports(&d.bridge).is_empty());
     let second = c.run_pod(pod_config_in(logs.path(), "two")).await;
     assert_eq!(c.pod_ips(&second).await, ip);
     c.stop_and_remove_pod(&first).await;
@@ -645,27 +645,7 @@ async fn cni_mode_with_bridge_host_local_portmap_and_loopback() {
     );
 
     let data_dir = conf.path().join("ipam");
-    let conflist = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "berth-e2e",
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": true,
-                "ipMasq": false,
-                "hairpinMode": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{ "subnet": cidr }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }],
-                    "dataDir": data_dir,
-                }
-            },
-            { "type": "portmap", "capabilities": { "portMappings": true }, "snat": false }
-        ]
-    });
-    std::fs::write(conf_dir.join("10-berth-e2e.conflist"), conflist.to_string()).unwrap();
+    net::write_bridge_conflist(&conf_dir, "berth-e2e", &bridge, &cidr, &data_dir);
     assert!(network_ready(&mut env.c).await.status);
 
     let port = free_port();
@@ -727,7 +707,7 @@ async fn cni_mode_with_bridge_host_local_portmap_and_loopback() {
         "the CNI cache entry of a removed pod survived"
     );
     c.stop_and_remove_pod(&b).await;
-    assert!(net::bridge_ports(&bridge).is_empty());
+    assert!(net::settled_bridge_ports(&bridge).is_empty());
 
     // Many pods at once: host-local hands out distinct addresses.
     let pods = run_pods_at_once(&c, env.logs.path(), "cni-many", 20).await;
@@ -736,7 +716,7 @@ async fn cni_mode_with_bridge_host_local_portmap_and_loopback() {
     for (id, _) in &pods {
         c.stop_and_remove_pod(id).await;
     }
-    assert!(net::bridge_ports(&bridge).is_empty());
+    assert!(net::settled_bridge_ports(&bridge).is_empty());
     drop(env);
     drop(nat);
 }

@@ -24,7 +24,8 @@
 use std::time::Instant;
 
 use berth_e2e::images::{Compression, Entry, Layer, TestImage, catalog};
-use berth_e2e::{Daemon, Registry};
+use berth_e2e::net;
+use berth_e2e::{Daemon, DaemonOptions, Registry};
 
 /// Deterministic incompressible bytes (xorshift64*).
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -388,6 +389,128 @@ async fn bench_lifecycle(runs: usize) {
     );
 }
 
+/// The `elapsed_us` of every berthd log line with `message`, in milliseconds.
+fn logged_ms(log: &str, message: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            let v = l.split("elapsed_us=").nth(1)?;
+            let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<f64>().ok().map(|us| us / 1e3)
+        })
+        .collect()
+}
+
+/// The time pod networking adds to RunPodSandbox (and to StopPodSandbox): host-network
+/// pods as the baseline, then the built-in mode, then CNI mode with Debian's plugins.
+async fn bench_network(runs: usize) {
+    use berth_proto::cri;
+    println!(
+        "{:<26} {:>9} {:>9} {:>9} {:>9}",
+        "RunPodSandbox (ms)", "p50", "p99", "net p50", "net p99"
+    );
+    let mut json = serde_json::Map::new();
+    for mode in ["host-network", "builtin", "cni"] {
+        let conf = tempfile::tempdir().expect("tempdir");
+        let _nat = (mode == "cni").then(net::HostNatGuard::new);
+        let network = match mode {
+            "cni" => {
+                let cidr = format!("{}/24", net::free_slash24([10, 213]));
+                let bridge = format!("bb{}", std::process::id() % 100_000);
+                net::write_bridge_conflist(
+                    &conf.path().join("net.d"),
+                    "berth-bench",
+                    &bridge,
+                    &cidr,
+                    &conf.path().join("ipam"),
+                );
+                format!(
+                    "mode = \"cni\"\ncni_conf_dir = {:?}\nbridge = \"{bridge}\"",
+                    conf.path().join("net.d")
+                )
+            }
+            _ => String::new(),
+        };
+        let d = Daemon::start_with(DaemonOptions {
+            network,
+            ..DaemonOptions::default()
+        })
+        .await;
+        let mut c = d.cri().await;
+        let mut run = Vec::new();
+        let mut stop = Vec::new();
+        for i in 0..runs + 2 {
+            let mut config = cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: format!("net-{i}"),
+                    uid: format!("uid-net-{i}"),
+                    namespace: "bench".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            };
+            if mode == "host-network" {
+                config.linux = Some(cri::LinuxPodSandboxConfig {
+                    security_context: Some(cri::LinuxSandboxSecurityContext {
+                        namespace_options: Some(cri::NamespaceOption {
+                            network: cri::NamespaceMode::Node as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            let t = Instant::now();
+            let id = c.run_pod(config).await;
+            let r = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            c.stop_and_remove_pod(&id).await;
+            if i >= 2 {
+                run.push(r);
+                stop.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let log = d.log();
+        let mut setup = logged_ms(&log, "pod network set up");
+        setup = setup.split_off(setup.len().min(2));
+        let mut teardown = logged_ms(&log, "pod network torn down");
+        teardown = teardown.split_off(teardown.len().min(2));
+        let mut row = serde_json::Map::new();
+        for (what, v, net) in [
+            ("RunPodSandbox", &mut run, &mut setup),
+            ("StopPodSandbox+Remove", &mut stop, &mut teardown),
+        ] {
+            v.sort_by(f64::total_cmp);
+            net.sort_by(f64::total_cmp);
+            let (n50, n99) = if net.is_empty() {
+                (0.0, 0.0)
+            } else {
+                (percentile(net, 0.5), percentile(net, 0.99))
+            };
+            println!(
+                "{:<26} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                format!("{mode} {what}"),
+                percentile(v, 0.5),
+                percentile(v, 0.99),
+                n50,
+                n99
+            );
+            row.insert(
+                what.into(),
+                serde_json::json!({
+                    "p50_ms": percentile(v, 0.5),
+                    "p99_ms": percentile(v, 0.99),
+                    "network_p50_ms": n50,
+                    "network_p99_ms": n99,
+                }),
+            );
+        }
+        json.insert(mode.into(), serde_json::Value::Object(row));
+    }
+    println!("{}", serde_json::Value::Object(json));
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs = args
@@ -409,8 +532,12 @@ fn main() -> std::process::ExitCode {
             rt.block_on(bench_lifecycle(runs));
             std::process::ExitCode::SUCCESS
         }
+        Some("network") => {
+            rt.block_on(bench_network(runs));
+            std::process::ExitCode::SUCCESS
+        }
         _ => {
-            eprintln!("usage: berth-bench pull|lifecycle [--runs N]");
+            eprintln!("usage: berth-bench pull|lifecycle|network [--runs N]");
             std::process::ExitCode::from(2)
         }
     }
