@@ -82,15 +82,21 @@ fn container(env: &Env, name: &str, script: &str) -> cri::ContainerConfig {
     }
 }
 
-/// A pod whose container serves `body` over HTTP on port 8080.
-async fn web_pod(env: &mut Env, name: &str, config: cri::PodSandboxConfig, body: &str) -> String {
+/// A pod whose container serves `body` over HTTP on port 8080; the pod's and the
+/// container's ids.
+async fn web_pod(
+    env: &mut Env,
+    name: &str,
+    config: cri::PodSandboxConfig,
+    body: &str,
+) -> (String, String) {
     let pod = env.c.run_pod(config).await;
     let script = format!(
         "mkdir -p /www && echo '{body}' > /www/index.html && exec httpd -f -p 8080 -h /www"
     );
     let c = container(env, name, &script);
-    env.c.run_container(&pod, c).await;
-    pod
+    let id = env.c.run_container(&pod, c).await;
+    (pod, id)
 }
 
 /// A pod with a container that sleeps, to run commands in.
@@ -198,7 +204,7 @@ async fn pods_reach_each_other_the_gateway_and_the_node() {
     };
     assert!(network_ready(&mut env.c).await.status);
     let config = pod_config(&env, "server");
-    let a = web_pod(&mut env, "server", config, "hello from a").await;
+    let (a, _) = web_pod(&mut env, "server", config, "hello from a").await;
     let (b, sleeper) = client_pod(&mut env, "client").await;
     let a_ip = env.c.pod_ips(&a).await;
     let b_ip = env.c.pod_ips(&b).await;
@@ -280,12 +286,22 @@ async fn host_ports_reach_the_pod_from_a_client_namespace_and_localhost() {
         host_port: i32::from(port),
         host_ip: String::new(),
     }];
-    let pod = web_pod(&mut env, "web", config.clone(), "hello via hostport").await;
+    // A UDP port bound to one host address lands in the hostIP map.
+    config.port_mappings.push(cri::PortMapping {
+        protocol: cri::Protocol::Udp as i32,
+        container_port: 53,
+        host_port: i32::from(port),
+        host_ip: "127.0.0.1".into(),
+    });
+    let (pod, web) = web_pod(&mut env, "web", config.clone(), "hello via hostport").await;
     let elements = net::nft_map_elements(&env.d.nft_table);
     assert!(
         elements
             .iter()
-            .any(|e| e.contains(&format!("tcp . {port}"))),
+            .any(|e| e.contains(&format!("tcp . {port}")))
+            && elements
+                .iter()
+                .any(|e| e.contains(&format!("127.0.0.1 . udp . {port}"))),
         "{elements:?}"
     );
 
@@ -294,6 +310,26 @@ async fn host_ports_reach_the_pod_from_a_client_namespace_and_localhost() {
     let host_ip = IpAddr::V4(client.host_ip);
     let got = client.run(move || http_get((host_ip, port))).unwrap();
     assert!(got.ends_with("hello via hostport\n"), "{got}");
+
+    // The other way: traffic from a pod to an address outside the pod range leaves
+    // masqueraded as the node (the client sees the host end's address).
+    let client_ip = client.client_ip;
+    let listener = client
+        .run(move || TcpListener::bind((client_ip, 0)))
+        .unwrap();
+    let client_port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf).unwrap();
+        s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 12\r\n\r\nhello, pod!\n")
+            .unwrap();
+        peer.ip()
+    });
+    let url = format!("http://{client_ip}:{client_port}/");
+    let got = exec_until_ok(&mut env.c, &web, &["wget", "-q", "-O", "-", &url]).await;
+    assert_eq!(got.trim(), "hello, pod!");
+    assert_eq!(server.join().unwrap(), host_ip, "not masqueraded");
 
     // From the node itself, on loopback.
     let got = tokio::task::spawn_blocking(move || http_get(("127.0.0.1".parse().unwrap(), port)))
@@ -499,7 +535,7 @@ async fn dual_stack_pods_get_both_families() {
         return;
     };
     let config = pod_config(&env, "server6");
-    let a = web_pod(&mut env, "server", config, "hello over v6").await;
+    let (a, _) = web_pod(&mut env, "server", config, "hello over v6").await;
     let (b, sleeper) = client_pod(&mut env, "client6").await;
     let a_ips = env.c.pod_ips(&a).await;
     assert_eq!(a_ips.len(), 2, "{a_ips:?}");
@@ -656,7 +692,7 @@ async fn cni_mode_with_bridge_host_local_portmap_and_loopback() {
         host_port: i32::from(port),
         host_ip: String::new(),
     }];
-    let a = web_pod(&mut env, "server", config, "hello from cni").await;
+    let (a, _) = web_pod(&mut env, "server", config, "hello from cni").await;
     let (b, sleeper) = client_pod(&mut env, "cni-client").await;
     let a_ip = env.c.pod_ips(&a).await;
     let b_ip = env.c.pod_ips(&b).await;
