@@ -206,7 +206,8 @@ impl Engine {
     /// ignored, as kubelet sends one before the node has a range.
     pub fn update_pod_cidr(&self, value: &str) -> Result<()> {
         let cidrs = PodCidr::parse_list(value)?;
-        if cidrs.is_empty() {
+        // Empty, or what is in force already (kubelet may send it again): nothing to do.
+        if cidrs.is_empty() || cidrs == self.pod_cidrs() {
             return Ok(());
         }
         let canonical = cidrs

@@ -363,11 +363,23 @@ impl Engine {
         }
         let mut st = self.net_state();
         let mut fresh: Vec<Allocator> = self.pod_cidrs().into_iter().map(Allocator::new).collect();
+        let mut held: Vec<(IpAddr, String)> = Vec::new();
         for p in self.db.pod_list().unwrap_or_default() {
             for ip in p.net.iter().flat_map(|n| n.ips.iter()) {
-                if let Some(a) = fresh.iter_mut().find(|a| in_range(&a.cidr(), *ip)) {
-                    let _ = a.restore(*ip, &p.id);
+                held.push((*ip, p.id.clone()));
+            }
+        }
+        // Stopped pods whose veths are still going keep their addresses too.
+        for d in &st.draining {
+            for a in &st.allocators {
+                if let Some(ip) = a.address_of(&d.pod_id) {
+                    held.push((ip, d.pod_id.clone()));
                 }
+            }
+        }
+        for (ip, owner) in held {
+            if let Some(a) = fresh.iter_mut().find(|a| in_range(&a.cidr(), ip)) {
+                let _ = a.restore(ip, &owner);
             }
         }
         st.allocators = fresh;

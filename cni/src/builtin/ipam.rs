@@ -153,6 +153,14 @@ impl Allocator {
         Some(self.to_ip(v))
     }
 
+    /// The address `owner` holds, if any.
+    pub fn address_of(&self, owner: &str) -> Option<IpAddr> {
+        self.leases
+            .iter()
+            .find(|(_, o)| o.as_str() == owner)
+            .map(|(v, _)| self.to_ip(*v))
+    }
+
     pub fn leased(&self) -> usize {
         self.leases.len()
     }
