@@ -24,6 +24,7 @@ pub mod pods;
 pub mod snapshots;
 pub mod spec;
 pub mod state;
+pub mod stats;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -104,6 +105,8 @@ pub struct Engine {
     net: std::sync::Mutex<network::NetState>,
     /// The MTU of pod interfaces (configured, or the uplink's).
     mtu: u32,
+    /// CPU samples and writable-layer sizes between stats calls.
+    stats: stats::StatsCache,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
     _lock: File,
@@ -184,6 +187,7 @@ impl Engine {
             pod_cidrs: RwLock::new(pod_cidrs),
             net: std::sync::Mutex::default(),
             mtu,
+            stats: stats::StatsCache::default(),
             started: SystemTime::now(),
             _lock: lock,
         })

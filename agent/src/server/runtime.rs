@@ -22,6 +22,16 @@ fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, Status> {
     }
 }
 
+/// Runs file-reading engine work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> berth_engine::error::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(to_status)
+}
+
 fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -379,27 +389,41 @@ impl RuntimeService for RuntimeHandlers {
     }
     async fn container_stats(
         &self,
-        _req: Request<ContainerStatsRequest>,
+        req: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+        let id = required(&req.get_ref().container_id, "container_id")?.to_owned();
+        let engine = self.engine.clone();
+        let stats = blocking(move || engine.container_stats(&id)).await?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
     async fn list_container_stats(
         &self,
-        _req: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+        let filter = req.into_inner().filter;
+        let engine = self.engine.clone();
+        let stats = blocking(move || engine.list_container_stats(filter.as_ref())).await?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
     }
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<PodSandboxStatsRequest>,
+        req: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+        let id = required(&req.get_ref().pod_sandbox_id, "pod_sandbox_id")?.to_owned();
+        let engine = self.engine.clone();
+        let stats = blocking(move || engine.pod_stats(&id)).await?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+        let filter = req.into_inner().filter;
+        let engine = self.engine.clone();
+        let stats = blocking(move || engine.list_pod_stats(filter.as_ref())).await?;
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
     async fn checkpoint_container(
         &self,

@@ -46,7 +46,7 @@ pub struct CgroupManager {
     layout: CgroupLayout,
 }
 
-fn check_rel(rel: &str) -> Result<&Path, CgroupError> {
+pub(super) fn check_rel(rel: &str) -> Result<&Path, CgroupError> {
     let p = Path::new(rel);
     let ok = !rel.is_empty()
         && p.is_relative()
@@ -95,7 +95,7 @@ impl CgroupManager {
     }
 
     /// The directory of `rel` in the hierarchy that holds `controller`.
-    fn dir(&self, controller: &str, rel: &Path) -> Option<(PathBuf, bool)> {
+    pub(super) fn dir(&self, controller: &str, rel: &Path) -> Option<(PathBuf, bool)> {
         match self.layout.controllers.get(controller)? {
             Hierarchy::V1 { mountpoint } => Some((mountpoint.join(rel), false)),
             Hierarchy::V2 { mountpoint } => Some((mountpoint.join(rel), true)),

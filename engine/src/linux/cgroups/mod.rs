@@ -7,6 +7,7 @@
 //! hybrid host whose cgroup2 holds only `hugetlb`, memory, cpu and pids live on v1.
 
 pub mod manager;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

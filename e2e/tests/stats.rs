@@ -1,0 +1,204 @@
+//! CRI stats end to end: a container that holds a known amount of memory, burns CPU and
+//! writes to its writable layer, in a pod with its own network.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use berth_e2e::images::catalog;
+use berth_e2e::{Daemon, Registry, require};
+use berth_proto::cri;
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_of_a_busy_container_come_out_in_range() {
+    if !(require::root() && catalog::available()) {
+        return;
+    }
+    let Some(reg) = Registry::start() else { return };
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    let d = Daemon::start().await;
+    let mut c = d.cri().await;
+    let image = format!("{}/busybox", reg.host());
+    c.pull(&image, None).await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let pod = c
+        .run_pod(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "busy".into(),
+                uid: "uid-busy".into(),
+                namespace: "stats".into(),
+                attempt: 0,
+            }),
+            log_directory: logs.path().display().to_string(),
+            labels: HashMap::from([("app".to_owned(), "busy".to_owned())]),
+            ..Default::default()
+        })
+        .await;
+    // 64 MiB in tmpfs (charged to the writer's cgroup, never reclaimable as inactive
+    // file), 8 MiB in the writable layer, one busy loop.
+    let script = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>/dev/null; \
+                  dd if=/dev/zero of=/tmp/layer bs=1M count=8 2>/dev/null; \
+                  touch /tmp/ready; while :; do :; done";
+    let id = c
+        .run_container(
+            &pod,
+            cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "burner".into(),
+                    attempt: 0,
+                }),
+                image: Some(berth_e2e::cri::spec(&image)),
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                labels: HashMap::from([("role".to_owned(), "burner".to_owned())]),
+                log_path: "burner.log".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    for _ in 0..100 {
+        if c.exec(&id, &["test", "-e", "/tmp/ready"], 5)
+            .await
+            .unwrap()
+            .exit_code
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = |c: &mut berth_e2e::Cri| {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            c.runtime
+                .container_stats(cri::ContainerStatsRequest { container_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+        }
+    };
+    let first = stats(&mut c).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = stats(&mut c).await;
+    assert_eq!(s.attributes.as_ref().unwrap().id, id);
+    assert_eq!(
+        s.attributes
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .name,
+        "burner"
+    );
+    let cpu = s.cpu.unwrap();
+    let used = cpu.usage_core_nano_seconds.unwrap().value;
+    assert!(used > first.cpu.unwrap().usage_core_nano_seconds.unwrap().value);
+    let cores = cpu.usage_nano_cores.unwrap().value;
+    // One busy loop on a 2-core machine that also runs the test: between 0.3 and 1.1 cores.
+    assert!(
+        (300_000_000..1_100_000_000).contains(&cores),
+        "nano cores {cores}"
+    );
+    let mem = s.memory.unwrap();
+    let ws = mem.working_set_bytes.unwrap().value;
+    assert!((64 * MIB..128 * MIB).contains(&ws), "working set {ws}");
+    assert!(mem.usage_bytes.unwrap().value >= ws);
+    assert!(mem.page_faults.unwrap().value > 0);
+    let layer = s.writable_layer.unwrap();
+    let used_bytes = layer.used_bytes.unwrap().value;
+    assert!(
+        (8 * MIB..16 * MIB).contains(&used_bytes),
+        "writable layer {used_bytes}"
+    );
+    assert!(layer.inodes_used.unwrap().value >= 2);
+    assert!(
+        layer
+            .fs_id
+            .unwrap()
+            .mountpoint
+            .starts_with(d.root.to_str().unwrap())
+    );
+
+    // Listing, with filters.
+    let list = |filter: cri::ContainerStatsFilter| {
+        let mut c = c.clone();
+        async move {
+            c.runtime
+                .list_container_stats(cri::ListContainerStatsRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+        }
+    };
+    assert_eq!(
+        list(cri::ContainerStatsFilter {
+            pod_sandbox_id: pod.clone(),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        1
+    );
+    assert_eq!(
+        list(cri::ContainerStatsFilter {
+            label_selector: HashMap::from([("role".to_owned(), "other".to_owned())]),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        0
+    );
+
+    // The pod: its cgroup holds the container's figures, its network has eth0.
+    let p = c
+        .runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = p.linux.unwrap();
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value >= 64 * MIB);
+    assert_eq!(linux.containers.len(), 1);
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
+    let net = linux.network.unwrap();
+    let eth0 = net.default_interface.unwrap();
+    assert_eq!(eth0.name, "eth0");
+    assert!(net.interfaces.iter().all(|i| i.name != "lo"));
+    let listed = c
+        .runtime
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                label_selector: HashMap::from([("app".to_owned(), "busy".to_owned())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+
+    // An unknown id is NotFound.
+    let err = c
+        .runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    c.stop_and_remove_pod(&pod).await;
+}

@@ -1,0 +1,385 @@
+//! CRI stats: what kubelet schedules and evicts on, read from the cgroups, the writable
+//! layers and the pods' network namespaces (through `/proc/<monitor>/net/dev`), with no
+//! process spawned. The Prometheus endpoint reads the same figures.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use berth_proto::cri;
+
+use crate::Engine;
+use crate::error::Result;
+use crate::linux::cgroups::stats::{CgroupStats, InterfaceStats, net_dev_of};
+use crate::pods::now_nanos;
+use crate::snapshots::Usage;
+use crate::state::records::{ContainerRecord, ContainerState, NsMode, PodRecord, PodState};
+
+/// How long a writable layer's measured size is reused (a walk of the upper directory).
+const LAYER_USAGE_TTL: Duration = Duration::from_secs(2);
+
+/// What the stats calls remember between calls.
+#[derive(Debug, Default)]
+pub(crate) struct StatsCache {
+    /// The previous CPU sample of each cgroup: (timestamp ns, cumulative usage ns).
+    cpu: Mutex<HashMap<String, (i64, u64)>>,
+    layers: Mutex<HashMap<String, (Instant, Usage)>>,
+}
+
+/// One container's figures, as both CRI and Prometheus use them.
+#[derive(Debug, Clone)]
+pub struct ContainerFigures {
+    pub container: ContainerRecord,
+    pub timestamp: i64,
+    pub cgroup: CgroupStats,
+    /// CPU use over the time since the previous sample, in nanocores.
+    pub nano_cores: Option<u64>,
+    pub layer: Usage,
+}
+
+/// One pod's figures.
+#[derive(Debug, Clone)]
+pub struct PodFigures {
+    pub pod: PodRecord,
+    pub timestamp: i64,
+    pub cgroup: CgroupStats,
+    pub nano_cores: Option<u64>,
+    pub interfaces: Vec<InterfaceStats>,
+    pub containers: Vec<ContainerFigures>,
+}
+
+fn matches_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl Engine {
+    /// nanocores from the previous sample of `key`; the sample is replaced.
+    fn cpu_rate(&self, key: &str, ts: i64, usage: Option<u64>) -> Option<u64> {
+        let usage = usage?;
+        let mut g = self
+            .stats
+            .cpu
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prev = g.insert(key.to_owned(), (ts, usage));
+        let (pts, pusage) = prev?;
+        let dt = u64::try_from(ts - pts).ok().filter(|d| *d > 0)?;
+        let du = usage.checked_sub(pusage)?;
+        Some(u64::try_from(u128::from(du) * 1_000_000_000 / u128::from(dt)).unwrap_or(u64::MAX))
+    }
+
+    fn layer_usage(&self, c: &ContainerRecord) -> Usage {
+        let mut g = self
+            .stats
+            .layers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, u)) = g.get(&c.id)
+            && at.elapsed() < LAYER_USAGE_TTL
+        {
+            return *u;
+        }
+        let u = crate::snapshots::usage(&c.dir.join("upper")).unwrap_or_default();
+        g.insert(c.id.clone(), (Instant::now(), u));
+        u
+    }
+
+    fn container_figures(&self, c: ContainerRecord) -> ContainerFigures {
+        let ts = now_nanos();
+        let running = c.state == ContainerState::Running;
+        let cgroup = match (running, self.cgroup_manager()) {
+            (true, Ok(cg)) => cg.stats(&c.cgroup),
+            _ => CgroupStats::default(),
+        };
+        let nano_cores = if running {
+            self.cpu_rate(&c.id, ts, cgroup.cpu_usage_ns)
+        } else {
+            None
+        };
+        let layer = self.layer_usage(&c);
+        ContainerFigures {
+            container: c,
+            timestamp: ts,
+            cgroup,
+            nano_cores,
+            layer,
+        }
+    }
+
+    /// The figures of the containers that pass the filter (running ones, unless one is
+    /// asked for by id).
+    pub fn container_figures_list(
+        &self,
+        filter: Option<&cri::ContainerStatsFilter>,
+    ) -> Result<Vec<ContainerFigures>> {
+        let mut out = Vec::new();
+        for c in self.db.container_list()? {
+            if let Some(f) = filter {
+                if !f.id.is_empty() && !c.id.starts_with(&f.id) {
+                    continue;
+                }
+                if !f.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&f.pod_sandbox_id) {
+                    continue;
+                }
+                if !matches_labels(&c.labels, &f.label_selector) {
+                    continue;
+                }
+            }
+            if c.state != ContainerState::Running {
+                continue;
+            }
+            out.push(self.container_figures(c));
+        }
+        // Forget samples of containers that are gone.
+        self.forget_gone_samples()?;
+        Ok(out)
+    }
+
+    fn forget_gone_samples(&self) -> Result<()> {
+        let live: std::collections::HashSet<String> = self
+            .db
+            .container_list()?
+            .into_iter()
+            .map(|c| c.id)
+            .chain(self.db.pod_list()?.into_iter().map(|p| p.id))
+            .collect();
+        self.stats
+            .cpu
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k, _| live.contains(k));
+        self.stats
+            .layers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k, _| live.contains(k));
+        Ok(())
+    }
+
+    /// ContainerStats: one container, running or not.
+    pub fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        let c = self.container_status(id)?;
+        Ok(container_stats(
+            &self.container_figures(c),
+            &self.writable_layer_mountpoint(),
+        ))
+    }
+
+    /// ListContainerStats.
+    pub fn list_container_stats(
+        &self,
+        filter: Option<&cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>> {
+        let mp = self.writable_layer_mountpoint();
+        Ok(self
+            .container_figures_list(filter)?
+            .iter()
+            .map(|f| container_stats(f, &mp))
+            .collect())
+    }
+
+    fn pod_figures(&self, pod: PodRecord, containers: &[ContainerRecord]) -> PodFigures {
+        let ts = now_nanos();
+        let ready = pod.state == PodState::Ready;
+        let cgroup = match (ready, self.cgroup_manager()) {
+            (true, Ok(cg)) => cg.stats(&pod.cgroup),
+            _ => CgroupStats::default(),
+        };
+        let nano_cores = if ready {
+            self.cpu_rate(&pod.id, ts, cgroup.cpu_usage_ns)
+        } else {
+            None
+        };
+        let interfaces = if ready && pod.network == NsMode::Pod {
+            net_dev_of(pod.monitor_pid)
+        } else {
+            Vec::new()
+        };
+        let containers = containers
+            .iter()
+            .filter(|c| c.pod_id == pod.id && c.state == ContainerState::Running)
+            .map(|c| self.container_figures(c.clone()))
+            .collect();
+        PodFigures {
+            pod,
+            timestamp: ts,
+            cgroup,
+            nano_cores,
+            interfaces,
+            containers,
+        }
+    }
+
+    /// The figures of the pods that pass the filter (ready ones, unless one is asked for
+    /// by id).
+    pub fn pod_figures_list(
+        &self,
+        filter: Option<&cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<PodFigures>> {
+        let containers = self.db.container_list()?;
+        let mut out = Vec::new();
+        for p in self.db.pod_list()? {
+            if let Some(f) = filter {
+                if !f.id.is_empty() && !p.id.starts_with(&f.id) {
+                    continue;
+                }
+                if !matches_labels(&p.labels, &f.label_selector) {
+                    continue;
+                }
+            }
+            if p.state != PodState::Ready {
+                continue;
+            }
+            out.push(self.pod_figures(p, &containers));
+        }
+        self.forget_gone_samples()?;
+        Ok(out)
+    }
+
+    /// PodSandboxStats.
+    pub fn pod_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
+        let pod = self.pod(id)?;
+        let containers = self.db.container_list()?;
+        Ok(pod_stats(
+            &self.pod_figures(pod, &containers),
+            &self.writable_layer_mountpoint(),
+        ))
+    }
+
+    /// ListPodSandboxStats.
+    pub fn list_pod_stats(
+        &self,
+        filter: Option<&cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>> {
+        let mp = self.writable_layer_mountpoint();
+        Ok(self
+            .pod_figures_list(filter)?
+            .iter()
+            .map(|f| pod_stats(f, &mp))
+            .collect())
+    }
+
+    /// Where writable layers live (the filesystem kubelet accounts them to).
+    pub fn writable_layer_mountpoint(&self) -> String {
+        self.cfg.root.join("containers").display().to_string()
+    }
+}
+
+fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
+    v.map(|value| cri::UInt64Value { value })
+}
+
+fn cpu(ts: i64, s: &CgroupStats, nano_cores: Option<u64>) -> Option<cri::CpuUsage> {
+    Some(cri::CpuUsage {
+        timestamp: ts,
+        usage_core_nano_seconds: u64v(s.cpu_usage_ns),
+        usage_nano_cores: u64v(nano_cores),
+    })
+}
+
+fn memory(ts: i64, s: &CgroupStats) -> Option<cri::MemoryUsage> {
+    Some(cri::MemoryUsage {
+        timestamp: ts,
+        working_set_bytes: u64v(s.working_set),
+        available_bytes: u64v(
+            s.memory_limit
+                .zip(s.working_set)
+                .map(|(l, w)| l.saturating_sub(w)),
+        ),
+        usage_bytes: u64v(s.memory_usage),
+        rss_bytes: u64v(s.rss),
+        page_faults: u64v(s.page_faults),
+        major_page_faults: u64v(s.major_page_faults),
+    })
+}
+
+/// A container's figures as CRI ContainerStats.
+pub fn container_stats(f: &ContainerFigures, mountpoint: &str) -> cri::ContainerStats {
+    let c = &f.container;
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: c.id.clone(),
+            metadata: Some(cri::ContainerMetadata {
+                name: c.name.clone(),
+                attempt: c.attempt,
+            }),
+            labels: c.labels.clone().into_iter().collect(),
+            annotations: c.annotations.clone().into_iter().collect(),
+        }),
+        cpu: cpu(f.timestamp, &f.cgroup, f.nano_cores),
+        memory: memory(f.timestamp, &f.cgroup),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: f.timestamp,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: mountpoint.to_owned(),
+            }),
+            used_bytes: u64v(Some(f.layer.bytes)),
+            inodes_used: u64v(Some(f.layer.inodes)),
+        }),
+        swap: Some(cri::SwapUsage {
+            timestamp: f.timestamp,
+            swap_available_bytes: u64v(
+                f.cgroup
+                    .swap_limit
+                    .zip(f.cgroup.swap_usage)
+                    .map(|(l, u)| l.saturating_sub(u)),
+            ),
+            swap_usage_bytes: u64v(f.cgroup.swap_usage),
+        }),
+    }
+}
+
+fn interface(i: &InterfaceStats) -> cri::NetworkInterfaceUsage {
+    cri::NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: u64v(Some(i.rx_bytes)),
+        rx_errors: u64v(Some(i.rx_errors)),
+        tx_bytes: u64v(Some(i.tx_bytes)),
+        tx_errors: u64v(Some(i.tx_errors)),
+    }
+}
+
+/// A pod's figures as CRI PodSandboxStats.
+pub fn pod_stats(f: &PodFigures, mountpoint: &str) -> cri::PodSandboxStats {
+    let p = &f.pod;
+    let default = f
+        .interfaces
+        .iter()
+        .find(|i| i.name == "eth0")
+        .or_else(|| f.interfaces.first());
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: p.id.clone(),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: p.name.clone(),
+                uid: p.uid.clone(),
+                namespace: p.namespace.clone(),
+                attempt: p.attempt,
+            }),
+            labels: p.labels.clone().into_iter().collect(),
+            annotations: p.annotations.clone().into_iter().collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: cpu(f.timestamp, &f.cgroup, f.nano_cores),
+            memory: memory(f.timestamp, &f.cgroup),
+            network: (!f.interfaces.is_empty()).then(|| cri::NetworkUsage {
+                timestamp: f.timestamp,
+                default_interface: default.map(interface),
+                interfaces: f.interfaces.iter().map(interface).collect(),
+            }),
+            process: Some(cri::ProcessUsage {
+                timestamp: f.timestamp,
+                process_count: u64v(f.cgroup.pids),
+            }),
+            containers: f
+                .containers
+                .iter()
+                .map(|c| container_stats(c, mountpoint))
+                .collect(),
+        }),
+        windows: None,
+    }
+}
