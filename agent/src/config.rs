@@ -67,6 +67,10 @@ cni_conf_dir = "/etc/cni/net.d"
 # installs them in /usr/lib/cni).
 cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 
+[metrics]
+# The Prometheus endpoint (GET /metrics), host:port; "" turns it off.
+listen = "127.0.0.1:9464"
+
 [images]
 # Layers one pull downloads at the same time.
 max_concurrent_downloads = 3
@@ -100,8 +104,50 @@ pub struct Config {
     pub log: LogConfig,
     pub cgroup: CgroupConfig,
     pub network: NetworkConfig,
+    pub metrics: MetricsConfig,
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, HostConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: MetricsListen,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: MetricsListen(Some(
+                "127.0.0.1:9464"
+                    .parse()
+                    .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+            )),
+        }
+    }
+}
+
+/// The metrics endpoint's address, or none ("").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MetricsListen(pub Option<std::net::SocketAddr>);
+
+impl TryFrom<String> for MetricsListen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(MetricsListen(None));
+        }
+        s.parse()
+            .map(|a| MetricsListen(Some(a)))
+            .map_err(|_| format!("invalid metrics address {s:?}: expected host:port such as 127.0.0.1:9464, or \"\" to turn it off"))
+    }
+}
+
+impl From<MetricsListen> for String {
+    fn from(m: MetricsListen) -> String {
+        m.0.map(|a| a.to_string()).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -350,6 +396,7 @@ impl Default for Config {
             log: LogConfig::default(),
             cgroup: CgroupConfig::default(),
             network: NetworkConfig::default(),
+            metrics: MetricsConfig::default(),
             images: ImagesConfig::default(),
             registries: BTreeMap::new(),
         }

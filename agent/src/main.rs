@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod config;
+mod metrics_http;
 mod server;
 mod shutdown;
 mod telemetry;
@@ -226,6 +227,21 @@ async fn run(cfg: Config) -> Result<(), Failure> {
     if let Err(e) = engine.recover_pods().await {
         tracing::error!(error = %e, "pod recovery failed; continuing with what could be read");
     }
+    // The metrics port first: if it is taken, berthd stops before touching the socket.
+    let metrics_task = match cfg.metrics.listen.0 {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| Failure {
+                code: exit::UNAVAILABLE,
+                error: anyhow::anyhow!(
+                    "cannot listen for metrics on {addr}: {e} (set [metrics] listen to another address, or \"\" to turn it off)"
+                ),
+            })?;
+            let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(addr = %bound, "metrics endpoint listening");
+            Some(tokio::spawn(metrics_http::serve(l, engine.clone())))
+        }
+        None => None,
+    };
     let listener = server::bind(&cfg.grpc.listen).await.map_err(|e| {
         let code = match e {
             server::BindError::InUse(_) => exit::UNAVAILABLE,
@@ -278,6 +294,10 @@ async fn run(cfg: Config) -> Result<(), Failure> {
     served
         .context("CRI server failed")
         .map_err(fail(exit::SOFTWARE))?;
+    if let Some(t) = metrics_task {
+        t.abort();
+        let _ = t.await;
+    }
     drop(engine);
     tracing::info!("berthd stopped; containers keep running under their monitors");
     Ok(())

@@ -134,7 +134,7 @@ impl Daemon {
         let suffix = suffix_of(dir.path());
         let net = crate::net::DaemonNetwork::new(&suffix, &opts.network);
         let text = format!(
-            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {socket:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\nparent = {cgroup_parent:?}\n\n[network]\n{}\n{}",
+            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {socket:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\nparent = {cgroup_parent:?}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[network]\n{}\n{}",
             net.config, opts.extra_config
         );
         std::fs::write(&config, text).expect("write config");
@@ -182,6 +182,19 @@ impl Daemon {
     /// A CRI client for this daemon.
     pub async fn cri(&self) -> Cri {
         Cri::connect(&self.socket).await.expect("connect to berthd")
+    }
+
+    /// The metrics endpoint of the running berthd (the fixture lets it pick a port; the
+    /// log says which).
+    pub fn metrics_addr(&self) -> String {
+        self.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("metrics endpoint listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .map(str::to_owned)
+            .expect("berthd logged no metrics address")
     }
 
     /// What berthd wrote to stdout and stderr so far.

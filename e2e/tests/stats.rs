@@ -202,3 +202,199 @@ async fn stats_of_a_busy_container_come_out_in_range() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     c.stop_and_remove_pod(&pod).await;
 }
+
+/// GET `url`; (status, body).
+fn get(url: &str) -> (u16, String) {
+    match ureq::get(url).call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(ureq::Error::StatusCode(code)) => (code, String::new()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+async fn busy_env() -> Option<(Daemon, Registry, berth_e2e::Cri, String, tempfile::TempDir)> {
+    if !(require::root() && catalog::available()) {
+        return None;
+    }
+    let reg = Registry::start()?;
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    let d = Daemon::start().await;
+    let mut c = d.cri().await;
+    let image = format!("{}/busybox", reg.host());
+    c.pull(&image, None).await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let pod = c
+        .run_pod(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "scraped".into(),
+                uid: "uid-scraped".into(),
+                namespace: "metrics".into(),
+                attempt: 0,
+            }),
+            log_directory: logs.path().display().to_string(),
+            ..Default::default()
+        })
+        .await;
+    c.run_container(
+        &pod,
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "sleeper".into(),
+                attempt: 0,
+            }),
+            image: Some(berth_e2e::cri::spec(&image)),
+            command: vec!["sleep".into(), "3600".into()],
+            log_path: "sleeper.log".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    Some((d, reg, c, pod, logs))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_endpoint_serves_berth_series_that_promtool_accepts() {
+    let Some((d, _reg, mut c, pod, _logs)) = busy_env().await else {
+        return;
+    };
+    let base = format!("http://{}", d.metrics_addr());
+    let (code, text) = tokio::task::spawn_blocking({
+        let url = format!("{base}/metrics");
+        move || get(&url)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let labels = "container=\"sleeper\",namespace=\"metrics\",pod=\"scraped\"";
+    for want in [
+        "berth_cri_requests_total{code=\"OK\",method=\"RunPodSandbox\"} 1".to_owned(),
+        "berth_cri_request_duration_seconds_count{method=\"PullImage\"} 1".to_owned(),
+        "berth_pods{state=\"ready\"} 1".to_owned(),
+        "berth_containers{state=\"running\"} 1".to_owned(),
+        "berth_monitor_processes 1".to_owned(),
+        "berth_image_pulls_total{result=\"success\"} 1".to_owned(),
+        "berth_pod_network_setup_duration_seconds_count{mode=\"builtin\"} 1".to_owned(),
+        format!("berth_container_memory_working_set_bytes{{{labels}}}"),
+        format!("berth_container_cpu_usage_seconds_total{{{labels}}}"),
+        "berth_pod_network_receive_bytes_total{interface=\"eth0\",namespace=\"metrics\",pod=\"scraped\"}".to_owned(),
+        "process_resident_memory_bytes".to_owned(),
+    ] {
+        assert!(text.contains(&want), "missing {want} in:\n{text}");
+    }
+    let (code, _) = tokio::task::spawn_blocking({
+        let url = format!("{base}/other");
+        move || get(&url)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 404);
+
+    // promtool (Debian's prometheus package) lints the exposition and berth's rules.
+    if let Some(promtool) = require::need_binary("promtool", "prometheus") {
+        let mut child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rules = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/prometheus/berth-rules.yml"
+        );
+        let out = std::process::Command::new(&promtool)
+            .args(["check", "rules", rules])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    c.stop_and_remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_scrapes_berth_and_answers_promql() {
+    let Some(prometheus) = require::need_binary("prometheus", "prometheus") else {
+        return;
+    };
+    let Some((d, _reg, mut c, pod, _logs)) = busy_env().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: berthd\n    static_configs:\n      - targets: [\"{}\"]\n",
+            d.metrics_addr()
+        ),
+    )
+    .unwrap();
+    let mut prom = std::process::Command::new("setsid")
+        .arg(&prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let query = format!(
+        "http://127.0.0.1:{port}/api/v1/query?query=berth_container_memory_working_set_bytes%7Bpod%3D%22scraped%22%7D"
+    );
+    let mut answer = String::new();
+    for _ in 0..150 {
+        let q = query.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            ureq::get(&q)
+                .call()
+                .ok()
+                .map(|mut r| r.body_mut().read_to_string().unwrap_or_default())
+        })
+        .await
+        .unwrap();
+        if let Some(body) = r
+            && body.contains("\"container\":\"sleeper\"")
+        {
+            answer = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert!(
+        answer.contains("\"status\":\"success\"") && answer.contains("\"namespace\":\"metrics\""),
+        "Prometheus never returned berth's series: {answer}\n{}",
+        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+    );
+    c.stop_and_remove_pod(&pod).await;
+}

@@ -433,6 +433,9 @@ impl Engine {
         c.finished_at = finished_at;
         c.reason = reason_for(exit_code, oom_killed).into();
         self.db.container_put(&c)?;
+        if oom_killed {
+            self.metrics.oom_kills.inc();
+        }
         self.exits.notify_waiters();
         tracing::info!(container_id = %id, exit_code, oom_killed, "container exited");
         Ok(())

@@ -107,6 +107,8 @@ pub struct Engine {
     mtu: u32,
     /// CPU samples and writable-layer sizes between stats calls.
     stats: stats::StatsCache,
+    /// The metric families recorded as things happen.
+    metrics: Arc<berth_metrics::Metrics>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
     _lock: File,
@@ -170,6 +172,10 @@ impl Engine {
         if let Some(l) = &cgroups {
             tracing::info!(layout = l.kind(), "cgroup hierarchies detected");
         }
+        let metrics = Arc::new(
+            berth_metrics::Metrics::new()
+                .map_err(|e| Error::Internal(format!("metrics registry: {e}")))?,
+        );
         let mtu = match cfg.network.mtu {
             0 => berth_cni::builtin::default_mtu(),
             m => m,
@@ -188,9 +194,15 @@ impl Engine {
             net: std::sync::Mutex::default(),
             mtu,
             stats: stats::StatsCache::default(),
+            metrics,
             started: SystemTime::now(),
             _lock: lock,
         })
+    }
+
+    /// The metric families recorded as things happen (the agent renders them).
+    pub fn metrics(&self) -> Arc<berth_metrics::Metrics> {
+        self.metrics.clone()
     }
 
     pub fn config(&self) -> &EngineConfig {

@@ -411,6 +411,13 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::Internal(format!("network set-up task: {e}")))??;
+        self.metrics
+            .network_setup_duration
+            .with_label_values(&[match net.mode {
+                NetworkMode::Builtin => "builtin",
+                NetworkMode::Cni => "cni",
+            }])
+            .observe(started.elapsed().as_secs_f64());
         // berth-bench reads this line for the time networking adds to RunPodSandbox.
         tracing::debug!(
             pod_id,

@@ -383,3 +383,78 @@ pub fn pod_stats(f: &PodFigures, mountpoint: &str) -> cri::PodSandboxStats {
         windows: None,
     }
 }
+
+impl Engine {
+    /// What the metrics endpoint reports at scrape time: pods and containers by state,
+    /// live monitors, pull totals, and every ready pod's and running container's usage.
+    pub fn metrics_snapshot(&self) -> Result<berth_metrics::Snapshot> {
+        use std::sync::atomic::Ordering;
+        let pods = self.db.pod_list()?;
+        let containers = self.db.container_list()?;
+        let count = |states: &[(&str, usize)]| {
+            states
+                .iter()
+                .map(|(s, n)| ((*s).to_owned(), u64::try_from(*n).unwrap_or(u64::MAX)))
+                .collect::<Vec<_>>()
+        };
+        let pods_in = |s: PodState| pods.iter().filter(|p| p.state == s).count();
+        let ctrs_in = |s: ContainerState| containers.iter().filter(|c| c.state == s).count();
+        let monitors = pods
+            .iter()
+            .filter(|p| p.state == PodState::Ready && crate::pods::process_is(p.monitor_pid, &p.id))
+            .count();
+        let mut snap = berth_metrics::Snapshot {
+            pods: count(&[
+                ("ready", pods_in(PodState::Ready)),
+                ("notready", pods_in(PodState::NotReady)),
+            ]),
+            containers: count(&[
+                ("created", ctrs_in(ContainerState::Created)),
+                ("running", ctrs_in(ContainerState::Running)),
+                ("exited", ctrs_in(ContainerState::Exited)),
+            ]),
+            monitors: u64::try_from(monitors).unwrap_or(u64::MAX),
+            pulls: self.puller.stats.pulls.load(Ordering::Relaxed),
+            pull_failures: self.puller.stats.failures.load(Ordering::Relaxed),
+            pull_bytes: self.puller.stats.bytes.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        let secs = |ns: Option<u64>| ns.map(|v| v as f64 / 1e9);
+        for f in self.pod_figures_list(None)? {
+            let (ns, pod) = (f.pod.namespace.clone(), f.pod.name.clone());
+            for c in &f.containers {
+                snap.container_samples.push(berth_metrics::ContainerSample {
+                    namespace: ns.clone(),
+                    pod: pod.clone(),
+                    container: c.container.name.clone(),
+                    cpu_seconds: secs(c.cgroup.cpu_usage_ns),
+                    memory_usage_bytes: c.cgroup.memory_usage,
+                    memory_working_set_bytes: c.cgroup.working_set,
+                    memory_rss_bytes: c.cgroup.rss,
+                    memory_limit_bytes: c.cgroup.memory_limit,
+                    writable_layer_bytes: c.layer.bytes,
+                    processes: c.cgroup.pids,
+                });
+            }
+            snap.pod_samples.push(berth_metrics::PodSample {
+                namespace: ns,
+                pod,
+                cpu_seconds: secs(f.cgroup.cpu_usage_ns),
+                memory_working_set_bytes: f.cgroup.working_set,
+                processes: f.cgroup.pids,
+                interfaces: f
+                    .interfaces
+                    .iter()
+                    .map(|i| berth_metrics::InterfaceSample {
+                        name: i.name.clone(),
+                        rx_bytes: i.rx_bytes,
+                        rx_errors: i.rx_errors,
+                        tx_bytes: i.tx_bytes,
+                        tx_errors: i.tx_errors,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(snap)
+    }
+}

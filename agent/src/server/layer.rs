@@ -1,27 +1,36 @@
 //! The tower layer around every RPC: a span with the method, its duration and status code,
-//! and one log line per call (debug on success, warn on failure).
+//! one log line per call (debug on success, warn on failure), and the request counter and
+//! latency histogram of the metrics endpoint.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use berth_metrics::Metrics;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-#[derive(Debug, Clone, Default)]
-pub struct RpcLayer;
+#[derive(Debug, Clone)]
+pub struct RpcLayer {
+    pub metrics: Arc<Metrics>,
+}
 
 impl<S> Layer<S> for RpcLayer {
     type Service = RpcService<S>;
     fn layer(&self, inner: S) -> RpcService<S> {
-        RpcService { inner }
+        RpcService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RpcService<S> {
     inner: S,
+    metrics: Arc<Metrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -42,6 +51,13 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = rpc_name(req.uri().path()).to_owned();
+        // Only CRI paths name a metric series, so that junk paths cannot grow the registry.
+        let series = if req.uri().path().starts_with("/runtime.v1.") {
+            method.clone()
+        } else {
+            "unknown".to_owned()
+        };
+        let metrics = self.metrics.clone();
         let span = tracing::info_span!(
             "rpc",
             method = %method,
@@ -63,6 +79,14 @@ where
                     Ok(resp) => {
                         let (code, message) = grpc_outcome(resp.headers());
                         span.record("code", code.as_str());
+                        metrics
+                            .cri_requests
+                            .with_label_values(&[series.as_str(), code.as_str()])
+                            .inc();
+                        metrics
+                            .cri_request_duration
+                            .with_label_values(&[series.as_str()])
+                            .observe(start.elapsed().as_secs_f64());
                         if code == "OK" {
                             tracing::debug!("rpc done");
                         } else {

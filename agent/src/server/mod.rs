@@ -83,6 +83,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
+    let metrics = engine.metrics();
     let runtime =
         RuntimeServiceServer::new(runtime::RuntimeHandlers::new(engine.clone(), config_json))
             .max_decoding_message_size(16 << 20)
@@ -99,7 +100,7 @@ pub async fn serve(
         let _ = stop_tx.send(());
     });
     let server = tonic::transport::Server::builder()
-        .layer(layer::RpcLayer)
+        .layer(layer::RpcLayer { metrics })
         .add_service(runtime)
         .add_service(image)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {

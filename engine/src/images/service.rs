@@ -63,15 +63,15 @@ impl Engine {
     pub async fn pull_image(&self, image: &str, creds: &Credentials) -> Result<ImageInfo> {
         let reference: ImageRef = image.parse()?;
         let span = tracing::info_span!("pull", image = %reference);
-        let record = self
-            .puller
-            .pull(&reference, creds)
-            .instrument(span)
-            .await
-            .map_err(|source| Error::Pull {
-                image: reference.to_string(),
-                source,
-            })?;
+        let started = std::time::Instant::now();
+        let record = self.puller.pull(&reference, creds).instrument(span).await;
+        self.metrics
+            .image_pull_duration
+            .observe(started.elapsed().as_secs_f64());
+        let record = record.map_err(|source| Error::Pull {
+            image: reference.to_string(),
+            source,
+        })?;
         Ok(self.info(record))
     }
 
