@@ -13,6 +13,7 @@ use berth_proto::monitor::{self as mproto, frame::Body};
 
 use crate::Engine;
 use crate::error::{Error, Result};
+use crate::events::EventKind;
 use crate::linux::spawn::{LaunchSpec, Rootfs};
 use crate::monitor::client;
 use crate::pods::{new_id, now_nanos};
@@ -348,6 +349,8 @@ impl Engine {
             let _ = self.remove_container_files(&rec);
             return Err(e.into());
         }
+        self.events
+            .emit(&id, pod_id, EventKind::Created, rec.created_at);
         tracing::info!(container_id = %id, pod_id, name = %rec.name, "container created");
         Ok(id)
     }
@@ -389,6 +392,8 @@ impl Engine {
                 c.pid = s.pid;
                 c.started_at = s.started_at;
                 self.db.container_put(&c)?;
+                self.events
+                    .emit(id, &c.pod_id, EventKind::Started, c.started_at);
                 tracing::info!(container_id = %id, pid = s.pid, "container started");
                 Ok(())
             }
@@ -405,6 +410,8 @@ impl Engine {
                 c.started_at = now;
                 c.finished_at = now;
                 self.db.container_put(&c)?;
+                self.events
+                    .emit(id, &c.pod_id, EventKind::Stopped, c.finished_at);
                 tracing::warn!(container_id = %id, error = %msg, "container failed to start");
                 Err(Error::FailedPrecondition(format!(
                     "container {id}: start failed: {msg}"
@@ -422,6 +429,12 @@ impl Engine {
         finished_at: i64,
         oom_killed: bool,
     ) -> Result<()> {
+        // The monitor's report and the exit file can both bring the same exit at once:
+        // only one of them may record it (and emit its event).
+        let _one = self
+            .exit_record
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(mut c) = self.db.container_get(id)? else {
             return Ok(());
         };
@@ -433,6 +446,8 @@ impl Engine {
         c.finished_at = finished_at;
         c.reason = reason_for(exit_code, oom_killed).into();
         self.db.container_put(&c)?;
+        self.events
+            .emit(id, &c.pod_id, EventKind::Stopped, finished_at);
         if oom_killed {
             self.metrics.oom_kills.inc();
         }
@@ -484,6 +499,8 @@ impl Engine {
                 c.reason = "Stopped".into();
                 c.finished_at = now_nanos();
                 self.db.container_put(&c)?;
+                self.events
+                    .emit(id, &c.pod_id, EventKind::Stopped, c.finished_at);
                 return Ok(());
             }
             ContainerState::Running => {}
@@ -566,6 +583,8 @@ impl Engine {
         };
         self.remove_container_files(&c)?;
         self.db.container_remove(id)?;
+        self.events
+            .emit(id, &c.pod_id, EventKind::Deleted, now_nanos());
         tracing::info!(container_id = %id, "container removed");
         // Its layers may have been held only by it (its image removed meanwhile).
         self.collect_garbage()?;

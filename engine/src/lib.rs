@@ -14,6 +14,7 @@ pub mod containers;
 pub mod content;
 pub mod durable;
 pub mod error;
+pub mod events;
 pub mod gc;
 pub mod id;
 pub mod images;
@@ -109,6 +110,10 @@ pub struct Engine {
     stats: stats::StatsCache,
     /// The metric families recorded as things happen.
     metrics: Arc<berth_metrics::Metrics>,
+    /// Lifecycle events for GetContainerEvents.
+    events: events::Events,
+    /// Serialises the recording of container exits (check-then-write on the record).
+    exit_record: std::sync::Mutex<()>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
     _lock: File,
@@ -195,6 +200,8 @@ impl Engine {
             mtu,
             stats: stats::StatsCache::default(),
             metrics,
+            events: events::Events::default(),
+            exit_record: std::sync::Mutex::new(()),
             started: SystemTime::now(),
             _lock: lock,
         })
@@ -203,6 +210,16 @@ impl Engine {
     /// The metric families recorded as things happen (the agent renders them).
     pub fn metrics(&self) -> Arc<berth_metrics::Metrics> {
         self.metrics.clone()
+    }
+
+    /// Lifecycle events: those of the last minute, then a live receiver.
+    pub fn subscribe_events(
+        &self,
+    ) -> (
+        Vec<events::ContainerEvent>,
+        tokio::sync::broadcast::Receiver<events::ContainerEvent>,
+    ) {
+        self.events.subscribe()
     }
 
     pub fn config(&self) -> &EngineConfig {

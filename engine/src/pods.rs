@@ -14,6 +14,7 @@ use berth_proto::cri;
 use nix::mount::{MntFlags, umount2};
 
 use crate::error::{Error, Result};
+use crate::events::EventKind;
 use crate::linux::cgroups::manager::CgroupManager;
 use crate::monitor::{client, entry::MonitorArgs};
 use crate::state::records::{ContainerState, NsMode, PodRecord, PodState, RECORD_VERSION};
@@ -327,6 +328,9 @@ impl Engine {
         };
         self.db.pod_put(&rec)?;
         undo.disarm();
+        self.events
+            .emit(&id, &id, EventKind::Created, rec.created_at);
+        self.events.emit(&id, &id, EventKind::Started, now_nanos());
         self.watch_pod(&rec);
         tracing::info!(pod_id = %id, name = %rec.name, namespace = %rec.namespace, "pod sandbox running");
         Ok(id)
@@ -369,7 +373,10 @@ impl Engine {
         }
         pod.state = PodState::NotReady;
         pod.reason = "MonitorGone".into();
-        let _ = self.db.pod_put(&pod);
+        if self.db.pod_put(&pod).is_ok() {
+            self.events
+                .emit(pod_id, pod_id, EventKind::Stopped, now_nanos());
+        }
     }
 
     /// Kills what is left in the containers of a pod whose monitor is gone and marks them
@@ -397,7 +404,10 @@ impl Engine {
             c.exit_code = 137;
             c.reason = "Unknown".into();
             c.message = why.to_owned();
-            let _ = self.db.container_put(&c);
+            if self.db.container_put(&c).is_ok() {
+                self.events
+                    .emit(&c.id, &pod.id, EventKind::Stopped, c.finished_at);
+            }
         }
     }
 
@@ -429,6 +439,7 @@ impl Engine {
             pod.state = PodState::NotReady;
             pod.reason = String::new();
             self.db.pod_put(&pod)?;
+            self.events.emit(id, id, EventKind::Stopped, now_nanos());
         }
         tracing::info!(pod_id = %id, "pod sandbox stopped");
         Ok(())
@@ -478,6 +489,7 @@ impl Engine {
             if c.pod_id == pod.id {
                 self.remove_container_files(&c)?;
                 self.db.container_remove(&c.id)?;
+                self.events.emit(&c.id, id, EventKind::Deleted, now_nanos());
             }
         }
         if pod.cgroup_owned {
@@ -491,6 +503,7 @@ impl Engine {
                 .map_err(|e| Error::Internal(format!("remove {}: {e}", pod.dir.display())))?;
         }
         self.db.pod_remove(id)?;
+        self.events.emit(id, id, EventKind::Deleted, now_nanos());
         tracing::info!(pod_id = %id, "pod sandbox removed");
         self.collect_garbage()?;
         Ok(())
@@ -545,6 +558,8 @@ impl Engine {
                 pod.state = PodState::NotReady;
                 pod.reason = "MonitorGone".into();
                 self.db.pod_put(&pod)?;
+                self.events
+                    .emit(&pod.id, &pod.id, EventKind::Stopped, now_nanos());
             }
         }
         self.recover_network()?;

@@ -22,6 +22,38 @@ fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, Status> {
     }
 }
 
+/// A lifecycle event with the statuses kubelet's evented PLEG wants: the pod's, and those
+/// of the pod's containers as they are now.
+fn event_response(
+    engine: &Engine,
+    ev: &berth_engine::events::ContainerEvent,
+) -> ContainerEventResponse {
+    use berth_engine::events::EventKind;
+    let pod_sandbox_status = engine
+        .pod_status(&ev.pod_id)
+        .ok()
+        .map(|p| convert::pod_status(&p));
+    let containers_statuses = engine
+        .list_containers()
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.pod_id == ev.pod_id)
+        .map(convert::container_status)
+        .collect();
+    ContainerEventResponse {
+        container_id: ev.container_id.clone(),
+        container_event_type: match ev.kind {
+            EventKind::Created => ContainerEventType::ContainerCreatedEvent,
+            EventKind::Started => ContainerEventType::ContainerStartedEvent,
+            EventKind::Stopped => ContainerEventType::ContainerStoppedEvent,
+            EventKind::Deleted => ContainerEventType::ContainerDeletedEvent,
+        } as i32,
+        created_at: ev.created_at,
+        pod_sandbox_status,
+        containers_statuses,
+    }
+}
+
 /// Runs file-reading engine work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> berth_engine::error::Result<T> + Send + 'static,
@@ -435,7 +467,39 @@ impl RuntimeService for RuntimeHandlers {
         &self,
         _req: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        let (replay, mut live) = self.engine.subscribe_events();
+        let engine = self.engine.clone();
+        // Each subscriber has its own small queue; a slow one only waits on itself.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            for ev in replay {
+                if tx.send(Ok(event_response(&engine, &ev))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let item = match live.recv().await {
+                    Ok(ev) => Ok(event_response(&engine, &ev)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "an event subscriber fell behind; ending its stream"
+                        );
+                        Err(Status::data_loss(format!(
+                            "this subscriber fell {n} events behind; list pods and containers again and resubscribe"
+                        )))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
     async fn list_metric_descriptors(
         &self,
