@@ -191,6 +191,53 @@ async fn stats_of_a_busy_container_come_out_in_range() {
         .stats;
     assert_eq!(listed.len(), 1);
 
+    // The cAdvisor-named metrics kubelet's /metrics/cadvisor serves from the runtime.
+    let descriptors = c
+        .runtime
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    let ws_desc = descriptors
+        .iter()
+        .find(|d| d.name == "container_memory_working_set_bytes")
+        .expect("working set descriptor");
+    assert_eq!(ws_desc.label_keys, vec!["id", "name", "image"]);
+    let metrics = c
+        .runtime
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let pm = metrics.iter().find(|m| m.pod_sandbox_id == pod).unwrap();
+    assert!(
+        pm.metrics
+            .iter()
+            .any(|m| m.name == "container_network_receive_bytes_total"
+                && m.label_values.last().map(String::as_str) == Some("eth0")),
+        "{pm:?}"
+    );
+    let cm = pm
+        .container_metrics
+        .iter()
+        .find(|m| m.container_id == id)
+        .unwrap();
+    let value = |name: &str| {
+        cm.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.value)
+            .map(|v| v.value)
+    };
+    assert!(value("container_memory_working_set_bytes").unwrap() >= 64 * MIB);
+    assert_eq!(value("container_oom_events_total"), Some(0));
+    for m in &cm.metrics {
+        let d = descriptors.iter().find(|d| d.name == m.name).unwrap();
+        assert_eq!(m.label_values.len(), d.label_keys.len(), "{m:?}");
+    }
+
     // An unknown id is NotFound.
     let err = c
         .runtime

@@ -458,3 +458,282 @@ impl Engine {
         Ok(snap)
     }
 }
+
+/// The label keys every cAdvisor-style metric starts with (kubelet adds namespace, pod
+/// and container from the sandbox and container metadata).
+const BASE_LABELS: [&str; 3] = ["id", "name", "image"];
+
+/// The cAdvisor metrics berth reports through ListPodSandboxMetrics, with the names and
+/// label keys kubelet's /metrics/cadvisor serves: (name, help, extra label keys, counter).
+const DESCRIPTORS: &[(&str, &str, &[&str], bool)] = &[
+    (
+        "container_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed in seconds.",
+        &["cpu"],
+        true,
+    ),
+    (
+        "container_memory_usage_bytes",
+        "Current memory usage in bytes, including all memory regardless of when it was accessed",
+        &[],
+        false,
+    ),
+    (
+        "container_memory_working_set_bytes",
+        "Current working set in bytes.",
+        &[],
+        false,
+    ),
+    ("container_memory_rss", "Size of RSS in bytes.", &[], false),
+    (
+        "container_memory_swap",
+        "Container swap usage in bytes.",
+        &[],
+        false,
+    ),
+    (
+        "container_spec_memory_limit_bytes",
+        "Memory limit for the container.",
+        &[],
+        false,
+    ),
+    (
+        "container_processes",
+        "Number of processes running inside the container.",
+        &[],
+        false,
+    ),
+    (
+        "container_fs_usage_bytes",
+        "Number of bytes that are consumed by the container on this filesystem.",
+        &["device"],
+        false,
+    ),
+    (
+        "container_fs_inodes_total",
+        "Number of Inodes",
+        &["device"],
+        false,
+    ),
+    (
+        "container_oom_events_total",
+        "Count of out of memory events observed for the container",
+        &[],
+        true,
+    ),
+    (
+        "container_start_time_seconds",
+        "Start time of the container since unix epoch in seconds.",
+        &[],
+        false,
+    ),
+    (
+        "container_last_seen",
+        "Last time a container was seen by the exporter",
+        &[],
+        false,
+    ),
+    (
+        "container_network_receive_bytes_total",
+        "Cumulative count of bytes received",
+        &["interface"],
+        true,
+    ),
+    (
+        "container_network_receive_errors_total",
+        "Cumulative count of errors encountered while receiving",
+        &["interface"],
+        true,
+    ),
+    (
+        "container_network_transmit_bytes_total",
+        "Cumulative count of bytes transmitted",
+        &["interface"],
+        true,
+    ),
+    (
+        "container_network_transmit_errors_total",
+        "Cumulative count of errors encountered while transmitting",
+        &["interface"],
+        true,
+    ),
+];
+
+/// ListMetricDescriptors.
+pub fn metric_descriptors() -> Vec<cri::MetricDescriptor> {
+    DESCRIPTORS
+        .iter()
+        .map(|(name, help, extra, _)| cri::MetricDescriptor {
+            name: (*name).to_owned(),
+            help: (*help).to_owned(),
+            label_keys: BASE_LABELS
+                .iter()
+                .chain(extra.iter())
+                .map(|s| (*s).to_owned())
+                .collect(),
+        })
+        .collect()
+}
+
+fn metric(
+    name: &str,
+    ts: i64,
+    base: &[String],
+    extra: &[&str],
+    value: Option<u64>,
+) -> Option<cri::Metric> {
+    let counter = DESCRIPTORS
+        .iter()
+        .find(|d| d.0 == name)
+        .is_some_and(|d| d.3);
+    Some(cri::Metric {
+        name: name.to_owned(),
+        timestamp: ts,
+        metric_type: if counter {
+            cri::MetricType::Counter
+        } else {
+            cri::MetricType::Gauge
+        } as i32,
+        label_values: base
+            .iter()
+            .cloned()
+            .chain(extra.iter().map(|s| (*s).to_owned()))
+            .collect(),
+        value: Some(cri::UInt64Value { value: value? }),
+    })
+}
+
+impl Engine {
+    /// ListPodSandboxMetrics: every ready pod's network counters, and its running
+    /// containers' CPU, memory, processes, writable layer and OOM events.
+    pub fn pod_sandbox_metrics(&self) -> Result<Vec<cri::PodSandboxMetrics>> {
+        let mp = self.writable_layer_mountpoint();
+        let cg = self.cgroup_manager().ok();
+        let mut out = Vec::new();
+        for f in self.pod_figures_list(None)? {
+            let ts = f.timestamp;
+            let pod_base = vec![f.pod.id.clone(), "POD".to_owned(), String::new()];
+            let mut metrics = Vec::new();
+            for i in &f.interfaces {
+                let l = [i.name.as_str()];
+                metrics.extend(
+                    [
+                        ("container_network_receive_bytes_total", i.rx_bytes),
+                        ("container_network_receive_errors_total", i.rx_errors),
+                        ("container_network_transmit_bytes_total", i.tx_bytes),
+                        ("container_network_transmit_errors_total", i.tx_errors),
+                    ]
+                    .into_iter()
+                    .filter_map(|(n, v)| metric(n, ts, &pod_base, &l, Some(v))),
+                );
+            }
+            let container_metrics = f
+                .containers
+                .iter()
+                .map(|c| {
+                    let r = &c.container;
+                    let base = vec![r.id.clone(), r.name.clone(), r.image.clone()];
+                    let s = &c.cgroup;
+                    let oom = cg.as_ref().and_then(|cg| cg.oom_kills(&r.cgroup).ok());
+                    let secs = |ns: i64| u64::try_from(ns / 1_000_000_000).ok();
+                    let metrics = [
+                        metric(
+                            "container_cpu_usage_seconds_total",
+                            ts,
+                            &base,
+                            &["total"],
+                            s.cpu_usage_ns.map(|n| n / 1_000_000_000),
+                        ),
+                        metric(
+                            "container_memory_usage_bytes",
+                            ts,
+                            &base,
+                            &[],
+                            s.memory_usage,
+                        ),
+                        metric(
+                            "container_memory_working_set_bytes",
+                            ts,
+                            &base,
+                            &[],
+                            s.working_set,
+                        ),
+                        metric("container_memory_rss", ts, &base, &[], s.rss),
+                        metric("container_memory_swap", ts, &base, &[], s.swap_usage),
+                        metric(
+                            "container_spec_memory_limit_bytes",
+                            ts,
+                            &base,
+                            &[],
+                            Some(s.memory_limit.unwrap_or(0)),
+                        ),
+                        metric("container_processes", ts, &base, &[], s.pids),
+                        metric(
+                            "container_fs_usage_bytes",
+                            ts,
+                            &base,
+                            &[&mp],
+                            Some(c.layer.bytes),
+                        ),
+                        metric(
+                            "container_fs_inodes_total",
+                            ts,
+                            &base,
+                            &[&mp],
+                            Some(c.layer.inodes),
+                        ),
+                        metric("container_oom_events_total", ts, &base, &[], oom),
+                        metric(
+                            "container_start_time_seconds",
+                            ts,
+                            &base,
+                            &[],
+                            secs(r.started_at),
+                        ),
+                        metric("container_last_seen", ts, &base, &[], secs(ts)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    cri::ContainerMetrics {
+                        container_id: r.id.clone(),
+                        metrics,
+                    }
+                })
+                .collect();
+            out.push(cri::PodSandboxMetrics {
+                pod_sandbox_id: f.pod.id.clone(),
+                metrics,
+                container_metrics,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_carry_the_base_labels_first() {
+        let d = metric_descriptors();
+        let cpu = d
+            .iter()
+            .find(|m| m.name == "container_cpu_usage_seconds_total")
+            .unwrap();
+        assert_eq!(cpu.label_keys, vec!["id", "name", "image", "cpu"]);
+        assert!(d.iter().all(|m| m.label_keys[..3] == BASE_LABELS));
+        let m = metric(
+            "container_oom_events_total",
+            1,
+            &["a".into(), "b".into(), "c".into()],
+            &[],
+            Some(2),
+        )
+        .unwrap();
+        assert_eq!(m.metric_type, cri::MetricType::Counter as i32);
+        assert_eq!(m.label_values.len(), 3);
+        assert!(metric("container_memory_rss", 1, &[], &[], None).is_none());
+    }
+}
