@@ -24,7 +24,12 @@ pub(crate) struct StatsCache {
     /// The previous CPU sample of each cgroup: (timestamp ns, cumulative usage ns).
     cpu: Mutex<HashMap<String, (i64, u64)>>,
     layers: Mutex<HashMap<String, (Instant, Usage)>>,
+    /// When samples of removed containers and pods were last dropped.
+    swept: Mutex<Option<Instant>>,
 }
+
+/// How often the samples of removed containers and pods are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// One container's figures, as both CRI and Prometheus use them.
 #[derive(Debug, Clone)]
@@ -139,6 +144,17 @@ impl Engine {
     }
 
     fn forget_gone_samples(&self) -> Result<()> {
+        {
+            let mut swept = self
+                .stats
+                .swept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if swept.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+                return Ok(());
+            }
+            *swept = Some(Instant::now());
+        }
         let live: std::collections::HashSet<String> = self
             .db
             .container_list()?

@@ -511,6 +511,121 @@ async fn bench_network(runs: usize) {
     println!("{}", serde_json::Value::Object(json));
 }
 
+/// What reading the node's figures costs with 100 running containers: ListContainerStats,
+/// ListPodSandboxStats, ListPodSandboxMetrics and a scrape of /metrics.
+async fn bench_stats(runs: usize) {
+    use berth_proto::cri;
+    assert!(catalog::available(), "busybox-static is needed");
+    let reg = Registry::start().expect("docker-registry is needed");
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    let d = Daemon::start().await;
+    let mut c = d.cri().await;
+    let image = format!("{}/busybox:latest", reg.host());
+    c.pull(&image, None).await.expect("pull");
+    let mut pods = Vec::new();
+    for p in 0..10 {
+        let pod = c
+            .run_pod(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: format!("stats-{p}"),
+                    uid: format!("uid-stats-{p}"),
+                    namespace: "bench".into(),
+                    attempt: 0,
+                }),
+                ..Default::default()
+            })
+            .await;
+        for k in 0..10 {
+            c.run_container(
+                &pod,
+                cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: format!("c{k}"),
+                        attempt: 0,
+                    }),
+                    image: Some(berth_e2e::cri::spec(&image)),
+                    command: vec!["sleep".into(), "3600".into()],
+                    ..Default::default()
+                },
+            )
+            .await;
+        }
+        pods.push(pod);
+    }
+    let url = format!("http://{}/metrics", d.metrics_addr());
+    let mut times: Vec<(&str, Vec<f64>)> = vec![
+        ("ListContainerStats", Vec::new()),
+        ("ListPodSandboxStats", Vec::new()),
+        ("ListPodSandboxMetrics", Vec::new()),
+        ("GET /metrics", Vec::new()),
+    ];
+    let mut sizes = (0, 0);
+    for i in 0..runs + 2 {
+        let t = Instant::now();
+        let n = c
+            .runtime
+            .list_container_stats(cri::ListContainerStatsRequest::default())
+            .await
+            .expect("ListContainerStats")
+            .into_inner()
+            .stats
+            .len();
+        let a = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        c.runtime
+            .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default())
+            .await
+            .expect("ListPodSandboxStats");
+        let b = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        c.runtime
+            .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+            .await
+            .expect("ListPodSandboxMetrics");
+        let m = t.elapsed().as_secs_f64() * 1e3;
+        let u = url.clone();
+        let t = Instant::now();
+        let body = tokio::task::spawn_blocking(move || {
+            ureq::get(&u)
+                .call()
+                .expect("scrape")
+                .body_mut()
+                .read_to_string()
+                .expect("body")
+        })
+        .await
+        .expect("scrape task");
+        let s = t.elapsed().as_secs_f64() * 1e3;
+        sizes = (n, body.len());
+        if i >= 2 {
+            for (k, v) in [a, b, m, s].into_iter().enumerate() {
+                times[k].1.push(v);
+            }
+        }
+    }
+    println!(
+        "{} running containers in {} pods; a scrape is {} bytes",
+        sizes.0,
+        pods.len(),
+        sizes.1
+    );
+    println!("{:<24} {:>9} {:>9}", "call (ms)", "p50", "p99");
+    let mut json = serde_json::Map::new();
+    for (name, v) in &mut times {
+        v.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+        println!("{name:<24} {p50:>9.2} {p99:>9.2}");
+        json.insert(
+            (*name).into(),
+            serde_json::json!({"p50_ms": p50, "p99_ms": p99}),
+        );
+    }
+    println!("{}", serde_json::Value::Object(json));
+    for pod in pods {
+        c.stop_and_remove_pod(&pod).await;
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs = args
@@ -536,8 +651,12 @@ fn main() -> std::process::ExitCode {
             rt.block_on(bench_network(runs));
             std::process::ExitCode::SUCCESS
         }
+        Some("stats") => {
+            rt.block_on(bench_stats(runs));
+            std::process::ExitCode::SUCCESS
+        }
         _ => {
-            eprintln!("usage: berth-bench pull|lifecycle|network [--runs N]");
+            eprintln!("usage: berth-bench pull|lifecycle|network|stats [--runs N]");
             std::process::ExitCode::from(2)
         }
     }
