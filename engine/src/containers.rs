@@ -219,6 +219,16 @@ impl Engine {
         )?;
         let (masked_paths, readonly_paths) =
             security::masked_and_readonly(&sc.masked_paths, &sc.readonly_paths, sc.privileged);
+        // A privileged container runs unconfined, whatever it asks.
+        let seccomp = if sc.privileged {
+            Vec::new()
+        } else {
+            // Older kubelets still send the deprecated path form.
+            #[allow(deprecated)]
+            let legacy = &sc.seccomp_profile_path;
+            let choice = crate::spec::seccomp::choice(sc.seccomp.as_ref(), legacy)?;
+            crate::spec::seccomp::filters(&choice, &capabilities.bounding)?
+        };
         let r = linux.resources.clone().unwrap_or_default();
         let res = resources::resources(&resource_request(&r))?;
         let vols: Vec<mounts::VolumeRequest> = config
@@ -290,6 +300,7 @@ impl Engine {
                 .to_string()
         };
         let launch = LaunchSpec {
+            seccomp,
             id: id.clone(),
             rootfs: Rootfs {
                 lowerdirs: layers,
@@ -654,6 +665,7 @@ impl Engine {
             user: c.launch.user.clone(),
             capabilities: c.launch.capabilities.clone(),
             no_new_privs: c.launch.no_new_privs,
+            seccomp: c.launch.seccomp.clone(),
             cgroup_dirs: c.launch.cgroup_dirs.clone(),
         };
         let json = serde_json::to_vec(&spec)

@@ -88,36 +88,68 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
     }
     become_process(
         stdio,
-        &spec.cwd,
-        &spec.capabilities,
-        &spec.user,
-        spec.no_new_privs,
-        &spec.args,
-        &spec.env,
+        &Process {
+            cwd: &spec.cwd,
+            caps: &spec.capabilities,
+            user: &spec.user,
+            no_new_privs: spec.no_new_privs,
+            seccomp: &spec.seccomp,
+            args: &spec.args,
+            env: &spec.env,
+        },
     )
 }
 
 /// The steps a container's process and an exec process share: standard streams, working
 /// directory, identity, no_new_privs, exec.
-fn become_process(
-    stdio: Stdio,
-    cwd: &str,
-    caps: &crate::spec::security::Capabilities,
-    user: &crate::spec::process::User,
+/// What a container's process and an exec process are made of.
+struct Process<'a> {
+    cwd: &'a str,
+    caps: &'a crate::spec::security::Capabilities,
+    user: &'a crate::spec::process::User,
     no_new_privs: bool,
-    args: &[String],
-    env: &[String],
-) -> Step<Never> {
+    seccomp: &'a [crate::spec::seccomp::Filter],
+    args: &'a [String],
+    env: &'a [String],
+}
+
+fn become_process(stdio: Stdio, p: &Process<'_>) -> Step<Never> {
+    let Process {
+        cwd,
+        caps,
+        user,
+        no_new_privs,
+        seccomp,
+        args,
+        env,
+    } = *p;
     redirect(stdio)?;
     step(|| format!("chdir {cwd}"), nix::unistd::chdir(cwd))?;
+    // Without no_new_privs the kernel takes a filter only from a process holding
+    // CAP_SYS_ADMIN: install it before the identity change drops capabilities. With it,
+    // install it last, so that it confines nothing of berth's own set-up.
+    if !no_new_privs {
+        install_seccomp(seccomp)?;
+    }
     set_identity_of(caps, user)?;
     if no_new_privs {
         step(
             || "no_new_privs".into(),
             nix::sys::prctl::set_no_new_privs(),
         )?;
+        install_seccomp(seccomp)?;
     }
     exec_args(args, env)
+}
+
+fn install_seccomp(filters: &[crate::spec::seccomp::Filter]) -> Step<()> {
+    for f in filters {
+        step(
+            || "install the seccomp filter".into(),
+            super::sys::install_seccomp(&f.0),
+        )?;
+    }
+    Ok(())
 }
 
 /// The exec side: already inside the container's mount and pid namespaces.
@@ -133,12 +165,15 @@ fn run_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> Step<Never> {
     let _ = nix::unistd::setsid();
     become_process(
         stdio,
-        &spec.cwd,
-        &spec.capabilities,
-        &spec.user,
-        spec.no_new_privs,
-        &spec.args,
-        &spec.env,
+        &Process {
+            cwd: &spec.cwd,
+            caps: &spec.capabilities,
+            user: &spec.user,
+            no_new_privs: spec.no_new_privs,
+            seccomp: &spec.seccomp,
+            args: &spec.args,
+            env: &spec.env,
+        },
     )
 }
 
@@ -478,22 +513,35 @@ fn set_identity_of(
         || format!("setresuid {}", u.uid),
         nix::unistd::setresuid(uid, uid, uid),
     )?;
+    // A node may lack some capabilities itself (a bounding set without CAP_SYS_RESOURCE,
+    // say): a container, privileged ones included, gets at most what the node has, as
+    // containerd grants privileged containers the runtime's own set.
+    let node = step(
+        || "read the permitted capabilities".into(),
+        caps::read(None, CapSet::Permitted),
+    )?;
+    let have = |nums: &std::collections::BTreeSet<u8>| -> CapsHashSet {
+        set_of(nums)
+            .into_iter()
+            .filter(|c| node.contains(c))
+            .collect()
+    };
     // Effective first: the kernel refuses a permitted set that leaves effective larger.
     step(
         || "set effective capabilities".into(),
-        caps::set(None, CapSet::Effective, &set_of(&c.effective)),
+        caps::set(None, CapSet::Effective, &have(&c.effective)),
     )?;
     step(
         || "set permitted capabilities".into(),
-        caps::set(None, CapSet::Permitted, &set_of(&c.permitted)),
+        caps::set(None, CapSet::Permitted, &have(&c.permitted)),
     )?;
     step(
         || "set inheritable capabilities".into(),
-        caps::set(None, CapSet::Inheritable, &set_of(&c.inheritable)),
+        caps::set(None, CapSet::Inheritable, &have(&c.inheritable)),
     )?;
     step(
         || "set ambient capabilities".into(),
-        caps::set(None, CapSet::Ambient, &set_of(&c.ambient)),
+        caps::set(None, CapSet::Ambient, &have(&c.ambient)),
     )?;
     Ok(())
 }

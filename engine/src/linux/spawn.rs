@@ -31,6 +31,9 @@ pub struct LaunchSpec {
     pub user: User,
     pub capabilities: Capabilities,
     pub no_new_privs: bool,
+    /// Compiled seccomp filters, installed in order just before exec (none: unconfined).
+    #[serde(default)]
+    pub seccomp: Vec<crate::spec::seccomp::Filter>,
     pub oom_score_adj: Option<i32>,
     pub mounts: Vec<Mount>,
     pub masked_paths: Vec<String>,
@@ -173,6 +176,9 @@ pub struct ExecSpec {
     pub user: User,
     pub capabilities: Capabilities,
     pub no_new_privs: bool,
+    /// The container's seccomp filters: an exec is confined like the container.
+    #[serde(default)]
+    pub seccomp: Vec<crate::spec::seccomp::Filter>,
     pub cgroup_dirs: Vec<PathBuf>,
 }
 

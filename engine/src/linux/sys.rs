@@ -66,3 +66,34 @@ pub fn loopback_up() -> nix::Result<()> {
     unsafe { siocsifflags(sock.as_raw_fd(), &req) }?;
     Ok(())
 }
+
+/// Installs a compiled seccomp filter (instructions as (code, jt, jf, k)) on the calling
+/// thread. Without no_new_privs the kernel requires CAP_SYS_ADMIN, so the caller installs
+/// the filters before it drops capabilities in that case.
+pub fn install_seccomp(program: &[(u16, u8, u8, u32)]) -> std::io::Result<()> {
+    let insns: Vec<libc::sock_filter> = program
+        .iter()
+        .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+        .collect();
+    let len = u16::try_from(insns.len())
+        .map_err(|_| std::io::Error::other("seccomp filter longer than 65535 instructions"))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: insns.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `insns`, which outlives the call; the kernel copies the
+    // program in (copy_from_user) and keeps no reference to our memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &raw const prog,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -12,6 +12,7 @@
 pub mod mounts;
 pub mod process;
 pub mod resources;
+pub mod seccomp;
 pub mod security;
 
 use crate::error::ErrorKind;

@@ -1,0 +1,215 @@
+//! The security profile end to end, from inside real containers: seccomp RuntimeDefault,
+//! Unconfined and Localhost profiles, in containers and in exec'd processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use berth_e2e::images::catalog;
+use berth_e2e::{Cri, Daemon, Registry, require};
+use berth_proto::cri;
+use tonic::Code;
+
+struct Env {
+    _d: Daemon,
+    _reg: Registry,
+    c: Cri,
+    image: String,
+    logs: tempfile::TempDir,
+}
+
+async fn env() -> Option<Env> {
+    if !(require::root() && catalog::available()) {
+        return None;
+    }
+    let reg = Registry::start()?;
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    let d = Daemon::start().await;
+    let mut c = d.cri().await;
+    let image = format!("{}/busybox", reg.host());
+    c.pull(&image, None).await.unwrap();
+    Some(Env {
+        _d: d,
+        _reg: reg,
+        c,
+        image,
+        logs: tempfile::tempdir().unwrap(),
+    })
+}
+
+fn pod(env: &Env, name: &str, privileged: bool) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "security".into(),
+            attempt: 0,
+        }),
+        log_directory: env.logs.path().join(name).display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                privileged,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn sleeper(
+    env: &Env,
+    seccomp: Option<cri::SecurityProfile>,
+    privileged: bool,
+) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "main".into(),
+            attempt: 0,
+        }),
+        image: Some(berth_e2e::cri::spec(&env.image)),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: "main.log".into(),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                seccomp,
+                privileged,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn profile(t: cri::security_profile::ProfileType, localhost: &str) -> Option<cri::SecurityProfile> {
+    Some(cri::SecurityProfile {
+        profile_type: t as i32,
+        localhost_ref: localhost.into(),
+    })
+}
+
+/// Runs `sh -c script` in the container; (exit code, stdout + stderr).
+async fn sh(c: &mut Cri, id: &str, script: &str) -> (i32, String) {
+    let r = c.exec(id, &["sh", "-c", script], 10).await.unwrap();
+    (
+        r.exit_code,
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_profiles_confine_containers_and_execs() {
+    use cri::security_profile::ProfileType;
+    let Some(mut env) = env().await else { return };
+    let p = env.c.run_pod(pod(&env, "sc", false)).await;
+
+    // RuntimeDefault: filter mode, and unshare (allowed to an unprivileged process by the
+    // kernel, refused by the profile) fails with EPERM, in an exec too.
+    let confined = env
+        .c
+        .run_container(
+            &p,
+            sleeper(&env, profile(ProfileType::RuntimeDefault, ""), false),
+        )
+        .await;
+    let (code, out) = sh(
+        &mut env.c,
+        &confined,
+        "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    let (code, out) = sh(&mut env.c, &confined, "unshare -U true").await;
+    assert_ne!(code, 0, "unshare succeeded under RuntimeDefault: {out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    // Ordinary work is unaffected.
+    let (code, out) = sh(
+        &mut env.c,
+        &confined,
+        "mkdir /tmp/d && echo ok > /tmp/d/f && cat /tmp/d/f && ls / >/dev/null",
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "ok"));
+
+    // Unconfined: mode 0, and the same unshare works.
+    let free = env
+        .c
+        .run_container(&p, {
+            let mut c = sleeper(&env, profile(ProfileType::Unconfined, ""), false);
+            c.metadata.as_mut().unwrap().name = "free".into();
+            c
+        })
+        .await;
+    let (_, out) = sh(&mut env.c, &free, "grep '^Seccomp:' /proc/self/status").await;
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+    let (code, out) = sh(&mut env.c, &free, "unshare -U true && echo done").await;
+    assert_eq!((code, out.trim()), (0, "done"), "unconfined unshare: {out}");
+
+    // Localhost: a profile that denies mkdir makes mkdir fail, nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let deny = dir.path().join("deny-mkdir.json");
+    std::fs::write(
+        &deny,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let local = env
+        .c
+        .run_container(&p, {
+            let mut c = sleeper(
+                &env,
+                profile(ProfileType::Localhost, deny.to_str().unwrap()),
+                false,
+            );
+            c.metadata.as_mut().unwrap().name = "local".into();
+            c
+        })
+        .await;
+    let (code, out) = sh(&mut env.c, &local, "mkdir /tmp/nope").await;
+    assert_ne!(code, 0);
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let (code, _) = sh(&mut env.c, &local, "touch /tmp/yes").await;
+    assert_eq!(code, 0);
+
+    // A missing or malformed profile is refused at CreateContainer.
+    for (name, path, text) in [
+        ("missing", dir.path().join("missing.json"), None),
+        ("malformed", dir.path().join("bad.json"), Some("{ nope")),
+    ] {
+        if let Some(t) = text {
+            std::fs::write(&path, t).unwrap();
+        }
+        let mut c = sleeper(
+            &env,
+            profile(ProfileType::Localhost, path.to_str().unwrap()),
+            false,
+        );
+        c.metadata.as_mut().unwrap().name = name.into();
+        let err = env.c.create(&p, c).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("seccomp"), "{}", err.message());
+    }
+    env.c.stop_and_remove_pod(&p).await;
+
+    // A privileged container runs unconfined whatever it asks.
+    let pp = env.c.run_pod(pod(&env, "priv", true)).await;
+    let privileged = env
+        .c
+        .run_container(
+            &pp,
+            sleeper(&env, profile(ProfileType::RuntimeDefault, ""), true),
+        )
+        .await;
+    let (_, out) = sh(
+        &mut env.c,
+        &privileged,
+        "grep '^Seccomp:' /proc/self/status",
+    )
+    .await;
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+    env.c.stop_and_remove_pod(&pp).await;
+}
