@@ -213,3 +213,133 @@ async fn seccomp_profiles_confine_containers_and_execs() {
     assert!(out.contains("Seccomp:\t0"), "{out}");
     env.c.stop_and_remove_pod(&pp).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_sysctls_and_lsm_options() {
+    let Some(mut env) = env().await else { return };
+    let p = env.c.run_pod(pod(&env, "dev", false)).await;
+
+    // Unprivileged: a device node made by hand cannot be opened (device cgroup), and
+    // /proc/sysrq-trigger is read-only ('h' only prints help, should it ever get through).
+    let plain = env.c.run_container(&p, sleeper(&env, None, false)).await;
+    let (_, out) = sh(&mut env.c, &plain, "mknod /tmp/lc c 10 237 && (: < /tmp/lc) 2>&1; (echo h > /proc/sysrq-trigger) 2>/dev/null && echo WROTE-SYSRQ; ls /dev/loop0 2>&1").await;
+    assert!(
+        out.contains("Operation not permitted"),
+        "device opened: {out}"
+    );
+    assert!(
+        !out.contains("WROTE-SYSRQ"),
+        "sysrq-trigger writable: {out}"
+    );
+    assert!(
+        out.contains("No such file or directory"),
+        "host devices visible: {out}"
+    );
+
+    // A granted device is usable with the granted access only.
+    let granted = env
+        .c
+        .run_container(&p, {
+            let mut c = sleeper(&env, None, false);
+            c.metadata.as_mut().unwrap().name = "granted".into();
+            c.devices = vec![cri::Device {
+                container_path: "/dev/loop-control".into(),
+                host_path: "/dev/loop-control".into(),
+                permissions: "r".into(),
+            }];
+            c
+        })
+        .await;
+    let (code, out) = sh(
+        &mut env.c,
+        &granted,
+        "(: < /dev/loop-control) && echo opened",
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "opened"), "{out}");
+    let (code, out) = sh(&mut env.c, &granted, "(: > /dev/loop-control) 2>&1").await;
+    assert_ne!(code, 0, "opened for writing: {out}");
+    // A host path that is not a device is refused.
+    let mut c = sleeper(&env, None, false);
+    c.metadata.as_mut().unwrap().name = "notdev".into();
+    c.devices = vec![cri::Device {
+        container_path: "/dev/x".into(),
+        host_path: "/etc/hostname".into(),
+        permissions: "r".into(),
+    }];
+    let err = env.c.create(&p, c).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // No AppArmor or SELinux on this node: named profiles and labels are refused clearly.
+    if !std::path::Path::new("/sys/module/apparmor/parameters/enabled").exists() {
+        let mut c = sleeper(&env, None, false);
+        c.metadata.as_mut().unwrap().name = "aa".into();
+        c.linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .apparmor = profile(cri::security_profile::ProfileType::Localhost, "my-profile");
+        let err = env.c.create(&p, c).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains("AppArmor is not enabled"),
+            "{}",
+            err.message()
+        );
+    }
+    if !std::path::Path::new("/sys/fs/selinux/enforce").exists() {
+        let mut c = sleeper(&env, None, false);
+        c.metadata.as_mut().unwrap().name = "se".into();
+        c.linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .selinux_options = Some(cri::SeLinuxOption {
+            r#type: "spc_t".into(),
+            ..Default::default()
+        });
+        let err = env.c.create(&p, c).await.unwrap_err();
+        assert!(
+            err.message().contains("SELinux is not enabled"),
+            "{}",
+            err.message()
+        );
+    }
+    env.c.stop_and_remove_pod(&p).await;
+
+    // Privileged: the node's devices are there.
+    let pp = env.c.run_pod(pod(&env, "devpriv", true)).await;
+    let privileged = env.c.run_container(&pp, sleeper(&env, None, true)).await;
+    let (code, out) = sh(
+        &mut env.c,
+        &privileged,
+        "ls /dev/loop0 && (: < /dev/loop-control) && echo opened",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    env.c.stop_and_remove_pod(&pp).await;
+
+    // Sysctls: node-wide ones, and net.* in the node's network namespace, are refused.
+    for (name, value, host_net) in [
+        ("kernel.panic", "1", false),
+        ("net.core.somaxconn", "1024", true),
+    ] {
+        let mut config = pod(&env, &format!("sysctl-{host_net}"), false);
+        let linux = config.linux.as_mut().unwrap();
+        linux.sysctls = std::collections::HashMap::from([(name.to_owned(), value.to_owned())]);
+        if host_net {
+            linux.security_context.as_mut().unwrap().namespace_options =
+                Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    ..Default::default()
+                });
+        }
+        let err = env.c.try_run_pod(config).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(err.message().contains(name), "{}", err.message());
+    }
+}

@@ -96,6 +96,7 @@ impl Engine {
         &self,
         pod_id: &str,
         config: &cri::ContainerConfig,
+        sandbox_config: Option<&cri::PodSandboxConfig>,
     ) -> Result<String> {
         let _g = self.locks.lock(pod_id).await;
         let pod = self.pod(pod_id)?;
@@ -219,6 +220,51 @@ impl Engine {
         )?;
         let (masked_paths, readonly_paths) =
             security::masked_and_readonly(&sc.masked_paths, &sc.readonly_paths, sc.privileged);
+        // The node's LSMs: a named AppArmor profile or SELinux options are applied where
+        // the node runs them and refused where it does not.
+        #[allow(deprecated)]
+        let legacy_apparmor = &sc.apparmor_profile;
+        let apparmor = if sc.privileged {
+            None
+        } else {
+            security::apparmor_profile(
+                sc.apparmor.as_ref(),
+                legacy_apparmor,
+                security::host_apparmor(),
+                security::apparmor_loaded,
+            )?
+        };
+        let pod_selinux = sandbox_config
+            .and_then(|p| p.linux.as_ref())
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.selinux_options.as_ref());
+        let selinux_label = security::selinux_label(
+            pod_selinux,
+            sc.selinux_options.as_ref(),
+            security::host_selinux(),
+        )?;
+        // Devices: the requested ones on top of the standard set, everything else denied;
+        // a privileged container gets every device of the node.
+        let (device_nodes, device_policy) = if sc.privileged {
+            (
+                crate::spec::devices::host_devices(),
+                crate::spec::devices::DevicePolicy {
+                    allow_all: true,
+                    rules: Vec::new(),
+                },
+            )
+        } else {
+            let (nodes, extra) = crate::spec::devices::requested(&config.devices)?;
+            let mut rules = crate::spec::devices::default_rules();
+            rules.extend(extra);
+            (
+                nodes,
+                crate::spec::devices::DevicePolicy {
+                    allow_all: false,
+                    rules,
+                },
+            )
+        };
         // A privileged container runs unconfined, whatever it asks.
         let seccomp = if sc.privileged {
             Vec::new()
@@ -276,6 +322,7 @@ impl Engine {
         let created = (|| -> Result<(Vec<(String, PathBuf)>, String)> {
             cg.create(&cgroup)?;
             cg.apply(&cgroup, &res)?;
+            cg.set_devices(&cgroup, &device_policy)?;
             let dirs = cg.dirs(&cgroup)?;
             let oom = cg
                 .oom_file(&cgroup)?
@@ -300,7 +347,10 @@ impl Engine {
                 .to_string()
         };
         let launch = LaunchSpec {
+            devices: device_nodes,
             seccomp,
+            apparmor,
+            selinux_label,
             id: id.clone(),
             rootfs: Rootfs {
                 lowerdirs: layers,
@@ -666,6 +716,8 @@ impl Engine {
             capabilities: c.launch.capabilities.clone(),
             no_new_privs: c.launch.no_new_privs,
             seccomp: c.launch.seccomp.clone(),
+            apparmor: c.launch.apparmor.clone(),
+            selinux_label: c.launch.selinux_label.clone(),
             cgroup_dirs: c.launch.cgroup_dirs.clone(),
         };
         let json = serde_json::to_vec(&spec)

@@ -185,6 +185,11 @@ impl Engine {
             1
         };
         let (network, pid, ipc) = (ns_mode(ns.network), ns_mode(pid_value), ns_mode(ns.ipc));
+        crate::spec::security::check_sysctls(
+            &linux.sysctls,
+            network == NsMode::Node,
+            ipc == NsMode::Node,
+        )?;
         if ns.userns_options.as_ref().is_some_and(|u| u.mode == 0) {
             return Err(Error::InvalidArgument(
                 "user namespaces (userns_options mode POD) are not supported by berth yet".into(),

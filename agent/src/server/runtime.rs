@@ -260,7 +260,7 @@ impl RuntimeService for RuntimeHandlers {
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
         let id = self
             .engine
-            .create_container(pod, &config)
+            .create_container(pod, &config, req.sandbox_config.as_ref())
             .await
             .map_err(to_status)?;
         Ok(Response::new(CreateContainerResponse { container_id: id }))

@@ -60,12 +60,21 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
     for m in &spec.mounts {
         mount_one(root, m, spec)?;
     }
-    // Sysctls go through the container's /proc before /proc/sys is made read-only.
+    for d in &spec.devices {
+        make_device(root, d)?;
+    }
+    // Sysctls go through the container's /proc before /proc/sys is made read-only. A
+    // name with slashes is a path already (dots may then be part of an interface name).
     for (k, v) in &spec.sysctls {
-        if k.contains('/') || k.contains("..") {
+        if k.contains("..") || k.starts_with('/') {
             return Err(format!("sysctl {k:?}: not a sysctl name"));
         }
-        let f = root.join("proc/sys").join(k.replace('.', "/"));
+        let rel = if k.contains('/') {
+            k.clone()
+        } else {
+            k.replace('.', "/")
+        };
+        let f = root.join("proc/sys").join(rel);
         step(|| format!("sysctl {k}"), fs::write(&f, v))?;
     }
     for p in &spec.masked_paths {
@@ -94,6 +103,8 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
             user: &spec.user,
             no_new_privs: spec.no_new_privs,
             seccomp: &spec.seccomp,
+            apparmor: spec.apparmor.as_deref(),
+            selinux_label: spec.selinux_label.as_deref(),
             args: &spec.args,
             env: &spec.env,
         },
@@ -109,6 +120,8 @@ struct Process<'a> {
     user: &'a crate::spec::process::User,
     no_new_privs: bool,
     seccomp: &'a [crate::spec::seccomp::Filter],
+    apparmor: Option<&'a str>,
+    selinux_label: Option<&'a str>,
     args: &'a [String],
     env: &'a [String],
 }
@@ -120,11 +133,31 @@ fn become_process(stdio: Stdio, p: &Process<'_>) -> Step<Never> {
         user,
         no_new_privs,
         seccomp,
+        apparmor,
+        selinux_label,
         args,
         env,
     } = *p;
     redirect(stdio)?;
     step(|| format!("chdir {cwd}"), nix::unistd::chdir(cwd))?;
+    // The LSM labels take effect at exec.
+    if let Some(profile) = apparmor {
+        let attr = if Path::new("/proc/self/attr/apparmor/exec").exists() {
+            "/proc/self/attr/apparmor/exec"
+        } else {
+            "/proc/self/attr/exec"
+        };
+        step(
+            || format!("set AppArmor profile {profile}"),
+            fs::write(attr, format!("exec {profile}")),
+        )?;
+    }
+    if let Some(label) = selinux_label {
+        step(
+            || format!("set SELinux label {label}"),
+            fs::write("/proc/self/attr/exec", label),
+        )?;
+    }
     // Without no_new_privs the kernel takes a filter only from a process holding
     // CAP_SYS_ADMIN: install it before the identity change drops capabilities. With it,
     // install it last, so that it confines nothing of berth's own set-up.
@@ -171,6 +204,8 @@ fn run_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> Step<Never> {
             user: &spec.user,
             no_new_privs: spec.no_new_privs,
             seccomp: &spec.seccomp,
+            apparmor: spec.apparmor.as_deref(),
+            selinux_label: spec.selinux_label.as_deref(),
             args: &spec.args,
             env: &spec.env,
         },
@@ -363,6 +398,40 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
             Ok(())
         }
     }
+}
+
+/// Creates a device node in the container (a requested device, or one of the node's for a
+/// privileged container); one that exists already (the standard set) is kept.
+fn make_device(root: &Path, d: &crate::spec::devices::DeviceNode) -> Step<()> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let t = inside(root, &d.path)?;
+    if fs::symlink_metadata(&t).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = t.parent() {
+        step(
+            || format!("create {}", parent.display()),
+            fs::create_dir_all(parent),
+        )?;
+    }
+    let kind = if d.kind == 'b' {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFCHR
+    };
+    step(
+        || format!("mknod {}", d.path),
+        mknod(
+            &t,
+            kind,
+            Mode::from_bits_truncate(d.mode),
+            makedev(d.major, d.minor),
+        ),
+    )?;
+    step(
+        || format!("chown {}", d.path),
+        nix::unistd::chown(&t, Some(Uid::from_raw(d.uid)), Some(Gid::from_raw(d.gid))),
+    )
 }
 
 /// The standard device nodes (bind-mounted from the host, which works in every namespace)

@@ -34,6 +34,15 @@ pub struct LaunchSpec {
     /// Compiled seccomp filters, installed in order just before exec (none: unconfined).
     #[serde(default)]
     pub seccomp: Vec<crate::spec::seccomp::Filter>,
+    /// Device nodes to create (requested devices; every host device when privileged).
+    #[serde(default)]
+    pub devices: Vec<crate::spec::devices::DeviceNode>,
+    /// AppArmor profile to exec under (None: unconfined).
+    #[serde(default)]
+    pub apparmor: Option<String>,
+    /// SELinux process label to exec with.
+    #[serde(default)]
+    pub selinux_label: Option<String>,
     pub oom_score_adj: Option<i32>,
     pub mounts: Vec<Mount>,
     pub masked_paths: Vec<String>,
@@ -179,6 +188,10 @@ pub struct ExecSpec {
     /// The container's seccomp filters: an exec is confined like the container.
     #[serde(default)]
     pub seccomp: Vec<crate::spec::seccomp::Filter>,
+    #[serde(default)]
+    pub apparmor: Option<String>,
+    #[serde(default)]
+    pub selinux_label: Option<String>,
     pub cgroup_dirs: Vec<PathBuf>,
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use berth_proto::cri;
 use serde::{Deserialize, Serialize};
 
 use super::SpecError;
@@ -320,5 +321,286 @@ mod tests {
         assert!(m.contains(&"/proc/kcore".to_owned()) && r.contains(&"/proc/sys".to_owned()));
         let (m, _) = masked_and_readonly(&v(&["/proc/x"]), &[], false);
         assert_eq!(m, v(&["/proc/x"]));
+    }
+}
+
+/// Which namespace a sysctl belongs to, if it is namespaced at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SysctlNamespace {
+    Net,
+    Ipc,
+    Uts,
+}
+
+/// The namespace of a sysctl (dotted or slashed name), or None for a node-wide one.
+pub fn sysctl_namespace(name: &str) -> Option<SysctlNamespace> {
+    let n = name.replace('/', ".");
+    if n.starts_with("net.") {
+        return Some(SysctlNamespace::Net);
+    }
+    if n.starts_with("kernel.shm")
+        || n.starts_with("kernel.msg")
+        || n == "kernel.sem"
+        || n.starts_with("fs.mqueue.")
+    {
+        return Some(SysctlNamespace::Ipc);
+    }
+    if n == "kernel.hostname" || n == "kernel.domainname" {
+        return Some(SysctlNamespace::Uts);
+    }
+    None
+}
+
+/// Checks a pod's sysctls: only namespaced ones, and only for a namespace the pod does not
+/// share with the node (a sysctl there would change the node). `host_net` and `host_ipc`
+/// say which namespaces the pod shares.
+pub fn check_sysctls<'a>(
+    sysctls: impl IntoIterator<Item = (&'a String, &'a String)>,
+    host_net: bool,
+    host_ipc: bool,
+) -> Result<(), SpecError> {
+    for (k, v) in sysctls {
+        let field = format!("linux.sysctls[{k}]");
+        let bad = k.is_empty()
+            || k.contains("..")
+            || k.starts_with(['.', '/'])
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+        if bad || v.contains('\n') {
+            return Err(SpecError::new(field, "not a sysctl name and value"));
+        }
+        match sysctl_namespace(k) {
+            None => {
+                return Err(SpecError::new(
+                    field,
+                    "not a namespaced sysctl: it would change the whole node (allowed: net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)",
+                ));
+            }
+            Some(SysctlNamespace::Net) if host_net => {
+                return Err(SpecError::new(
+                    field,
+                    "the pod uses the node's network namespace; a net.* sysctl would change the node",
+                ));
+            }
+            Some(SysctlNamespace::Ipc) if host_ipc => {
+                return Err(SpecError::new(
+                    field,
+                    "the pod uses the node's IPC namespace; this sysctl would change the node",
+                ));
+            }
+            Some(SysctlNamespace::Uts) => {
+                return Err(SpecError::new(
+                    field,
+                    "set the hostname through the pod's hostname, not a sysctl",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod sysctl_tests {
+    use super::*;
+
+    fn check(pairs: &[(&str, &str)], host_net: bool, host_ipc: bool) -> Result<(), SpecError> {
+        let m: std::collections::BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        check_sysctls(&m, host_net, host_ipc)
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_of_own_namespaces() {
+        assert!(
+            check(
+                &[
+                    ("net.ipv4.ip_unprivileged_port_start", "0"),
+                    ("kernel.shmmax", "1000"),
+                    ("fs.mqueue.msg_max", "20"),
+                    ("kernel.sem", "250 32000 32 128")
+                ],
+                false,
+                false
+            )
+            .is_ok()
+        );
+        assert!(check(&[("net/ipv4/ping_group_range", "0 1")], false, false).is_ok());
+        let e = check(&[("kernel.panic", "1")], false, false).unwrap_err();
+        assert!(e.to_string().contains("not a namespaced sysctl"), "{e}");
+        assert!(check(&[("vm.swappiness", "1")], false, false).is_err());
+        assert!(check(&[("net.core.somaxconn", "1024")], true, false).is_err());
+        assert!(check(&[("kernel.shmmax", "1")], false, true).is_err());
+        assert!(check(&[("net.ipv4.../x", "1")], false, false).is_err());
+        assert!(check(&[("kernel.hostname", "x")], false, false).is_err());
+    }
+}
+
+/// Whether the node runs AppArmor.
+pub fn host_apparmor() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y")
+}
+
+/// Whether the node runs SELinux.
+pub fn host_selinux() -> bool {
+    std::path::Path::new("/sys/fs/selinux/enforce").exists()
+}
+
+/// The AppArmor profile a container's process is to run under (None: unconfined).
+/// `RuntimeDefault` needs a default profile berth does not ship yet: the container then
+/// runs unconfined (and berth says so in its log); a named (localhost) profile is applied
+/// when the node runs AppArmor and has it loaded, and refused otherwise.
+pub fn apparmor_profile(
+    profile: Option<&cri::SecurityProfile>,
+    legacy: &str,
+    host_has_apparmor: bool,
+    loaded: impl Fn(&str) -> bool,
+) -> Result<Option<String>, SpecError> {
+    let field = "security_context.apparmor";
+    let named = match profile {
+        Some(p) => match p.profile_type {
+            0 | 1 => None,
+            2 => Some(p.localhost_ref.clone()),
+            t => return Err(SpecError::new(field, format!("unknown profile type {t}"))),
+        },
+        None => match legacy {
+            "" | "runtime/default" | "unconfined" => None,
+            l => match l.strip_prefix("localhost/") {
+                Some(n) if !n.is_empty() => Some(n.to_owned()),
+                _ => {
+                    return Err(SpecError::new(
+                        field,
+                        format!(
+                            "apparmor_profile {l:?}: expected runtime/default, unconfined or localhost/<profile>"
+                        ),
+                    ));
+                }
+            },
+        },
+    };
+    let Some(name) = named else { return Ok(None) };
+    if !host_has_apparmor {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "AppArmor is not enabled on this node; cannot confine the container with profile {name:?}"
+            ),
+        ));
+    }
+    if name.is_empty() || name.contains('\n') || !loaded(&name) {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "AppArmor profile {name:?} is not loaded on this node (load it with apparmor_parser first)"
+            ),
+        ));
+    }
+    Ok(Some(name))
+}
+
+/// Whether AppArmor profile `name` is loaded.
+pub fn apparmor_loaded(name: &str) -> bool {
+    std::fs::read_to_string("/sys/kernel/security/apparmor/profiles").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.rsplit_once(" (").is_some_and(|(n, _)| n == name))
+    })
+}
+
+/// The SELinux label for a container's process, from the pod's and the container's
+/// options (the container's fields win). None when nothing is asked; refused when the node
+/// does not run SELinux, rather than silently ignored.
+pub fn selinux_label(
+    pod: Option<&cri::SeLinuxOption>,
+    container: Option<&cri::SeLinuxOption>,
+    host_has_selinux: bool,
+) -> Result<Option<String>, SpecError> {
+    let pick = |f: fn(&cri::SeLinuxOption) -> &String| {
+        container
+            .map(f)
+            .filter(|v| !v.is_empty())
+            .or_else(|| pod.map(f).filter(|v| !v.is_empty()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (user, role, typ, level) = (
+        pick(|o| &o.user),
+        pick(|o| &o.role),
+        pick(|o| &o.r#type),
+        pick(|o| &o.level),
+    );
+    if user.is_empty() && role.is_empty() && typ.is_empty() && level.is_empty() {
+        return Ok(None);
+    }
+    let field = "security_context.selinux_options";
+    if !host_has_selinux {
+        return Err(SpecError::new(
+            field,
+            "SELinux is not enabled on this node; remove seLinuxOptions or run the pod on a node with SELinux",
+        ));
+    }
+    // Unset parts take the usual container defaults.
+    let or = |v: String, d: &str| if v.is_empty() { d.to_owned() } else { v };
+    let label = format!(
+        "{}:{}:{}:{}",
+        or(user, "system_u"),
+        or(role, "system_r"),
+        or(typ, "container_t"),
+        or(level, "s0")
+    );
+    if label.contains('\n') {
+        return Err(SpecError::new(field, "a label part contains a newline"));
+    }
+    Ok(Some(label))
+}
+
+#[cfg(test)]
+mod lsm_tests {
+    use super::*;
+
+    #[test]
+    fn apparmor_without_apparmor() {
+        let p = |t: i32, r: &str| cri::SecurityProfile {
+            profile_type: t,
+            localhost_ref: r.into(),
+        };
+        assert_eq!(apparmor_profile(None, "", false, |_| false).unwrap(), None);
+        assert_eq!(
+            apparmor_profile(Some(&p(0, "")), "", false, |_| false).unwrap(),
+            None
+        );
+        assert_eq!(
+            apparmor_profile(None, "unconfined", false, |_| false).unwrap(),
+            None
+        );
+        let e = apparmor_profile(Some(&p(2, "my-profile")), "", false, |_| true).unwrap_err();
+        assert!(e.to_string().contains("not enabled"), "{e}");
+        assert!(apparmor_profile(None, "localhost/x", false, |_| true).is_err());
+        assert!(apparmor_profile(None, "bogus", true, |_| true).is_err());
+        assert_eq!(
+            apparmor_profile(None, "localhost/x", true, |n| n == "x").unwrap(),
+            Some("x".into())
+        );
+        assert!(apparmor_profile(None, "localhost/y", true, |n| n == "x").is_err());
+    }
+
+    #[test]
+    fn selinux_labels() {
+        let o = |t: &str, l: &str| cri::SeLinuxOption {
+            user: String::new(),
+            role: String::new(),
+            r#type: t.into(),
+            level: l.into(),
+        };
+        assert_eq!(selinux_label(None, None, false).unwrap(), None);
+        assert_eq!(selinux_label(Some(&o("", "")), None, false).unwrap(), None);
+        assert!(selinux_label(None, Some(&o("spc_t", "")), false).is_err());
+        assert_eq!(
+            selinux_label(Some(&o("", "s0:c1,c2")), Some(&o("spc_t", "")), true).unwrap(),
+            Some("system_u:system_r:spc_t:s0:c1,c2".into())
+        );
     }
 }

@@ -337,6 +337,37 @@ impl CgroupManager {
     }
 
     /// Moves a process into the cgroup in every hierarchy.
+    /// Restricts the devices the cgroup's processes may use (v1 devices controller: deny
+    /// all, then allow the policy's rules). On v2 the same needs a BPF device program,
+    /// which berth does not attach yet: it says so once in its log.
+    pub fn set_devices(
+        &self,
+        rel: &str,
+        policy: &crate::spec::devices::DevicePolicy,
+    ) -> Result<(), CgroupError> {
+        let relp = check_rel(rel)?;
+        match self.dir("devices", relp) {
+            Some((dir, false)) => {
+                write_file(&dir.join("devices.deny"), "a")?;
+                if policy.allow_all {
+                    write_file(&dir.join("devices.allow"), "a")?;
+                } else {
+                    for r in &policy.rules {
+                        write_file(&dir.join("devices.allow"), &r.to_string())?;
+                    }
+                }
+                Ok(())
+            }
+            _ => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!("no v1 devices controller: device access is not restricted by cgroup on this node (cgroup v2 device programs are not implemented yet)");
+                });
+                Ok(())
+            }
+        }
+    }
+
     pub fn add_process(&self, rel: &str, pid: u32) -> Result<(), CgroupError> {
         let relp = check_rel(rel)?;
         for (root, _) in self.roots() {
