@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stderr, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod containerd;
 pub mod cri;
 pub mod daemon;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod net;
 pub mod proxy;
 pub mod registry;
 pub mod require;
+pub mod suite;
 pub mod token;
 
 pub use cri::Cri;
