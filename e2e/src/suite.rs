@@ -90,6 +90,8 @@ pub struct Probes<'a> {
     pub daemon_pid: u32,
     /// The processes the runtime adds for its pods (monitors, or shims and pause).
     pub overhead_pids: &'a dyn Fn() -> Vec<u32>,
+    /// The cgroup holding the daemon and its helpers, when it could be made.
+    pub cpu: Option<&'a CpuCgroup>,
 }
 
 /// Summed proportional set size of processes, in KiB.
@@ -118,6 +120,70 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A cpuacct cgroup that holds a runtime's daemon and, by inheritance, the helpers it
+/// starts (berth's monitors, containerd's shims), so that their CPU counts too. Containers
+/// run in their pods' cgroups and are not counted.
+#[derive(Debug)]
+pub struct CpuCgroup {
+    dir: std::path::PathBuf,
+    v2: bool,
+}
+
+impl CpuCgroup {
+    /// Creates `berth-bench-<name>` in the cpuacct (v1) or unified (v2) hierarchy and
+    /// moves `pid` into it.
+    pub fn adopt(name: &str, pid: u32) -> Option<CpuCgroup> {
+        let (root, v2) = ["/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpu,cpuacct"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cpuacct.usage").exists())
+            .map(|p| (p, false))
+            .or_else(|| {
+                let p = std::path::PathBuf::from("/sys/fs/cgroup");
+                p.join("cgroup.controllers").exists().then_some((p, true))
+            })?;
+        let dir = root.join(format!("berth-bench-{name}"));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
+        Some(CpuCgroup { dir, v2 })
+    }
+
+    /// CPU time used in the cgroup so far, in nanoseconds.
+    pub fn usage_ns(&self) -> u64 {
+        if self.v2 {
+            std::fs::read_to_string(self.dir.join("cpu.stat"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("usage_usec "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                })
+                .map_or(0, |us| us * 1000)
+        } else {
+            std::fs::read_to_string(self.dir.join("cpuacct.usage"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        }
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        // Whatever is still inside goes back to the root, then the cgroup goes.
+        let root = self.dir.parent().map(|p| p.join("cgroup.procs"));
+        for p in std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(r) = &root {
+                let _ = std::fs::write(r, p);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 /// CPU time (user + system) of a process and its waited-for children, in clock ticks.
@@ -210,10 +276,15 @@ pub async fn run(runtime: &str, c: &mut Cri, probes: &Probes<'_>, plan: &Plan<'_
 
     // Lifecycle.
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
+    let cpu_now = || match probes.cpu {
+        Some(cg) => cg.usage_ns(),
+        // Without a cgroup: the daemon alone, from its clock ticks (USER_HZ = 100).
+        None => cpu_ticks(probes.daemon_pid) * 10_000_000,
+    };
     let mut cpu_start = 0;
     for i in 0..runs + 2 {
         if i == 2 {
-            cpu_start = cpu_ticks(probes.daemon_pid);
+            cpu_start = cpu_now();
         }
         let sandbox = pod_config(&format!("{runtime}-life"), i);
         let t0 = Instant::now();
@@ -280,9 +351,8 @@ pub async fn run(runtime: &str, c: &mut Cri, probes: &Probes<'_>, plan: &Plan<'_
             times[7].push(total);
         }
     }
-    let ticks = cpu_ticks(probes.daemon_pid).saturating_sub(cpu_start);
-    let hz = 100.0; // USER_HZ on Linux
-    report.cpu_ms_per_lifecycle = ticks as f64 / hz * 1e3 / runs.max(1) as f64;
+    let ns = cpu_now().saturating_sub(cpu_start);
+    report.cpu_ms_per_lifecycle = ns as f64 / 1e6 / runs.max(1) as f64;
     report.lifecycle = STEPS
         .iter()
         .zip(times.iter_mut())

@@ -721,9 +721,11 @@ async fn bench_compare(runs: usize, burst: usize, loaded: usize, out: Option<std
             .pid()
             .map(|p| u32::try_from(p.as_raw()).unwrap_or(0))
             .unwrap_or(0);
+        let cpu = suite::CpuCgroup::adopt("berth", pid);
         let probes = Probes {
             daemon_pid: pid,
             overhead_pids: &monitors,
+            cpu: cpu.as_ref(),
         };
         reports.push(suite::run("berth", &mut c, &probes, &plan).await);
     }
@@ -739,9 +741,11 @@ async fn bench_compare(runs: usize, burst: usize, loaded: usize, out: Option<std
             c.pull(&image, None).await.expect("containerd pull");
             let pid = ctd.pid().unwrap_or(0);
             let overhead = || ctd.overhead_pids();
+            let cpu = suite::CpuCgroup::adopt("containerd", pid);
             let probes = Probes {
                 daemon_pid: pid,
                 overhead_pids: &overhead,
+                cpu: cpu.as_ref(),
             };
             reports.push(suite::run("containerd", &mut c, &probes, &plan).await);
         }
@@ -858,7 +862,7 @@ fn compare_report(
         Some(0.15),
     ));
     rows.push((
-        "daemon CPU per lifecycle (ms)".into(),
+        "runtime CPU per lifecycle: daemon and its helpers (ms)".into(),
         b.cpu_ms_per_lifecycle,
         c.map(|c| c.cpu_ms_per_lifecycle),
         None,
