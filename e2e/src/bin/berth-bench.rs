@@ -168,6 +168,36 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The largest private (unshared) mappings of a process, from /proc/<pid>/smaps.
+fn private_by_mapping(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut current = String::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first()
+            .is_some_and(|a| a.contains('-') && !a.ends_with(':'))
+        {
+            let perms = f.get(1).copied().unwrap_or("");
+            let name = f.get(5).copied().unwrap_or("[anon]");
+            let short = name.rsplit('/').next().unwrap_or(name);
+            current = format!("{short} {perms}");
+        } else if let Some(k) = f.first()
+            && (*k == "Private_Dirty:" || *k == "Private_Clean:")
+        {
+            *by.entry(current.clone()).or_default() +=
+                f.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    let mut v: Vec<(String, u64)> = by.into_iter().filter(|(_, k)| *k > 0).collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v.iter()
+        .take(8)
+        .map(|(n, k)| format!("{n}={k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -365,6 +395,12 @@ async fn bench_lifecycle(runs: usize) {
         pods.push(pod);
     }
     let scale_pss: u64 = monitors.iter().map(|m| pss_kib(*m)).sum::<u64>() / SCALE as u64;
+    if let Some(m) = monitors.first() {
+        println!(
+            "one monitor's private memory by mapping (KiB): {}",
+            private_by_mapping(*m)
+        );
+    }
     let daemon_rss = d
         .pid()
         .map(|p| rss_kib(u32::try_from(p.as_raw()).unwrap_or(0)))
