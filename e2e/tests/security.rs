@@ -343,3 +343,42 @@ async fn devices_sysctls_and_lsm_options() {
         assert!(err.message().contains(name), "{}", err.message());
     }
 }
+
+/// berth's cgroup2 device program, as the kernel runs it (on cgroup v2 nodes it is the only
+/// device control): a process in a cgroup2 directory with the default policy attached can
+/// open /dev/null and cannot open /dev/loop-control.
+#[test]
+fn the_kernel_enforces_the_cgroup2_device_program() {
+    use berth_engine::spec::devices::{DevicePolicy, default_rules};
+    if !require::root() {
+        return;
+    }
+    let Some(unified) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| p.join("cgroup.controllers").exists())
+    else {
+        assert!(!require::required(), "no cgroup2 mount");
+        return;
+    };
+    let dir = unified.join(format!("berth-e2e-devfilter-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let f = std::fs::File::open(&dir).unwrap();
+    let program = berth_engine::linux::devfilter::program(&DevicePolicy {
+        allow_all: false,
+        rules: default_rules(),
+    });
+    berth_engine::linux::sys::attach_device_filter(&f, &program).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs; (: < /dev/null) && echo null-ok; (: < /dev/loop-control) 2>/dev/null && echo loop-opened; true",
+            dir.display()
+        ))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("null-ok"), "{text}");
+    assert!(!text.contains("loop-opened"), "{text}");
+}

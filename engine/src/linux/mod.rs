@@ -6,6 +6,7 @@
 //! unit-tested against fixtures.
 
 pub mod cgroups;
+pub mod devfilter;
 pub mod init;
 pub mod probe;
 pub mod spawn;

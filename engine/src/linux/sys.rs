@@ -97,3 +97,64 @@ pub fn install_seccomp(program: &[(u16, u8, u8, u32)]) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Loads a BPF_PROG_TYPE_CGROUP_DEVICE program (instructions as (code, regs, off, imm)) and
+/// attaches it to the cgroup2 directory open as `cgroup`. The program stays attached after
+/// the fds close (the cgroup holds it) and goes with the cgroup.
+pub fn attach_device_filter(
+    cgroup: &std::fs::File,
+    program: &[(u8, u8, i16, i32)],
+) -> std::io::Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+    // struct bpf_insn: code, dst:4 | src:4, off, imm (8 bytes, little-endian fields).
+    let mut insns: Vec<u8> = Vec::with_capacity(program.len() * 8);
+    for &(code, regs, off, imm) in program {
+        insns.push(code);
+        insns.push(regs);
+        insns.extend_from_slice(&off.to_ne_bytes());
+        insns.extend_from_slice(&imm.to_ne_bytes());
+    }
+    let license = b"Apache-2.0\0";
+    let count =
+        u32::try_from(program.len()).map_err(|_| std::io::Error::other("program too long"))?;
+    // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, then zeroes.
+    let mut load = [0u8; 128];
+    load[0..4].copy_from_slice(&BPF_PROG_TYPE_CGROUP_DEVICE.to_ne_bytes());
+    load[4..8].copy_from_slice(&count.to_ne_bytes());
+    load[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    load[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: `load` is a bpf_attr as BPF_PROG_LOAD reads it (the rest zero), and the
+    // pointers in it (insns, license) point at buffers that live until after the call;
+    // the kernel copies what it needs.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, load.as_ptr(), load.len()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let prog_fd = i32::try_from(fd).map_err(|_| std::io::Error::other("bad fd"))?;
+    // SAFETY: the kernel just gave us this descriptor and nothing else owns it.
+    let prog = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(prog_fd) };
+    let mut attach = [0u8; 128];
+    attach[0..4].copy_from_slice(&cgroup.as_raw_fd().to_ne_bytes());
+    attach[4..8].copy_from_slice(&prog.as_raw_fd().to_ne_bytes());
+    attach[8..12].copy_from_slice(&BPF_CGROUP_DEVICE.to_ne_bytes());
+    attach[12..16].copy_from_slice(&BPF_F_ALLOW_MULTI.to_ne_bytes());
+    // SAFETY: `attach` is a bpf_attr as BPF_PROG_ATTACH reads it; both fds are open for
+    // the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            attach.as_ptr(),
+            attach.len(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -346,26 +346,48 @@ impl CgroupManager {
         policy: &crate::spec::devices::DevicePolicy,
     ) -> Result<(), CgroupError> {
         let relp = check_rel(rel)?;
-        match self.dir("devices", relp) {
-            Some((dir, false)) => {
-                write_file(&dir.join("devices.deny"), "a")?;
-                if policy.allow_all {
-                    write_file(&dir.join("devices.allow"), "a")?;
-                } else {
-                    for r in &policy.rules {
-                        write_file(&dir.join("devices.allow"), &r.to_string())?;
+        let mut enforced = false;
+        if let Some((dir, false)) = self.dir("devices", relp) {
+            write_file(&dir.join("devices.deny"), "a")?;
+            if policy.allow_all {
+                write_file(&dir.join("devices.allow"), "a")?;
+            } else {
+                for r in &policy.rules {
+                    write_file(&dir.join("devices.allow"), &r.to_string())?;
+                }
+            }
+            enforced = true;
+        }
+        // On cgroup2 (whether or not it holds controllers) the same rules become a BPF
+        // device program on the container's directory there; with the v1 controller too,
+        // both must allow an access.
+        if let Some(unified) = &self.layout.unified {
+            let dir = unified.join(relp);
+            if dir.is_dir() && !policy.allow_all {
+                let program = crate::linux::devfilter::program(policy);
+                let f = fs::File::open(&dir)
+                    .at("open cgroup", &dir)
+                    .map_err(CgroupError::from)?;
+                match crate::linux::sys::attach_device_filter(&f, &program) {
+                    Ok(()) => enforced = true,
+                    Err(e) if enforced => {
+                        tracing::debug!(cgroup = %dir.display(), error = %e, "cannot attach the cgroup2 device program; the v1 devices controller enforces the rules");
+                    }
+                    Err(e) => {
+                        return Err::<(), _>(e)
+                            .at("attach the device program to", &dir)
+                            .map_err(CgroupError::from);
                     }
                 }
-                Ok(())
-            }
-            _ => {
-                static WARNED: std::sync::Once = std::sync::Once::new();
-                WARNED.call_once(|| {
-                    tracing::warn!("no v1 devices controller: device access is not restricted by cgroup on this node (cgroup v2 device programs are not implemented yet)");
-                });
-                Ok(())
             }
         }
+        if !enforced && !policy.allow_all {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("no devices controller and no cgroup2 mount: device access is not restricted by cgroup on this node");
+            });
+        }
+        Ok(())
     }
 
     pub fn add_process(&self, rel: &str, pid: u32) -> Result<(), CgroupError> {
