@@ -599,6 +599,14 @@ async fn bench_stats(runs: usize) {
         }
         pods.push(pod);
     }
+    if let Some(pid) = d.pid() {
+        let pid = u32::try_from(pid.as_raw()).unwrap_or(0);
+        println!(
+            "berthd with 100 running containers: RSS {} KiB; largest private mappings (KiB): {}",
+            rss_kib(pid),
+            private_by_mapping(pid)
+        );
+    }
     let url = format!("http://{}/metrics", d.metrics_addr());
     let mut times: Vec<(&str, Vec<f64>)> = vec![
         ("ListContainerStats", Vec::new()),

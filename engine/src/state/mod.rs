@@ -66,14 +66,22 @@ impl std::fmt::Debug for StateDb {
     }
 }
 
+/// The state db's page cache.
+const STATE_CACHE_BYTES: usize = 4 << 20;
+
 impl StateDb {
     /// Opens (creating if needed) the db at `path` and migrates it to [`SCHEMA_VERSION`].
     /// A db written by a newer berth is refused and left untouched.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let db = Database::create(path).map_err(|e| StateError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        // The db is small (records of images, pods and containers): a few MiB of page cache
+        // hold all of it, where redb's default (1 GiB) lets the cache grow with every write.
+        let db = redb::Builder::new()
+            .set_cache_size(STATE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StateError::Open {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         let state = StateDb {
             db,
             path: path.to_owned(),
