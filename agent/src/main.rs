@@ -148,6 +148,14 @@ fn check(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
         root: cfg.root.clone(),
         state: cfg.state.clone(),
         builtin_network: cfg.network.mode == berth_cni::NetworkMode::Builtin,
+        cni: (cfg.network.mode == berth_cni::NetworkMode::Cni).then(|| {
+            berth_cni::plugin::CniSettings {
+                conf_dir: cfg.network.cni_conf_dir.clone(),
+                bin_dirs: cfg.network.cni_bin_dirs.clone(),
+                cache_dir: cfg.root.join("cni"),
+                timeout: Duration::from_secs(60),
+            }
+        }),
     });
     let mut failed = false;
     for c in &checks {

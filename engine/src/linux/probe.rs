@@ -25,6 +25,8 @@ pub struct ProbeInput {
     pub state: PathBuf,
     /// Whether the built-in network (which needs nftables) is configured.
     pub builtin_network: bool,
+    /// CNI mode's directories, when CNI mode is configured.
+    pub cni: Option<berth_cni::plugin::CniSettings>,
 }
 
 /// Runs every check, in a stable order.
@@ -33,10 +35,85 @@ pub fn run(input: &ProbeInput) -> Vec<Check> {
     out.push(cgroups());
     out.push(netlink());
     out.push(nftables(input.builtin_network));
+    out.push(ip_forward());
+    if let Some(c) = &input.cni {
+        out.push(cni(c));
+    }
+    out.push(seccomp());
+    out.push(device_control());
     for (what, dir) in [("root", &input.root), ("state", &input.state)] {
         out.push(writable_dir(what, dir));
     }
     out
+}
+
+fn ip_forward() -> Check {
+    check(
+        "ip forward",
+        false,
+        if berth_cni::builtin::node_forwards_ipv4() {
+            Ok("net.ipv4.ip_forward is 1".into())
+        } else {
+            Err("net.ipv4.ip_forward is 0: pods reach the node and each other, nothing beyond it (Kubernetes requires 1)".into())
+        },
+    )
+}
+
+fn cni(settings: &berth_cni::plugin::CniSettings) -> Check {
+    let runner = berth_cni::plugin::Cni {
+        settings: settings.clone(),
+    };
+    check(
+        "cni config",
+        true,
+        runner
+            .load()
+            .map(|l| {
+                format!(
+                    "network {:?} from {} ({} plugins, all found)",
+                    l.name,
+                    l.source.display(),
+                    l.plugins.len()
+                )
+            })
+            .map_err(|e| e.to_string()),
+    )
+}
+
+fn seccomp() -> Check {
+    let actions =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    check(
+        "seccomp",
+        true,
+        if actions.split_whitespace().any(|a| a == "errno") {
+            Ok(format!("filters available ({})", actions.trim()))
+        } else {
+            Err("the kernel offers no seccomp filters (CONFIG_SECCOMP_FILTER): RuntimeDefault profiles cannot be applied".into())
+        },
+    )
+}
+
+fn device_control() -> Check {
+    let layout = CgroupLayout::detect();
+    let v1 = layout
+        .as_ref()
+        .ok()
+        .and_then(|l| l.controllers.get("devices"))
+        .is_some_and(|h| matches!(h, super::cgroups::Hierarchy::V1 { .. }));
+    let v2 = layout.as_ref().ok().and_then(|l| l.unified.clone());
+    check(
+        "devices",
+        false,
+        match (v1, v2) {
+            (true, Some(_)) => Ok("v1 devices controller and cgroup2 device programs".into()),
+            (true, None) => Ok("v1 devices controller".into()),
+            (false, Some(_)) => Ok("cgroup2 device programs".into()),
+            (false, None) => Err(
+                "neither a devices controller nor cgroup2: device access is not restricted".into(),
+            ),
+        },
+    )
 }
 
 fn check(name: &str, required: bool, result: Result<String, String>) -> Check {
