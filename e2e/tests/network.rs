@@ -756,3 +756,100 @@ async fn cni_mode_with_bridge_host_local_portmap_and_loopback() {
     drop(env);
     drop(nat);
 }
+
+/// A static UDP echo server (gcc), so that a UDP hostPort can be tested end to end:
+/// busybox's nc on Debian has no UDP mode.
+fn udp_echo_image(dir: &std::path::Path) -> Option<berth_e2e::images::TestImage> {
+    use berth_e2e::images::{Entry, Layer, RunConfig, TestImage};
+    let gcc = require::need_binary("gcc", "gcc")?;
+    let src = dir.join("udp-echo.c");
+    std::fs::write(
+        &src,
+        "#include <netinet/in.h>\n#include <sys/socket.h>\n#include <string.h>\n\
+         int main(void) { int s = socket(AF_INET, SOCK_DGRAM, 0); struct sockaddr_in a; memset(&a, 0, sizeof a);\n\
+         a.sin_family = AF_INET; a.sin_port = htons(5353); a.sin_addr.s_addr = htonl(INADDR_ANY);\n\
+         if (bind(s, (struct sockaddr *)&a, sizeof a)) return 1;\n\
+         for (;;) { char b[512]; struct sockaddr_in p; socklen_t l = sizeof p;\n\
+           ssize_t n = recvfrom(s, b + 5, sizeof b - 5, 0, (struct sockaddr *)&p, &l); if (n < 0) continue;\n\
+           memcpy(b, \"echo:\", 5); sendto(s, b, (size_t)n + 5, 0, (struct sockaddr *)&p, l); } }\n",
+    )
+    .ok()?;
+    let bin = dir.join("udp-echo");
+    let ok = std::process::Command::new(gcc)
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .ok()?;
+    assert!(ok.success(), "gcc failed");
+    let bytes = std::fs::read(&bin).ok()?;
+    Some(
+        TestImage::new(vec![Layer::new(vec![Entry::exe("udp-echo", bytes)])]).with_config(
+            RunConfig {
+                entrypoint: vec!["/udp-echo".into()],
+                ..RunConfig::default()
+            },
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_udp_host_port_reaches_the_pod() {
+    let _forwarding = FORWARDING.lock().await;
+    let build = tempfile::tempdir().unwrap();
+    let Some(image) = udp_echo_image(build.path()) else {
+        return;
+    };
+    let Some(mut env) = env_with("").await else {
+        return;
+    };
+    env.reg.push_image("udp-echo", "latest", &image.build());
+    let reference = format!("{}/udp-echo", env.reg.host());
+    env.c.pull(&reference, None).await.unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = pod_config(&env, "udp");
+    config.port_mappings = vec![cri::PortMapping {
+        protocol: cri::Protocol::Udp as i32,
+        container_port: 5353,
+        host_port: i32::from(port),
+        host_ip: "127.0.0.1".into(),
+    }];
+    let pod = env.c.run_pod(config).await;
+    env.c
+        .run_container(
+            &pod,
+            cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "echo".into(),
+                    attempt: 0,
+                }),
+                image: Some(berth_e2e::cri::spec(&reference)),
+                log_path: "echo/0.log".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    let answer = tokio::task::spawn_blocking(move || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        // The server may take a moment to bind: retry.
+        for _ in 0..50 {
+            s.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+            if let Ok(n) = s.recv(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+        String::new()
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer, "echo:ping");
+    env.c.stop_and_remove_pod(&pod).await;
+    assert!(net::nft_map_elements(&env.d.nft_table).is_empty());
+}
