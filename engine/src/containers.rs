@@ -348,9 +348,6 @@ impl Engine {
         };
         let launch = LaunchSpec {
             devices: device_nodes,
-            seccomp,
-            apparmor,
-            selinux_label,
             id: id.clone(),
             rootfs: Rootfs {
                 lowerdirs: layers,
@@ -359,12 +356,17 @@ impl Engine {
                 target: self.cfg.state.join("containers").join(&id).join("rootfs"),
                 readonly: sc.readonly_rootfs,
             },
-            args: argv,
-            env,
-            cwd,
-            user,
-            capabilities,
-            no_new_privs: sc.no_new_privs,
+            process: crate::linux::spawn::ProcessSpec {
+                args: argv,
+                env,
+                cwd,
+                user,
+                capabilities,
+                no_new_privs: sc.no_new_privs,
+                seccomp,
+                apparmor,
+                selinux_label,
+            },
             oom_score_adj: res.oom_score_adj,
             mounts: all_mounts,
             masked_paths,
@@ -709,15 +711,10 @@ impl Engine {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
         let spec = crate::linux::spawn::ExecSpec {
-            args: cmd.to_vec(),
-            env: c.launch.env.clone(),
-            cwd: c.launch.cwd.clone(),
-            user: c.launch.user.clone(),
-            capabilities: c.launch.capabilities.clone(),
-            no_new_privs: c.launch.no_new_privs,
-            seccomp: c.launch.seccomp.clone(),
-            apparmor: c.launch.apparmor.clone(),
-            selinux_label: c.launch.selinux_label.clone(),
+            process: crate::linux::spawn::ProcessSpec {
+                args: cmd.to_vec(),
+                ..c.launch.process.clone()
+            },
             cgroup_dirs: c.launch.cgroup_dirs.clone(),
         };
         let json = serde_json::to_vec(&spec)

@@ -145,10 +145,11 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
         image_id: c.image_id.clone(),
         user: Some(cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {
-                uid: i64::from(c.launch.user.uid),
-                gid: i64::from(c.launch.user.gid),
+                uid: i64::from(c.launch.process.user.uid),
+                gid: i64::from(c.launch.process.user.gid),
                 supplemental_groups: c
                     .launch
+                    .process
                     .user
                     .additional_gids
                     .iter()

@@ -333,8 +333,8 @@ impl RuntimeService for RuntimeHandlers {
         let mut info = HashMap::new();
         if req.verbose {
             let v = serde_json::json!({
-                "pid": c.pid, "sandboxID": c.pod_id, "cgroup": c.cgroup, "args": c.launch.args,
-                "rootfs": c.launch.rootfs, "user": c.launch.user,
+                "pid": c.pid, "sandboxID": c.pod_id, "cgroup": c.cgroup, "args": c.launch.process.args,
+                "rootfs": c.launch.rootfs, "user": c.launch.process.user,
             });
             info.insert("info".to_owned(), v.to_string());
         }

@@ -95,41 +95,15 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
         // inherited value then, as containerd's restrict_oom_score_adj does.
         let _ = fs::write("/proc/self/oom_score_adj", adj.to_string());
     }
-    become_process(
-        stdio,
-        &Process {
-            cwd: &spec.cwd,
-            caps: &spec.capabilities,
-            user: &spec.user,
-            no_new_privs: spec.no_new_privs,
-            seccomp: &spec.seccomp,
-            apparmor: spec.apparmor.as_deref(),
-            selinux_label: spec.selinux_label.as_deref(),
-            args: &spec.args,
-            env: &spec.env,
-        },
-    )
+    become_process(stdio, &spec.process)
 }
 
 /// The steps a container's process and an exec process share: standard streams, working
 /// directory, identity, no_new_privs, exec.
-/// What a container's process and an exec process are made of.
-struct Process<'a> {
-    cwd: &'a str,
-    caps: &'a crate::spec::security::Capabilities,
-    user: &'a crate::spec::process::User,
-    no_new_privs: bool,
-    seccomp: &'a [crate::spec::seccomp::Filter],
-    apparmor: Option<&'a str>,
-    selinux_label: Option<&'a str>,
-    args: &'a [String],
-    env: &'a [String],
-}
-
-fn become_process(stdio: Stdio, p: &Process<'_>) -> Step<Never> {
-    let Process {
+fn become_process(stdio: Stdio, p: &super::spawn::ProcessSpec) -> Step<Never> {
+    let super::spawn::ProcessSpec {
         cwd,
-        caps,
+        capabilities: caps,
         user,
         no_new_privs,
         seccomp,
@@ -137,9 +111,11 @@ fn become_process(stdio: Stdio, p: &Process<'_>) -> Step<Never> {
         selinux_label,
         args,
         env,
-    } = *p;
+    } = p;
+    let (no_new_privs, apparmor, selinux_label) =
+        (*no_new_privs, apparmor.as_deref(), selinux_label.as_deref());
     redirect(stdio)?;
-    step(|| format!("chdir {cwd}"), nix::unistd::chdir(cwd))?;
+    step(|| format!("chdir {cwd}"), nix::unistd::chdir(cwd.as_str()))?;
     // The LSM labels take effect at exec.
     if let Some(profile) = apparmor {
         let attr = if Path::new("/proc/self/attr/apparmor/exec").exists() {
@@ -196,20 +172,7 @@ pub fn become_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> String {
 fn run_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> Step<Never> {
     // Its own session, so that a timeout can kill it and everything it started.
     let _ = nix::unistd::setsid();
-    become_process(
-        stdio,
-        &Process {
-            cwd: &spec.cwd,
-            caps: &spec.capabilities,
-            user: &spec.user,
-            no_new_privs: spec.no_new_privs,
-            seccomp: &spec.seccomp,
-            apparmor: spec.apparmor.as_deref(),
-            selinux_label: spec.selinux_label.as_deref(),
-            args: &spec.args,
-            env: &spec.env,
-        },
-    )
+    become_process(stdio, &spec.process)
 }
 
 fn redirect(stdio: Stdio) -> Step<()> {

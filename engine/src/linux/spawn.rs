@@ -25,24 +25,13 @@ use crate::spec::security::Capabilities;
 pub struct LaunchSpec {
     pub id: String,
     pub rootfs: Rootfs,
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub user: User,
-    pub capabilities: Capabilities,
-    pub no_new_privs: bool,
-    /// Compiled seccomp filters, installed in order just before exec (none: unconfined).
-    #[serde(default)]
-    pub seccomp: Vec<crate::spec::seccomp::Filter>,
+    /// The process (its fields sit at the top level of the JSON, as before they were
+    /// grouped).
+    #[serde(flatten)]
+    pub process: ProcessSpec,
     /// Device nodes to create (requested devices; every host device when privileged).
     #[serde(default)]
     pub devices: Vec<crate::spec::devices::DeviceNode>,
-    /// AppArmor profile to exec under (None: unconfined).
-    #[serde(default)]
-    pub apparmor: Option<String>,
-    /// SELinux process label to exec with.
-    #[serde(default)]
-    pub selinux_label: Option<String>,
     pub oom_score_adj: Option<i32>,
     pub mounts: Vec<Mount>,
     pub masked_paths: Vec<String>,
@@ -176,22 +165,33 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
     }
 }
 
-/// A process to run inside a running container (ExecSync, exec sessions).
+/// What a container's process and an exec'd process are made of: command, environment,
+/// identity and confinement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExecSpec {
+pub struct ProcessSpec {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
     pub user: User,
     pub capabilities: Capabilities,
     pub no_new_privs: bool,
-    /// The container's seccomp filters: an exec is confined like the container.
+    /// Compiled seccomp filters, installed in order just before exec (none: unconfined).
     #[serde(default)]
     pub seccomp: Vec<crate::spec::seccomp::Filter>,
+    /// AppArmor profile to exec under (None: unconfined).
     #[serde(default)]
     pub apparmor: Option<String>,
+    /// SELinux process label to exec with.
     #[serde(default)]
     pub selinux_label: Option<String>,
+}
+
+/// A process to run inside a running container (ExecSync, exec sessions): confined like
+/// the container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    #[serde(flatten)]
+    pub process: ProcessSpec,
     pub cgroup_dirs: Vec<PathBuf>,
 }
 
