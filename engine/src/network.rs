@@ -237,6 +237,15 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// berth's nftables table for `cidrs` (element changes need no ranges).
+    fn nft_table<'a>(&'a self, cidrs: &'a [PodCidr]) -> nft::Table<'a> {
+        nft::Table {
+            name: &self.cfg.network.nft_table,
+            bridge: &self.cfg.network.bridge,
+            cidrs,
+        }
+    }
+
     /// Sets up the bridge and berth's table unless already done. Called with the state
     /// locked; the error is kept for NetworkReady.
     fn ensure_node_network(&self, st: &mut NetState) -> Result<u32> {
@@ -255,12 +264,7 @@ impl Engine {
             cidrs: cidrs.clone(),
         };
         let all: Vec<PortMapping> = st.mappings.values().flatten().cloned().collect();
-        let script = nft::Table {
-            name: &self.cfg.network.nft_table,
-            bridge: &self.cfg.network.bridge,
-            cidrs: &cidrs,
-        }
-        .replace_script(&all);
+        let script = self.nft_table(&cidrs).replace_script(&all);
         match bridge::ensure_bridge(&cfg).and_then(|i| nft::apply(&script).map(|()| i)) {
             Ok(i) => {
                 st.bridge_index = Some(i);
@@ -523,11 +527,7 @@ impl Engine {
             addrs,
             gateways,
         };
-        let table = nft::Table {
-            name: &self.cfg.network.nft_table,
-            bridge: &self.cfg.network.bridge,
-            cidrs: &[],
-        };
+        let table = self.nft_table(&[]);
         let done = bridge::attach(index, netns, &iface, self.mtu).and_then(|()| {
             if mappings.is_empty() {
                 Ok(())
@@ -570,11 +570,7 @@ impl Engine {
                     });
                 }
                 if let Some(ms) = st.mappings.remove(pod_id) {
-                    let table = nft::Table {
-                        name: &self.cfg.network.nft_table,
-                        bridge: &self.cfg.network.bridge,
-                        cidrs: &[],
-                    };
+                    let table = self.nft_table(&[]);
                     if let Err(e) = nft::apply(&table.delete_script(&ms)) {
                         tracing::warn!(pod_id, error = %e, "cannot delete the pod's host ports; reloading berth's table");
                         st.bridge_index = None;

@@ -235,9 +235,20 @@ impl Engine {
         &self,
         filter: Option<&cri::PodSandboxStatsFilter>,
     ) -> Result<Vec<PodFigures>> {
-        let containers = self.db.container_list()?;
+        let out = self.pod_figures_of(self.db.pod_list()?, &self.db.container_list()?, filter);
+        self.forget_gone_samples()?;
+        Ok(out)
+    }
+
+    /// The figures of the ready `pods` that pass the filter.
+    fn pod_figures_of(
+        &self,
+        pods: Vec<PodRecord>,
+        containers: &[ContainerRecord],
+        filter: Option<&cri::PodSandboxStatsFilter>,
+    ) -> Vec<PodFigures> {
         let mut out = Vec::new();
-        for p in self.db.pod_list()? {
+        for p in pods {
             if let Some(f) = filter {
                 if !f.id.is_empty() && !p.id.starts_with(&f.id) {
                     continue;
@@ -249,10 +260,9 @@ impl Engine {
             if p.state != PodState::Ready {
                 continue;
             }
-            out.push(self.pod_figures(p, &containers));
+            out.push(self.pod_figures(p, containers));
         }
-        self.forget_gone_samples()?;
-        Ok(out)
+        out
     }
 
     /// PodSandboxStats.
@@ -436,7 +446,10 @@ impl Engine {
             ..Default::default()
         };
         let secs = |ns: Option<u64>| ns.map(|v| v as f64 / 1e9);
-        for f in self.pod_figures_list(None)? {
+        // The lists read above serve the usage figures too: one read of the db per scrape.
+        let figures = self.pod_figures_of(pods, &containers, None);
+        self.forget_gone_samples()?;
+        for f in figures {
             let (ns, pod) = (f.pod.namespace.clone(), f.pod.name.clone());
             for c in &f.containers {
                 snap.container_samples.push(berth_metrics::ContainerSample {
