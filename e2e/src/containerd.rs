@@ -4,7 +4,7 @@
 //! CNI plugins (comparable to berth's built-in bridge). Started in its own session and
 //! stopped, with whatever it left (shims, mounts, the bridge), when dropped.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -218,21 +218,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 Signal::SIGKILL,
             );
         }
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&needle))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
-        }
+        crate::daemon::unmount_under(self.dir.path());
         net::remove_daemon_network(&self.bridge, "berth_bench_none");
         for p in &self.created {
             if p.starts_with("/sys/fs/cgroup") {
-                remove_cgroup_tree(p);
+                crate::daemon::remove_cgroup_tree(p);
             } else {
                 let _ = std::fs::remove_dir_all(p);
             }
@@ -244,13 +234,4 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_tree(&e.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }

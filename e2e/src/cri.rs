@@ -265,3 +265,17 @@ impl Cri {
             .into_inner())
     }
 }
+
+/// Puts a pod config in the node's network namespace (hostNetwork).
+pub fn use_host_network(config: &mut cri::PodSandboxConfig) {
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}

@@ -368,16 +368,7 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&needle))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(self.dir.path());
         for d in self.cgroup_dirs() {
             remove_cgroup_tree(&d);
         }
@@ -385,7 +376,23 @@ impl Daemon {
     }
 }
 
-fn remove_cgroup_tree(dir: &Path) {
+/// Unmounts (lazily, deepest first) every mount below `dir`.
+pub(crate) fn unmount_under(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&needle))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes a cgroup directory and its children, deepest first.
+pub(crate) fn remove_cgroup_tree(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             remove_cgroup_tree(&e.path());

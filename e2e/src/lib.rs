@@ -12,6 +12,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod env;
 pub mod http;
 pub mod images;
 pub mod net;

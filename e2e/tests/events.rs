@@ -5,24 +5,11 @@
 
 use std::time::Duration;
 
-use berth_e2e::images::catalog;
-use berth_e2e::{Cri, Daemon, Registry, require};
+use berth_e2e::Cri;
+use berth_e2e::env::BusyboxEnv;
 use berth_proto::cri;
 use berth_proto::cri::ContainerEventType as T;
 use tokio_stream::StreamExt;
-
-async fn env() -> Option<(Daemon, Registry, Cri, String, tempfile::TempDir)> {
-    if !(require::root() && catalog::available()) {
-        return None;
-    }
-    let reg = Registry::start()?;
-    reg.push_image("busybox", "latest", &catalog::busybox().build());
-    let d = Daemon::start().await;
-    let mut c = d.cri().await;
-    let image = format!("{}/busybox", reg.host());
-    c.pull(&image, None).await.unwrap();
-    Some((d, reg, c, image, tempfile::tempdir().unwrap()))
-}
 
 fn pod_config(logs: &std::path::Path, name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
@@ -91,7 +78,14 @@ fn kinds(evs: &[cri::ContainerEventResponse]) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_lifecycle_arrives_in_order() {
-    let Some((d, _reg, mut c, image, logs)) = env().await else {
+    let Some(BusyboxEnv {
+        d,
+        reg: _reg,
+        mut c,
+        image,
+        logs,
+    }) = BusyboxEnv::start().await
+    else {
         return;
     };
     let mut stream = subscribe(&mut c).await;
@@ -147,7 +141,14 @@ async fn a_full_lifecycle_arrives_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_exit_while_berthd_is_down_is_an_event_after_it_restarts() {
-    let Some((mut d, _reg, mut c, image, logs)) = env().await else {
+    let Some(BusyboxEnv {
+        mut d,
+        mut c,
+        image,
+        logs,
+        reg: _reg,
+    }) = BusyboxEnv::start().await
+    else {
         return;
     };
     let pod = c.run_pod(pod_config(logs.path(), "down")).await;

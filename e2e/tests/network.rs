@@ -9,9 +9,10 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use berth_e2e::env::BusyboxEnv;
 use berth_e2e::images::catalog;
 use berth_e2e::net::{self, ClientNetns};
-use berth_e2e::{Cri, Daemon, DaemonOptions, Registry, require};
+use berth_e2e::{Cri, Daemon, DaemonOptions, require};
 use berth_proto::cri;
 use tonic::Code;
 
@@ -20,12 +21,7 @@ use tonic::Code;
 /// back resets every interface's forwarding switch, so they must not overlap.
 static FORWARDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Env {
-    d: Daemon,
-    reg: Registry,
-    c: Cri,
-    logs: tempfile::TempDir,
-}
+type Env = BusyboxEnv;
 
 fn can_run() -> bool {
     require::root() && catalog::available() && require::need_binary("nft", "nftables").is_some()
@@ -35,19 +31,11 @@ async fn env_with(network: &str) -> Option<Env> {
     if !can_run() {
         return None;
     }
-    let reg = Registry::start()?;
-    reg.push_image("busybox", "latest", &catalog::busybox().build());
-    let d = Daemon::start_with(DaemonOptions {
+    BusyboxEnv::start_with(DaemonOptions {
         network: network.into(),
         ..DaemonOptions::default()
     })
-    .await;
-    let mut c = d.cri().await;
-    c.pull(&format!("{}/busybox", reg.host()), None)
-        .await
-        .unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    Some(Env { d, reg, c, logs })
+    .await
 }
 
 fn pod_config(env: &Env, name: &str) -> cri::PodSandboxConfig {
@@ -594,16 +582,7 @@ async fn a_broken_bridge_is_reported_and_host_network_pods_still_run() {
     assert!(all_pods(&mut c).await.is_empty());
 
     let mut host = pod_config_in(logs.path(), "hostnet");
-    host.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    berth_e2e::cri::use_host_network(&mut host);
     let id = c.run_pod(host).await;
     assert!(c.pod_ips(&id).await.is_empty());
     c.stop_and_remove_pod(&id).await;

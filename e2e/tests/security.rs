@@ -3,36 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use berth_e2e::images::catalog;
-use berth_e2e::{Cri, Daemon, Registry, require};
+use berth_e2e::env::BusyboxEnv;
+use berth_e2e::{Cri, require};
 use berth_proto::cri;
 use tonic::Code;
 
-struct Env {
-    _d: Daemon,
-    _reg: Registry,
-    c: Cri,
-    image: String,
-    logs: tempfile::TempDir,
-}
+type Env = BusyboxEnv;
 
 async fn env() -> Option<Env> {
-    if !(require::root() && catalog::available()) {
-        return None;
-    }
-    let reg = Registry::start()?;
-    reg.push_image("busybox", "latest", &catalog::busybox().build());
-    let d = Daemon::start().await;
-    let mut c = d.cri().await;
-    let image = format!("{}/busybox", reg.host());
-    c.pull(&image, None).await.unwrap();
-    Some(Env {
-        _d: d,
-        _reg: reg,
-        c,
-        image,
-        logs: tempfile::tempdir().unwrap(),
-    })
+    BusyboxEnv::start().await
 }
 
 fn pod(env: &Env, name: &str, privileged: bool) -> cri::PodSandboxConfig {

@@ -6,24 +6,24 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use berth_e2e::images::catalog;
-use berth_e2e::{Daemon, Registry, require};
+use berth_e2e::env::BusyboxEnv;
+use berth_e2e::require;
 use berth_proto::cri;
 
 const MIB: u64 = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stats_of_a_busy_container_come_out_in_range() {
-    if !(require::root() && catalog::available()) {
+    let Some(BusyboxEnv {
+        d,
+        reg: _reg,
+        mut c,
+        image,
+        logs,
+    }) = BusyboxEnv::start().await
+    else {
         return;
-    }
-    let Some(reg) = Registry::start() else { return };
-    reg.push_image("busybox", "latest", &catalog::busybox().build());
-    let d = Daemon::start().await;
-    let mut c = d.cri().await;
-    let image = format!("{}/busybox", reg.host());
-    c.pull(&image, None).await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+    };
     let pod = c
         .run_pod(cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
@@ -262,17 +262,10 @@ fn get(url: &str) -> (u16, String) {
     }
 }
 
-async fn busy_env() -> Option<(Daemon, Registry, berth_e2e::Cri, String, tempfile::TempDir)> {
-    if !(require::root() && catalog::available()) {
-        return None;
-    }
-    let reg = Registry::start()?;
-    reg.push_image("busybox", "latest", &catalog::busybox().build());
-    let d = Daemon::start().await;
-    let mut c = d.cri().await;
-    let image = format!("{}/busybox", reg.host());
-    c.pull(&image, None).await.unwrap();
-    let logs = tempfile::tempdir().unwrap();
+/// The busybox environment with one pod running a sleeping container; the pod's id.
+async fn busy_env() -> Option<(BusyboxEnv, String)> {
+    let mut env = BusyboxEnv::start().await?;
+    let c = &mut env.c;
     let pod = c
         .run_pod(cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
@@ -281,30 +274,42 @@ async fn busy_env() -> Option<(Daemon, Registry, berth_e2e::Cri, String, tempfil
                 namespace: "metrics".into(),
                 attempt: 0,
             }),
-            log_directory: logs.path().display().to_string(),
+            log_directory: env.logs.path().display().to_string(),
             ..Default::default()
         })
         .await;
-    c.run_container(
-        &pod,
-        cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: "sleeper".into(),
-                attempt: 0,
-            }),
-            image: Some(berth_e2e::cri::spec(&image)),
-            command: vec!["sleep".into(), "3600".into()],
-            log_path: "sleeper.log".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    Some((d, reg, c, pod, logs))
+    let image = env.image.clone();
+    env.c
+        .run_container(
+            &pod,
+            cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "sleeper".into(),
+                    attempt: 0,
+                }),
+                image: Some(berth_e2e::cri::spec(&image)),
+                command: vec!["sleep".into(), "3600".into()],
+                log_path: "sleeper.log".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    Some((env, pod))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_metrics_endpoint_serves_berth_series_that_promtool_accepts() {
-    let Some((d, _reg, mut c, pod, _logs)) = busy_env().await else {
+    let Some((
+        BusyboxEnv {
+            d,
+            reg: _reg,
+            mut c,
+            logs: _logs,
+            ..
+        },
+        pod,
+    )) = busy_env().await
+    else {
         return;
     };
     let base = format!("http://{}", d.metrics_addr());
@@ -384,7 +389,17 @@ async fn a_real_prometheus_scrapes_berth_and_answers_promql() {
     let Some(prometheus) = require::need_binary("prometheus", "prometheus") else {
         return;
     };
-    let Some((d, _reg, mut c, pod, _logs)) = busy_env().await else {
+    let Some((
+        BusyboxEnv {
+            d,
+            reg: _reg,
+            mut c,
+            logs: _logs,
+            ..
+        },
+        pod,
+    )) = busy_env().await
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
