@@ -31,13 +31,13 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
-/// The percentile of a sorted sample (nearest rank).
+/// The percentile of a sorted sample (the element at the rounded fractional rank).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
-        return 0.0;
+        return f64::NAN;
     }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
 
 fn percentiles(v: &mut [f64]) -> Percentiles {
@@ -202,7 +202,8 @@ fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn pod_config(prefix: &str, i: usize) -> cri::PodSandboxConfig {
+/// Pod `i` of a series: its logs go under /tmp/berth-bench-logs.
+pub fn pod_config(prefix: &str, i: usize) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: format!("{prefix}-{i}"),
@@ -216,7 +217,8 @@ fn pod_config(prefix: &str, i: usize) -> cri::PodSandboxConfig {
     }
 }
 
-fn container_config(image: &str) -> cri::ContainerConfig {
+/// The container of every pod: a shell that waits.
+pub fn container_config(image: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "main".into(),
@@ -234,7 +236,8 @@ fn container_config(image: &str) -> cri::ContainerConfig {
     }
 }
 
-async fn run_container(
+/// CreateContainer (with the sandbox config, as kubelet sends it) and StartContainer.
+pub async fn run_container(
     c: &mut Cri,
     pod: &str,
     sandbox: &cri::PodSandboxConfig,
@@ -255,39 +258,23 @@ async fn run_container(
     id
 }
 
-/// Runs the suite of `plan` against one runtime.
-pub async fn run(runtime: &str, c: &mut Cri, probes: &Probes<'_>, plan: &Plan<'_>) -> Report {
-    let Plan {
-        image,
-        runs,
-        burst,
-        loaded,
-        pulls,
-        pull_runs,
-    } = *plan;
-    let mut report = Report {
-        runtime: runtime.to_owned(),
-        idle_rss_kib: rss_kib(probes.daemon_pid),
-        burst_pods: burst,
-        loaded_pods: loaded,
-        ..Report::default()
-    };
+/// `runs` full pod lifecycles (run pod, create, start, stop, remove, stop pod, remove pod)
+/// after 2 warm-up runs; percentiles per step of [`STEPS`] (total: the sum of the steps).
+/// `measuring` is called when the measured runs begin.
+pub async fn lifecycle(
+    c: &mut Cri,
+    image: &str,
+    prefix: &str,
+    runs: usize,
+    mut measuring: impl FnMut(),
+) -> Vec<(String, Percentiles)> {
     let _ = std::fs::create_dir_all("/tmp/berth-bench-logs");
-
-    // Lifecycle.
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
-    let cpu_now = || match probes.cpu {
-        Some(cg) => cg.usage_ns(),
-        // Without a cgroup: the daemon alone, from its clock ticks (USER_HZ = 100).
-        None => cpu_ticks(probes.daemon_pid) * 10_000_000,
-    };
-    let mut cpu_start = 0;
     for i in 0..runs + 2 {
         if i == 2 {
-            cpu_start = cpu_now();
+            measuring();
         }
-        let sandbox = pod_config(&format!("{runtime}-life"), i);
-        let t0 = Instant::now();
+        let sandbox = pod_config(prefix, i);
         let mut lap = Instant::now();
         let mut rec = Vec::new();
         let mut step = |k: usize, lap: &mut Instant| {
@@ -310,9 +297,9 @@ pub async fn run(runtime: &str, c: &mut Cri, probes: &Probes<'_>, plan: &Plan<'_
         step(1, &mut lap);
         c.start(&id).await.expect("StartContainer");
         step(2, &mut lap);
-        // Let the shell install its trap before it is asked to stop (not counted).
+        // Let the shell install its TERM trap (a pid 1 ignores an untrapped SIGTERM);
+        // this pause is not counted.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let paused = lap.elapsed();
         lap = Instant::now();
         c.runtime
             .stop_container(cri::StopContainerRequest {
@@ -343,21 +330,54 @@ pub async fn run(runtime: &str, c: &mut Cri, probes: &Probes<'_>, plan: &Plan<'_
             .await
             .expect("RemovePodSandbox");
         step(6, &mut lap);
-        let total = (t0.elapsed() - paused).as_secs_f64() * 1e3;
+        let total = rec.iter().map(|(_, v)| v).sum();
+        rec.push((7, total));
         if i >= 2 {
+            // The first two runs warm up caches and are not counted.
             for (k, v) in rec {
                 times[k].push(v);
             }
-            times[7].push(total);
         }
     }
-    let ns = cpu_now().saturating_sub(cpu_start);
-    report.cpu_ms_per_lifecycle = ns as f64 / 1e6 / runs.max(1) as f64;
-    report.lifecycle = STEPS
+    STEPS
         .iter()
         .zip(times.iter_mut())
         .map(|(s, v)| ((*s).to_owned(), percentiles(v)))
-        .collect();
+        .collect()
+}
+
+/// Runs the suite of `plan` against one runtime.
+pub async fn run(runtime: &str, c: &mut Cri, probes: &Probes<'_>, plan: &Plan<'_>) -> Report {
+    let Plan {
+        image,
+        runs,
+        burst,
+        loaded,
+        pulls,
+        pull_runs,
+    } = *plan;
+    let mut report = Report {
+        runtime: runtime.to_owned(),
+        idle_rss_kib: rss_kib(probes.daemon_pid),
+        burst_pods: burst,
+        loaded_pods: loaded,
+        ..Report::default()
+    };
+    let _ = std::fs::create_dir_all("/tmp/berth-bench-logs");
+
+    // Lifecycle.
+    let cpu_now = || match probes.cpu {
+        Some(cg) => cg.usage_ns(),
+        // Without a cgroup: the daemon alone, from its clock ticks (USER_HZ = 100).
+        None => cpu_ticks(probes.daemon_pid) * 10_000_000,
+    };
+    let mut cpu_start = 0;
+    report.lifecycle = lifecycle(c, image, &format!("{runtime}-life"), runs, || {
+        cpu_start = cpu_now();
+    })
+    .await;
+    let ns = cpu_now().saturating_sub(cpu_start);
+    report.cpu_ms_per_lifecycle = ns as f64 / 1e6 / runs.max(1) as f64;
 
     // ExecSync round trip of a trivial command.
     let sandbox = pod_config(&format!("{runtime}-exec"), 0);

@@ -36,6 +36,7 @@ use std::time::Instant;
 
 use berth_e2e::images::{Compression, Entry, Layer, TestImage, catalog};
 use berth_e2e::net;
+use berth_e2e::suite::{self, percentile, rss_kib};
 use berth_e2e::{Daemon, DaemonOptions, Registry};
 
 /// Deterministic incompressible bytes (xorshift64*).
@@ -100,14 +101,6 @@ fn smallfiles() -> TestImage {
     TestImage::new(vec![Layer::new(entries).compressed(Compression::Gzip)])
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 async fn bench_pull(runs: usize) {
     assert!(catalog::available(), "busybox-static is needed");
     let reg = Registry::start().expect("docker-registry is needed");
@@ -157,17 +150,6 @@ async fn bench_pull(runs: usize) {
     }
 }
 
-fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Pss:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// The largest private (unshared) mappings of a process, from /proc/<pid>/smaps.
 fn private_by_mapping(pid: u32) -> String {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
@@ -198,17 +180,6 @@ fn private_by_mapping(pid: u32) -> String {
         .join(", ")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 async fn bench_lifecycle(runs: usize) {
     use berth_proto::cri;
     assert!(catalog::available(), "busybox-static is needed");
@@ -218,169 +189,18 @@ async fn bench_lifecycle(runs: usize) {
     let mut c = d.cri().await;
     let image = format!("{}/busybox:latest", reg.host());
     c.pull(&image, None).await.expect("pull");
-    let steps = [
-        "run_pod",
-        "create",
-        "start",
-        "stop",
-        "remove",
-        "stop_pod",
-        "remove_pod",
-        "total",
-    ];
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
-    let pod_config = |i: usize| cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: format!("bench-{i}"),
-            uid: format!("uid-{i}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: format!("bench-{i}"),
-        ..Default::default()
-    };
-    let ctr_config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "main".into(),
-            attempt: 0,
-        }),
-        image: Some(berth_e2e::cri::spec(&image)),
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            "trap 'exit 0' TERM; sleep 1000 & wait".into(),
-        ],
-        ..Default::default()
-    };
-    let mut pss = 0;
-    for i in 0..runs + 2 {
-        let t0 = Instant::now();
-        let mut lap = Instant::now();
-        let step = |k: usize, lap: &mut Instant| {
-            let s = lap.elapsed().as_secs_f64() * 1e3;
-            *lap = Instant::now();
-            (k, s)
-        };
-        let mut rec = Vec::new();
-        let pod = c
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_config(i)),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("run pod")
-            .into_inner()
-            .pod_sandbox_id;
-        rec.push(step(0, &mut lap));
-        let id = c
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(ctr_config.clone()),
-                sandbox_config: Some(pod_config(i)),
-            })
-            .await
-            .expect("create")
-            .into_inner()
-            .container_id;
-        rec.push(step(1, &mut lap));
-        c.runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("start");
-        rec.push(step(2, &mut lap));
-        if i == 0 {
-            // Memory of one pod's monitor with one running container.
-            let st = c
-                .runtime
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: pod.clone(),
-                    verbose: true,
-                })
-                .await
-                .expect("status")
-                .into_inner();
-            let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info");
-            pss = pss_kib(u32::try_from(info["pid"].as_u64().unwrap_or(0)).unwrap_or(0));
-        }
-        // Let the shell install its TERM trap (a pid 1 ignores an untrapped SIGTERM);
-        // this pause is not counted.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        lap = Instant::now();
-        c.runtime
-            .stop_container(cri::StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 10,
-            })
-            .await
-            .expect("stop");
-        rec.push(step(3, &mut lap));
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .expect("remove");
-        rec.push(step(4, &mut lap));
-        c.runtime
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .expect("stop pod");
-        rec.push(step(5, &mut lap));
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .expect("remove pod");
-        rec.push(step(6, &mut lap));
-        let _ = t0;
-        let total: f64 = rec.iter().map(|(_, v)| v).sum();
-        rec.push((7, total));
-        if i >= 2 {
-            // The first two runs warm up caches and are not counted.
-            for (k, v) in rec {
-                times[k].push(v);
-            }
-        }
-    }
-    // Per-pod memory at scale: N pods, each with one running container; the average PSS of
-    // their monitors (what berth adds per pod; the container itself is the workload).
+    let lifecycle = suite::lifecycle(&mut c, &image, "bench", runs, || {}).await;
+    // Per-pod memory: one pod's monitor with one running container, then the average PSS
+    // of the monitors of N such pods (what berth adds per pod; the container itself is the
+    // workload).
     const SCALE: usize = 20;
     let mut pods = Vec::new();
     let mut monitors = Vec::new();
+    let mut pss = 0;
     for i in 0..SCALE {
-        let cfg = pod_config(1000 + i);
-        let pod = c
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("run pod")
-            .into_inner()
-            .pod_sandbox_id;
-        let id = c
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(ctr_config.clone()),
-                sandbox_config: Some(cfg),
-            })
-            .await
-            .expect("create")
-            .into_inner()
-            .container_id;
-        c.runtime
-            .start_container(cri::StartContainerRequest { container_id: id })
-            .await
-            .expect("start");
+        let cfg = suite::pod_config("bench-scale", i);
+        let pod = c.run_pod(cfg.clone()).await;
+        suite::run_container(&mut c, &pod, &cfg, &image).await;
         let st = c
             .runtime
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -391,10 +211,14 @@ async fn bench_lifecycle(runs: usize) {
             .expect("status")
             .into_inner();
         let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info");
-        monitors.push(u32::try_from(info["pid"].as_u64().unwrap_or(0)).unwrap_or(0));
+        let monitor = u32::try_from(info["pid"].as_u64().unwrap_or(0)).unwrap_or(0);
+        if i == 0 {
+            pss = suite::pss_kib(&[monitor]);
+        }
+        monitors.push(monitor);
         pods.push(pod);
     }
-    let scale_pss: u64 = monitors.iter().map(|m| pss_kib(*m)).sum::<u64>() / SCALE as u64;
+    let scale_pss = suite::pss_kib(&monitors) / SCALE as u64;
     if let Some(m) = monitors.first() {
         println!(
             "one monitor's private memory by mapping (KiB): {}",
@@ -403,21 +227,19 @@ async fn bench_lifecycle(runs: usize) {
     }
     let daemon_rss = d
         .pid()
-        .map(|p| rss_kib(u32::try_from(p.as_raw()).unwrap_or(0)))
+        .map(|p| suite::rss_kib(u32::try_from(p.as_raw()).unwrap_or(0)))
         .unwrap_or(0);
     for pod in pods {
         c.stop_and_remove_pod(&pod).await;
     }
+    let _ = std::fs::remove_dir_all("/tmp/berth-bench-logs");
     println!("{:<11} {:>9} {:>9} {:>9}", "step (ms)", "p50", "p90", "p99");
     let mut json = serde_json::Map::new();
-    for (k, name) in steps.iter().enumerate() {
-        let v = &mut times[k];
-        v.sort_by(f64::total_cmp);
-        let (p50, p90, p99) = (percentile(v, 0.5), percentile(v, 0.9), percentile(v, 0.99));
-        println!("{name:<11} {p50:>9.2} {p90:>9.2} {p99:>9.2}");
+    for (name, p) in &lifecycle {
+        println!("{name:<11} {:>9.2} {:>9.2} {:>9.2}", p.p50, p.p90, p.p99);
         json.insert(
-            (*name).into(),
-            serde_json::json!({"p50_ms": p50, "p90_ms": p90, "p99_ms": p99}),
+            name.clone(),
+            serde_json::json!({"p50_ms": p.p50, "p90_ms": p.p90, "p99_ms": p.p99}),
         );
     }
     println!(
@@ -497,16 +319,7 @@ async fn bench_network(runs: usize) {
                 ..Default::default()
             };
             if mode == "host-network" {
-                config.linux = Some(cri::LinuxPodSandboxConfig {
-                    security_context: Some(cri::LinuxSandboxSecurityContext {
-                        namespace_options: Some(cri::NamespaceOption {
-                            network: cri::NamespaceMode::Node as i32,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                });
+                berth_e2e::cri::use_host_network(&mut config);
             }
             let t = Instant::now();
             let id = c.run_pod(config).await;
@@ -714,7 +527,7 @@ fn pause_image(dir: &std::path::Path) -> TestImage {
 /// one after the other; a table, JSON, and with `--out FILE` a markdown report (and an
 /// SVG chart beside it).
 async fn bench_compare(runs: usize, burst: usize, loaded: usize, out: Option<std::path::PathBuf>) {
-    use berth_e2e::suite::{self, Probes};
+    use berth_e2e::suite::Probes;
     assert!(catalog::available(), "busybox-static is needed");
     let tmp = tempfile::tempdir().expect("tempdir");
     let reg = Registry::start().expect("docker-registry is needed");
@@ -962,11 +775,11 @@ fn compare_report(
             }
             if name.starts_with("per-pod overhead") {
                 t.push_str(
-                    " berth's per-pod process is its monitor, which is berthd itself re-executed: \
-                     its private memory is the Rust runtime's heap and stacks plus the relocated \
-                     (RELRO) pages of a position-independent binary of several MiB, about 470 KiB \
-                     of it. A dedicated small monitor binary, or a non-PIE build, would share or \
-                     drop those pages; containerd's figure is its shim plus the pause process.",
+                    " berth's per-pod process is its monitor, which is berthd itself re-executed \
+                     (linked non-PIE, so its code and relocated data are shared): about 300 KiB \
+                     of its own (heap, stacks) plus its share of berthd's binary pages, which \
+                     shrinks as more pods share them; `berth-bench lifecycle` prints the split. \
+                     containerd's figure is its shim plus the pause process.",
                 );
             }
             t.push('\n');
