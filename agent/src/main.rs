@@ -78,6 +78,12 @@ enum Command {
         share_pid: bool,
         #[arg(long)]
         init_cgroup: Vec<PathBuf>,
+        /// A line of the pod's uid map, `container:host:size` (gives the pod a user
+        /// namespace).
+        #[arg(long, value_parser = berth_engine::spec::userns::IdMappings::parse_arg)]
+        uid_map: Vec<berth_engine::spec::userns::IdRange>,
+        #[arg(long, value_parser = berth_engine::spec::userns::IdMappings::parse_arg)]
+        gid_map: Vec<berth_engine::spec::userns::IdRange>,
     },
 }
 
@@ -110,6 +116,8 @@ fn main() -> ExitCode {
             hostname,
             share_pid,
             init_cgroup,
+            uid_map,
+            gid_map,
         }) => {
             // A fresh exec of berthd, single-threaded from here on: no tokio runtime and no
             // tracing subscriber of the daemon exist in this process.
@@ -121,6 +129,12 @@ fn main() -> ExitCode {
                     new_ipc,
                     hostname,
                     share_pid: share_pid.then_some(init_cgroup),
+                    userns: (!uid_map.is_empty()).then_some(
+                        berth_engine::spec::userns::IdMappings {
+                            uids: uid_map,
+                            gids: gid_map,
+                        },
+                    ),
                 });
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }

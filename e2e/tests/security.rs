@@ -323,6 +323,148 @@ async fn devices_sysctls_and_lsm_options() {
     }
 }
 
+fn userns_pod(env: &Env, name: &str, host_id: u32, host_network: bool) -> cri::PodSandboxConfig {
+    let mut config = pod(env, name, false);
+    let range = vec![cri::IdMapping {
+        host_id,
+        container_id: 0,
+        length: 65536,
+    }];
+    config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options = Some(cri::NamespaceOption {
+        network: if host_network {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Pod
+        } as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        userns_options: Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: range.clone(),
+            gids: range,
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+/// The (device, inode) of a namespace file.
+fn ns_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A pod in its own user namespace (kubelet's hostUsers: false): root inside is root of the
+/// image's files and of what it writes, and an unprivileged uid of the node outside.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespaced_pod_maps_root_to_an_unprivileged_range() {
+    let Some(mut env) = env().await else { return };
+    // A range no process of this machine uses (kubelet hands out multiples of 65536).
+    let base: u32 = 65536 * 300;
+    let p = env.c.run_pod(userns_pod(&env, "userns", base, false)).await;
+    let status = env.c.pod_status(&p).await;
+    let opts = status
+        .linux
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .and_then(|o| o.userns_options)
+        .unwrap();
+    assert_eq!(opts.mode, cri::NamespaceMode::Pod as i32);
+    assert_eq!(opts.uids[0].host_id, base);
+
+    let mut config = sleeper(&env, None, false);
+    config.mounts = vec![cri::Mount {
+        container_path: "/vol".into(),
+        host_path: env.logs.path().display().to_string(),
+        ..Default::default()
+    }];
+    let c = env.c.run_container(&p, config).await;
+    let (code, out) = sh(
+        &mut env.c,
+        &c,
+        "id -u; id -g; cat /proc/self/uid_map | tr -s ' '; stat -c %u:%g /etc/passwd /bin /; \
+         echo x > /etc/written && stat -c %u /etc/written; stat -c %u /vol; \
+         (mknod /tmp/null c 1 3 2>&1 && echo MKNOD-WORKED) | grep -c 'not permitted'",
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            format!("0\n0\n 0 {base} 65536\n0:0\n0:0\n0:0\n0\n0\n1\n").as_str()
+        ),
+        "inside the user namespace"
+    );
+
+    // Outside: every process of the pod's namespace runs as an id of its range, and what the
+    // container wrote belongs to its root's host uid.
+    let pod_dir = env.d.state.join("pods").join(&p);
+    let userns = ns_id(&pod_dir.join("userns")).expect("the pod's user namespace is bound");
+    let mut seen = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_none()
+            || ns_id(&e.path().join("ns/user")) != Some(userns)
+        {
+            continue;
+        }
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        for field in ["Uid:", "Gid:"] {
+            let ids: Vec<u32> = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .unwrap()
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            assert!(
+                ids.iter().all(|&id| (base..base + 65536).contains(&id)),
+                "{field} {ids:?} of {:?} outside the pod's range",
+                e.path()
+            );
+        }
+        seen += 1;
+    }
+    assert!(seen >= 1, "no process in the pod's user namespace");
+    let upper = env.d.root.join("containers").join(&c).join("upper");
+    use std::os::unix::fs::MetadataExt;
+    let written = std::fs::metadata(upper.join("etc/written")).unwrap();
+    assert_eq!((written.uid(), written.gid()), (base, base));
+    // The volume's files keep their owner on the host (the mount is id-mapped, not chowned).
+    assert_eq!(std::fs::metadata(env.logs.path()).unwrap().uid(), 0);
+
+    // Mappings that would not isolate, or a host namespace, are refused.
+    let err = env
+        .c
+        .try_run_pod(userns_pod(&env, "userns-root", 0, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("host id 0"), "{}", err.message());
+    let err = env
+        .c
+        .try_run_pod(userns_pod(&env, "userns-hostnet", base + 65536, true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    env.c.stop_and_remove_pod(&p).await;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(pod_dir.to_str().unwrap()),
+        "the pod's user namespace is still mounted"
+    );
+}
+
 /// berth's cgroup2 device program, as the kernel runs it (on cgroup v2 nodes it is the only
 /// device control): a process in a cgroup2 directory with the default policy attached can
 /// open /dev/null and cannot open /dev/loop-control.

@@ -346,7 +346,49 @@ impl Engine {
                 .display()
                 .to_string()
         };
+        // In a pod's user namespace the mounts and device nodes that berth makes (as root
+        // of the host) are owned by the host ids of the container's ones.
+        let (all_mounts, device_nodes, userns) = match &pod.userns {
+            None => (all_mounts, device_nodes, None),
+            Some(m) => {
+                let (root_uid, root_gid) = (
+                    m.host_uid(0).unwrap_or(crate::spec::userns::OVERFLOW_ID),
+                    m.host_gid(0).unwrap_or(crate::spec::userns::OVERFLOW_ID),
+                );
+                let mounts = all_mounts
+                    .into_iter()
+                    .map(|mut mt| {
+                        if matches!(mt.kind.as_str(), "tmpfs" | "devpts" | "mqueue") {
+                            if mt.destination == "/dev" {
+                                mt.options.extend(["uid=0".to_owned(), "gid=0".to_owned()]);
+                            }
+                            mt.options = m.map_mount_options(&mt.options);
+                        }
+                        mt
+                    })
+                    .collect();
+                let devices = device_nodes
+                    .into_iter()
+                    .map(|mut d| {
+                        d.uid = m
+                            .host_uid(d.uid)
+                            .unwrap_or(crate::spec::userns::OVERFLOW_ID);
+                        d.gid = m
+                            .host_gid(d.gid)
+                            .unwrap_or(crate::spec::userns::OVERFLOW_ID);
+                        d
+                    })
+                    .collect();
+                let ns = crate::linux::spawn::UserNamespace {
+                    path: pod.dir.join(crate::monitor::entry::USERNS_FILE),
+                    root_uid,
+                    root_gid,
+                };
+                (mounts, devices, Some(ns))
+            }
+        };
         let launch = LaunchSpec {
+            userns,
             devices: device_nodes,
             id: id.clone(),
             rootfs: Rootfs {

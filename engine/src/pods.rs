@@ -120,6 +120,13 @@ impl Drop for Rollback {
     }
 }
 
+/// Unmounts what a pod's monitor mounted in its run directory: /dev/shm and the user
+/// namespace.
+fn unmount_pod_files(dir: &Path) {
+    let _ = umount2(&dir.join("shm"), MntFlags::MNT_DETACH);
+    unmount_file(&dir.join(crate::monitor::entry::USERNS_FILE));
+}
+
 fn unmount_file(p: &Path) {
     let _ = umount2(p, MntFlags::MNT_DETACH);
     let _ = std::fs::remove_file(p);
@@ -190,11 +197,14 @@ impl Engine {
             network == NsMode::Node,
             ipc == NsMode::Node,
         )?;
-        if ns.userns_options.as_ref().is_some_and(|u| u.mode == 0) {
-            return Err(Error::InvalidArgument(
-                "user namespaces (userns_options mode POD) are not supported by berth yet".into(),
-            ));
-        }
+        let userns = crate::spec::userns::IdMappings::from_cri(
+            ns.userns_options.as_ref(),
+            &[
+                ("network", network == NsMode::Node),
+                ("pid", pid == NsMode::Node),
+                ("IPC", ipc == NsMode::Node),
+            ],
+        )?;
         let id = new_id();
         let dir = self.cfg.state.join("pods").join(&id);
         let mut undo = Rollback(Vec::new());
@@ -202,7 +212,7 @@ impl Engine {
         {
             let d = dir.clone();
             undo.push(move || {
-                let _ = umount2(&d.join("shm"), MntFlags::MNT_DETACH);
+                unmount_pod_files(&d);
                 let _ = std::fs::remove_dir_all(&d);
             });
         }
@@ -278,6 +288,7 @@ impl Engine {
             new_ipc: ipc == NsMode::Pod,
             hostname: hostname.clone(),
             share_pid,
+            userns: userns.clone(),
         };
         let monitor_pid = client::spawn(&self.cfg.monitor_exe, &args).await?;
         undo.push(move || {
@@ -330,6 +341,7 @@ impl Engine {
             privileged: sc.privileged,
             reason: String::new(),
             net,
+            userns,
         };
         self.db.pod_put(&rec)?;
         undo.disarm();
@@ -439,7 +451,7 @@ impl Engine {
         if let Some(n) = &pod.netns {
             unmount_file(n);
         }
-        let _ = umount2(&pod.dir.join("shm"), MntFlags::MNT_DETACH);
+        unmount_pod_files(&pod.dir);
         if pod.state == PodState::Ready {
             pod.state = PodState::NotReady;
             pod.reason = String::new();
@@ -559,7 +571,7 @@ impl Engine {
                 if let Some(n) = &pod.netns {
                     unmount_file(n);
                 }
-                let _ = umount2(&pod.dir.join("shm"), MntFlags::MNT_DETACH);
+                unmount_pod_files(&pod.dir);
                 pod.state = PodState::NotReady;
                 pod.reason = "MonitorGone".into();
                 self.db.pod_put(&pod)?;
@@ -606,7 +618,7 @@ impl Engine {
                 }
             }
             unmount_file(&self.cfg.state.join("netns").join(&id));
-            let _ = umount2(&dir.join("shm"), MntFlags::MNT_DETACH);
+            unmount_pod_files(&dir);
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)
                     .map_err(|e| Error::Internal(format!("remove {}: {e}", dir.display())))?;

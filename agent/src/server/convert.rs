@@ -67,6 +67,7 @@ pub fn pod_status(p: &PodRecord) -> cri::PodSandboxStatus {
                     network: ns(p.network),
                     pid: ns(p.pid),
                     ipc: ns(p.ipc),
+                    userns_options: Some(userns_options(p.userns.as_ref())),
                     ..Default::default()
                 }),
             }),
@@ -218,5 +219,29 @@ fn pod_network(p: &PodRecord) -> cri::PodSandboxNetworkStatus {
             .skip(1)
             .map(|ip| cri::PodIp { ip: ip.clone() })
             .collect(),
+    }
+}
+
+/// The pod's user namespace as CRI reports it: its mappings, or mode NODE.
+fn userns_options(m: Option<&berth_engine::spec::userns::IdMappings>) -> cri::UserNamespace {
+    let conv = |v: &[berth_engine::spec::userns::IdRange]| {
+        v.iter()
+            .map(|r| cri::IdMapping {
+                host_id: r.host_id,
+                container_id: r.container_id,
+                length: r.size,
+            })
+            .collect()
+    };
+    match m {
+        Some(m) => cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: conv(&m.uids),
+            gids: conv(&m.gids),
+        },
+        None => cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
     }
 }

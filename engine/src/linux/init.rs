@@ -36,6 +36,14 @@ pub fn become_container(spec: &LaunchSpec, stdio: Stdio) -> String {
 enum Never {}
 
 fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
+    // Opened first, while the host's paths are visible; entered last.
+    let userns = match &spec.userns {
+        Some(u) => Some(step(
+            || format!("open the pod's user namespace {}", u.path.display()),
+            fs::File::open(&u.path),
+        )?),
+        None => None,
+    };
     for dir in &spec.cgroup_dirs {
         let f = dir.join("cgroup.procs");
         step(
@@ -56,9 +64,9 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
         ),
     )?;
     let root = &spec.rootfs.target;
-    mount_overlay(spec)?;
+    mount_overlay(spec, userns.as_ref())?;
     for m in &spec.mounts {
-        mount_one(root, m, spec)?;
+        mount_one(root, m, spec, userns.as_ref())?;
     }
     for d in &spec.devices {
         make_device(root, d)?;
@@ -94,6 +102,14 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
         // Lowering the score needs CAP_SYS_RESOURCE, which a node may not grant: keep the
         // inherited value then, as containerd's restrict_oom_score_adj does.
         let _ = fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
+    if let Some(ns) = &userns {
+        // From here on our capabilities are the namespace's: full inside, none over the
+        // host's mounts and namespaces, which are all set up by now.
+        step(
+            || "enter the pod's user namespace".into(),
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER),
+        )?;
     }
     become_process(stdio, &spec.process)
 }
@@ -187,13 +203,43 @@ fn redirect(stdio: Stdio) -> Step<()> {
     Ok(())
 }
 
-fn mount_overlay(spec: &LaunchSpec) -> Step<()> {
+fn mount_overlay(spec: &LaunchSpec, userns: Option<&fs::File>) -> Step<()> {
     let r = &spec.rootfs;
-    let lower: Vec<String> = r
-        .lowerdirs
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    // In a user namespace the image's files must show their owners as the container sees
+    // them (root's as the container's root): each layer is id-mapped into the namespace
+    // and given to overlayfs by its fd; the writable layer is not mapped, so what the
+    // container writes is owned by its host ids.
+    let mut trees = Vec::new();
+    let lower: Vec<String> = match (userns, &spec.userns) {
+        (Some(ns), Some(u)) => {
+            step(
+                || format!("chown {}", r.upperdir.display()),
+                nix::unistd::chown(
+                    &r.upperdir,
+                    Some(Uid::from_raw(u.root_uid)),
+                    Some(Gid::from_raw(u.root_gid)),
+                ),
+            )?;
+            let mut v = Vec::new();
+            for l in &r.lowerdirs {
+                let t = step(
+                    || format!("id-map layer {}", l.display()),
+                    super::sys::idmapped_tree(l, ns, false),
+                )?;
+                v.push(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&t)
+                ));
+                trees.push(t);
+            }
+            v
+        }
+        _ => r
+            .lowerdirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+    };
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
@@ -276,7 +322,7 @@ fn ensure_target(target: &Path, as_dir: bool) -> Step<()> {
     }
 }
 
-fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
+fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec, userns: Option<&fs::File>) -> Step<()> {
     let target = inside(root, &m.destination)?;
     let (flags, data) = options(&m.options);
     match m.kind.as_str() {
@@ -285,10 +331,20 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec) -> Step<()> {
                 .map(|md| md.is_dir())
                 .unwrap_or(true);
             ensure_target(&target, is_dir)?;
-            step(
-                || format!("bind {} on {}", m.source, m.destination),
-                bind(Path::new(&m.source), &target, true),
-            )?;
+            // Volumes and pod files id-mapped into a pod's user namespace where the file
+            // system allows it, so that the host's root-owned files are root's inside.
+            let mapped = userns
+                .and_then(|ns| super::sys::idmapped_tree(Path::new(&m.source), ns, true).ok());
+            match mapped {
+                Some(tree) => step(
+                    || format!("bind {} (id-mapped) on {}", m.source, m.destination),
+                    super::sys::move_mount_to(&tree, &target),
+                )?,
+                None => step(
+                    || format!("bind {} on {}", m.source, m.destination),
+                    bind(Path::new(&m.source), &target, true),
+                )?,
+            }
             let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
             if !extra.is_empty() {
                 step(

@@ -47,6 +47,21 @@ pub struct LaunchSpec {
     pub pid_target: Option<String>,
     /// Namespaced sysctls to set inside.
     pub sysctls: BTreeMap<String, String>,
+    /// The pod's user namespace, joined last (after every mount); image layers and bind
+    /// mounts are id-mapped into it.
+    #[serde(default)]
+    pub userns: Option<UserNamespace>,
+}
+
+/// A pod's user namespace as a container joins it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    /// The namespace, bind-mounted by the pod's monitor.
+    pub path: PathBuf,
+    /// Host uid and gid of the container's root: owner of the writable layer's top and
+    /// of what berth creates inside.
+    pub root_uid: u32,
+    pub root_gid: u32,
 }
 
 /// The container's root filesystem: an overlay of image layers and a private upper dir.
@@ -213,9 +228,14 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
         let report = |msg: String| -> ! { fail(&err_w, &msg) };
         // Open both first: once in the container's mount namespace, its /proc is the
         // container's and no longer shows the target by its host pid.
+        // The user namespace last: the others belong to the host's, whose capabilities we
+        // give up on entering it (and only when it is not ours already).
         let mut files = Vec::new();
-        for ns in ["pid", "mnt"] {
+        for ns in ["pid", "mnt", "user"] {
             let path = format!("/proc/{target}/ns/{ns}");
+            if ns == "user" && same_file(&path, "/proc/self/ns/user") {
+                continue;
+            }
             match std::fs::File::open(&path) {
                 Ok(f) => files.push((ns, f)),
                 Err(e) => report(format!("open {path}: {e}")),
@@ -274,6 +294,15 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     } else {
         msg
     }))
+}
+
+/// Whether two paths name the same file (namespaces compare by device and inode).
+fn same_file(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 /// A pipe whose ends close on exec: a child's exec closes its copy, which is how the

@@ -87,6 +87,15 @@ pub async fn spawn(exe: &Path, args: &MonitorArgs) -> Result<u32, MonitorError> 
             cmd.arg("--init-cgroup").arg(d);
         }
     }
+    if let Some(m) = &args.userns {
+        use crate::spec::userns::IdMappings;
+        for r in IdMappings::to_args(&m.uids) {
+            cmd.arg("--uid-map").arg(r);
+        }
+        for r in IdMappings::to_args(&m.gids) {
+            cmd.arg("--gid-map").arg(r);
+        }
+    }
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log)

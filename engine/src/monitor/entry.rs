@@ -42,7 +42,14 @@ pub struct MonitorArgs {
     /// Give the pod one pid namespace for all its containers, with a small init as pid 1
     /// that joins these cgroup directories.
     pub share_pid: Option<Vec<PathBuf>>,
+    /// Create the pod's user namespace with these mappings and bind it at
+    /// `<dir>/`[`USERNS_FILE`]; its containers join it, the pod's other namespaces stay the
+    /// host's (as containerd's).
+    pub userns: Option<crate::spec::userns::IdMappings>,
 }
+
+/// Where a pod's user namespace is bind-mounted, in its run directory.
+pub const USERNS_FILE: &str = "userns";
 
 const SOCKET_NAME: &str = "monitor.sock";
 
@@ -116,6 +123,9 @@ fn setup(args: &MonitorArgs) -> Result<(std::os::unix::net::UnixListener, Option
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
     close_inherited_fds();
     std::fs::create_dir_all(exits_dir(&args.dir)).map_err(|e| format!("create exits dir: {e}"))?;
+    if let Some(m) = &args.userns {
+        create_userns(m, &args.dir.join(USERNS_FILE))?;
+    }
     let mut flags = CloneFlags::empty();
     if !args.hostname.is_empty() {
         flags |= CloneFlags::CLONE_NEWUTS;
@@ -134,7 +144,7 @@ fn setup(args: &MonitorArgs) -> Result<(std::os::unix::net::UnixListener, Option
     }
     if let Some(netns) = &args.new_net {
         crate::linux::sys::loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
-        bind_namespace("net", netns)?;
+        bind_namespace("/proc/self/ns/net", netns)?;
     }
     if args.new_ipc {
         let shm = args.dir.join("shm");
@@ -196,15 +206,48 @@ fn pod_init() -> ! {
     }
 }
 
-/// Bind-mounts our namespace of `kind` at `target`, so that it outlives us.
-fn bind_namespace(kind: &str, target: &Path) -> Result<(), String> {
+/// Creates a user namespace with the pod's mappings and binds it at `target`: a child
+/// unshares it and waits while we (root in the host's namespace) write its maps, then
+/// exits; the bind mount keeps the namespace alive for the pod's containers.
+fn create_userns(m: &crate::spec::userns::IdMappings, target: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let mut r = Some(r);
+    let w_raw = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let child = crate::linux::sys::clone_child(CloneFlags::CLONE_NEWUSER, || {
+        // Wait until the parent closes its end: maps written and namespace bound. Our
+        // copy of that end must go first, or the read would never see end-of-file.
+        let _ = nix::unistd::close(w_raw);
+        if let Some(r) = r.take() {
+            let mut b = [0u8; 1];
+            let _ = std::fs::File::from(r).read(&mut b);
+        }
+        0
+    })
+    .map_err(|e| format!("create the pod's user namespace: {e}"))?;
+    drop(r);
+    let result = (|| {
+        for (file, text) in [("uid_map", m.uid_map()), ("gid_map", m.gid_map())] {
+            std::fs::write(format!("/proc/{child}/{file}"), &text)
+                .map_err(|e| format!("write {file} {:?}: {e}", text.trim_end()))?;
+        }
+        bind_namespace(&format!("/proc/{child}/ns/user"), target)
+    })();
+    drop(w);
+    let _ = nix::sys::wait::waitpid(child, None);
+    result
+}
+
+/// Bind-mounts the namespace file `src` (`/proc/<pid>/ns/<kind>`) at `target`, so that
+/// the namespace outlives its processes.
+fn bind_namespace(src: &str, target: &Path) -> Result<(), String> {
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
     }
     std::fs::File::create(target).map_err(|e| format!("create {}: {e}", target.display()))?;
-    let src = format!("/proc/self/ns/{kind}");
     mount(
-        Some(src.as_str()),
+        Some(src),
         target,
         None::<&str>,
         MsFlags::MS_BIND,

@@ -15,6 +15,7 @@ pub mod process;
 pub mod resources;
 pub mod seccomp;
 pub mod security;
+pub mod userns;
 
 use crate::error::ErrorKind;
 

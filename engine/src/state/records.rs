@@ -132,6 +132,9 @@ pub struct PodRecord {
     /// The pod's network while it is set up (its addresses are the IPAM leases).
     #[serde(default)]
     pub net: Option<PodNet>,
+    /// The pod's own user namespace (CRI userns_options mode POD); None: the host's.
+    #[serde(default)]
+    pub userns: Option<crate::spec::userns::IdMappings>,
 }
 
 /// A pod's network attachment: what StopPodSandbox must undo.
