@@ -503,3 +503,36 @@ fn the_kernel_enforces_the_cgroup2_device_program() {
     assert!(text.contains("null-ok"), "{text}");
     assert!(!text.contains("loop-opened"), "{text}");
 }
+
+/// berth's default AppArmor profile is valid policy: the node's apparmor_parser compiles it
+/// (without loading it: this node's kernel may not run AppArmor).
+#[test]
+fn the_default_apparmor_profile_compiles() {
+    use berth_engine::spec::apparmor::{DEFAULT_PROFILE, PolicyDir, default_profile};
+    let Some(parser) = ["/sbin/apparmor_parser", "/usr/sbin/apparmor_parser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(!require::required(), "apparmor_parser is not installed");
+        return;
+    };
+    for dir in [PolicyDir::of_node(), PolicyDir::default()] {
+        let text = default_profile(DEFAULT_PROFILE, dir);
+        let mut child = std::process::Command::new(parser)
+            // -Q: do not load; -K: no cache; -S: the compiled policy to stdout.
+            .args(["-QKS"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{dir:?}: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -225,7 +225,7 @@ impl Engine {
         #[allow(deprecated)]
         let legacy_apparmor = &sc.apparmor_profile;
         let apparmor = if sc.privileged {
-            None
+            security::AppArmor::Unconfined
         } else {
             security::apparmor_profile(
                 sc.apparmor.as_ref(),
@@ -234,6 +234,20 @@ impl Engine {
                 security::apparmor_loaded,
             )?
         };
+        if apparmor == security::AppArmor::Default
+            && !security::apparmor_loaded(crate::spec::apparmor::DEFAULT_PROFILE)
+        {
+            tokio::task::spawn_blocking(crate::linux::apparmor::load_default)
+                .await
+                .map_err(|e| Error::Internal(format!("load the AppArmor profile: {e}")))?
+                .map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "cannot load berth's default AppArmor profile {}: {e}; fix that, or run the container with AppArmor unconfined",
+                        crate::spec::apparmor::DEFAULT_PROFILE
+                    ))
+                })?;
+        }
+        let apparmor = apparmor.profile();
         let pod_selinux = sandbox_config
             .and_then(|p| p.linux.as_ref())
             .and_then(|l| l.security_context.as_ref())

@@ -540,6 +540,12 @@ impl Engine {
     /// (crash, or a reboot emptied the run directory) becomes not ready, its containers
     /// exited; leftover namespace mounts are released.
     pub async fn recover_pods(self: &std::sync::Arc<Self>) -> Result<()> {
+        // An upgraded berth's default AppArmor profile replaces the one loaded before.
+        if crate::spec::security::host_apparmor()
+            && let Err(e) = crate::linux::apparmor::load_default()
+        {
+            tracing::warn!(error = %e, "cannot load berth's default AppArmor profile; containers asking for it will be refused");
+        }
         self.sweep_unrecorded_pods().await?;
         for mut pod in self.db.pod_list()? {
             if pod.state != PodState::Ready {

@@ -5,6 +5,7 @@
 //! function over kernel-provided text (mountinfo, cgroup files) is, so that it can be
 //! unit-tested against fixtures.
 
+pub mod apparmor;
 pub mod cgroups;
 pub mod devfilter;
 pub mod init;

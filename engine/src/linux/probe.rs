@@ -40,6 +40,7 @@ pub fn run(input: &ProbeInput) -> Vec<Check> {
         out.push(cni(c));
     }
     out.push(seccomp());
+    out.push(check("apparmor", false, super::apparmor::describe()));
     out.push(device_control());
     for (what, dir) in [("root", &input.root), ("state", &input.state)] {
         out.push(writable_dir(what, dir));

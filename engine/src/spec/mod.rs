@@ -9,6 +9,7 @@
 //! - [`resources`]: CPU, memory, pids and hugepage limits;
 //! - [`mounts`]: the standard container mounts plus CRI volume mounts.
 
+pub mod apparmor;
 pub mod devices;
 pub mod mounts;
 pub mod process;

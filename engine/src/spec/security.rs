@@ -450,27 +450,55 @@ pub fn host_selinux() -> bool {
     std::path::Path::new("/sys/fs/selinux/enforce").exists()
 }
 
-/// The AppArmor profile a container's process is to run under (None: unconfined).
-/// `RuntimeDefault` needs a default profile berth does not ship yet: the container then
-/// runs unconfined (and berth says so in its log); a named (localhost) profile is applied
-/// when the node runs AppArmor and has it loaded, and refused otherwise.
+/// Which AppArmor profile a container's process runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppArmor {
+    Unconfined,
+    /// berth's default profile ([`super::apparmor::DEFAULT_PROFILE`]), which berthd loads.
+    Default,
+    /// A profile the node has loaded.
+    Named(String),
+}
+
+impl AppArmor {
+    /// The profile name to exec under (None: unconfined).
+    pub fn profile(&self) -> Option<String> {
+        match self {
+            AppArmor::Unconfined => None,
+            AppArmor::Default => Some(super::apparmor::DEFAULT_PROFILE.to_owned()),
+            AppArmor::Named(n) => Some(n.clone()),
+        }
+    }
+}
+
+/// The AppArmor profile for a container. On a node running AppArmor, `RuntimeDefault` and
+/// no choice at all mean berth's default profile (as containerd, after kubernetes#51746);
+/// a named (localhost) profile must be loaded already. Where the node has no AppArmor,
+/// the default means unconfined and a named profile is refused rather than ignored.
 pub fn apparmor_profile(
     profile: Option<&cri::SecurityProfile>,
     legacy: &str,
     host_has_apparmor: bool,
     loaded: impl Fn(&str) -> bool,
-) -> Result<Option<String>, SpecError> {
+) -> Result<AppArmor, SpecError> {
     let field = "security_context.apparmor";
-    let named = match profile {
+    let default = if host_has_apparmor {
+        AppArmor::Default
+    } else {
+        AppArmor::Unconfined
+    };
+    let name = match profile {
         Some(p) => match p.profile_type {
-            0 | 1 => None,
-            2 => Some(p.localhost_ref.clone()),
+            0 => return Ok(default),
+            1 => return Ok(AppArmor::Unconfined),
+            2 => p.localhost_ref.clone(),
             t => return Err(SpecError::new(field, format!("unknown profile type {t}"))),
         },
         None => match legacy {
-            "" | "runtime/default" | "unconfined" => None,
+            "" | "runtime/default" => return Ok(default),
+            "unconfined" => return Ok(AppArmor::Unconfined),
             l => match l.strip_prefix("localhost/") {
-                Some(n) if !n.is_empty() => Some(n.to_owned()),
+                Some(n) if !n.is_empty() => n.to_owned(),
                 _ => {
                     return Err(SpecError::new(
                         field,
@@ -482,7 +510,6 @@ pub fn apparmor_profile(
             },
         },
     };
-    let Some(name) = named else { return Ok(None) };
     if !host_has_apparmor {
         return Err(SpecError::new(
             field,
@@ -499,7 +526,7 @@ pub fn apparmor_profile(
             ),
         ));
     }
-    Ok(Some(name))
+    Ok(AppArmor::Named(name))
 }
 
 /// Whether AppArmor profile `name` is loaded.
@@ -562,27 +589,50 @@ mod lsm_tests {
     use super::*;
 
     #[test]
-    fn apparmor_without_apparmor() {
+    fn apparmor_choices() {
         let p = |t: i32, r: &str| cri::SecurityProfile {
             profile_type: t,
             localhost_ref: r.into(),
         };
-        assert_eq!(apparmor_profile(None, "", false, |_| false).unwrap(), None);
+        let un = AppArmor::Unconfined;
+        // Without AppArmor: the default is unconfined, a named profile is refused.
+        assert_eq!(apparmor_profile(None, "", false, |_| false).unwrap(), un);
         assert_eq!(
             apparmor_profile(Some(&p(0, "")), "", false, |_| false).unwrap(),
-            None
+            un
         );
         assert_eq!(
             apparmor_profile(None, "unconfined", false, |_| false).unwrap(),
-            None
+            un
         );
         let e = apparmor_profile(Some(&p(2, "my-profile")), "", false, |_| true).unwrap_err();
         assert!(e.to_string().contains("not enabled"), "{e}");
         assert!(apparmor_profile(None, "localhost/x", false, |_| true).is_err());
+        // With it: the default profile unless unconfined is asked for.
         assert!(apparmor_profile(None, "bogus", true, |_| true).is_err());
         assert_eq!(
+            apparmor_profile(None, "", true, |_| false).unwrap(),
+            AppArmor::Default
+        );
+        assert_eq!(
+            apparmor_profile(None, "runtime/default", true, |_| false).unwrap(),
+            AppArmor::Default
+        );
+        assert_eq!(
+            apparmor_profile(Some(&p(0, "")), "", true, |_| false).unwrap(),
+            AppArmor::Default
+        );
+        assert_eq!(
+            apparmor_profile(Some(&p(1, "")), "", true, |_| false).unwrap(),
+            un
+        );
+        assert_eq!(
+            AppArmor::Default.profile().as_deref(),
+            Some(crate::spec::apparmor::DEFAULT_PROFILE)
+        );
+        assert_eq!(
             apparmor_profile(None, "localhost/x", true, |n| n == "x").unwrap(),
-            Some("x".into())
+            AppArmor::Named("x".into())
         );
         assert!(apparmor_profile(None, "localhost/y", true, |n| n == "x").is_err());
     }
