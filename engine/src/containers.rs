@@ -402,6 +402,11 @@ impl Engine {
             }
         };
         let launch = LaunchSpec {
+            stdio: crate::linux::spawn::StdioMode {
+                stdin: config.stdin,
+                stdin_once: config.stdin && config.stdin_once,
+                tty: config.tty,
+            },
             userns,
             devices: device_nodes,
             id: id.clone(),

@@ -106,6 +106,9 @@ pub enum Error {
     Internal(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// Something the request needs cannot be reached right now (a pod's port).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -137,6 +140,7 @@ impl Error {
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Spec(e) => e.kind(),
             Error::Cgroup(e) => e.kind(),
             Error::Monitor(e) => e.kind(),

@@ -26,6 +26,7 @@ pub mod snapshots;
 pub mod spec;
 pub mod state;
 pub mod stats;
+pub mod streams;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};

@@ -200,6 +200,15 @@ fn redirect(stdio: Stdio) -> Step<()> {
     }
     step(|| "stdout".into(), nix::unistd::dup2_stdout(&stdio.stdout))?;
     step(|| "stderr".into(), nix::unistd::dup2_stderr(&stdio.stderr))?;
+    if stdio.tty {
+        // A session of its own (an exec process has one already) whose controlling
+        // terminal is the pty, so that job control and SIGWINCH work.
+        let _ = nix::unistd::setsid();
+        step(
+            || "make the terminal the controlling one".into(),
+            super::sys::take_controlling_terminal(),
+        )?;
+    }
     Ok(())
 }
 

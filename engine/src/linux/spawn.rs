@@ -51,6 +51,20 @@ pub struct LaunchSpec {
     /// mounts are id-mapped into it.
     #[serde(default)]
     pub userns: Option<UserNamespace>,
+    /// The container's standard streams as CreateContainer asked for them.
+    #[serde(default)]
+    pub stdio: StdioMode,
+}
+
+/// CRI `stdin`, `stdin_once` and `tty` of a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdioMode {
+    /// A stdin pipe that attach sessions write to (else /dev/null).
+    pub stdin: bool,
+    /// Close stdin when the first attach session that wrote to it ends.
+    pub stdin_once: bool,
+    /// A terminal for stdin, stdout and stderr (output is one stream, logged as stdout).
+    pub tty: bool,
 }
 
 /// A pod's user namespace as a container joins it.
@@ -82,6 +96,8 @@ pub struct Stdio {
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// The streams are a terminal: the process makes it its controlling terminal.
+    pub tty: bool,
 }
 
 /// Why a container process could not be created.

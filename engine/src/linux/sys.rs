@@ -250,3 +250,33 @@ pub fn move_mount_to(tree: &OwnedFd, target: &std::path::Path) -> nix::Result<()
     }
     Ok(())
 }
+
+nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
+nix::ioctl_write_int_bad!(tiocsctty, libc::TIOCSCTTY);
+
+/// Sets the size of the terminal whose master (or slave) is `fd`; the kernel sends
+/// SIGWINCH to the terminal's foreground process group.
+pub fn set_window_size(fd: &impl AsRawFd, cols: u16, rows: u16) -> nix::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `ws` is a valid winsize that TIOCSWINSZ only reads; the fd is open.
+    unsafe { tiocswinsz(fd.as_raw_fd(), &ws) }.map(|_| ())
+}
+
+/// Makes the terminal on stdin the calling session leader's controlling terminal.
+pub fn take_controlling_terminal() -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal it from another
+    // session) and touches no memory of ours.
+    unsafe { tiocsctty(0, 0) }.map(|_| ())
+}
+
+/// Registers an owned descriptor (a terminal master, say) with the tokio reactor.
+pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open and owned for its whole life, and its as_raw_fd always
+    // returns the same descriptor; the AsyncFd owns it from here on.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}

@@ -44,6 +44,14 @@ impl MonitorError {
     }
 }
 
+/// An Error frame from a monitor as an error of ours.
+pub fn remote_error(e: proto::Error) -> MonitorError {
+    MonitorError::Remote {
+        kind: kind_from_code(e.code),
+        message: e.message,
+    }
+}
+
 fn kind_from_code(code: u32) -> ErrorKind {
     ErrorKind::ALL
         .into_iter()

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,7 +63,7 @@ pub fn exits_dir(dir: &Path) -> PathBuf {
     dir.join("exits")
 }
 
-fn now_nanos() -> i64 {
+pub(super) fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -272,26 +272,28 @@ fn close_inherited_fds() {
 }
 
 /// A running container process.
-struct Running {
-    pid: Pid,
+pub(super) struct Running {
+    pub(super) pid: Pid,
     started_at: i64,
     oom_file: String,
     oom_before: u64,
     log: Option<Rc<RefCell<CriLogFile>>>,
+    /// Its standard streams, for attach sessions.
+    pub(super) io: Rc<super::session::ContainerIo>,
 }
 
-struct State {
+pub(super) struct State {
     dir: PathBuf,
-    running: HashMap<String, Running>,
+    pub(super) running: HashMap<String, Running>,
     clients: Vec<mpsc::UnboundedSender<Frame>>,
     shutting_down: bool,
     /// Wakes the main loop to check whether it may exit.
     wake: Rc<tokio::sync::Notify>,
     /// Exec processes waiting for their exit code, by pid.
-    execs: HashMap<i32, tokio::sync::oneshot::Sender<i32>>,
+    pub(super) execs: HashMap<i32, tokio::sync::oneshot::Sender<i32>>,
 }
 
-type Shared = Rc<RefCell<State>>;
+pub(super) type Shared = Rc<RefCell<State>>;
 
 fn oom_count(file: &str) -> u64 {
     std::fs::read_to_string(file)
@@ -424,7 +426,7 @@ fn reap(state: &Shared) {
     }
 }
 
-fn error_frame(id: u64, kind: crate::ErrorKind, message: String) -> Frame {
+pub(super) fn error_frame(id: u64, kind: crate::ErrorKind, message: String) -> Frame {
     Frame {
         id,
         body: Some(Body::Error(proto::Error {
@@ -436,6 +438,20 @@ fn error_frame(id: u64, kind: crate::ErrorKind, message: String) -> Frame {
 
 async fn client(state: Shared, pod_id: String, stream: tokio::net::UnixStream) {
     let (mut rd, mut wr) = stream.into_split();
+    // A streaming session has the connection to itself and gets no events.
+    let first = match frame::read(&mut rd).await {
+        Ok(Some(f)) => f,
+        _ => return,
+    };
+    let first = match first.body {
+        Some(Body::ExecSession(e)) => {
+            return super::session::exec_session(state, first.id, e, rd, wr).await;
+        }
+        Some(Body::Attach(a)) => {
+            return super::session::attach_session(state, first.id, a, rd, wr).await;
+        }
+        body => Frame { id: first.id, body },
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     state.borrow_mut().clients.push(tx.clone());
     let writer = tokio::task::spawn_local(async move {
@@ -445,7 +461,15 @@ async fn client(state: Shared, pod_id: String, stream: tokio::net::UnixStream) {
             }
         }
     });
-    while let Ok(Some(req)) = frame::read(&mut rd).await {
+    let mut pending = Some(first);
+    loop {
+        let req = match pending.take() {
+            Some(f) => f,
+            None => match frame::read(&mut rd).await {
+                Ok(Some(f)) => f,
+                _ => break,
+            },
+        };
         if let Some(Body::Exec(e)) = req.body {
             // Runs for as long as the process does: answer from a task of its own.
             let (state, tx) = (state.clone(), tx.clone());
@@ -545,7 +569,7 @@ fn handle(state: &Shared, pod_id: &str, req: Frame) -> Frame {
 }
 
 /// A pipe whose read end is non-blocking (for the runtime) and write end goes to the child.
-fn log_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn log_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     nix::fcntl::fcntl(
         &r,
@@ -573,9 +597,53 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
             "the pod is stopping".into(),
         ));
     }
-    let io = |e: nix::Error| (crate::ErrorKind::Internal, format!("create pipes: {e}"));
-    let (out_r, out_w) = log_pipe().map_err(io)?;
-    let (err_r, err_w) = log_pipe().map_err(io)?;
+    use super::session::{self as sess, Sink, Source};
+    let internal =
+        |what: &str, e: std::io::Error| (crate::ErrorKind::Internal, format!("{what}: {e}"));
+    let mode = spec.stdio;
+    let (stdio, sources, stdin, tty) = if mode.tty {
+        let (master, slave) = sess::open_pty(0, 0).map_err(|e| internal("open a terminal", e))?;
+        let dup = |f: &OwnedFd| f.try_clone().map_err(|e| internal("dup the terminal", e));
+        let stdio = Stdio {
+            stdin: Some(dup(&slave)?),
+            stdout: dup(&slave)?,
+            stderr: slave,
+            tty: true,
+        };
+        let stdin = mode.stdin.then(|| Sink::Pty(master.clone()));
+        (
+            stdio,
+            vec![(Stream::Stdout, Source::Pty(master.clone()))],
+            stdin,
+            Some(master),
+        )
+    } else {
+        let (out_r, out_w) = log_pipe().map_err(|e| internal("create pipes", e.into()))?;
+        let (err_r, err_w) = log_pipe().map_err(|e| internal("create pipes", e.into()))?;
+        let (stdin, stdin_r) = if mode.stdin {
+            let (s, r) = sess::stdin_pipe().map_err(|e| internal("create a stdin pipe", e))?;
+            (Some(s), Some(r))
+        } else {
+            (None, None)
+        };
+        let src = |fd: OwnedFd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map(Source::Pipe)
+                .map_err(|e| internal("watch pipes", e))
+        };
+        let stdio = Stdio {
+            stdin: stdin_r,
+            stdout: out_w,
+            stderr: err_w,
+            tty: false,
+        };
+        (
+            stdio,
+            vec![(Stream::Stdout, src(out_r)?), (Stream::Stderr, src(err_r)?)],
+            stdin,
+            None,
+        )
+    };
     let log = if s.log_path.is_empty() {
         None
     } else {
@@ -592,11 +660,6 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
         0
     } else {
         oom_count(&s.oom_file)
-    };
-    let stdio = Stdio {
-        stdin: None,
-        stdout: out_w,
-        stderr: err_w,
     };
     let spawned = match &spec.pid_target {
         None => spawn::spawn(&spec, stdio),
@@ -627,8 +690,10 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
             );
         }
     }
-    for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
-        tokio::task::spawn_local(copy_output(fd, stream, log.clone()));
+    let outputs = u8::try_from(sources.len()).unwrap_or(2);
+    let io = Rc::new(sess::ContainerIo::new(stdin, mode.stdin_once, tty, outputs));
+    for (stream, src) in sources {
+        tokio::task::spawn_local(copy_output(src, stream, log.clone(), io.clone()));
     }
     state.borrow_mut().running.insert(
         s.container_id.clone(),
@@ -638,31 +703,33 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
             oom_file: s.oom_file,
             oom_before,
             log,
+            io,
         },
     );
     Ok((pid, started_at))
 }
 
-/// Copies one output stream of a container into its CRI log until end of file.
-async fn copy_output(fd: OwnedFd, stream: Stream, log: Option<Rc<RefCell<CriLogFile>>>) {
-    let raw = fd.as_raw_fd();
-    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-        let _ = raw;
-        return;
-    };
+/// Copies one output stream of a container into its CRI log until end of file, and to the
+/// sessions attached to it.
+async fn copy_output(
+    mut src: super::session::Source,
+    stream: Stream,
+    log: Option<Rc<RefCell<CriLogFile>>>,
+    io: Rc<super::session::ContainerIo>,
+) {
     let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if let Some(l) = &log {
-                    let _ = l
-                        .borrow_mut()
-                        .writer
-                        .write(stream, &buf[..n], SystemTime::now());
-                }
-            }
+    let channel = match stream {
+        Stream::Stdout => super::session::STDOUT,
+        Stream::Stderr => super::session::STDERR,
+    };
+    while let Ok(n @ 1..) = src.read(&mut buf).await {
+        if let Some(l) = &log {
+            let _ = l
+                .borrow_mut()
+                .writer
+                .write(stream, &buf[..n], SystemTime::now());
         }
+        io.publish(channel, &buf[..n]);
     }
     if let Some(l) = &log {
         let _ = l
@@ -670,6 +737,7 @@ async fn copy_output(fd: OwnedFd, stream: Stream, log: Option<Rc<RefCell<CriLogF
             .writer
             .close_stream(stream, SystemTime::now());
     }
+    io.output_ended();
 }
 
 /// Reads a stream into a shared buffer until end of file, keeping at most `limit` bytes.
@@ -733,6 +801,7 @@ async fn exec(state: Shared, id: u64, e: proto::Exec) -> Frame {
             stdin: None,
             stdout: out_w,
             stderr: err_w,
+            tty: false,
         },
     ) {
         Ok(p) => p,

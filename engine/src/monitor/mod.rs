@@ -11,6 +11,7 @@
 //! - [`client`]: berthd's side: start a monitor, talk to it, watch its events;
 //! - [`frame`]: the wire framing both ends use;
 //! - [`cri_log`]: the kubelet log format writer.
+//! - `session`: interactive exec and attach sessions (CRI Exec, Attach).
 //!
 //! What survives a berthd restart: the monitor and its containers keep running; exits are
 //! in `<pod dir>/exits/<container>.json`; berthd reconnects to `<pod dir>/monitor.sock`.
@@ -19,3 +20,4 @@ pub mod client;
 pub mod cri_log;
 pub mod entry;
 pub mod frame;
+mod session;

@@ -1,0 +1,561 @@
+//! Streaming sessions in the monitor: interactive exec processes and attachments to a
+//! container's standard streams (what CRI Exec and Attach stream through berthd).
+//!
+//! Each session has a connection of its own. Output goes to berthd as `Io` frames as fast
+//! as berthd takes them: an exec'd process blocks on a full pipe when berthd (or the
+//! client behind it) is slow, so nothing piles up here. A container's output goes to its
+//! log first; attached sessions get copies through bounded queues, and a session that
+//! falls behind loses output rather than stalling the container or its log.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+
+use berth_proto::monitor::{self as proto, Frame, frame::Body};
+use nix::sys::signal::Signal;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, pipe};
+use tokio::sync::mpsc;
+
+use super::frame;
+use crate::linux::spawn::{self, Stdio};
+
+/// Output chunks queued per attached session before it starts losing output.
+const ATTACH_QUEUE: usize = 64;
+/// Bytes read from a process's output at once.
+const CHUNK: usize = 32 * 1024;
+/// How long output may still arrive after an exec'd process exited (a background child
+/// may hold its pipes open for ever).
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub(super) const STDIN: u32 = 0;
+pub(super) const STDOUT: u32 = 1;
+pub(super) const STDERR: u32 = 2;
+
+/// Where a process's output is read from: a pipe, or the master side of its terminal.
+pub(super) enum Source {
+    Pipe(pipe::Receiver),
+    Pty(Rc<AsyncFd<OwnedFd>>),
+}
+
+impl Source {
+    /// Reads some bytes; Ok(0) at the end (a terminal whose last user is gone reports EIO,
+    /// which is its end of file).
+    pub(super) async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::Pipe(p) => {
+                use tokio::io::AsyncReadExt;
+                p.read(buf).await
+            }
+            Source::Pty(fd) => loop {
+                let mut guard = fd.readable().await?;
+                match guard.try_io(|f| nix::unistd::read(f.get_ref(), buf).map_err(Into::into)) {
+                    Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                    Ok(r) => return r,
+                    Err(_would_block) => continue,
+                }
+            },
+        }
+    }
+}
+
+/// Where a process's input is written: a pipe (closed to end it), or its terminal.
+pub(super) enum Sink {
+    /// Shared so that a write in progress keeps the pipe while `close` lets go of ours.
+    Pipe(RefCell<Option<Rc<pipe::Sender>>>),
+    Pty(Rc<AsyncFd<OwnedFd>>),
+}
+
+impl Sink {
+    pub(super) fn pipe(sender: pipe::Sender) -> Sink {
+        Sink::Pipe(RefCell::new(Some(Rc::new(sender))))
+    }
+
+    /// Writes all of `data`, waiting while the pipe or terminal is full.
+    pub(super) async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let n = match self {
+                Sink::Pipe(p) => {
+                    let sender = p.borrow().clone();
+                    let Some(sender) = sender else {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    };
+                    sender.writable().await?;
+                    match sender.try_write(data) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Sink::Pty(fd) => {
+                    let mut guard = fd.writable().await?;
+                    match guard
+                        .try_io(|f| nix::unistd::write(f.get_ref(), data).map_err(Into::into))
+                    {
+                        Ok(r) => r?,
+                        Err(_would_block) => continue,
+                    }
+                }
+            };
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Closes the process's input (a pipe's end of file). A terminal stays open: closing it
+    /// would hang it up for the process.
+    pub(super) fn close(&self) {
+        if let Sink::Pipe(p) = self {
+            p.borrow_mut().take();
+        }
+    }
+}
+
+/// A new terminal: (master for us, non-blocking; slave for the process). Both close on
+/// exec, so no other process inherits them by accident.
+pub(super) fn open_pty(cols: u16, rows: u16) -> std::io::Result<(Rc<AsyncFd<OwnedFd>>, OwnedFd)> {
+    use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+    let size = nix::pty::Winsize {
+        ws_row: if rows == 0 { 24 } else { rows },
+        ws_col: if cols == 0 { 80 } else { cols },
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None)?;
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    }
+    fcntl(&pty.master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((Rc::new(crate::linux::sys::async_fd(pty.master)?), pty.slave))
+}
+
+/// A pipe for a process's stdin: (our non-blocking writer, the process's reader).
+pub(super) fn stdin_pipe() -> std::io::Result<(Sink, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &w,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((Sink::pipe(pipe::Sender::from_owned_fd(w)?), r))
+}
+
+/// A session attached to a container's output.
+pub(super) struct Attached {
+    stdout: bool,
+    stderr: bool,
+    tx: mpsc::Sender<(u32, Vec<u8>)>,
+}
+
+/// A running container's standard streams as attach sessions see them.
+pub(super) struct ContainerIo {
+    pub stdin: Option<Sink>,
+    pub stdin_once: bool,
+    /// The terminal's master, when the container has one (for resizes).
+    pub tty: Option<Rc<AsyncFd<OwnedFd>>>,
+    attached: RefCell<Vec<Attached>>,
+    /// Output streams not yet at their end; at 0 every session is told the output ended.
+    open_outputs: Cell<u8>,
+}
+
+impl ContainerIo {
+    pub(super) fn new(
+        stdin: Option<Sink>,
+        stdin_once: bool,
+        tty: Option<Rc<AsyncFd<OwnedFd>>>,
+        outputs: u8,
+    ) -> ContainerIo {
+        ContainerIo {
+            stdin,
+            stdin_once,
+            tty,
+            attached: RefCell::new(Vec::new()),
+            open_outputs: Cell::new(outputs),
+        }
+    }
+
+    /// Gives a copy of an output chunk to every session that wants that stream; one whose
+    /// queue is full loses it.
+    pub(super) fn publish(&self, stream: u32, data: &[u8]) {
+        self.attached.borrow_mut().retain(|a| !a.tx.is_closed());
+        for a in self.attached.borrow().iter() {
+            if (stream == STDOUT && a.stdout) || (stream == STDERR && a.stderr) {
+                // A full queue loses this chunk for that session only.
+                let _ = a.tx.try_send((stream, data.to_vec()));
+            }
+        }
+    }
+
+    /// One output stream reached its end; after the last, sessions end.
+    pub(super) fn output_ended(&self) {
+        let n = self.open_outputs.get().saturating_sub(1);
+        self.open_outputs.set(n);
+        if n == 0 {
+            self.attached.borrow_mut().clear();
+        }
+    }
+}
+
+fn io_frame(stream: u32, data: Vec<u8>, eof: bool) -> Frame {
+    Frame {
+        id: 0,
+        body: Some(Body::Io(proto::Io { stream, data, eof })),
+    }
+}
+
+fn ended_frame(exit_code: i32, message: String) -> Frame {
+    Frame {
+        id: 0,
+        body: Some(Body::SessionEnded(proto::SessionEnded {
+            exit_code,
+            message,
+        })),
+    }
+}
+
+/// What berthd sends during a session: stdin bytes and its end, and terminal sizes.
+/// Runs until berthd closes the connection, then tells `gone`.
+async fn follow_input(
+    mut rd: OwnedReadHalf,
+    stdin: Option<Rc<SinkRef>>,
+    tty: Option<Rc<AsyncFd<OwnedFd>>>,
+    gone: Rc<tokio::sync::Notify>,
+) {
+    while let Ok(Some(f)) = frame::read(&mut rd).await {
+        match f.body {
+            Some(Body::Io(io)) if io.stream == STDIN => {
+                if let Some(s) = &stdin {
+                    if let Some(sink) = s.get()
+                        && !io.data.is_empty()
+                    {
+                        // A process that closed its stdin just loses the input.
+                        let _ = sink.write_all(&io.data).await;
+                    }
+                    if io.eof {
+                        s.eof();
+                    }
+                }
+            }
+            Some(Body::Resize(r)) => {
+                if let Some(m) = &tty {
+                    let (w, h) = (
+                        u16::try_from(r.width).unwrap_or(u16::MAX),
+                        u16::try_from(r.height).unwrap_or(u16::MAX),
+                    );
+                    let _ = crate::linux::sys::set_window_size(m.get_ref(), w, h);
+                }
+            }
+            _ => {}
+        }
+    }
+    gone.notify_one();
+}
+
+/// The stdin a session writes to: its exec process's own, or the attached container's
+/// (which it closes only when the container asked for stdin_once).
+pub(super) enum SinkRef {
+    Own(Sink),
+    Container(Rc<ContainerIo>),
+}
+
+impl SinkRef {
+    fn get(&self) -> Option<&Sink> {
+        match self {
+            SinkRef::Own(s) => Some(s),
+            SinkRef::Container(io) => io.stdin.as_ref(),
+        }
+    }
+
+    fn eof(&self) {
+        match self {
+            SinkRef::Own(s) => s.close(),
+            SinkRef::Container(io) if io.stdin_once => {
+                if let Some(s) = &io.stdin {
+                    s.close();
+                }
+            }
+            SinkRef::Container(_) => {}
+        }
+    }
+}
+
+/// An interactive exec session: starts the process (on a terminal or with pipes), answers
+/// Started, then streams until the process has exited and its output is drained, and ends
+/// with its exit code. berthd going away kills the process's whole session.
+pub(super) async fn exec_session(
+    state: super::entry::Shared,
+    id: u64,
+    e: proto::ExecSession,
+    rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+) {
+    let started = start_exec(&state, &e);
+    let (pid, exit_rx, outputs, stdin, tty) = match started {
+        Ok(x) => x,
+        Err((kind, message)) => {
+            let _ = frame::write(&mut wr, &super::entry::error_frame(id, kind, message)).await;
+            return;
+        }
+    };
+    let ok = Frame {
+        id,
+        body: Some(Body::Started(proto::Started {
+            pid: u32::try_from(pid.as_raw()).unwrap_or(0),
+            started_at: super::entry::now_nanos(),
+        })),
+    };
+    let mut alive = frame::write(&mut wr, &ok).await.is_ok();
+    let gone = Rc::new(tokio::sync::Notify::new());
+    let input = tokio::task::spawn_local(follow_input(
+        rd,
+        stdin.map(|s| Rc::new(SinkRef::Own(s))),
+        tty,
+        gone.clone(),
+    ));
+    if !alive {
+        gone.notify_one();
+    }
+    let mut output = read_outputs(outputs);
+    let mut exit_rx = exit_rx;
+    let mut code = None;
+    let mut drained = false;
+    let mut killed = false;
+    let grace = tokio::time::sleep(std::time::Duration::MAX);
+    tokio::pin!(grace);
+    while code.is_none() || !drained {
+        tokio::select! {
+            chunk = output.recv(), if !drained => match chunk {
+                Some((stream, data)) => {
+                    if alive && frame::write(&mut wr, &io_frame(stream, data, false)).await.is_err() {
+                        alive = false;
+                        gone.notify_one();
+                    }
+                }
+                None => drained = true,
+            },
+            r = &mut exit_rx, if code.is_none() => {
+                code = Some(r.unwrap_or(-1));
+                grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
+            }
+            () = &mut grace, if code.is_some() => drained = true,
+            () = gone.notified(), if !killed => {
+                killed = true;
+                alive = false;
+                let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
+        }
+    }
+    input.abort();
+    if alive {
+        let _ = frame::write(&mut wr, &ended_frame(code.unwrap_or(-1), String::new())).await;
+    }
+}
+
+type Started = (
+    nix::unistd::Pid,
+    tokio::sync::oneshot::Receiver<i32>,
+    Vec<(u32, Source)>,
+    Option<Sink>,
+    Option<Rc<AsyncFd<OwnedFd>>>,
+);
+
+fn start_exec(
+    state: &super::entry::Shared,
+    e: &proto::ExecSession,
+) -> Result<Started, (crate::ErrorKind, String)> {
+    let internal =
+        |what: &str, err: std::io::Error| (crate::ErrorKind::Internal, format!("{what}: {err}"));
+    let spec: spawn::ExecSpec = serde_json::from_slice(&e.exec_spec_json).map_err(|err| {
+        (
+            crate::ErrorKind::InvalidArgument,
+            format!("exec spec: {err}"),
+        )
+    })?;
+    let target = state
+        .borrow()
+        .running
+        .get(&e.container_id)
+        .map(|r| r.pid)
+        .ok_or_else(|| {
+            (
+                crate::ErrorKind::FailedPrecondition,
+                format!("container {} is not running", e.container_id),
+            )
+        })?;
+    let (stdio, outputs, stdin, tty) = if e.tty {
+        let (cols, rows) = (
+            u16::try_from(e.width).unwrap_or(u16::MAX),
+            u16::try_from(e.height).unwrap_or(u16::MAX),
+        );
+        let (master, slave) =
+            open_pty(cols, rows).map_err(|err| internal("open a terminal", err))?;
+        let dup = |f: &OwnedFd| {
+            f.try_clone()
+                .map_err(|err| internal("dup the terminal", err))
+        };
+        let stdio = Stdio {
+            stdin: Some(dup(&slave)?),
+            stdout: dup(&slave)?,
+            stderr: slave,
+            tty: true,
+        };
+        let stdin = e.stdin.then(|| Sink::Pty(master.clone()));
+        (
+            stdio,
+            vec![(STDOUT, Source::Pty(master.clone()))],
+            stdin,
+            Some(master),
+        )
+    } else {
+        let pipe = || super::entry::log_pipe().map_err(|err| internal("create pipes", err.into()));
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (stdin, stdin_r) = if e.stdin {
+            let (s, r) = stdin_pipe().map_err(|err| internal("create a stdin pipe", err))?;
+            (Some(s), Some(r))
+        } else {
+            (None, None)
+        };
+        let src = |fd: OwnedFd| {
+            pipe::Receiver::from_owned_fd(fd)
+                .map(Source::Pipe)
+                .map_err(|err| internal("watch pipes", err))
+        };
+        let stdio = Stdio {
+            stdin: stdin_r,
+            stdout: out_w,
+            stderr: err_w,
+            tty: false,
+        };
+        (
+            stdio,
+            vec![(STDOUT, src(out_r)?), (STDERR, src(err_r)?)],
+            stdin,
+            None,
+        )
+    };
+    let (waiter, pid) = spawn::spawn_exec(target, &spec, stdio)
+        .map_err(|err| (crate::ErrorKind::FailedPrecondition, err.to_string()))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // The intermediate process exits with the exec process's status.
+    state.borrow_mut().execs.insert(waiter.as_raw(), tx);
+    Ok((pid, rx, outputs, stdin, tty))
+}
+
+/// Reads every source into one queue of (stream, bytes); the queue ends when all have.
+/// The queue is short: a reader waits (and its process with it) while berthd is behind.
+fn read_outputs(outputs: Vec<(u32, Source)>) -> mpsc::Receiver<(u32, Vec<u8>)> {
+    let (tx, rx) = mpsc::channel(4);
+    for (stream, mut src) in outputs {
+        let tx = tx.clone();
+        tokio::task::spawn_local(async move {
+            let mut buf = vec![0u8; CHUNK];
+            while let Ok(n @ 1..) = src.read(&mut buf).await {
+                if tx.send((stream, buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Attaches to a running container: its output (copies of what goes to its log) and, when
+/// asked for, its stdin and terminal size. Ends when the container's output ends or berthd
+/// goes away.
+pub(super) async fn attach_session(
+    state: super::entry::Shared,
+    id: u64,
+    a: proto::Attach,
+    rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+) {
+    let io = state
+        .borrow()
+        .running
+        .get(&a.container_id)
+        .map(|r| r.io.clone());
+    let refuse = |message: String| {
+        super::entry::error_frame(id, crate::ErrorKind::FailedPrecondition, message)
+    };
+    let io = match io {
+        None => {
+            let _ = frame::write(
+                &mut wr,
+                &refuse(format!("container {} is not running", a.container_id)),
+            )
+            .await;
+            return;
+        }
+        Some(io) if a.stdin && io.stdin.is_none() => {
+            let _ = frame::write(
+                &mut wr,
+                &refuse(format!(
+                    "container {} was not created with stdin; attach without it",
+                    a.container_id
+                )),
+            )
+            .await;
+            return;
+        }
+        Some(io) => io,
+    };
+    let (tx, mut rx) = mpsc::channel(ATTACH_QUEUE);
+    let output_over = io.open_outputs.get() == 0;
+    if !output_over {
+        io.attached.borrow_mut().push(Attached {
+            stdout: a.stdout,
+            stderr: a.stderr,
+            tx,
+        });
+    }
+    let ok = Frame {
+        id,
+        body: Some(Body::Ok(proto::Ok {})),
+    };
+    if frame::write(&mut wr, &ok).await.is_err() {
+        return;
+    }
+    let gone = Rc::new(tokio::sync::Notify::new());
+    let input = tokio::task::spawn_local(follow_input(
+        rd,
+        a.stdin.then(|| Rc::new(SinkRef::Container(io.clone()))),
+        io.tty.clone(),
+        gone.clone(),
+    ));
+    let mut alive = true;
+    if !output_over {
+        loop {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Some((stream, data)) => {
+                        if frame::write(&mut wr, &io_frame(stream, data, false)).await.is_err() {
+                            alive = false;
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                () = gone.notified() => {
+                    alive = false;
+                    break;
+                }
+            }
+        }
+    }
+    input.abort();
+    drop(rx); // the container's copy loop drops a closed session's queue
+    if a.stdin
+        && io.stdin_once
+        && let Some(s) = &io.stdin
+    {
+        s.close();
+    }
+    if alive {
+        let _ = frame::write(
+            &mut wr,
+            &ended_frame(-1, "the container's output ended".into()),
+        )
+        .await;
+    }
+}
