@@ -71,6 +71,13 @@ cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 # The Prometheus endpoint (GET /metrics), host:port; "" turns it off.
 listen = "127.0.0.1:9464"
 
+[streaming]
+# Where the server for exec, attach and port-forward streams listens (kubelet connects to
+# the URLs berth hands out). Port 0: any free port.
+listen = "127.0.0.1:0"
+# How long a streaming URL stays valid (it works once).
+token_ttl_seconds = 60
+
 [images]
 # Layers one pull downloads at the same time.
 max_concurrent_downloads = 3
@@ -105,6 +112,7 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub network: NetworkConfig,
     pub metrics: MetricsConfig,
+    pub streaming: StreamingConfig,
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, HostConfig>,
 }
@@ -123,6 +131,22 @@ impl Default for MetricsConfig {
                     .parse()
                     .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
             )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    pub listen: std::net::SocketAddr,
+    pub token_ttl_seconds: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            token_ttl_seconds: 60,
         }
     }
 }
@@ -397,6 +421,7 @@ impl Default for Config {
             cgroup: CgroupConfig::default(),
             network: NetworkConfig::default(),
             metrics: MetricsConfig::default(),
+            streaming: StreamingConfig::default(),
             images: ImagesConfig::default(),
             registries: BTreeMap::new(),
         }
@@ -518,6 +543,12 @@ impl Config {
             return Err(err(format!(
                 "images.max_concurrent_downloads = {}: must be between 1 and 64",
                 self.images.max_concurrent_downloads
+            )));
+        }
+        if !(1..=3600).contains(&self.streaming.token_ttl_seconds) {
+            return Err(err(format!(
+                "streaming.token_ttl_seconds = {}: must be between 1 and 3600",
+                self.streaming.token_ttl_seconds
             )));
         }
         if self.root == self.state {

@@ -11,6 +11,7 @@ mod config;
 mod metrics_http;
 mod server;
 mod shutdown;
+mod streaming;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -264,6 +265,20 @@ async fn run(cfg: Config) -> Result<(), Failure> {
         }
         None => None,
     };
+    let (streaming, streaming_task) = streaming::Streaming::start(
+        cfg.streaming.listen,
+        Duration::from_secs(cfg.streaming.token_ttl_seconds),
+        engine.clone(),
+    )
+    .await
+    .map_err(|e| Failure {
+        code: exit::UNAVAILABLE,
+        error: anyhow::anyhow!(
+            "cannot listen for streams on {}: {e} (set [streaming] listen to another address)",
+            cfg.streaming.listen
+        ),
+    })?;
+    tracing::info!(addr = %streaming.base(), "streaming server listening");
     let listener = server::bind(&cfg.grpc.listen).await.map_err(|e| {
         let code = match e {
             server::BindError::InUse(_) => exit::UNAVAILABLE,
@@ -306,10 +321,12 @@ async fn run(cfg: Config) -> Result<(), Failure> {
         listener,
         engine.clone(),
         config_json,
+        streaming,
         shutdown_signal,
         grace,
     )
     .await;
+    streaming_task.abort();
     if let Err(e) = std::fs::remove_file(&cfg.grpc.listen) {
         tracing::warn!(socket = %cfg.grpc.listen.display(), error = %e, "cannot remove socket");
     }

@@ -80,14 +80,18 @@ pub async fn serve(
     listener: UnixListener,
     engine: Arc<Engine>,
     config_json: String,
+    streaming: Arc<crate::streaming::Streaming>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
     let metrics = engine.metrics();
-    let runtime =
-        RuntimeServiceServer::new(runtime::RuntimeHandlers::new(engine.clone(), config_json))
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(16 << 20);
+    let runtime = RuntimeServiceServer::new(runtime::RuntimeHandlers::new(
+        engine.clone(),
+        config_json,
+        streaming,
+    ))
+    .max_decoding_message_size(16 << 20)
+    .max_encoding_message_size(16 << 20);
     let image = ImageServiceServer::new(image::ImageHandlers::new(engine))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);

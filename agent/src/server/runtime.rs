@@ -79,14 +79,38 @@ pub struct RuntimeHandlers {
     engine: Arc<Engine>,
     /// The effective configuration, as JSON, for verbose Status.
     config_json: Arc<String>,
+    /// Where Exec, Attach and PortForward URLs lead.
+    streaming: Arc<crate::streaming::Streaming>,
 }
 
 impl RuntimeHandlers {
-    pub fn new(engine: Arc<Engine>, config_json: String) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        config_json: String,
+        streaming: Arc<crate::streaming::Streaming>,
+    ) -> Self {
         RuntimeHandlers {
             engine,
             config_json: Arc::new(config_json),
+            streaming,
         }
+    }
+
+    /// Streams go to running containers only: refused at the call, not at the connection.
+    fn running_container(&self, id: &str) -> Result<(), Status> {
+        let c = self.engine.container_status(id).map_err(to_status)?;
+        if c.state != berth_engine::state::records::ContainerState::Running {
+            return Err(Status::failed_precondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        Ok(())
+    }
+
+    fn stream_url(&self, req: crate::streaming::cache::StreamRequest) -> Result<String, Status> {
+        self.streaming
+            .url(req)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))
     }
 }
 
@@ -404,20 +428,88 @@ impl RuntimeService for RuntimeHandlers {
             exit_code,
         }))
     }
-    async fn exec(&self, _req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        use crate::streaming::cache::StreamRequest;
+        let req = req.into_inner();
+        let id = required(&req.container_id, "container_id")?;
+        if req.cmd.first().is_none_or(|c| c.is_empty()) {
+            return Err(Status::invalid_argument("cmd is empty"));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout and stderr must be set",
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be set: a terminal has one output stream",
+            ));
+        }
+        self.running_container(id)?;
+        let url = self.stream_url(StreamRequest::Exec {
+            container_id: id.to_owned(),
+            cmd: req.cmd,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        })?;
+        Ok(Response::new(ExecResponse { url }))
     }
     async fn attach(
         &self,
-        _req: Request<AttachRequest>,
+        req: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+        use crate::streaming::cache::StreamRequest;
+        let req = req.into_inner();
+        let id = required(&req.container_id, "container_id")?;
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout and stderr must be set",
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be set: a terminal has one output stream",
+            ));
+        }
+        self.running_container(id)?;
+        let url = self.stream_url(StreamRequest::Attach {
+            container_id: id.to_owned(),
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        })?;
+        Ok(Response::new(AttachResponse { url }))
     }
     async fn port_forward(
         &self,
-        _req: Request<PortForwardRequest>,
+        req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+        use crate::streaming::cache::StreamRequest;
+        let req = req.into_inner();
+        let id = required(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        let pod = self.engine.pod_status(id).map_err(to_status)?;
+        if pod.state != berth_engine::state::records::PodState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {id} is not ready"
+            )));
+        }
+        let ports =
+            req.port
+                .iter()
+                .map(|p| {
+                    u16::try_from(*p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                        Status::invalid_argument(format!("port {p} is not a TCP port"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+        let url = self.stream_url(StreamRequest::PortForward {
+            pod_id: pod.id,
+            ports,
+        })?;
+        Ok(Response::new(PortForwardResponse { url }))
     }
     async fn container_stats(
         &self,

@@ -1,0 +1,142 @@
+//! berth's streaming server: where the URLs that CRI Exec, Attach and PortForward return
+//! lead. kubelet (proxying kubectl) or crictl opens the URL and upgrades the connection to
+//! SPDY/3.1 or WebSocket; the token in the path names the request it was issued for, once.
+//!
+//! - [`cache`]: the single-use tokens;
+//! - [`remotecommand`]: exec and attach, apart from the transport;
+//! - [`ws`]: the WebSocket transports;
+//! - [`spdy`]: the SPDY/3.1 transports (berth's own SPDY implementation).
+
+pub mod cache;
+pub mod remotecommand;
+pub mod ws;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_engine::Engine;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use cache::{CacheError, StreamRequest, TokenCache};
+
+/// Requests waiting for their client at most (as kubelet's streaming server).
+const MAX_IN_FLIGHT: usize = 1000;
+
+/// The streaming server's state: where it listens and the pending requests.
+#[derive(Debug)]
+pub struct Streaming {
+    base: String,
+    cache: TokenCache,
+}
+
+impl Streaming {
+    /// Binds `listen` (port 0: any free port) and serves in the background. The URLs handed
+    /// out name the bound address (the loopback one when listening on all addresses).
+    pub async fn start(
+        listen: SocketAddr,
+        token_ttl: Duration,
+        engine: Arc<Engine>,
+    ) -> std::io::Result<(Arc<Streaming>, tokio::task::JoinHandle<()>)> {
+        let listener = TcpListener::bind(listen).await?;
+        let mut addr = listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let state = Arc::new(Streaming {
+            base: format!("http://{addr}"),
+            cache: TokenCache::new(token_ttl, MAX_IN_FLIGHT),
+        });
+        let task = tokio::spawn(serve(listener, state.clone(), engine));
+        Ok((state, task))
+    }
+
+    /// A URL for `req`, valid once and for the token's lifetime.
+    pub fn url(&self, req: StreamRequest) -> Result<String, CacheError> {
+        let kind = req.kind();
+        let token = self.cache.insert(req)?;
+        Ok(format!("{}/{kind}/{token}", self.base))
+    }
+
+    /// Where the server listens, e.g. `http://127.0.0.1:41234`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<Streaming>, engine: Arc<Engine>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "streaming server: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (state, engine) = (state.clone(), engine.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let (state, engine) = (state.clone(), engine.clone());
+                async move { Ok::<_, Infallible>(handle(&state, engine, req)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "streaming connection ended");
+            }
+        });
+    }
+}
+
+pub(crate) fn reply(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn handle(state: &Streaming, engine: Arc<Engine>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let span = tracing::info_span!("stream", kind, method = %req.method());
+    let _g = span.enter();
+    if !matches!(kind, "exec" | "attach" | "portforward") || token.is_empty() {
+        return reply(StatusCode::NOT_FOUND, "not found\n");
+    }
+    // A token works once, whatever happens next.
+    let Some(sreq) = state.cache.take(token).filter(|r| r.kind() == kind) else {
+        tracing::info!("unknown, used or expired streaming token");
+        return reply(
+            StatusCode::NOT_FOUND,
+            "unknown or expired streaming token: ask the runtime for a new URL\n",
+        );
+    };
+    tracing::info!(request = ?sreq, "streaming session");
+    if ws::wants_websocket(&req) {
+        return ws::upgrade(req, sreq, engine);
+    }
+    reply(
+        StatusCode::BAD_REQUEST,
+        "streaming requests must upgrade the connection (Upgrade: SPDY/3.1 or websocket)\n",
+    )
+}
