@@ -5,9 +5,10 @@
 //! - [`cache`]: the single-use tokens;
 //! - [`remotecommand`]: exec and attach, apart from the transport;
 //! - [`ws`]: the WebSocket transports;
-//! - [`spdy`]: the SPDY/3.1 transports (berth's own SPDY implementation).
+//! - [`httpstream`]: the SPDY/3.1 transports (on the `berth-spdy` crate).
 
 pub mod cache;
+pub mod httpstream;
 pub mod remotecommand;
 pub mod ws;
 
@@ -104,6 +105,30 @@ async fn serve(listener: TcpListener, state: Arc<Streaming>, engine: Arc<Engine>
     }
 }
 
+/// The 101 answer to an upgrade to `upgrade`, naming the negotiated protocol in `header`.
+pub(crate) fn switching_protocols(
+    upgrade: &'static str,
+    extra: &[(http::HeaderName, &str)],
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static(upgrade),
+    );
+    for (name, value) in extra {
+        if let Ok(v) = http::HeaderValue::from_str(value) {
+            h.insert(name.clone(), v);
+        }
+    }
+    r
+}
+
 pub(crate) fn reply(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(text.to_owned())));
     *r.status_mut() = status;
@@ -134,6 +159,9 @@ fn handle(state: &Streaming, engine: Arc<Engine>, req: Request<Incoming>) -> Res
     tracing::info!(request = ?sreq, "streaming session");
     if ws::wants_websocket(&req) {
         return ws::upgrade(req, sreq, engine);
+    }
+    if httpstream::wants_spdy(&req) {
+        return httpstream::upgrade(req, sreq, engine);
     }
     reply(
         StatusCode::BAD_REQUEST,

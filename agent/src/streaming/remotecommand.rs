@@ -187,7 +187,6 @@ pub fn parse_resize(data: &[u8]) -> Option<(u16, u16)> {
 
 /// Splits a byte stream of concatenated JSON objects (Go's json.Encoder output on the
 /// resize stream) into complete objects, keeping an incomplete tail in `buf`.
-#[allow(dead_code)] // the SPDY transport reads resize streams with it
 pub fn take_json_objects(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     loop {

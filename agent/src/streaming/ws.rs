@@ -125,24 +125,11 @@ pub fn upgrade(
             sreq => remote(ws, &protocol, sreq, engine).await,
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        http::header::UPGRADE,
-        http::HeaderValue::from_static("websocket"),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&accept) {
-        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    let mut extra = vec![(http::header::SEC_WEBSOCKET_ACCEPT, accept.as_str())];
+    if let Some(p) = &chosen {
+        extra.push((http::header::SEC_WEBSOCKET_PROTOCOL, p.as_str()));
     }
-    if let Some(p) = chosen.and_then(|p| http::HeaderValue::from_str(&p).ok()) {
-        h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
-    r
+    super::switching_protocols("websocket", &extra)
 }
 
 /// `port=80&port=8080` (kubelet's form; `port=80,8080` and `ports=` too).

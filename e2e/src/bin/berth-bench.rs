@@ -373,6 +373,206 @@ async fn bench_network(runs: usize) {
 
 /// What reading the node's figures costs with 100 running containers: ListContainerStats,
 /// ListPodSandboxStats, ListPodSandboxMetrics and a scrape of /metrics.
+/// A WebSocket client session on a streaming URL with one subprotocol.
+async fn ws_connect(
+    url: &str,
+    protocol: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut req = ws_url.as_str().into_client_request().expect("request");
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let tcp = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).ok();
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("upgrade");
+    ws
+}
+
+/// Exec round trip (Exec call to exit status over WebSocket v5) against ExecSync, and
+/// port-forward throughput over WebSocket (and SPDY with the node client when present).
+async fn bench_streams(runs: usize) {
+    use berth_proto::cri;
+    use futures_util::StreamExt;
+    assert!(catalog::available(), "busybox-static is needed");
+    let reg = Registry::start().expect("docker-registry is needed");
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    let d = Daemon::start().await;
+    let mut c = d.cri().await;
+    let image = format!("{}/busybox:latest", reg.host());
+    c.pull(&image, None).await.expect("pull");
+    let pod = c
+        .run_pod(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "streams".into(),
+                uid: "uid-streams".into(),
+                namespace: "bench".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        })
+        .await;
+    const MIB: usize = 256;
+    let ctr = |name: &str, cmd: &str| cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(berth_e2e::cri::spec(&image)),
+        command: vec!["sh".into(), "-c".into(), cmd.into()],
+        ..Default::default()
+    };
+    let id = c
+        .run_container(&pod, ctr("sleeper", "exec sleep 3600"))
+        .await;
+    c.run_container(
+        &pod,
+        ctr(
+            "web",
+            &format!("mkdir /www && dd if=/dev/zero of=/www/big bs=1M count={MIB} 2>/dev/null && exec httpd -f -p 8080 -h /www"),
+        ),
+    )
+    .await;
+
+    let mut exec_ms = Vec::new();
+    let mut sync_ms = Vec::new();
+    for i in 0..runs + 2 {
+        let t = std::time::Instant::now();
+        let url = c
+            .runtime
+            .exec(cri::ExecRequest {
+                container_id: id.clone(),
+                cmd: vec!["true".into()],
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            })
+            .await
+            .expect("exec")
+            .into_inner()
+            .url;
+        let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+        let mut status = None;
+        while let Some(Ok(m)) = ws.next().await {
+            let data = m.into_data();
+            if data.first() == Some(&3) {
+                status = Some(String::from_utf8_lossy(&data[1..]).into_owned());
+            }
+        }
+        let elapsed = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(
+            status.as_deref().is_some_and(|s| s.contains("Success")),
+            "exec status: {status:?}"
+        );
+        let t = std::time::Instant::now();
+        c.exec(&id, &["true"], 5).await.expect("exec sync");
+        let sync = t.elapsed().as_secs_f64() * 1000.0;
+        if i >= 2 {
+            exec_ms.push(elapsed);
+            sync_ms.push(sync);
+        }
+    }
+    exec_ms.sort_by(f64::total_cmp);
+    sync_ms.sort_by(f64::total_cmp);
+    println!(
+        "exec round trip (Exec + WebSocket v5, `true`, {runs} runs): p50 {:.2} ms, p99 {:.2} ms; ExecSync p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&exec_ms, 0.5),
+        percentile(&exec_ms, 0.99),
+        percentile(&sync_ms, 0.5),
+        percentile(&sync_ms, 0.99),
+    );
+
+    // Port forwarding: GET a file of MIB MiB from busybox httpd in the pod.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let pf_url = |c: &mut berth_e2e::Cri| {
+        let mut rt = c.runtime.clone();
+        let pod = pod.clone();
+        async move {
+            rt.port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod,
+                port: vec![8080],
+            })
+            .await
+            .expect("port forward")
+            .into_inner()
+            .url
+        }
+    };
+    let mut ws_mbps = Vec::new();
+    for _ in 0..3 {
+        use futures_util::SinkExt;
+        let url = pf_url(&mut c).await;
+        let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
+        let t = std::time::Instant::now();
+        let mut req = vec![0u8];
+        req.extend_from_slice(b"GET /big HTTP/1.0\r\n\r\n");
+        ws.send(tokio_tungstenite::tungstenite::Message::binary(req))
+            .await
+            .expect("send");
+        let mut bytes = 0usize;
+        let mut seen_prefix = false;
+        while let Some(Ok(m)) = ws.next().await {
+            let data = m.into_data();
+            if data.first() == Some(&0) {
+                if !seen_prefix {
+                    seen_prefix = true;
+                    continue; // the port number
+                }
+                bytes += data.len() - 1;
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        assert!(bytes >= MIB << 20, "got {bytes} bytes");
+        ws_mbps.push(bytes as f64 / (1 << 20) as f64 / secs);
+    }
+    println!(
+        "port-forward over WebSocket ({MIB} MiB from httpd, best of 3): {:.0} MiB/s",
+        ws_mbps.iter().cloned().fold(0.0, f64::max)
+    );
+    let node = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    if node.join("node_modules/spdy-transport").exists() {
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let url = pf_url(&mut c).await;
+            let out = std::process::Command::new("node")
+                .arg(node.join("k8s-stream.js"))
+                .args([
+                    "portforward",
+                    &url,
+                    "--transport",
+                    "spdy",
+                    "--port",
+                    "8080",
+                    "--send",
+                    "GET /big HTTP/1.0\r\n\r\n",
+                    "--read-bytes",
+                    &(MIB << 20).to_string(),
+                    "--timeout-ms",
+                    "120000",
+                ])
+                .output()
+                .expect("node");
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            best = best.max(v["mbps"].as_f64().unwrap_or(0.0));
+        }
+        println!(
+            "port-forward over SPDY/3.1 (node spdy-transport client, best of 3): {best:.0} MiB/s"
+        );
+    }
+    c.stop_and_remove_pod(&pod).await;
+}
+
 async fn bench_stats(runs: usize) {
     use berth_proto::cri;
     assert!(catalog::available(), "busybox-static is needed");
@@ -869,6 +1069,10 @@ fn main() -> std::process::ExitCode {
             rt.block_on(bench_stats(runs));
             std::process::ExitCode::SUCCESS
         }
+        Some("streams") => {
+            rt.block_on(bench_streams(runs));
+            std::process::ExitCode::SUCCESS
+        }
         Some("compare") => {
             let opt = |name: &str, default: usize| {
                 args.iter()
@@ -892,7 +1096,7 @@ fn main() -> std::process::ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: berth-bench pull|lifecycle|network|stats|compare [--runs N] [--burst C] [--loaded P] [--out FILE]"
+                "usage: berth-bench pull|lifecycle|network|stats|streams|compare [--runs N] [--burst C] [--loaded P] [--out FILE]"
             );
             std::process::ExitCode::from(2)
         }

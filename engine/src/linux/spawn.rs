@@ -236,7 +236,6 @@ pub struct ExecSpec {
 /// reaps it. Returns (intermediate, exec process) once the exec process has exec'd; wait
 /// for the intermediate, signal the exec process's group.
 pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pid), SpawnError> {
-    use std::os::fd::AsRawFd;
     let (err_r, err_w) = cloexec_pipe()?;
     let (pid_r, pid_w) = cloexec_pipe()?;
     let mut stdio = Some(stdio);
@@ -281,10 +280,10 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
         if let Ok(fd) = pid_w.try_clone() {
             let _ = std::fs::File::from(fd).write_all(&child.as_raw().to_le_bytes());
         }
-        // Our copies must not keep the caller's reads open.
-        let _ = nix::unistd::close(pid_w.as_raw_fd());
-        let _ = nix::unistd::close(err_w.as_raw_fd());
+        // Our copies must not keep the caller's reads open, nor any pipe or terminal of
+        // the monitor's (another session's stdin, say) while we wait.
         drop(io);
+        super::sys::close_from(3);
         let code = loop {
             match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,

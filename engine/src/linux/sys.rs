@@ -280,3 +280,48 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
     // returns the same descriptor; the AsyncFd owns it from here on.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }
+
+/// Closes every descriptor from `first` up, as a forked helper must that keeps running
+/// without exec'ing: otherwise its copies hold pipes (a container's stdin, another
+/// session's terminal) open after their owner closed them.
+pub fn close_from(first: i32) {
+    let first = u32::try_from(first).unwrap_or(3);
+    // SAFETY: close_range only closes descriptors of this process; the caller owns none
+    // of them any more (documented above) and no other thread exists in a cloned child.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    if rc == 0 {
+        return;
+    }
+    // Before Linux 5.9: one by one.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|fd: &i32| u32::try_from(*fd).is_ok_and(|f| f >= first))
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+nix::ioctl_write_ptr_bad!(tiocsptlck, libc::TIOCSPTLCK, libc::c_int);
+
+/// Unlocks the terminal whose master is `master` and opens its slave side through the
+/// master (TIOCGPTPEER, Linux 4.13): no path lookup, so it works for a master opened from
+/// another mount namespace's devpts (`/proc/<pid>/root/dev/pts/ptmx`).
+pub fn open_pty_peer(master: &OwnedFd) -> nix::Result<OwnedFd> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, which is valid for the call.
+    unsafe { tiocsptlck(master.as_raw_fd(), &unlock) }?;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes its flags by value and returns a new descriptor (or -1);
+    // it reads and writes no memory of ours.
+    let fd = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the ioctl returned a new descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}

@@ -129,6 +129,28 @@ pub(super) fn open_pty(cols: u16, rows: u16) -> std::io::Result<(Rc<AsyncFd<Owne
     Ok((Rc::new(crate::linux::sys::async_fd(pty.master)?), pty.slave))
 }
 
+/// A new terminal of the container whose process is `target`, from its own devpts (so
+/// that `tty` and ttyname() inside see /dev/pts/N): (master for us, slave for the process).
+pub(super) fn open_container_pty(
+    target: nix::unistd::Pid,
+    cols: u16,
+    rows: u16,
+) -> std::io::Result<(Rc<AsyncFd<OwnedFd>>, OwnedFd)> {
+    use nix::fcntl::{OFlag, open};
+    let master = open(
+        format!("/proc/{target}/root/dev/pts/ptmx").as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let slave = crate::linux::sys::open_pty_peer(&master)?;
+    let (cols, rows) = (
+        if cols == 0 { 80 } else { cols },
+        if rows == 0 { 24 } else { rows },
+    );
+    crate::linux::sys::set_window_size(&master, cols, rows)?;
+    Ok((Rc::new(crate::linux::sys::async_fd(master)?), slave))
+}
+
 /// A pipe for a process's stdin: (our non-blocking writer, the process's reader).
 pub(super) fn stdin_pipe() -> std::io::Result<(Sink, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -387,8 +409,8 @@ fn start_exec(
             u16::try_from(e.width).unwrap_or(u16::MAX),
             u16::try_from(e.height).unwrap_or(u16::MAX),
         );
-        let (master, slave) =
-            open_pty(cols, rows).map_err(|err| internal("open a terminal", err))?;
+        let (master, slave) = open_container_pty(target, cols, rows)
+            .map_err(|err| internal("open a terminal", err))?;
         let dup = |f: &OwnedFd| {
             f.try_clone()
                 .map_err(|err| internal("dup the terminal", err))

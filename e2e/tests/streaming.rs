@@ -1,0 +1,476 @@
+//! Exec, attach and port-forward streams end to end, through clients berth did not write:
+//! e2e/node/k8s-stream.js speaks the Kubernetes protocols with the npm packages `ws`
+//! (WebSocket) and `spdy-transport` (SPDY/3.1), the way kubectl and kubelet do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use berth_e2e::env::BusyboxEnv;
+use berth_e2e::{Cri, require};
+use berth_proto::cri;
+use serde_json::Value;
+use tonic::Code;
+
+/// The node client, when its packages are installed (`npm ci` in e2e/node).
+fn client() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    let ok = dir.join("node_modules/ws").exists()
+        && dir.join("node_modules/spdy-transport").exists()
+        && Command::new("node").arg("--version").output().is_ok();
+    if !ok {
+        assert!(
+            !require::required(),
+            "node and e2e/node/node_modules are needed (run npm ci in e2e/node)"
+        );
+        return None;
+    }
+    Some(dir.join("k8s-stream.js"))
+}
+
+/// Runs the client; its one JSON line.
+fn run_client(script: &PathBuf, args: &[&str]) -> Value {
+    let out = Command::new("node")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "client {args:?}: {e}\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn container(
+    env: &BusyboxEnv,
+    name: &str,
+    cmd: &[&str],
+    stdin: bool,
+    tty: bool,
+) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(berth_e2e::cri::spec(&env.image)),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        stdin,
+        tty,
+        ..Default::default()
+    }
+}
+
+fn pod(env: &BusyboxEnv, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "streaming".into(),
+            attempt: 0,
+        }),
+        log_directory: env.logs.path().join(name).display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// An Attach URL with stdin and stdout (and stderr unless on a terminal).
+async fn attach_url(c: &mut Cri, id: &str, tty: bool) -> String {
+    c.runtime
+        .attach(cri::AttachRequest {
+            container_id: id.into(),
+            stdin: true,
+            tty,
+            stdout: true,
+            stderr: !tty,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url
+}
+
+fn exit_code(v: &Value) -> i64 {
+    v["exitCode"].as_i64().unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_websocket_and_spdy() {
+    let Some(script) = client() else { return };
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    let p = env.c.run_pod(pod(&env, "exec")).await;
+    let id = env
+        .c
+        .run_container(
+            &p,
+            container(&env, "main", &["sleep", "3600"], false, false),
+        )
+        .await;
+
+    // One exec through the client: (its URL, its JSON).
+    let script = &script;
+    let exec = |c: &mut Cri,
+                cmd: &'static [&'static str],
+                stdin: bool,
+                tty: bool,
+                args: Vec<&'static str>| {
+        let mut rt = c.runtime.clone();
+        let id = id.clone();
+        async move {
+            let url = rt
+                .exec(cri::ExecRequest {
+                    container_id: id,
+                    cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                    tty,
+                    stdin,
+                    stdout: true,
+                    stderr: !tty,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .url;
+            let mut all = vec!["exec", url.as_str()];
+            all.extend(args);
+            let v = run_client(script, &all);
+            (url, v)
+        }
+    };
+
+    for (transport, protocol) in [
+        ("ws", "v5.channel.k8s.io"),
+        ("ws", "v4.channel.k8s.io"),
+        ("spdy", "v4.channel.k8s.io"),
+    ] {
+        let what = format!("{transport} {protocol}");
+        let args = vec!["--transport", transport, "--protocol", protocol];
+        // Output and exit code 0.
+        let (_, v) = exec(&mut env.c, &["echo", "hello"], false, false, args.clone()).await;
+        assert_eq!(v["stdout"], "hello\n", "{what}: {v}");
+        assert_eq!(exit_code(&v), 0, "{what}: {v}");
+        // A non-zero exit code and stderr.
+        let (url, v) = exec(
+            &mut env.c,
+            &["sh", "-c", "echo oops >&2; exit 5"],
+            false,
+            false,
+            args.clone(),
+        )
+        .await;
+        assert_eq!(v["stderr"], "oops\n", "{what}: {v}");
+        assert_eq!(exit_code(&v), 5, "{what}: {v}");
+        // The URL works once.
+        let v = run_client(script, &["raw-status", &url, "--transport", transport]);
+        assert_eq!(v.as_i64(), Some(404), "{what}: a replayed URL: {v}");
+    }
+
+    // Stdin round trip; closing stdin ends `cat` (v5 WebSocket close signal, SPDY FIN).
+    for (transport, protocol) in [("ws", "v5.channel.k8s.io"), ("spdy", "v4.channel.k8s.io")] {
+        let args = vec![
+            "--transport",
+            transport,
+            "--protocol",
+            protocol,
+            "--stdin",
+            "ping\n",
+        ];
+        let (_, v) = exec(
+            &mut env.c,
+            &["sh", "-c", "cat; echo done"],
+            true,
+            false,
+            args,
+        )
+        .await;
+        assert_eq!(v["stdout"], "ping\ndone\n", "{transport}: {v}");
+        assert_eq!(exit_code(&v), 0, "{transport}: {v}");
+    }
+
+    // A terminal of the container's own devpts, resized after start: the process sees the
+    // new size.
+    for transport in ["ws", "spdy"] {
+        let args = vec![
+            "--transport",
+            transport,
+            "--tty",
+            "--stdin-hold-ms",
+            "2000",
+            "--resize",
+            "100x30",
+            "--resize-after-ms",
+            "200",
+        ];
+        let cmd = &[
+            "sh",
+            "-c",
+            "sleep 1; stty size; tty | grep -q '^/dev/pts/' && echo on-a-tty",
+        ];
+        let (_, v) = exec(&mut env.c, cmd, true, true, args).await;
+        let out = v["stdout"].as_str().unwrap_or_default().replace('\r', "");
+        assert!(out.contains("30 100\n"), "{transport}: {v}");
+        assert!(out.contains("on-a-tty"), "{transport}: {v}");
+        assert_eq!(exit_code(&v), 0, "{transport}: {v}");
+    }
+
+    // A client that goes away takes its process with it.
+    let (_, v) = exec(
+        &mut env.c,
+        &["sleep", "1234"],
+        false,
+        false,
+        vec!["--transport", "ws", "--timeout-ms", "500"],
+    )
+    .await;
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not finish"),
+        "{v}"
+    );
+    let mut gone = false;
+    for _ in 0..50 {
+        let r = env
+            .c
+            .exec(&id, &["sh", "-c", "ps -o args | grep -c '^sleep 1234'"], 5)
+            .await
+            .unwrap();
+        if String::from_utf8_lossy(&r.stdout).trim() == "0" {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the exec'd process outlived its client");
+
+    // Bad requests are refused at the call.
+    let bad = |tty: bool, stderr: bool, cmd: Vec<String>, id: String| cri::ExecRequest {
+        container_id: id,
+        cmd,
+        tty,
+        stdin: false,
+        stdout: true,
+        stderr,
+    };
+    for req in [
+        bad(true, true, vec!["true".into()], id.clone()),
+        bad(false, true, vec![], id.clone()),
+    ] {
+        let e = env.c.runtime.exec(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    let e = env
+        .c
+        .runtime
+        .exec(bad(false, true, vec!["true".into()], "nope".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    env.c.stop_and_remove_pod(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_to_a_container_with_stdin_and_tty() {
+    let Some(script) = client() else { return };
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    let p = env.c.run_pod(pod(&env, "attach")).await;
+    // An interactive shell on a terminal: what it reads it runs.
+    let tty = env
+        .c
+        .run_container(&p, container(&env, "shell", &["sh"], true, true))
+        .await;
+    for transport in ["ws", "spdy"] {
+        let url = attach_url(&mut env.c, &tty, true).await;
+        let marker = format!("attached-{transport}");
+        let v = run_client(
+            &script,
+            &[
+                "attach",
+                &url,
+                "--transport",
+                transport,
+                "--tty",
+                "--stdin",
+                &format!("echo {marker}\n"),
+                "--stdin-hold-ms",
+                "1500",
+                "--timeout-ms",
+                "3000",
+            ],
+        );
+        let out = v["stdout"].as_str().unwrap_or_default();
+        // The terminal echoes the line and the shell prints the word.
+        assert!(out.matches(&marker).count() >= 2, "{transport}: {v}");
+    }
+    // Without a terminal: stdout and stderr apart, stdin to cat.
+    let plain = env
+        .c
+        .run_container(
+            &p,
+            container(
+                &env,
+                "cat",
+                &[
+                    "sh",
+                    "-c",
+                    "while read l; do echo \"out $l\"; echo \"err $l\" >&2; done",
+                ],
+                true,
+                false,
+            ),
+        )
+        .await;
+    let url = attach_url(&mut env.c, &plain, false).await;
+    let v = run_client(
+        &script,
+        &[
+            "attach",
+            &url,
+            "--transport",
+            "ws",
+            "--stdin",
+            "a\n",
+            "--stdin-hold-ms",
+            "1000",
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    assert!(
+        v["stdout"].as_str().unwrap_or_default().contains("out a\n"),
+        "{v}"
+    );
+    assert!(
+        v["stderr"].as_str().unwrap_or_default().contains("err a\n"),
+        "{v}"
+    );
+    // The container's log has it too.
+    let log = std::fs::read_to_string(env.logs.path().join("attach/cat.log")).unwrap_or_default();
+    assert!(log.contains("stdout F out a"), "{log}");
+    // A container without stdin cannot be attached with stdin.
+    let nostdin = env
+        .c
+        .run_container(
+            &p,
+            container(&env, "sleeper", &["sleep", "3600"], false, false),
+        )
+        .await;
+    let url = attach_url(&mut env.c, &nostdin, false).await;
+    let v = run_client(
+        &script,
+        &["attach", &url, "--transport", "ws", "--timeout-ms", "2000"],
+    );
+    assert!(
+        v["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not created with stdin"),
+        "{v}"
+    );
+    env.c.stop_and_remove_pod(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_to_httpd_in_a_pod() {
+    let Some(script) = client() else { return };
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    let p = env.c.run_pod(pod(&env, "pf")).await;
+    env.c
+        .run_container(
+            &p,
+            container(
+                &env,
+                "web",
+                &["sh", "-c", "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                false,
+                false,
+            ),
+        )
+        .await;
+    // httpd is up once a request through exec succeeds.
+    let url_of = |c: &mut Cri| {
+        let mut rt = c.runtime.clone();
+        let p = p.clone();
+        async move {
+            rt.port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: p,
+                port: vec![8080],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let request = "GET /index.html HTTP/1.0\r\n\r\n";
+    for transport in ["spdy", "ws"] {
+        // WebSocket port forwarding carries one connection per URL.
+        let url = if transport == "ws" {
+            let mut urls = Vec::new();
+            for _ in 0..3 {
+                urls.push(url_of(&mut env.c).await);
+            }
+            urls.join(",")
+        } else {
+            url_of(&mut env.c).await
+        };
+        let v = run_client(
+            &script,
+            &[
+                "portforward",
+                &url,
+                "--transport",
+                transport,
+                "--port",
+                "8080",
+                "--send",
+                request,
+                "--connections",
+                "3",
+            ],
+        );
+        let conns = v["connections"].as_array().cloned().unwrap_or_default();
+        assert_eq!(conns.len(), 3, "{transport}: {v}");
+        for c in conns {
+            let text = c["text"].as_str().unwrap_or_default();
+            assert!(
+                text.starts_with("HTTP/1.") && text.contains("hello-from-the-pod"),
+                "{transport}: {c}"
+            );
+        }
+    }
+    // A closed port: the error stream says so.
+    let url = url_of(&mut env.c).await;
+    let v = run_client(
+        &script,
+        &[
+            "portforward",
+            &url,
+            "--transport",
+            "spdy",
+            "--port",
+            "9",
+            "--send",
+            "x",
+        ],
+    );
+    let text = v.to_string();
+    assert!(
+        text.contains("refused") || text.contains("error forwarding"),
+        "{v}"
+    );
+    env.c.stop_and_remove_pod(&p).await;
+}
