@@ -169,18 +169,32 @@ async fn unimplemented_rpcs_name_themselves() {
     let mut c = d.cri().await;
     let err = c
         .runtime
+        .checkpoint_container(cri::CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(
+        err.message().contains("CheckpointContainer"),
+        "{}",
+        err.message()
+    );
+    // Streaming calls check their requests.
+    let err = c
+        .runtime
         .port_forward(cri::PortForwardRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("PortForward"), "{}", err.message());
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let err = c
         .runtime
-        .attach(cri::AttachRequest::default())
+        .attach(cri::AttachRequest {
+            container_id: "nope".into(),
+            stdout: true,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Attach"), "{}", err.message());
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
 }
 
 /// The 1-based line of the daemon's config file that contains `needle`.
@@ -412,7 +426,10 @@ async fn a_python_cri_client_generated_from_upstream_proto_works() {
     assert_eq!(v["version"]["runtime_name"], "berth");
     assert_eq!(v["version"]["runtime_api_version"], "v1");
     assert_eq!(v["cgroup_driver"], "CGROUPFS");
-    assert_eq!(v["port_forward"], "UNIMPLEMENTED");
+    assert_eq!(
+        v["port_forward"], "NOT_FOUND",
+        "PortForward to an unknown pod"
+    );
     assert_eq!(v["info_keys"], serde_json::json!(["config", "engine"]));
     let conds = v["conditions"].as_array().unwrap();
     assert!(

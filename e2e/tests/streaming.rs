@@ -301,7 +301,7 @@ async fn attach_to_a_container_with_stdin_and_tty() {
                 transport,
                 "--tty",
                 "--stdin",
-                &format!("echo {marker}\n"),
+                &format!("echo {marker}; tty\n"),
                 "--stdin-hold-ms",
                 "1500",
                 "--timeout-ms",
@@ -311,6 +311,8 @@ async fn attach_to_a_container_with_stdin_and_tty() {
         let out = v["stdout"].as_str().unwrap_or_default();
         // The terminal echoes the line and the shell prints the word.
         assert!(out.matches(&marker).count() >= 2, "{transport}: {v}");
+        // The container's terminal is one of its own devpts.
+        assert!(out.contains("\n/dev/pts/"), "{transport}: {v}");
     }
     // Without a terminal: stdout and stderr apart, stdin to cat.
     let plain = env

@@ -192,24 +192,61 @@ fn run_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> Step<Never> {
 }
 
 fn redirect(stdio: Stdio) -> Step<()> {
-    if let Some(i) = &stdio.stdin {
-        step(|| "stdin".into(), nix::unistd::dup2_stdin(i))?;
-    } else {
-        let null = step(|| "open /dev/null".into(), fs::File::open("/dev/null"))?;
-        step(|| "stdin".into(), nix::unistd::dup2_stdin(&null))?;
+    match stdio {
+        Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            if let Some(i) = &stdin {
+                step(|| "stdin".into(), nix::unistd::dup2_stdin(i))?;
+            } else {
+                let null = step(|| "open /dev/null".into(), fs::File::open("/dev/null"))?;
+                step(|| "stdin".into(), nix::unistd::dup2_stdin(&null))?;
+            }
+            step(|| "stdout".into(), nix::unistd::dup2_stdout(&stdout))?;
+            step(|| "stderr".into(), nix::unistd::dup2_stderr(&stderr))?;
+            Ok(())
+        }
+        Stdio::Terminal(slave) => use_terminal(&slave),
+        Stdio::Console(socket) => {
+            // Our root is the container's by now: this is its own devpts instance.
+            let master = step(
+                || "open /dev/pts/ptmx".into(),
+                nix::fcntl::open(
+                    "/dev/pts/ptmx",
+                    nix::fcntl::OFlag::O_RDWR
+                        | nix::fcntl::OFlag::O_NOCTTY
+                        | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                ),
+            )?;
+            let slave = step(
+                || "open the terminal's slave".into(),
+                super::sys::open_pty_peer(&master),
+            )?;
+            step(
+                || "hand the terminal to the monitor".into(),
+                super::sys::send_fd(&socket, &master),
+            )?;
+            drop(master);
+            drop(socket);
+            use_terminal(&slave)
+        }
     }
-    step(|| "stdout".into(), nix::unistd::dup2_stdout(&stdio.stdout))?;
-    step(|| "stderr".into(), nix::unistd::dup2_stderr(&stdio.stderr))?;
-    if stdio.tty {
-        // A session of its own (an exec process has one already) whose controlling
-        // terminal is the pty, so that job control and SIGWINCH work.
-        let _ = nix::unistd::setsid();
-        step(
-            || "make the terminal the controlling one".into(),
-            super::sys::take_controlling_terminal(),
-        )?;
-    }
-    Ok(())
+}
+
+/// Makes the terminal `slave` stdin, stdout, stderr and the controlling terminal of a new
+/// session (an exec process has one already), so that job control and SIGWINCH work.
+fn use_terminal(slave: &std::os::fd::OwnedFd) -> Step<()> {
+    step(|| "stdin".into(), nix::unistd::dup2_stdin(slave))?;
+    step(|| "stdout".into(), nix::unistd::dup2_stdout(slave))?;
+    step(|| "stderr".into(), nix::unistd::dup2_stderr(slave))?;
+    let _ = nix::unistd::setsid();
+    step(
+        || "make the terminal the controlling one".into(),
+        super::sys::take_controlling_terminal(),
+    )
 }
 
 fn mount_overlay(spec: &LaunchSpec, userns: Option<&fs::File>) -> Step<()> {

@@ -92,12 +92,20 @@ pub struct Rootfs {
 
 /// The child's standard streams.
 #[derive(Debug)]
-pub struct Stdio {
-    pub stdin: Option<OwnedFd>,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    /// The streams are a terminal: the process makes it its controlling terminal.
-    pub tty: bool,
+pub enum Stdio {
+    /// Pipes; no stdin means /dev/null.
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// The slave side of a terminal for all three, which becomes the process's controlling
+    /// terminal (an exec'd process: the monitor opened it in the container's devpts).
+    Terminal(OwnedFd),
+    /// Make a terminal in the container's own devpts, send its master back over this
+    /// socket (SCM_RIGHTS) and use the slave as above: a container's terminal, which the
+    /// monitor cannot open before the container's devpts exists (runc's console socket).
+    Console(OwnedFd),
 }
 
 /// Why a container process could not be created.

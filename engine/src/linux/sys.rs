@@ -325,3 +325,44 @@ pub fn open_pty_peer(master: &OwnedFd) -> nix::Result<OwnedFd> {
     // SAFETY: the ioctl returned a new descriptor that nothing else owns.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
+
+/// Sends descriptor `fd` over the unix socket `socket` (SCM_RIGHTS, one byte of data).
+pub fn send_fd(socket: &OwnedFd, fd: &OwnedFd) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd.as_raw_fd()];
+    let iov = [std::io::IoSlice::new(b"t")];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(|_| ())
+}
+
+/// Receives one descriptor sent with [`send_fd`], if one is waiting (no blocking).
+pub fn recv_fd(socket: &OwnedFd) -> nix::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel installed this descriptor for us with the message;
+            // nothing else owns it.
+            return Ok(Some(unsafe {
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+            }));
+        }
+    }
+    Ok(None)
+}

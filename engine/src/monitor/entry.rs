@@ -601,22 +601,19 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
     let internal =
         |what: &str, e: std::io::Error| (crate::ErrorKind::Internal, format!("{what}: {e}"));
     let mode = spec.stdio;
-    let (stdio, sources, stdin, tty) = if mode.tty {
-        let (master, slave) = sess::open_pty(0, 0).map_err(|e| internal("open a terminal", e))?;
-        let dup = |f: &OwnedFd| f.try_clone().map_err(|e| internal("dup the terminal", e));
-        let stdio = Stdio {
-            stdin: Some(dup(&slave)?),
-            stdout: dup(&slave)?,
-            stderr: slave,
-            tty: true,
-        };
-        let stdin = mode.stdin.then(|| Sink::Pty(master.clone()));
-        (
-            stdio,
-            vec![(Stream::Stdout, Source::Pty(master.clone()))],
-            stdin,
-            Some(master),
+    // A terminal is made by the container itself in its own devpts; its master comes back
+    // over `console` once the container has started.
+    let mut console = None;
+    let (stdio, mut sources, mut stdin, mut tty) = if mode.tty {
+        let (parent, child) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )
+        .map_err(|e| internal("create the console socket", e.into()))?;
+        console = Some(parent);
+        (Stdio::Console(child), Vec::new(), None, None)
     } else {
         let (out_r, out_w) = log_pipe().map_err(|e| internal("create pipes", e.into()))?;
         let (err_r, err_w) = log_pipe().map_err(|e| internal("create pipes", e.into()))?;
@@ -631,11 +628,10 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
                 .map(Source::Pipe)
                 .map_err(|e| internal("watch pipes", e))
         };
-        let stdio = Stdio {
+        let stdio = Stdio::Pipes {
             stdin: stdin_r,
             stdout: out_w,
             stderr: err_w,
-            tty: false,
         };
         (
             stdio,
@@ -674,6 +670,32 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
         }
     };
     let pid = spawned.map_err(|e| (crate::ErrorKind::FailedPrecondition, e.to_string()))?;
+    if let Some(sock) = console {
+        let master = crate::linux::sys::recv_fd(&sock)
+            .map_err(|e| e.to_string())
+            .and_then(|m| m.ok_or_else(|| "no terminal came back".to_owned()))
+            .and_then(|m| {
+                nix::fcntl::fcntl(
+                    &m,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                )
+                .map_err(|e| e.to_string())?;
+                crate::linux::sys::async_fd(m).map_err(|e| e.to_string())
+            });
+        let master = match master {
+            Ok(m) => Rc::new(m),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                return Err((
+                    crate::ErrorKind::Internal,
+                    format!("the container's terminal: {e}"),
+                ));
+            }
+        };
+        sources.push((Stream::Stdout, Source::Pty(master.clone())));
+        stdin = mode.stdin.then(|| Sink::Pty(master.clone()));
+        tty = Some(master);
+    }
     let started_at = now_nanos();
     if let Some(want) = spec.oom_score_adj {
         // The kernel refuses to lower the score without CAP_SYS_RESOURCE; the container then
@@ -797,11 +819,10 @@ async fn exec(state: Shared, id: u64, e: proto::Exec) -> Frame {
     let (waiter, pid) = match spawn::spawn_exec(
         target,
         &spec,
-        Stdio {
+        Stdio::Pipes {
             stdin: None,
             stdout: out_w,
             stderr: err_w,
-            tty: false,
         },
     ) {
         Ok(p) => p,

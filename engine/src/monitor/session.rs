@@ -111,24 +111,6 @@ impl Sink {
     }
 }
 
-/// A new terminal: (master for us, non-blocking; slave for the process). Both close on
-/// exec, so no other process inherits them by accident.
-pub(super) fn open_pty(cols: u16, rows: u16) -> std::io::Result<(Rc<AsyncFd<OwnedFd>>, OwnedFd)> {
-    use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
-    let size = nix::pty::Winsize {
-        ws_row: if rows == 0 { 24 } else { rows },
-        ws_col: if cols == 0 { 80 } else { cols },
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&size), None)?;
-    for fd in [&pty.master, &pty.slave] {
-        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    }
-    fcntl(&pty.master, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-    Ok((Rc::new(crate::linux::sys::async_fd(pty.master)?), pty.slave))
-}
-
 /// A new terminal of the container whose process is `target`, from its own devpts (so
 /// that `tty` and ttyname() inside see /dev/pts/N): (master for us, slave for the process).
 pub(super) fn open_container_pty(
@@ -411,16 +393,7 @@ fn start_exec(
         );
         let (master, slave) = open_container_pty(target, cols, rows)
             .map_err(|err| internal("open a terminal", err))?;
-        let dup = |f: &OwnedFd| {
-            f.try_clone()
-                .map_err(|err| internal("dup the terminal", err))
-        };
-        let stdio = Stdio {
-            stdin: Some(dup(&slave)?),
-            stdout: dup(&slave)?,
-            stderr: slave,
-            tty: true,
-        };
+        let stdio = Stdio::Terminal(slave);
         let stdin = e.stdin.then(|| Sink::Pty(master.clone()));
         (
             stdio,
@@ -443,11 +416,10 @@ fn start_exec(
                 .map(Source::Pipe)
                 .map_err(|err| internal("watch pipes", err))
         };
-        let stdio = Stdio {
+        let stdio = Stdio::Pipes {
             stdin: stdin_r,
             stdout: out_w,
             stderr: err_w,
-            tty: false,
         };
         (
             stdio,
