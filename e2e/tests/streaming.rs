@@ -115,6 +115,26 @@ async fn exec_over_websocket_and_spdy() {
         )
         .await;
 
+    // The container and what runs in it start with no signal ignored (berthd, a Rust
+    // program, ignores SIGPIPE; that must not leak into containers).
+    let r = env
+        .c
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "grep SigIgn /proc/1/status; cat /proc/self/status | grep SigIgn",
+            ],
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "SigIgn:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
+
     // One exec through the client: (its URL, its JSON).
     let script = &script;
     let exec = |c: &mut Cri,

@@ -235,7 +235,14 @@ async fn remote(
                     .await;
                 let _ = w.shutdown().await;
             }
-            session.close();
+            // Let the status out before the connection goes: GOAWAY, then the client closes.
+            session.goaway(spdy::GoAwayStatus::OK);
+            if tokio::time::timeout(Duration::from_secs(5), session.closed())
+                .await
+                .is_err()
+            {
+                session.close();
+            }
             return;
         }
     };
@@ -293,6 +300,8 @@ async fn remote(
             if let Some((w, _)) = target
                 && w.write_all(&data).await.is_err()
             {
+                // The session must see the client is gone, not wait on a full queue.
+                out_rx.close();
                 return false;
             }
         }
@@ -436,7 +445,14 @@ async fn port_forward(
                 ..
             }) = pairs.remove(&rid)
         {
-            tokio::spawn(forward(engine.clone(), pod_id.clone(), port, error, data));
+            tokio::spawn(forward(
+                engine.clone(),
+                session.clone(),
+                pod_id.clone(),
+                port,
+                error,
+                data,
+            ));
         }
     }
     session.close();
@@ -452,6 +468,7 @@ async fn write_and_close(stream: IncomingStream, message: String) {
 /// connect is told on the error stream (kubectl prints it).
 async fn forward(
     engine: Arc<Engine>,
+    session: SessionHandle,
     pod_id: String,
     port: u16,
     error: IncomingStream,
@@ -484,6 +501,8 @@ async fn forward(
     tokio::select! {
         () = downstream => {}
         () = upstream => {}
+        // The client's connection is gone: nothing is left to forward to.
+        () = session.closed() => {}
     }
     let (_r, mut w) = error.into_split();
     let _ = w.shutdown().await;

@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 
 use super::cache::StreamRequest;
 
+/// Largest piece of stdin sent to the monitor at once.
+const STDIN_CHUNK: usize = 64 * 1024;
+
 /// What the client sends.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Input {
@@ -94,7 +97,17 @@ pub async fn run(
         while let Some(i) = input.recv().await {
             let r = match i {
                 Input::Stdin(d) if d.is_empty() => Ok(()),
-                Input::Stdin(d) => to_process.stdin(d).await,
+                Input::Stdin(d) => {
+                    // Monitor frames are bounded; a client may send large messages.
+                    let mut r = Ok(());
+                    for chunk in d.chunks(STDIN_CHUNK) {
+                        r = to_process.stdin(chunk.to_vec()).await;
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    r
+                }
                 Input::StdinEof => to_process.close_stdin().await,
                 Input::Resize(w, h) => to_process.resize(w, h).await,
             };

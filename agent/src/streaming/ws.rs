@@ -32,6 +32,9 @@ const REMOTE_PROTOCOLS: [&str; 3] = ["v5.channel.k8s.io", "v4.channel.k8s.io", "
 /// The port forward subprotocols.
 const PORTFORWARD_PROTOCOLS: [&str; 1] = ["v4.channel.k8s.io"];
 
+/// How long to wait for the client's close after ours.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
@@ -213,6 +216,8 @@ where
                 Output::Stderr(d) => framed(STDERR, &d),
             };
             if sink.send(msg).await.is_err() {
+                // The session must see the client is gone, not wait on a full queue.
+                out_rx.close();
                 return false;
             }
         }
@@ -234,7 +239,12 @@ where
     if let Outcome::Failed(e) = &outcome {
         tracing::debug!(error = %e, "streaming session ended");
     }
-    reader.abort();
+    // Let the client answer the close (dropping the socket with its bytes unread would
+    // reset the connection and could lose the last output).
+    let abort = reader.abort_handle();
+    if tokio::time::timeout(CLOSE_WAIT, reader).await.is_err() {
+        abort.abort();
+    }
 }
 
 /// Port forwarding on a WebSocket: one connection per port of the request.
@@ -256,7 +266,9 @@ async fn port_forward<S>(
         };
         // The first message of each channel names its port.
         for ch in [data_ch, err_ch] {
-            let _ = out_tx.send(framed(ch, &port.to_le_bytes())).await;
+            if sink.send(framed(ch, &port.to_le_bytes())).await.is_err() {
+                return;
+            }
         }
         let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
         to_conn.push(tx);

@@ -131,6 +131,7 @@ fn become_process(stdio: Stdio, p: &super::spawn::ProcessSpec) -> Step<Never> {
     let (no_new_privs, apparmor, selinux_label) =
         (*no_new_privs, apparmor.as_deref(), selinux_label.as_deref());
     redirect(stdio)?;
+    super::sys::reset_signals();
     step(|| format!("chdir {cwd}"), nix::unistd::chdir(cwd.as_str()))?;
     // The LSM labels take effect at exec.
     if let Some(profile) = apparmor {

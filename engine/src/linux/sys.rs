@@ -366,3 +366,44 @@ pub fn recv_fd(socket: &OwnedFd) -> nix::Result<Option<OwnedFd>> {
     }
     Ok(None)
 }
+
+/// The kernel's struct sigaction (x86_64 and aarch64 layout), for rt_sigaction(2).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Gives the calling (about to exec) process default signal dispositions and an empty
+/// signal mask. Ignored signals survive exec: berthd, a Rust program, ignores SIGPIPE, and a
+/// container started with it ignored would see EPIPE where shell pipelines expect to die.
+/// The raw system call, because glibc's wrappers refuse the two real-time signals it keeps
+/// for itself, which a parent may have left ignored too.
+pub fn reset_signals() {
+    let dfl = KernelSigaction {
+        handler: 0, // SIG_DFL
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `dfl` is a valid kernel sigaction that rt_sigaction only reads; SIG_DFL
+        // runs no code of ours; the old action is not asked for (null); 8 is the size of
+        // the kernel's signal set. Signals that do not exist fail with EINVAL, ignored.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
+    }
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+}

@@ -231,8 +231,13 @@ async fn follow_input(
                     if let Some(sink) = s.get()
                         && !io.data.is_empty()
                     {
-                        // A process that closed its stdin just loses the input.
-                        let _ = sink.write_all(&io.data).await;
+                        // A process that closed its stdin just loses the input. One that
+                        // does not read it blocks the write: berthd hanging up must still
+                        // be noticed meanwhile.
+                        tokio::select! {
+                            _ = sink.write_all(&io.data) => {}
+                            () = hung_up(&rd) => break,
+                        }
                     }
                     if io.eof {
                         s.eof();
@@ -252,6 +257,26 @@ async fn follow_input(
         }
     }
     gone.notify_one();
+}
+
+/// Resolves once berthd has closed its end of the connection, without consuming any frame
+/// it sent before (peeks, and looks again a little later while frames are waiting).
+async fn hung_up(rd: &OwnedReadHalf) {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let fd = rd.as_ref().as_raw_fd();
+    loop {
+        if rd.readable().await.is_err() {
+            return;
+        }
+        let mut b = [0u8; 1];
+        match recv(fd, &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// The stdin a session writes to: its exec process's own, or the attached container's
@@ -326,12 +351,19 @@ pub(super) async fn exec_session(
     let grace = tokio::time::sleep(std::time::Duration::MAX);
     tokio::pin!(grace);
     while code.is_none() || !drained {
+        // Output first; after the exit, the grace runs from the last chunk, so a slow
+        // client still gets everything the process wrote (a background child holding the
+        // pipes open ends the session once it has been quiet for the grace).
         tokio::select! {
+            biased;
             chunk = output.recv(), if !drained => match chunk {
                 Some((stream, data)) => {
                     if alive && frame::write(&mut wr, &io_frame(stream, data, false)).await.is_err() {
                         alive = false;
                         gone.notify_one();
+                    }
+                    if code.is_some() {
+                        grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
                     }
                 }
                 None => drained = true,
@@ -341,7 +373,8 @@ pub(super) async fn exec_session(
                 grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
             }
             () = &mut grace, if code.is_some() => drained = true,
-            () = gone.notified(), if !killed => {
+            // Once the process has exited (and been reaped) its pid may be another's.
+            () = gone.notified(), if !killed && code.is_none() => {
                 killed = true;
                 alive = false;
                 let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
