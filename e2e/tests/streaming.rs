@@ -379,6 +379,41 @@ async fn attach_to_a_container_with_stdin_and_tty() {
     // The container's log has it too.
     let log = std::fs::read_to_string(env.logs.path().join("attach/cat.log")).unwrap_or_default();
     assert!(log.contains("stdout F out a"), "{log}");
+    // stdin_once: the first attach that ends its stdin closes the container's, and `cat`
+    // sees the end of its input.
+    let once = env
+        .c
+        .run_container(&p, {
+            let mut c = container(
+                &env,
+                "once",
+                &["sh", "-c", "cat; echo after-eof"],
+                true,
+                false,
+            );
+            c.stdin_once = true;
+            c
+        })
+        .await;
+    let url = attach_url(&mut env.c, &once, false).await;
+    let v = run_client(
+        &script,
+        &[
+            "attach",
+            &url,
+            "--transport",
+            "ws",
+            "--protocol",
+            "v5.channel.k8s.io",
+            "--stdin",
+            "hello\n",
+            "--timeout-ms",
+            "5000",
+        ],
+    );
+    assert_eq!(v["stdout"], "hello\nafter-eof\n", "{v}");
+    let st = env.c.wait_exited(&once).await;
+    assert_eq!(st.exit_code, 0);
     // A container without stdin cannot be attached with stdin.
     let nostdin = env
         .c
@@ -415,7 +450,7 @@ async fn port_forward_to_httpd_in_a_pod() {
             container(
                 &env,
                 "web",
-                &["sh", "-c", "mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                &["sh", "-c", "mkdir -p /www && echo hello-from-the-pod > /www/index.html && httpd -p 8081 -h /www && exec httpd -f -p 8080 -h /www"],
                 false,
                 false,
             ),
@@ -472,6 +507,57 @@ async fn port_forward_to_httpd_in_a_pod() {
                 text.starts_with("HTTP/1.") && text.contains("hello-from-the-pod"),
                 "{transport}: {c}"
             );
+        }
+    }
+    // Two ports on one WebSocket (channels 0/1 and 2/3), each answered by its own httpd.
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let url = env
+            .c
+            .runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: p.clone(),
+                port: vec![8080, 8081],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        let mut ws = berth_e2e::stream::ws_connect(&url, "v4.channel.k8s.io").await;
+        for ch in [0u8, 2] {
+            let mut m = vec![ch];
+            m.extend_from_slice(b"GET /index.html HTTP/1.0\r\n\r\n");
+            ws.send(Message::binary(m)).await.unwrap();
+        }
+        let mut got: std::collections::BTreeMap<u8, Vec<u8>> = Default::default();
+        let mut prefixes = 0;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+            let d = m.into_data();
+            let Some((&ch, rest)) = d.split_first() else {
+                continue;
+            };
+            let buf = got.entry(ch).or_default();
+            if buf.is_empty() && rest.len() == 2 && prefixes < 4 {
+                prefixes += 1; // the port number that opens each channel
+                let port = u16::from_le_bytes([rest[0], rest[1]]);
+                assert_eq!(port, if ch < 2 { 8080 } else { 8081 }, "channel {ch}");
+                continue;
+            }
+            buf.extend_from_slice(rest);
+            let done = |c: u8| {
+                got.get(&c)
+                    .is_some_and(|b| String::from_utf8_lossy(b).contains("hello-from-the-pod"))
+            };
+            if done(0) && done(2) {
+                break;
+            }
+        }
+        for ch in [0u8, 2] {
+            let text = String::from_utf8_lossy(got.get(&ch).map(Vec::as_slice).unwrap_or_default())
+                .into_owned();
+            assert!(text.contains("hello-from-the-pod"), "channel {ch}: {text}");
         }
     }
     // A closed port: the error stream says so.

@@ -371,34 +371,6 @@ async fn bench_network(runs: usize) {
     println!("{}", serde_json::Value::Object(json));
 }
 
-/// What reading the node's figures costs with 100 running containers: ListContainerStats,
-/// ListPodSandboxStats, ListPodSandboxMetrics and a scrape of /metrics.
-/// A WebSocket client session on a streaming URL with one subprotocol.
-async fn ws_connect(
-    url: &str,
-    protocol: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let ws_url = url.replacen("http://", "ws://", 1);
-    let mut req = ws_url.as_str().into_client_request().expect("request");
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
-    let host = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let tcp = tokio::net::TcpStream::connect(&host)
-        .await
-        .expect("connect");
-    tcp.set_nodelay(true).ok();
-    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .expect("upgrade");
-    ws
-}
-
 /// Exec round trip (Exec call to exit status over WebSocket v5) against ExecSync, and
 /// port-forward throughput over WebSocket (and SPDY with the node client when present).
 async fn bench_streams(runs: usize) {
@@ -461,7 +433,7 @@ async fn bench_streams(runs: usize) {
             .expect("exec")
             .into_inner()
             .url;
-        let mut ws = ws_connect(&url, "v5.channel.k8s.io").await;
+        let mut ws = berth_e2e::stream::ws_connect(&url, "v5.channel.k8s.io").await;
         let mut status = None;
         while let Some(Ok(m)) = ws.next().await {
             let data = m.into_data();
@@ -512,7 +484,7 @@ async fn bench_streams(runs: usize) {
     for _ in 0..3 {
         use futures_util::SinkExt;
         let url = pf_url(&mut c).await;
-        let mut ws = ws_connect(&url, "v4.channel.k8s.io").await;
+        let mut ws = berth_e2e::stream::ws_connect(&url, "v4.channel.k8s.io").await;
         let t = std::time::Instant::now();
         let mut req = vec![0u8];
         req.extend_from_slice(b"GET /big HTTP/1.0\r\n\r\n");
@@ -573,6 +545,8 @@ async fn bench_streams(runs: usize) {
     c.stop_and_remove_pod(&pod).await;
 }
 
+/// What reading the node's figures costs with 100 running containers: ListContainerStats,
+/// ListPodSandboxStats, ListPodSandboxMetrics and a scrape of /metrics.
 async fn bench_stats(runs: usize) {
     use berth_proto::cri;
     assert!(catalog::available(), "busybox-static is needed");
