@@ -77,6 +77,9 @@ listen = "127.0.0.1:9464"
 listen = "127.0.0.1:0"
 # How long a streaming URL stays valid (it works once).
 token_ttl_seconds = 60
+# A streaming connection without traffic for this long is closed (its exec'd process
+# killed), as kubelet's and containerd's 4 h default; 0: never.
+idle_timeout_seconds = 14400
 
 [images]
 # Layers one pull downloads at the same time.
@@ -140,6 +143,7 @@ impl Default for MetricsConfig {
 pub struct StreamingConfig {
     pub listen: std::net::SocketAddr,
     pub token_ttl_seconds: u64,
+    pub idle_timeout_seconds: u64,
 }
 
 impl Default for StreamingConfig {
@@ -147,6 +151,7 @@ impl Default for StreamingConfig {
         StreamingConfig {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             token_ttl_seconds: 60,
+            idle_timeout_seconds: 4 * 3600,
         }
     }
 }

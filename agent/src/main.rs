@@ -268,6 +268,8 @@ async fn run(cfg: Config) -> Result<(), Failure> {
     let (streaming, streaming_task) = streaming::Streaming::start(
         cfg.streaming.listen,
         Duration::from_secs(cfg.streaming.token_ttl_seconds),
+        (cfg.streaming.idle_timeout_seconds > 0)
+            .then(|| Duration::from_secs(cfg.streaming.idle_timeout_seconds)),
         engine.clone(),
     )
     .await

@@ -582,3 +582,65 @@ async fn port_forward_to_httpd_in_a_pod() {
     );
     env.c.stop_and_remove_pod(&p).await;
 }
+
+/// A streaming connection without traffic is closed after `idle_timeout_seconds`, and its
+/// exec'd process with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed() {
+    use futures_util::StreamExt;
+    let Some(mut env) = BusyboxEnv::start_with(berth_e2e::DaemonOptions {
+        extra_config: "\n[streaming]\nidle_timeout_seconds = 1\n".into(),
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let p = env.c.run_pod(pod(&env, "idle")).await;
+    let id = env
+        .c
+        .run_container(
+            &p,
+            container(&env, "main", &["sleep", "3600"], false, false),
+        )
+        .await;
+    let url = env
+        .c
+        .runtime
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["sleep".into(), "4321".into()],
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let started = std::time::Instant::now();
+    let mut ws = berth_e2e::stream::ws_connect(&url, "v5.channel.k8s.io").await;
+    // This client sends nothing (not even pings); the server closes within the timeout.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the idle connection stayed open");
+    let secs = started.elapsed().as_secs_f64();
+    assert!((0.9..5.0).contains(&secs), "closed after {secs:.1}s");
+    let mut gone = false;
+    for _ in 0..50 {
+        let r = env
+            .c
+            .exec(&id, &["sh", "-c", "ps -o args | grep -c '^sleep 4321'"], 5)
+            .await
+            .unwrap();
+        if String::from_utf8_lossy(&r.stdout).trim() == "0" {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the exec'd process outlived its idle connection");
+    env.c.stop_and_remove_pod(&p).await;
+}

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use spdy::session::{IncomingStream, Session, SessionHandle, StreamReader, StreamWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -58,6 +57,7 @@ pub fn upgrade(
     mut req: Request<Incoming>,
     sreq: StreamRequest,
     engine: Arc<Engine>,
+    idle: Option<std::time::Duration>,
 ) -> Response<Full<Bytes>> {
     let supported: &[&str] = match sreq {
         StreamRequest::PortForward { .. } => &PORTFORWARD_PROTOCOLS,
@@ -106,7 +106,7 @@ pub fn upgrade(
     };
     tokio::spawn(async move {
         let io = match upgrade.await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => super::upgraded(u, idle),
             Err(e) => {
                 tracing::debug!(error = %e, "SPDY upgrade failed");
                 return;

@@ -3,12 +3,14 @@
 //! SPDY/3.1 or WebSocket; the token in the path names the request it was issued for, once.
 //!
 //! - [`cache`]: the single-use tokens;
+//! - [`idle`]: the idle timeout of streaming connections;
 //! - [`remotecommand`]: exec and attach, apart from the transport;
 //! - [`ws`]: the WebSocket transports;
 //! - [`httpstream`]: the SPDY/3.1 transports (on the `berth-spdy` crate).
 
 pub mod cache;
 pub mod httpstream;
+pub mod idle;
 pub mod remotecommand;
 pub mod ws;
 
@@ -37,6 +39,8 @@ const MAX_IN_FLIGHT: usize = 1000;
 pub struct Streaming {
     base: String,
     cache: TokenCache,
+    /// A connection idle this long is closed (None: never).
+    idle_timeout: Option<Duration>,
 }
 
 impl Streaming {
@@ -45,6 +49,7 @@ impl Streaming {
     pub async fn start(
         listen: SocketAddr,
         token_ttl: Duration,
+        idle_timeout: Option<Duration>,
         engine: Arc<Engine>,
     ) -> std::io::Result<(Arc<Streaming>, tokio::task::JoinHandle<()>)> {
         let listener = TcpListener::bind(listen).await?;
@@ -59,6 +64,7 @@ impl Streaming {
         let state = Arc::new(Streaming {
             base: format!("http://{addr}"),
             cache: TokenCache::new(token_ttl, MAX_IN_FLIGHT),
+            idle_timeout,
         });
         let task = tokio::spawn(serve(listener, state.clone(), engine));
         Ok((state, task))
@@ -103,6 +109,13 @@ async fn serve(listener: TcpListener, state: Arc<Streaming>, engine: Arc<Engine>
             }
         });
     }
+}
+
+/// An upgraded connection, failing after `idle` without traffic when set.
+pub(crate) type Upgraded = idle::IdleTimeout<TokioIo<hyper::upgrade::Upgraded>>;
+
+pub(crate) fn upgraded(u: hyper::upgrade::Upgraded, idle: Option<Duration>) -> Upgraded {
+    idle::IdleTimeout::new(TokioIo::new(u), idle)
 }
 
 /// The 101 answer to an upgrade to `upgrade`, naming the negotiated protocol in `header`.
@@ -158,10 +171,10 @@ fn handle(state: &Streaming, engine: Arc<Engine>, req: Request<Incoming>) -> Res
     };
     tracing::info!(request = ?sreq, "streaming session");
     if ws::wants_websocket(&req) {
-        return ws::upgrade(req, sreq, engine);
+        return ws::upgrade(req, sreq, engine, state.idle_timeout);
     }
     if httpstream::wants_spdy(&req) {
-        return httpstream::upgrade(req, sreq, engine);
+        return httpstream::upgrade(req, sreq, engine, state.idle_timeout);
     }
     reply(
         StatusCode::BAD_REQUEST,

@@ -16,7 +16,6 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -67,6 +66,7 @@ pub fn upgrade(
     mut req: Request<Incoming>,
     sreq: StreamRequest,
     engine: Arc<Engine>,
+    idle: Option<std::time::Duration>,
 ) -> Response<Full<Bytes>> {
     let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
         return reply(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
@@ -114,7 +114,7 @@ pub fn upgrade(
     let protocol = chosen.clone().unwrap_or_default();
     tokio::spawn(async move {
         let io = match upgrade.await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => super::upgraded(u, idle),
             Err(e) => {
                 tracing::debug!(error = %e, "WebSocket upgrade failed");
                 return;
