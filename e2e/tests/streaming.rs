@@ -334,6 +334,40 @@ async fn attach_to_a_container_with_stdin_and_tty() {
         // The container's terminal is one of its own devpts.
         assert!(out.contains("\n/dev/pts/"), "{transport}: {v}");
     }
+    // The terminal and the shell live in the pod's monitor: berthd killed and restarted,
+    // the same shell is attached again.
+    env.d.signal(nix::sys::signal::Signal::SIGKILL);
+    env.d
+        .wait_exit(std::time::Duration::from_secs(5))
+        .expect("berthd did not die");
+    env.d.restart().await;
+    env.c = env.d.cri().await;
+    let url = attach_url(&mut env.c, &tty, true).await;
+    let v = run_client(
+        &script,
+        &[
+            "attach",
+            &url,
+            "--transport",
+            "ws",
+            "--tty",
+            "--stdin",
+            "echo after-restart\n",
+            "--stdin-hold-ms",
+            "1500",
+            "--timeout-ms",
+            "3000",
+        ],
+    );
+    assert!(
+        v["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .matches("after-restart")
+            .count()
+            >= 2,
+        "{v}"
+    );
     // Without a terminal: stdout and stderr apart, stdin to cat.
     let plain = env
         .c
