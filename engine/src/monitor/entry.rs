@@ -605,13 +605,8 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
     // over `console` once the container has started.
     let mut console = None;
     let (stdio, mut sources, mut stdin, mut tty) = if mode.tty {
-        let (parent, child) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::SeqPacket,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| internal("create the console socket", e.into()))?;
+        let (parent, child) =
+            sess::console_socket().map_err(|e| internal("create the console socket", e))?;
         console = Some(parent);
         (Stdio::Console(child), Vec::new(), None, None)
     } else {
@@ -671,19 +666,8 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
     };
     let pid = spawned.map_err(|e| (crate::ErrorKind::FailedPrecondition, e.to_string()))?;
     if let Some(sock) = console {
-        let master = crate::linux::sys::recv_fd(&sock)
-            .map_err(|e| e.to_string())
-            .and_then(|m| m.ok_or_else(|| "no terminal came back".to_owned()))
-            .and_then(|m| {
-                nix::fcntl::fcntl(
-                    &m,
-                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-                )
-                .map_err(|e| e.to_string())?;
-                crate::linux::sys::async_fd(m).map_err(|e| e.to_string())
-            });
-        let master = match master {
-            Ok(m) => Rc::new(m),
+        let master = match sess::receive_terminal(&sock, 0, 0) {
+            Ok(m) => m,
             Err(e) => {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 return Err((

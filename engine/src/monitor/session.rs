@@ -111,26 +111,48 @@ impl Sink {
     }
 }
 
-/// A new terminal of the container whose process is `target`, from its own devpts (so
-/// that `tty` and ttyname() inside see /dev/pts/N): (master for us, slave for the process).
-pub(super) fn open_container_pty(
-    target: nix::unistd::Pid,
+/// A socket pair for a terminal the process makes itself in its container's devpts:
+/// (ours, the process's). The process opens /dev/pts/ptmx inside its own root (never a
+/// path the monitor, root of the host, resolves) and sends the master back.
+pub(super) fn console_socket() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// The master the process sent over `sock` before it exec'd, checked to be a terminal's
+/// (char device 5:2, /dev/ptmx), non-blocking, sized `cols`x`rows` (80x24 when unknown).
+pub(super) fn receive_terminal(
+    sock: &OwnedFd,
     cols: u16,
     rows: u16,
-) -> std::io::Result<(Rc<AsyncFd<OwnedFd>>, OwnedFd)> {
-    use nix::fcntl::{OFlag, open};
-    let master = open(
-        format!("/proc/{target}/root/dev/pts/ptmx").as_str(),
-        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    let slave = crate::linux::sys::open_pty_peer(&master)?;
-    let (cols, rows) = (
-        if cols == 0 { 80 } else { cols },
-        if rows == 0 { 24 } else { rows },
-    );
-    crate::linux::sys::set_window_size(&master, cols, rows)?;
-    Ok((Rc::new(crate::linux::sys::async_fd(master)?), slave))
+) -> Result<Rc<AsyncFd<OwnedFd>>, String> {
+    use nix::sys::stat::{SFlag, fstat, major, minor};
+    let master = crate::linux::sys::recv_fd(sock)
+        .map_err(|e| format!("receive the terminal: {e}"))?
+        .ok_or_else(|| "the process sent no terminal".to_owned())?;
+    let st = fstat(&master).map_err(|e| format!("the terminal: {e}"))?;
+    let rdev = st.st_rdev;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFCHR
+        || (major(rdev), minor(rdev)) != (5, 2)
+    {
+        return Err("what came back is not a terminal's master".into());
+    }
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| format!("the terminal: {e}"))?;
+    let (cols, rows) = (if cols == 0 { 80 } else { cols }, if rows == 0 { 24 } else { rows });
+    crate::linux::sys::set_window_size(&master, cols, rows)
+        .map_err(|e| format!("size the terminal: {e}"))?;
+    crate::linux::sys::async_fd(master)
+        .map(Rc::new)
+        .map_err(|e| format!("watch the terminal: {e}"))
 }
 
 /// A pipe for a process's stdin: (our non-blocking writer, the process's reader).
@@ -419,21 +441,12 @@ fn start_exec(
                 format!("container {} is not running", e.container_id),
             )
         })?;
-    let (stdio, outputs, stdin, tty) = if e.tty {
-        let (cols, rows) = (
-            u16::try_from(e.width).unwrap_or(u16::MAX),
-            u16::try_from(e.height).unwrap_or(u16::MAX),
-        );
-        let (master, slave) = open_container_pty(target, cols, rows)
-            .map_err(|err| internal("open a terminal", err))?;
-        let stdio = Stdio::Terminal(slave);
-        let stdin = e.stdin.then(|| Sink::Pty(master.clone()));
-        (
-            stdio,
-            vec![(STDOUT, Source::Pty(master.clone()))],
-            stdin,
-            Some(master),
-        )
+    let mut console = None;
+    let (stdio, mut outputs, mut stdin, mut tty) = if e.tty {
+        let (ours, theirs) =
+            console_socket().map_err(|err| internal("create the console socket", err))?;
+        console = Some(ours);
+        (Stdio::Console(theirs), Vec::new(), None, None)
     } else {
         let pipe = || super::entry::log_pipe().map_err(|err| internal("create pipes", err.into()));
         let (out_r, out_w) = pipe()?;
@@ -463,6 +476,24 @@ fn start_exec(
     };
     let (waiter, pid) = spawn::spawn_exec(target, &spec, stdio)
         .map_err(|err| (crate::ErrorKind::FailedPrecondition, err.to_string()))?;
+    if let Some(sock) = console {
+        let size = (
+            u16::try_from(e.width).unwrap_or(u16::MAX),
+            u16::try_from(e.height).unwrap_or(u16::MAX),
+        );
+        match receive_terminal(&sock, size.0, size.1) {
+            Ok(master) => {
+                outputs.push((STDOUT, Source::Pty(master.clone())));
+                stdin = e.stdin.then(|| Sink::Pty(master.clone()));
+                tty = Some(master);
+            }
+            Err(err) => {
+                let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                return Err((crate::ErrorKind::Internal, err));
+            }
+        }
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     // The intermediate process exits with the exec process's status.
     state.borrow_mut().execs.insert(waiter.as_raw(), tx);
