@@ -254,9 +254,11 @@ fn mount_overlay(spec: &LaunchSpec, userns: Option<&fs::File>) -> Step<()> {
     let r = &spec.rootfs;
     // In a user namespace the image's files must show their owners as the container sees
     // them (root's as the container's root): each layer is id-mapped into the namespace
-    // and given to overlayfs by its fd; the writable layer is not mapped, so what the
+    // and attached on a directory of its own, in our private mount namespace (gone with
+    // the old root at pivot_root); overlayfs before Linux 6.15 takes no detached mount as a
+    // layer. The names are short and relative to that directory, so that many layers still
+    // fit in one page of mount options. The writable layer is not mapped, so what the
     // container writes is owned by its host ids.
-    let mut trees = Vec::new();
     let lower: Vec<String> = match (userns, &spec.userns) {
         (Some(ns), Some(u)) => {
             step(
@@ -267,18 +269,28 @@ fn mount_overlay(spec: &LaunchSpec, userns: Option<&fs::File>) -> Step<()> {
                     Some(Gid::from_raw(u.root_gid)),
                 ),
             )?;
+            let staging = r.target.with_extension("layers");
             let mut v = Vec::new();
-            for l in &r.lowerdirs {
+            for (i, l) in r.lowerdirs.iter().enumerate() {
                 let t = step(
                     || format!("id-map layer {}", l.display()),
                     super::sys::idmapped_tree(l, ns, false),
                 )?;
-                v.push(format!(
-                    "/proc/self/fd/{}",
-                    std::os::fd::AsRawFd::as_raw_fd(&t)
-                ));
-                trees.push(t);
+                let at = staging.join(i.to_string());
+                step(
+                    || format!("create {}", at.display()),
+                    fs::create_dir_all(&at),
+                )?;
+                step(
+                    || format!("attach id-mapped layer {}", l.display()),
+                    super::sys::move_mount_to(&t, &at),
+                )?;
+                v.push(i.to_string());
             }
+            step(
+                || format!("chdir {}", staging.display()),
+                nix::unistd::chdir(&staging),
+            )?;
             v
         }
         _ => r
