@@ -391,14 +391,15 @@ async fn user_namespaced_pod_maps_root_to_an_unprivileged_range() {
         &c,
         "id -u; id -g; cat /proc/self/uid_map | tr -s ' '; stat -c %u:%g /etc/passwd /bin /; \
          echo x > /etc/written && stat -c %u /etc/written; stat -c %u /vol; \
-         (mknod /tmp/null c 1 3 2>&1 && echo MKNOD-WORKED) | grep -c 'not permitted'",
+         (mknod /tmp/null c 1 3 2>&1 && echo MKNOD-WORKED) | grep -c 'not permitted'; \
+         mkdir -p /tmp/www && httpd -p 80 -h /tmp/www && echo bound-port-80",
     )
     .await;
     assert_eq!(
         (code, out.as_str()),
         (
             0,
-            format!("0\n0\n 0 {base} 65536\n0:0\n0:0\n0:0\n0\n0\n1\n").as_str()
+            format!("0\n0\n 0 {base} 65536\n0:0\n0:0\n0:0\n0\n0\n1\nbound-port-80\n").as_str()
         ),
         "inside the user namespace"
     );

@@ -43,8 +43,8 @@ pub struct MonitorArgs {
     /// that joins these cgroup directories.
     pub share_pid: Option<Vec<PathBuf>>,
     /// Create the pod's user namespace with these mappings and bind it at
-    /// `<dir>/`[`USERNS_FILE`]; its containers join it, the pod's other namespaces stay the
-    /// host's (as containerd's).
+    /// `<dir>/`[`USERNS_FILE`]; the pod's network, IPC and UTS namespaces are made inside
+    /// it, and its containers join it last.
     pub userns: Option<crate::spec::userns::IdMappings>,
 }
 
@@ -123,9 +123,6 @@ fn setup(args: &MonitorArgs) -> Result<(std::os::unix::net::UnixListener, Option
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
     close_inherited_fds();
     std::fs::create_dir_all(exits_dir(&args.dir)).map_err(|e| format!("create exits dir: {e}"))?;
-    if let Some(m) = &args.userns {
-        create_userns(m, &args.dir.join(USERNS_FILE))?;
-    }
     let mut flags = CloneFlags::empty();
     if !args.hostname.is_empty() {
         flags |= CloneFlags::CLONE_NEWUTS;
@@ -135,6 +132,11 @@ fn setup(args: &MonitorArgs) -> Result<(std::os::unix::net::UnixListener, Option
     }
     if args.new_ipc {
         flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if let Some(m) = &args.userns {
+        // The pod's namespaces are made inside its user namespace (and joined).
+        create_userns(m, &args.dir.join(USERNS_FILE), flags)?;
+        flags = CloneFlags::empty();
     }
     if !flags.is_empty() {
         nix::sched::unshare(flags).map_err(|e| format!("unshare {flags:?}: {e}"))?;
@@ -206,27 +208,50 @@ fn pod_init() -> ! {
     }
 }
 
-/// Creates a user namespace with the pod's mappings and binds it at `target`: a child
-/// unshares it and waits while we (root in the host's namespace) write its maps, then
-/// exits; the bind mount keeps the namespace alive for the pod's containers.
-fn create_userns(m: &crate::spec::userns::IdMappings, target: &Path) -> Result<(), String> {
-    use std::io::Read;
-    let (r, w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let mut r = Some(r);
-    let w_raw = std::os::fd::AsRawFd::as_raw_fd(&w);
+/// Creates a user namespace with the pod's mappings and binds it at `target`, and makes the
+/// pod's `owned` namespaces (network, IPC, UTS) inside it and joins them, so that root of
+/// the pod has its capabilities over them (binding ports below 1024, raw sockets,
+/// NET_ADMIN) and none over the host's. A child unshares the user namespace and waits while
+/// we (root of the host) write its maps, unshares the others from inside, and waits again
+/// while we join them; the bind mount keeps the user namespace alive.
+fn create_userns(
+    m: &crate::spec::userns::IdMappings,
+    target: &Path,
+    owned: CloneFlags,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (go_r, go_w) = pipe()?; // us -> child: maps written
+    let (ready_r, ready_w) = pipe()?; // child -> us: namespaces made
+    let (done_r, done_w) = pipe()?; // us -> child: joined, exit
+    let ours = [go_w.as_raw_fd(), ready_r.as_raw_fd(), done_w.as_raw_fd()];
+    let (mut go_r, mut ready_w, mut done_r) = (Some(go_r), Some(ready_w), Some(done_r));
     let child = crate::linux::sys::clone_child(CloneFlags::CLONE_NEWUSER, || {
-        // Wait until the parent closes its end: maps written and namespace bound. Our
-        // copy of that end must go first, or the read would never see end-of-file.
-        let _ = nix::unistd::close(w_raw);
-        if let Some(r) = r.take() {
-            let mut b = [0u8; 1];
-            let _ = std::fs::File::from(r).read(&mut b);
+        // Our copies of the parent's ends must go first, or the reads below would never
+        // see end-of-file.
+        for fd in ours {
+            let _ = nix::unistd::close(fd);
         }
+        let wait_eof = |r: Option<OwnedFd>| {
+            if let Some(r) = r {
+                let mut b = [0u8; 1];
+                let _ = std::fs::File::from(r).read(&mut b);
+            }
+        };
+        wait_eof(go_r.take());
+        if !owned.is_empty() && nix::sched::unshare(owned).is_err() {
+            return 1;
+        }
+        if let Some(w) = ready_w.take() {
+            let _ = std::fs::File::from(w).write_all(b"1");
+        }
+        wait_eof(done_r.take());
         0
     })
     .map_err(|e| format!("create the pod's user namespace: {e}"))?;
-    drop(r);
+    drop((go_r, ready_w, done_r));
     let result = (|| {
         for (file, text) in [("uid_map", m.uid_map()), ("gid_map", m.gid_map())] {
             std::fs::write(format!("/proc/{child}/{file}"), &text)
@@ -234,7 +259,30 @@ fn create_userns(m: &crate::spec::userns::IdMappings, target: &Path) -> Result<(
         }
         bind_namespace(&format!("/proc/{child}/ns/user"), target)
     })();
-    drop(w);
+    drop(go_w);
+    let result = result.and_then(|()| {
+        let mut b = [0u8; 1];
+        let n = std::fs::File::from(ready_r).read(&mut b).unwrap_or(0);
+        if n == 0 {
+            return Err(format!(
+                "the pod's network, IPC and UTS namespaces could not be made in its user namespace ({owned:?})"
+            ));
+        }
+        for (flag, kind) in [
+            (CloneFlags::CLONE_NEWNET, "net"),
+            (CloneFlags::CLONE_NEWIPC, "ipc"),
+            (CloneFlags::CLONE_NEWUTS, "uts"),
+        ] {
+            if owned.contains(flag) {
+                let path = format!("/proc/{child}/ns/{kind}");
+                let f = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+                nix::sched::setns(&f, flag)
+                    .map_err(|e| format!("join the pod's {kind} namespace: {e}"))?;
+            }
+        }
+        Ok(())
+    });
+    drop(done_w);
     let _ = nix::sys::wait::waitpid(child, None);
     result
 }

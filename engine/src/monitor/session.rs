@@ -147,7 +147,10 @@ pub(super) fn receive_terminal(
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )
     .map_err(|e| format!("the terminal: {e}"))?;
-    let (cols, rows) = (if cols == 0 { 80 } else { cols }, if rows == 0 { 24 } else { rows });
+    let (cols, rows) = (
+        if cols == 0 { 80 } else { cols },
+        if rows == 0 { 24 } else { rows },
+    );
     crate::linux::sys::set_window_size(&master, cols, rows)
         .map_err(|e| format!("size the terminal: {e}"))?;
     crate::linux::sys::async_fd(master)
