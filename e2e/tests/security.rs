@@ -381,7 +381,7 @@ async fn user_namespaced_pod_maps_root_to_an_unprivileged_range() {
 
     let mut config = sleeper(&env, None, false);
     config.mounts = vec![cri::Mount {
-        container_path: "/vol".into(),
+        container_path: "/deep/vol".into(),
         host_path: env.logs.path().display().to_string(),
         ..Default::default()
     }];
@@ -390,7 +390,7 @@ async fn user_namespaced_pod_maps_root_to_an_unprivileged_range() {
         &mut env.c,
         &c,
         "id -u; id -g; cat /proc/self/uid_map | tr -s ' '; stat -c %u:%g /etc/passwd /bin /; \
-         echo x > /etc/written && stat -c %u /etc/written; stat -c %u /vol; \
+         echo x > /etc/written && stat -c %u /etc/written; stat -c %u /deep/vol /deep; \
          (mknod /tmp/null c 1 3 2>&1 && echo MKNOD-WORKED) | grep -c 'not permitted'; \
          mkdir -p /tmp/www && httpd -p 80 -h /tmp/www && echo bound-port-80",
     )
@@ -399,7 +399,7 @@ async fn user_namespaced_pod_maps_root_to_an_unprivileged_range() {
         (code, out.as_str()),
         (
             0,
-            format!("0\n0\n 0 {base} 65536\n0:0\n0:0\n0:0\n0\n0\n1\nbound-port-80\n").as_str()
+            format!("0\n0\n 0 {base} 65536\n0:0\n0:0\n0:0\n0\n0\n0\n1\nbound-port-80\n").as_str()
         ),
         "inside the user namespace"
     );

@@ -208,6 +208,9 @@ impl Engine {
             &passwd,
             &group,
         )?;
+        if let Some(m) = &pod.userns {
+            m.check_identity(user.uid, user.gid, &user.additional_gids)?;
+        }
         let caps_req = sc.capabilities.clone().unwrap_or_default();
         let capabilities = security::capabilities(
             &security::CapabilityRequest {
@@ -771,13 +774,7 @@ impl Engine {
         if cmd.is_empty() || cmd[0].is_empty() {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
-        let spec = crate::linux::spawn::ExecSpec {
-            process: crate::linux::spawn::ProcessSpec {
-                args: cmd.to_vec(),
-                ..c.launch.process.clone()
-            },
-            cgroup_dirs: c.launch.cgroup_dirs.clone(),
-        };
+        let spec = crate::linux::spawn::ExecSpec::for_container(&c.launch, cmd.to_vec());
         let json = serde_json::to_vec(&spec)
             .map_err(|e| Error::Internal(format!("encode exec spec: {e}")))?;
         let r = client::request(

@@ -146,13 +146,7 @@ impl Engine {
         if req.cmd.first().is_none_or(|c| c.is_empty()) {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
-        let spec = crate::linux::spawn::ExecSpec {
-            process: crate::linux::spawn::ProcessSpec {
-                args: req.cmd.clone(),
-                ..c.launch.process.clone()
-            },
-            cgroup_dirs: c.launch.cgroup_dirs.clone(),
-        };
+        let spec = crate::linux::spawn::ExecSpec::for_container(&c.launch, req.cmd.clone());
         let json = serde_json::to_vec(&spec)
             .map_err(|e| Error::Internal(format!("encode exec spec: {e}")))?;
         let (w, h) = req.size.unwrap_or((0, 0));

@@ -130,7 +130,7 @@ fn become_process(stdio: Stdio, p: &super::spawn::ProcessSpec) -> Step<Never> {
     } = p;
     let (no_new_privs, apparmor, selinux_label) =
         (*no_new_privs, apparmor.as_deref(), selinux_label.as_deref());
-    redirect(stdio)?;
+    redirect(stdio, user)?;
     super::sys::reset_signals();
     step(|| format!("chdir {cwd}"), nix::unistd::chdir(cwd.as_str()))?;
     // The LSM labels take effect at exec.
@@ -192,7 +192,7 @@ fn run_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> Step<Never> {
     become_process(stdio, &spec.process)
 }
 
-fn redirect(stdio: Stdio) -> Step<()> {
+fn redirect(stdio: Stdio, user: &crate::spec::process::User) -> Step<()> {
     match stdio {
         Stdio::Pipes {
             stdin,
@@ -209,7 +209,7 @@ fn redirect(stdio: Stdio) -> Step<()> {
             step(|| "stderr".into(), nix::unistd::dup2_stderr(&stderr))?;
             Ok(())
         }
-        Stdio::Terminal(slave) => use_terminal(&slave),
+        Stdio::Terminal(slave) => use_terminal(&slave, user),
         Stdio::Console(socket) => {
             // Our root is the container's by now: this is its own devpts instance.
             let master = step(
@@ -232,14 +232,17 @@ fn redirect(stdio: Stdio) -> Step<()> {
             )?;
             drop(master);
             drop(socket);
-            use_terminal(&slave)
+            use_terminal(&slave, user)
         }
     }
 }
 
 /// Makes the terminal `slave` stdin, stdout, stderr and the controlling terminal of a new
 /// session (an exec process has one already), so that job control and SIGWINCH work.
-fn use_terminal(slave: &std::os::fd::OwnedFd) -> Step<()> {
+fn use_terminal(slave: &std::os::fd::OwnedFd, user: &crate::spec::process::User) -> Step<()> {
+    // The terminal belongs to the process's user (as runc does), so that it can reopen it
+    // (made by root of the host, it would show as nobody in a user namespace).
+    let _ = std::os::unix::fs::fchown(slave, Some(user.uid), Some(user.gid));
     step(|| "stdin".into(), nix::unistd::dup2_stdin(slave))?;
     step(|| "stdout".into(), nix::unistd::dup2_stdout(slave))?;
     step(|| "stderr".into(), nix::unistd::dup2_stderr(slave))?;
@@ -361,35 +364,67 @@ fn inside(root: &Path, dest: &str) -> Step<PathBuf> {
     Ok(cur)
 }
 
-fn ensure_target(target: &Path, as_dir: bool) -> Step<()> {
-    if target.exists() {
+/// Creates a mount point that does not exist yet (a directory, or an empty file), owned by
+/// `owner` (the mapped root of a user-namespaced pod: made by us, root of the host, it
+/// would show as nobody inside). Never truncates or follows what appears on the path
+/// meanwhile: new entries only (O_EXCL).
+fn ensure_target(target: &Path, as_dir: bool, owner: Option<(u32, u32)>) -> Step<()> {
+    if fs::symlink_metadata(target).is_ok() {
         return Ok(());
     }
-    if as_dir {
-        step(
-            || format!("create {}", target.display()),
-            fs::create_dir_all(target),
-        )
-    } else {
-        if let Some(p) = target.parent() {
-            step(|| format!("create {}", p.display()), fs::create_dir_all(p))?;
+    let own = |p: &Path| -> Step<()> {
+        match owner {
+            Some((u, g)) => step(
+                || format!("chown {}", p.display()),
+                std::os::unix::fs::lchown(p, Some(u), Some(g)),
+            ),
+            None => Ok(()),
         }
-        step(
-            || format!("create {}", target.display()),
-            fs::File::create(target).map(|_| ()),
-        )
+    };
+    let mut missing = Vec::new();
+    let mut cur = if as_dir {
+        Some(target)
+    } else {
+        target.parent()
+    };
+    while let Some(p) = cur {
+        if fs::symlink_metadata(p).is_ok() {
+            break;
+        }
+        missing.push(p.to_owned());
+        cur = p.parent();
     }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => own(d)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("create {}: {e}", d.display())),
+        }
+    }
+    if !as_dir {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(target)
+        {
+            Ok(_) => own(target)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("create {}: {e}", target.display())),
+        }
+    }
+    Ok(())
 }
 
 fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec, userns: Option<&fs::File>) -> Step<()> {
     let target = inside(root, &m.destination)?;
+    let owner = spec.userns.as_ref().map(|u| (u.root_uid, u.root_gid));
     let (flags, data) = options(&m.options);
     match m.kind.as_str() {
         "bind" => {
             let is_dir = fs::metadata(&m.source)
                 .map(|md| md.is_dir())
                 .unwrap_or(true);
-            ensure_target(&target, is_dir)?;
+            ensure_target(&target, is_dir, owner)?;
             // Volumes and pod files id-mapped into a pod's user namespace where the file
             // system allows it, so that the host's root-owned files are root's inside.
             let mapped = userns
@@ -423,7 +458,7 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec, userns: Option<&fs::File
         }
         "cgroup" => {
             // A read-only view of the container's own cgroups, as runc gives on v1.
-            ensure_target(&target, true)?;
+            ensure_target(&target, true, owner)?;
             step(
                 || "mount /sys/fs/cgroup tmpfs".into(),
                 mount(
@@ -436,7 +471,7 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec, userns: Option<&fs::File
             )?;
             for (name, host_dir) in &spec.cgroup_view {
                 let t = target.join(name);
-                ensure_target(&t, true)?;
+                ensure_target(&t, true, owner)?;
                 step(|| format!("bind cgroup {name}"), bind(host_dir, &t, false))?;
                 step(
                     || format!("cgroup {name} read-only"),
@@ -458,7 +493,7 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec, userns: Option<&fs::File
             Ok(())
         }
         fstype => {
-            ensure_target(&target, true)?;
+            ensure_target(&target, true, owner)?;
             let d = data.join(",");
             step(
                 || format!("mount {} on {}", fstype, m.destination),
@@ -517,7 +552,7 @@ fn make_device(root: &Path, d: &crate::spec::devices::DeviceNode) -> Step<()> {
 fn populate_dev(dev: &Path) -> Step<()> {
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let t = dev.join(name);
-        ensure_target(&t, false)?;
+        ensure_target(&t, false, None)?;
         let src = format!("/dev/{name}");
         step(|| format!("bind {src}"), bind(Path::new(&src), &t, false))?;
     }

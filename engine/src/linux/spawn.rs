@@ -232,6 +232,24 @@ pub struct ExecSpec {
     #[serde(flatten)]
     pub process: ProcessSpec,
     pub cgroup_dirs: Vec<PathBuf>,
+    /// The pod's user namespace to join (the one the container was started in, never
+    /// whatever namespace its process may have made since).
+    #[serde(default)]
+    pub userns: Option<PathBuf>,
+}
+
+impl ExecSpec {
+    /// `args` run as, and confined like, the container `launch` describes.
+    pub fn for_container(launch: &LaunchSpec, args: Vec<String>) -> ExecSpec {
+        ExecSpec {
+            process: ProcessSpec {
+                args,
+                ..launch.process.clone()
+            },
+            cgroup_dirs: launch.cgroup_dirs.clone(),
+            userns: launch.userns.as_ref().map(|u| u.path.clone()),
+        }
+    }
 }
 
 /// Starts `spec` inside the namespaces of the container whose main process is `target`.
@@ -251,17 +269,20 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
         let report = |msg: String| -> ! { fail(&err_w, &msg) };
         // Open both first: once in the container's mount namespace, its /proc is the
         // container's and no longer shows the target by its host pid.
-        // The user namespace last: the others belong to the host's, whose capabilities we
-        // give up on entering it (and only when it is not ours already).
+        // The pod's user namespace last: the others belong to the host's, whose
+        // capabilities we give up on entering it.
         let mut files = Vec::new();
-        for ns in ["pid", "mnt", "user"] {
+        for ns in ["pid", "mnt"] {
             let path = format!("/proc/{target}/ns/{ns}");
-            if ns == "user" && same_file(&path, "/proc/self/ns/user") {
-                continue;
-            }
             match std::fs::File::open(&path) {
                 Ok(f) => files.push((ns, f)),
                 Err(e) => report(format!("open {path}: {e}")),
+            }
+        }
+        if let Some(path) = &spec.userns {
+            match std::fs::File::open(path) {
+                Ok(f) => files.push(("user", f)),
+                Err(e) => report(format!("open {}: {e}", path.display())),
             }
         }
         for dir in &spec.cgroup_dirs {
@@ -317,15 +338,6 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     } else {
         msg
     }))
-}
-
-/// Whether two paths name the same file (namespaces compare by device and inode).
-fn same_file(a: &str, b: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
 }
 
 /// A pipe whose ends close on exec: a child's exec closes its copy, which is how the

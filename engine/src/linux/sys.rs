@@ -292,17 +292,16 @@ pub fn close_from(first: i32) {
     if rc == 0 {
         return;
     }
-    // Before Linux 5.9: one by one.
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .filter(|fd: &i32| u32::try_from(*fd).is_ok_and(|f| f >= first))
-                .collect()
-        })
-        .unwrap_or_default();
-    for fd in fds {
-        let _ = nix::unistd::close(fd);
+    // Before Linux 5.9: one by one, up to the descriptor limit (/proc/self/fd may be
+    // another pid namespace's by now).
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
+        .min(1 << 20);
+    for fd in first..u32::try_from(limit).unwrap_or(1024) {
+        if let Ok(fd) = i32::try_from(fd) {
+            let _ = nix::unistd::close(fd);
+        }
     }
 }
 

@@ -102,22 +102,47 @@ impl IdMappings {
     pub fn map_mount_options(&self, opts: &[String]) -> Vec<String> {
         opts.iter()
             .map(|o| {
-                let mapped = if let Some(v) = o.strip_prefix("uid=") {
-                    v.parse()
-                        .ok()
-                        .and_then(|n| self.host_uid(n))
-                        .map(|h| format!("uid={h}"))
+                // An id outside the mapping becomes the overflow id, never a host id
+                // that might be another pod's.
+                if let Some(v) = o.strip_prefix("uid=") {
+                    let h = v.parse().ok().and_then(|n| self.host_uid(n));
+                    format!("uid={}", h.unwrap_or(OVERFLOW_ID))
                 } else if let Some(v) = o.strip_prefix("gid=") {
-                    v.parse()
-                        .ok()
-                        .and_then(|n| self.host_gid(n))
-                        .map(|h| format!("gid={h}"))
+                    let h = v.parse().ok().and_then(|n| self.host_gid(n));
+                    format!("gid={}", h.unwrap_or(OVERFLOW_ID))
                 } else {
-                    None
-                };
-                mapped.unwrap_or_else(|| o.clone())
+                    o.clone()
+                }
             })
             .collect()
+    }
+
+    /// Refuses a process identity with an id the namespace does not map (it would fail
+    /// at start with a bare EINVAL from setresuid or setgroups).
+    pub fn check_identity(&self, uid: u32, gid: u32, groups: &[u32]) -> Result<(), SpecError> {
+        const FIELD: &str = "config.linux.security_context";
+        if self.host_uid(uid).is_none() {
+            return Err(SpecError::new(
+                FIELD,
+                format!(
+                    "uid {uid} is outside the pod's user namespace (uids {:?})",
+                    self.uids
+                ),
+            ));
+        }
+        if let Some(g) = std::iter::once(&gid)
+            .chain(groups)
+            .find(|g| self.host_gid(**g).is_none())
+        {
+            return Err(SpecError::new(
+                FIELD,
+                format!(
+                    "gid {g} is outside the pod's user namespace (gids {:?})",
+                    self.gids
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Text for /proc/<pid>/uid_map.
@@ -276,8 +301,11 @@ mod tests {
         assert_eq!(m.uid_map(), "0 196608 65536\n");
         assert_eq!(
             m.map_mount_options(&["gid=5".into(), "mode=620".into(), "uid=70000".into()]),
-            vec!["gid=196613", "mode=620", "uid=70000"]
+            vec!["gid=196613", "mode=620", "uid=65534"]
         );
+        assert!(m.check_identity(1000, 1000, &[5, 100]).is_ok());
+        assert!(m.check_identity(70000, 0, &[]).is_err());
+        assert!(m.check_identity(0, 0, &[65536]).is_err());
         let args = IdMappings::to_args(&m.uids);
         assert_eq!(args, vec!["0:196608:65536"]);
         assert_eq!(IdMappings::parse_arg(&args[0]).unwrap(), m.uids[0]);
