@@ -92,6 +92,7 @@ pub fn main(args: MonitorArgs) -> i32 {
                 }
             };
             let local = tokio::task::LocalSet::new();
+            crate::linux::sys::release_free_memory();
             local.block_on(&rt, serve(args, listener));
             if let Some(init) = init {
                 // Killing the pod's init ends its pid namespace: nothing survives in it.
@@ -492,11 +493,13 @@ async fn client(state: Shared, pod_id: String, stream: tokio::net::UnixStream) {
         _ => return,
     };
     let first = match first.body {
+        // Boxed: inline, their state would make every connection's future (the events
+        // watch berthd keeps open included) as large as a session's.
         Some(Body::ExecSession(e)) => {
-            return super::session::exec_session(state, first.id, e, rd, wr).await;
+            return Box::pin(super::session::exec_session(state, first.id, e, rd, wr)).await;
         }
         Some(Body::Attach(a)) => {
-            return super::session::attach_session(state, first.id, a, rd, wr).await;
+            return Box::pin(super::session::attach_session(state, first.id, a, rd, wr)).await;
         }
         body => Frame { id: first.id, body },
     };
@@ -551,7 +554,9 @@ fn handle(state: &Shared, pod_id: &str, req: Frame) -> Frame {
                 pid: std::process::id(),
             })),
         },
-        Some(Body::Start(s)) => match start(state, s) {
+        Some(Body::Start(s)) => match start(state, s).inspect(|_| {
+            crate::linux::sys::release_free_memory();
+        }) {
             Ok((pid, started_at)) => Frame {
                 id,
                 body: Some(Body::Started(proto::Started {
