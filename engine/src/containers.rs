@@ -743,6 +743,18 @@ impl Engine {
         Ok(c)
     }
 
+    /// The record of container `id` if it is running (FailedPrecondition otherwise), for
+    /// what needs its processes: ExecSync, exec and attach sessions.
+    pub fn running_container(&self, id: &str) -> Result<ContainerRecord> {
+        let c = self.container_status(id)?;
+        if c.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        Ok(c)
+    }
+
     /// ListContainers.
     pub fn list_containers(&self) -> Result<Vec<ContainerRecord>> {
         let mut out = Vec::new();
@@ -765,12 +777,7 @@ impl Engine {
         timeout_secs: i64,
     ) -> Result<(i32, Vec<u8>, Vec<u8>)> {
         const OUTPUT_LIMIT: u64 = 8 << 20;
-        let c = self.container_status(id)?;
-        if c.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} is not running"
-            )));
-        }
+        let c = self.running_container(id)?;
         if cmd.is_empty() || cmd[0].is_empty() {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }

@@ -13,7 +13,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use crate::Engine;
 use crate::error::{Error, Result};
 use crate::monitor::{client, frame};
-use crate::state::records::{ContainerState, PodState};
+use crate::state::records::PodState;
 
 /// How long connecting to a pod's port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,8 +119,6 @@ impl SessionInput {
 pub struct Session {
     pub input: SessionInput,
     pub output: SessionOutput,
-    /// Whether the streams are a terminal (stdout only; resizes apply).
-    pub tty: bool,
 }
 
 /// What to run in an exec session.
@@ -129,27 +127,19 @@ pub struct ExecRequest {
     pub cmd: Vec<String>,
     pub tty: bool,
     pub stdin: bool,
-    /// Initial terminal size (columns, rows), if known.
-    pub size: Option<(u16, u16)>,
 }
 
 impl Engine {
     /// Starts `req.cmd` in running container `id` (its namespaces, cgroup, identity and
     /// security profile, as ExecSync), with its streams on a session.
     pub async fn exec_session(&self, id: &str, req: &ExecRequest) -> Result<Session> {
-        let c = self.container_status(id)?;
-        if c.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} is not running"
-            )));
-        }
+        let c = self.running_container(id)?;
         if req.cmd.first().is_none_or(|c| c.is_empty()) {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
         let spec = crate::linux::spawn::ExecSpec::for_container(&c.launch, req.cmd.clone());
         let json = serde_json::to_vec(&spec)
             .map_err(|e| Error::Internal(format!("encode exec spec: {e}")))?;
-        let (w, h) = req.size.unwrap_or((0, 0));
         let (input, output) = self
             .open_session(
                 &c.pod_id,
@@ -158,16 +148,14 @@ impl Engine {
                     exec_spec_json: json,
                     tty: req.tty,
                     stdin: req.stdin,
-                    width: w.into(),
-                    height: h.into(),
+                    // Clients send their size on the resize stream at once; until
+                    // then the terminal is 80x24.
+                    width: 0,
+                    height: 0,
                 }),
             )
             .await?;
-        Ok(Session {
-            input,
-            output,
-            tty: req.tty,
-        })
+        Ok(Session { input, output })
     }
 
     /// Attaches to running container `id`'s streams (those asked for; stdin only when the
@@ -179,12 +167,7 @@ impl Engine {
         stdout: bool,
         stderr: bool,
     ) -> Result<Session> {
-        let c = self.container_status(id)?;
-        if c.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {id} is not running"
-            )));
-        }
+        let c = self.running_container(id)?;
         if stdin && !c.launch.stdio.stdin {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} was not created with stdin; attach without stdin"
@@ -201,16 +184,7 @@ impl Engine {
                 }),
             )
             .await?;
-        Ok(Session {
-            input,
-            output,
-            tty: c.launch.stdio.tty,
-        })
-    }
-
-    /// Whether container `id` runs on a terminal.
-    pub fn container_tty(&self, id: &str) -> Result<bool> {
-        Ok(self.container_status(id)?.launch.stdio.tty)
+        Ok(Session { input, output })
     }
 
     async fn open_session(

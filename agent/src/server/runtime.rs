@@ -96,14 +96,27 @@ impl RuntimeHandlers {
         }
     }
 
-    /// Streams go to running containers only: refused at the call, not at the connection.
-    fn running_container(&self, id: &str) -> Result<(), Status> {
-        let c = self.engine.container_status(id).map_err(to_status)?;
-        if c.state != berth_engine::state::records::ContainerState::Running {
-            return Err(Status::failed_precondition(format!(
-                "container {id} is not running"
-            )));
+    /// Streams go to running containers only, and need something to carry: refused at the
+    /// call, not at the connection (Exec and Attach alike).
+    fn check_stream_request(
+        &self,
+        id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+    ) -> Result<(), Status> {
+        if !(stdin || stdout || stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout and stderr must be set",
+            ));
         }
+        if tty && stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be set: a terminal has one output stream",
+            ));
+        }
+        self.engine.running_container(id).map_err(to_status)?;
         Ok(())
     }
 
@@ -435,17 +448,7 @@ impl RuntimeService for RuntimeHandlers {
         if req.cmd.first().is_none_or(|c| c.is_empty()) {
             return Err(Status::invalid_argument("cmd is empty"));
         }
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(Status::invalid_argument(
-                "one of stdin, stdout and stderr must be set",
-            ));
-        }
-        if req.tty && req.stderr {
-            return Err(Status::invalid_argument(
-                "tty and stderr cannot both be set: a terminal has one output stream",
-            ));
-        }
-        self.running_container(id)?;
+        self.check_stream_request(id, req.stdin, req.stdout, req.stderr, req.tty)?;
         let url = self.stream_url(StreamRequest::Exec {
             container_id: id.to_owned(),
             cmd: req.cmd,
@@ -463,17 +466,7 @@ impl RuntimeService for RuntimeHandlers {
         use crate::streaming::cache::StreamRequest;
         let req = req.into_inner();
         let id = required(&req.container_id, "container_id")?;
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(Status::invalid_argument(
-                "one of stdin, stdout and stderr must be set",
-            ));
-        }
-        if req.tty && req.stderr {
-            return Err(Status::invalid_argument(
-                "tty and stderr cannot both be set: a terminal has one output stream",
-            ));
-        }
-        self.running_container(id)?;
+        self.check_stream_request(id, req.stdin, req.stdout, req.stderr, req.tty)?;
         let url = self.stream_url(StreamRequest::Attach {
             container_id: id.to_owned(),
             tty: req.tty,

@@ -63,15 +63,7 @@ pub fn upgrade(
         StreamRequest::PortForward { .. } => &PORTFORWARD_PROTOCOLS,
         _ => &REMOTE_PROTOCOLS,
     };
-    let offered: Vec<String> = req
-        .headers()
-        .get_all(PROTOCOL_HEADER)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect();
+    let offered = super::offered_protocols(&req, http::HeaderName::from_static(PROTOCOL_HEADER));
     if offered.is_empty() {
         return reply(
             StatusCode::BAD_REQUEST,

@@ -111,6 +111,19 @@ async fn serve(listener: TcpListener, state: Arc<Streaming>, engine: Arc<Engine>
     }
 }
 
+/// The protocols a client offers in header `name`, in its order (repeated headers and
+/// comma-separated lists alike).
+pub(crate) fn offered_protocols(req: &Request<Incoming>, name: http::HeaderName) -> Vec<String> {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// An upgraded connection, failing after `idle` without traffic when set.
 pub(crate) type Upgraded = idle::IdleTimeout<TokioIo<hyper::upgrade::Upgraded>>;
 

@@ -63,7 +63,6 @@ pub async fn run(
                         cmd: cmd.clone(),
                         tty: *tty,
                         stdin: *stdin,
-                        size: None,
                     },
                 )
                 .await
@@ -86,7 +85,6 @@ pub async fn run(
     let Session {
         input: mut to_process,
         output: mut from_process,
-        ..
     } = match started {
         Ok(s) => s,
         Err(e) => return Outcome::Failed(e.to_string()),

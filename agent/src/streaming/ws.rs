@@ -49,18 +49,6 @@ pub fn wants_websocket(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// The client's subprotocols, in its order.
-fn offered(req: &Request<Incoming>) -> Vec<String> {
-    req.headers()
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect()
-}
-
 /// Answers the upgrade and serves the session on the WebSocket once the client has it.
 pub fn upgrade(
     mut req: Request<Incoming>,
@@ -75,7 +63,7 @@ pub fn upgrade(
         StreamRequest::PortForward { .. } => &PORTFORWARD_PROTOCOLS,
         _ => &REMOTE_PROTOCOLS,
     };
-    let offered = offered(&req);
+    let offered = super::offered_protocols(&req, http::header::SEC_WEBSOCKET_PROTOCOL);
     // The client's first protocol that we speak; a client that names none gets the
     // original protocol, as Kubernetes' wsstream does.
     let chosen = if offered.is_empty() {

@@ -663,28 +663,11 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
         console = Some(parent);
         (Stdio::Console(child), Vec::new(), None, None)
     } else {
-        let (out_r, out_w) = log_pipe().map_err(|e| internal("create pipes", e.into()))?;
-        let (err_r, err_w) = log_pipe().map_err(|e| internal("create pipes", e.into()))?;
-        let (stdin, stdin_r) = if mode.stdin {
-            let (s, r) = sess::stdin_pipe().map_err(|e| internal("create a stdin pipe", e))?;
-            (Some(s), Some(r))
-        } else {
-            (None, None)
-        };
-        let src = |fd: OwnedFd| {
-            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-                .map(Source::Pipe)
-                .map_err(|e| internal("watch pipes", e))
-        };
-        let stdio = Stdio::Pipes {
-            stdin: stdin_r,
-            stdout: out_w,
-            stderr: err_w,
-        };
+        let p = sess::pipe_stdio(mode.stdin)?;
         (
-            stdio,
-            vec![(Stream::Stdout, src(out_r)?), (Stream::Stderr, src(err_r)?)],
-            stdin,
+            p.stdio,
+            vec![(Stream::Stdout, p.stdout), (Stream::Stderr, p.stderr)],
+            p.stdin,
             None,
         )
     };

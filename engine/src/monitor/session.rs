@@ -158,6 +158,45 @@ pub(super) fn receive_terminal(
         .map_err(|e| format!("watch the terminal: {e}"))
 }
 
+/// A process's streams as pipes: its Stdio, our stdout and stderr sources, and our stdin
+/// sink when it has a stdin (else /dev/null).
+pub(super) struct Pipes {
+    pub stdio: Stdio,
+    pub stdout: Source,
+    pub stderr: Source,
+    pub stdin: Option<Sink>,
+}
+
+pub(super) fn pipe_stdio(with_stdin: bool) -> Result<Pipes, (crate::ErrorKind, String)> {
+    let internal =
+        |what: &str, err: std::io::Error| (crate::ErrorKind::Internal, format!("{what}: {err}"));
+    let pipe = || super::entry::log_pipe().map_err(|err| internal("create pipes", err.into()));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (stdin, stdin_r) = if with_stdin {
+        let (s, r) = stdin_pipe().map_err(|err| internal("create a stdin pipe", err))?;
+        (Some(s), Some(r))
+    } else {
+        (None, None)
+    };
+    let src = |fd: OwnedFd| {
+        pipe::Receiver::from_owned_fd(fd)
+            .map(Source::Pipe)
+            .map_err(|err| internal("watch pipes", err))
+    };
+    let stdio = Stdio::Pipes {
+        stdin: stdin_r,
+        stdout: out_w,
+        stderr: err_w,
+    };
+    Ok(Pipes {
+        stdio,
+        stdout: src(out_r)?,
+        stderr: src(err_r)?,
+        stdin,
+    })
+}
+
 /// A pipe for a process's stdin: (our non-blocking writer, the process's reader).
 pub(super) fn stdin_pipe() -> std::io::Result<(Sink, OwnedFd)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -451,29 +490,11 @@ fn start_exec(
         console = Some(ours);
         (Stdio::Console(theirs), Vec::new(), None, None)
     } else {
-        let pipe = || super::entry::log_pipe().map_err(|err| internal("create pipes", err.into()));
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (stdin, stdin_r) = if e.stdin {
-            let (s, r) = stdin_pipe().map_err(|err| internal("create a stdin pipe", err))?;
-            (Some(s), Some(r))
-        } else {
-            (None, None)
-        };
-        let src = |fd: OwnedFd| {
-            pipe::Receiver::from_owned_fd(fd)
-                .map(Source::Pipe)
-                .map_err(|err| internal("watch pipes", err))
-        };
-        let stdio = Stdio::Pipes {
-            stdin: stdin_r,
-            stdout: out_w,
-            stderr: err_w,
-        };
+        let p = pipe_stdio(e.stdin)?;
         (
-            stdio,
-            vec![(STDOUT, src(out_r)?), (STDERR, src(err_r)?)],
-            stdin,
+            p.stdio,
+            vec![(STDOUT, p.stdout), (STDERR, p.stderr)],
+            p.stdin,
             None,
         )
     };
