@@ -192,6 +192,33 @@ async fn exec_over_websocket_and_spdy() {
         assert_eq!(v.as_i64(), Some(404), "{what}: a replayed URL: {v}");
     }
 
+    // Older protocols carry the failure as text on the error stream, nothing on success.
+    for (transport, protocol) in [("spdy", "v2.channel.k8s.io"), ("ws", "channel.k8s.io")] {
+        let args = vec!["--transport", transport, "--protocol", protocol];
+        let (_, v) = exec(
+            &mut env.c,
+            &["sh", "-c", "echo out; exit 5"],
+            false,
+            false,
+            args.clone(),
+        )
+        .await;
+        assert_eq!(v["protocol"], protocol, "{v}");
+        assert_eq!(v["stdout"], "out\n", "{protocol}: {v}");
+        assert!(
+            v["errorText"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("exit code 5"),
+            "{protocol}: {v}"
+        );
+        let (_, v) = exec(&mut env.c, &["true"], false, false, args).await;
+        assert!(
+            v["errorText"].as_str().unwrap_or_default().is_empty(),
+            "{protocol}: {v}"
+        );
+    }
+
     // Stdin round trip; closing stdin ends `cat` (v5 WebSocket close signal, SPDY FIN).
     for (transport, protocol) in [("ws", "v5.channel.k8s.io"), ("spdy", "v4.channel.k8s.io")] {
         let args = vec![
