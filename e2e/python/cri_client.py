@@ -38,11 +38,9 @@ def main():
     socket = sys.argv[1]
     with tempfile.TemporaryDirectory() as out:
         pb, rpc = load_stubs(out)
-        # grpc-go (kubelet, crictl) sends ":authority: localhost" on unix sockets; grpc-core
-        # since 1.57 sends the percent-encoded socket path, which HTTP/2 servers that check
-        # RFC 9113 (h2, and so berth) refuse. Say what grpc-go says.
-        opts = [("grpc.default_authority", "localhost")]
-        with grpc.insecure_channel(f"unix://{socket}", options=opts) as ch:
+        # No channel options: grpc-core (since 1.57) sends the percent-encoded socket path
+        # as :authority, which berth must serve as containerd and CRI-O do.
+        with grpc.insecure_channel(f"unix://{socket}") as ch:
             rt = rpc.RuntimeServiceStub(ch)
             v = rt.Version(pb.VersionRequest(version="v1"), timeout=10)
             s = rt.Status(pb.StatusRequest(verbose=True), timeout=10)

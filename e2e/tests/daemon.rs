@@ -438,3 +438,42 @@ async fn a_python_cri_client_generated_from_upstream_proto_works() {
             .any(|c| c["type"] == "RuntimeReady" && c["status"] == true)
     );
 }
+
+/// gRPC clients over a unix socket send odd `:authority` values (grpc-java and older
+/// grpc-go: the socket's path; grpc-core: it percent-encoded); containerd and CRI-O serve
+/// them, and so must berth (third_party/README.md). A hand-written HTTP/2 request for each.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_with_a_socket_path_as_authority_are_served() {
+    if !can_run() {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let d = Daemon::start().await;
+    let socket = d.socket.display().to_string();
+    let encoded = socket.trim_start_matches('/').replace('/', "%2F");
+    for authority in [socket.clone(), encoded, String::new(), "localhost".into()] {
+        let (py, socket, a) = (py.clone(), socket.clone(), authority.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(py)
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/python/raw_authority.py"
+                ))
+                .args([&socket, &a])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{authority:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["reset"], serde_json::Value::Null, "{authority:?}: {v}");
+        assert_eq!(v["status"], "200", "{authority:?}: {v}");
+        assert_eq!(v["grpc_status"], "0", "{authority:?}: {v}");
+        assert!(v["body_len"].as_u64().unwrap() > 5, "{authority:?}: {v}");
+    }
+}
