@@ -588,6 +588,7 @@ impl Config {
             sync_layers: self.images.sync_layers,
             monitor_exe: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            kernel: Default::default(),
         }
     }
 }

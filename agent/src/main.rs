@@ -75,10 +75,6 @@ enum Command {
         new_ipc: bool,
         #[arg(long, default_value = "")]
         hostname: String,
-        #[arg(long)]
-        share_pid: bool,
-        #[arg(long)]
-        init_cgroup: Vec<PathBuf>,
         /// A line of the pod's uid map, `container:host:size` (gives the pod a user
         /// namespace).
         #[arg(long, value_parser = berth_engine::spec::userns::IdMappings::parse_arg)]
@@ -115,8 +111,6 @@ fn main() -> ExitCode {
             new_net,
             new_ipc,
             hostname,
-            share_pid,
-            init_cgroup,
             uid_map,
             gid_map,
         }) => {
@@ -129,7 +123,6 @@ fn main() -> ExitCode {
                     new_net,
                     new_ipc,
                     hostname,
-                    share_pid: share_pid.then_some(init_cgroup),
                     userns: (!uid_map.is_empty()).then_some(
                         berth_engine::spec::userns::IdMappings {
                             uids: uid_map,
@@ -198,6 +191,9 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
     };
     telemetry::init(&cfg.log);
     tracing::info!(build = %telemetry::build_info(), config = %origin, "starting berthd");
+    // Before the runtime's threads exist: the probe clones a child.
+    let kernel = berth_engine::linux::probe::kernel_features(&cfg.root);
+    tracing::info!(?kernel, "kernel features");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("berthd")
@@ -209,7 +205,7 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
             return ExitCode::from(exit::SOFTWARE);
         }
     };
-    match runtime.block_on(run(cfg)) {
+    match runtime.block_on(run(cfg, kernel)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
             tracing::error!("{error:#}");
@@ -228,8 +224,14 @@ fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
     move |error| Failure { code, error }
 }
 
-async fn run(cfg: Config) -> Result<(), Failure> {
-    let engine_cfg = cfg.engine();
+async fn run(
+    cfg: Config,
+    kernel: berth_engine::linux::probe::KernelFeatures,
+) -> Result<(), Failure> {
+    let engine_cfg = berth_engine::EngineConfig {
+        kernel,
+        ..cfg.engine()
+    };
     let engine = tokio::task::spawn_blocking(move || berth_engine::Engine::open(engine_cfg))
         .await
         .map_err(|e| anyhow::anyhow!("engine start task: {e}"))

@@ -149,8 +149,8 @@ impl Engine {
                 "security_context.privileged: a privileged container needs a privileged pod".into(),
             ));
         }
-        // No namespace options at all means Kubernetes' defaults (pid per container).
-        let pid_mode = sc.namespace_options.as_ref().map_or(1, |n| n.pid);
+        // No namespace options mean the CRI's default, mode POD, as in containerd.
+        let pid_mode = sc.namespace_options.as_ref().map_or(0, |n| n.pid);
         let pid_target = if pid_mode == 3 {
             let target = sc
                 .namespace_options
@@ -168,22 +168,30 @@ impl Engine {
         } else {
             None
         };
-        if pod.pid == NsMode::Pod && pid_mode != 0 {
+        if pid_mode == 2 && pod.userns.is_some() {
             return Err(Error::InvalidArgument(
-                "security_context.namespace_options.pid: the pod shares one pid namespace; its containers must use mode POD".into(),
+                "security_context.namespace_options.pid: mode NODE cannot be used in a pod with a user namespace".into(),
             ));
         }
         let new_pid_namespace = match pid_mode {
             1 => true,
-            2 => false,
-            // The pod's shared namespace: the monitor creates children in it already.
-            0 if pod.pid == NsMode::Pod => false,
-            3 => false,
+            0..=3 => false,
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "security_context.namespace_options.pid: mode {other} is not valid here (POD needs a pod whose pid mode is POD)"
+                    "security_context.namespace_options.pid: {other} is not a namespace mode"
                 )));
             }
+        };
+        // Mode POD joins the pod's shared pid namespace, whose init the monitor starts in
+        // a cgroup of its own under the pod's; in a pod of the node's pid namespace, POD
+        // means the node's, as it does for containerd's sandbox.
+        let pod_pid_namespace = if pid_mode == 0 && pod.pid != NsMode::Node {
+            let cg = self.cgroup_manager()?;
+            let rel = format!("{}/{}", pod.cgroup, crate::pods::POD_INIT_CGROUP);
+            cg.create(&rel)?;
+            Some(cg.dirs(&rel)?.into_iter().map(|(_, d)| d).collect())
+        } else {
+            None
         };
 
         // The process.
@@ -204,6 +212,8 @@ impl Engine {
                 run_as_username: sc.run_as_username.clone(),
                 run_as_group: sc.run_as_group.map(|v| v.value),
                 supplemental_groups: sc.supplemental_groups.clone(),
+                strict_groups: sc.supplemental_groups_policy
+                    == cri::SupplementalGroupsPolicy::Strict as i32,
             },
             &passwd,
             &group,
@@ -303,9 +313,16 @@ impl Engine {
                 readonly: m.readonly,
                 propagation: m.propagation,
                 image: m.image.as_ref().is_some_and(|i| !i.image.is_empty()),
+                recursive_read_only: m.recursive_read_only,
             })
             .collect();
         let volume_mounts = mounts::volume_mounts(&vols, |p| p.exists())?;
+        check_host_propagation(&volume_mounts)?;
+        if !self.cfg.kernel.recursive_read_only && vols.iter().any(|v| v.recursive_read_only) {
+            return Err(Error::InvalidArgument(
+                "config.mounts: recursive read-only mounts need Linux 5.12 or newer (mount_setattr), which this node lacks".into(),
+            ));
+        }
         let host_shm = PathBuf::from("/dev/shm");
         let pod_shm = pod.dir.join("shm");
         let (hosts, resolv, hostname) = (
@@ -439,6 +456,7 @@ impl Engine {
             cgroup_view: cgroup_dirs,
             new_pid_namespace,
             pid_target,
+            pod_pid_namespace,
             sysctls: if pod.network == NsMode::Node {
                 Default::default()
             } else {
@@ -610,15 +628,21 @@ impl Engine {
     }
 
     /// StopContainer: the stop signal, then SIGKILL after `timeout` seconds. Idempotent.
+    /// StopContainer. Idempotent: a stopped or unknown container is not an error (kubelet
+    /// retries stops after crashes, of containers that may be gone).
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
-        let c = self.container(id)?;
+        let Some(c) = self.db.container_get(id)? else {
+            return Ok(());
+        };
         let _pg = self.locks.lock(&c.pod_id).await;
         self.stop_container_locked(id, timeout).await
     }
 
     pub(crate) async fn stop_container_locked(&self, id: &str, timeout: i64) -> Result<()> {
         let _g = self.locks.lock(id).await;
-        let mut c = self.container(id)?;
+        let Some(mut c) = self.db.container_get(id)? else {
+            return Ok(()); // removed while we waited for the lock
+        };
         match c.state {
             ContainerState::Exited => return Ok(()),
             ContainerState::Created => {
@@ -867,6 +891,38 @@ impl Engine {
         .await?;
         Ok(())
     }
+}
+
+/// Propagation from a volume's host path needs the host's mount to propagate: a shared
+/// mount for BIDIRECTIONAL, shared or slave for HOST_TO_CONTAINER (as containerd checks),
+/// else the container would silently see nothing.
+fn check_host_propagation(volumes: &[mounts::Mount]) -> Result<()> {
+    use mounts::Propagation;
+    for m in volumes {
+        let (needs_shared, what) = match m.propagation {
+            Some(Propagation::RShared) => (true, "PROPAGATION_BIDIRECTIONAL"),
+            Some(Propagation::RSlave) => (false, "PROPAGATION_HOST_TO_CONTAINER"),
+            _ => continue,
+        };
+        let host = crate::linux::mountinfo::mount_of(Path::new(&m.source))
+            .map_err(|e| Error::Internal(format!("find the mount of {}: {e}", m.source)))?;
+        let ok = host.shared || (!needs_shared && host.slave);
+        if !ok {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} asks for {what}, but its host path {} is on mount {}, which is not {}; make it so (mount --make-rshared {})",
+                m.destination,
+                m.source,
+                host.mount_point.display(),
+                if needs_shared {
+                    "shared"
+                } else {
+                    "shared or slave"
+                },
+                host.mount_point.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ pub struct EngineConfig {
     pub sync_layers: bool,
     /// The berthd binary, re-executed as `berthd monitor` for each pod.
     pub monitor_exe: PathBuf,
+    /// What the kernel offers (found by berthd at start-up, before it has threads).
+    pub kernel: linux::probe::KernelFeatures,
 }
 
 /// A CRI runtime condition.
@@ -399,6 +401,7 @@ mod tests {
             pinned_images: Vec::new(),
             sync_layers: true,
             monitor_exe: PathBuf::from("/proc/self/exe"),
+            kernel: Default::default(),
         }
     }
 

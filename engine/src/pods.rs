@@ -69,6 +69,84 @@ pub fn cgroup_parent_path(driver: CgroupDriver, parent: &str) -> String {
     p.to_owned()
 }
 
+/// The kernel's limit on a host name (HOST_NAME_MAX).
+const HOST_NAME_MAX: usize = 64;
+
+/// Checks a pod's explicit hostname: what the kernel takes (1 to 64 bytes) and what DNS
+/// names are made of (letters, digits, '-' and '.', starting and ending with a letter or
+/// digit), so that it can go into /etc/hostname and /etc/hosts as one word.
+pub fn check_hostname(h: &str) -> Result<()> {
+    let valid_chars = h
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    if h.is_empty()
+        || h.len() > HOST_NAME_MAX
+        || !valid_chars
+        || !ends(h.bytes().next())
+        || !ends(h.bytes().last())
+        || h.contains("..")
+    {
+        let shown: String = h.chars().take(80).collect();
+        return Err(Error::InvalidArgument(format!(
+            "config.hostname {shown:?}{}: a hostname is 1 to {HOST_NAME_MAX} bytes of letters, digits, '-' and '.', starting and ending with a letter or digit (leave it empty for the node's hostname)",
+            if h.chars().count() > 80 { "..." } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+/// The hostname a pod gets: none (the node's UTS namespace) with the node's network; the
+/// one asked for; or, when none was asked for, the node's own, as containerd and CRI-O do
+/// (crictl's and critest's pod configs leave it empty).
+pub fn pod_hostname(
+    asked: &str,
+    node_network: bool,
+    node_name: impl FnOnce() -> String,
+) -> Result<String> {
+    if node_network {
+        return Ok(String::new());
+    }
+    if asked.is_empty() {
+        let node = node_name();
+        // A node whose own name the kernel holds is always a valid UTS name; anything odd
+        // (empty, unreadable) falls back to a name every tool accepts.
+        return Ok(if node.is_empty() {
+            "localhost".into()
+        } else {
+            node
+        });
+    }
+    check_hostname(asked)?;
+    Ok(asked.to_owned())
+}
+
+/// Checks kubelet's DNS config before it becomes lines of resolv.conf: servers are IP
+/// addresses, search domains and options single words without control characters.
+pub fn check_dns_config(dns: Option<&cri::DnsConfig>) -> Result<()> {
+    let Some(d) = dns else { return Ok(()) };
+    for s in &d.servers {
+        if s.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "config.dns_config.servers: {:?} is not an IP address",
+                s.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    let word = |w: &str| {
+        !w.is_empty() && w.len() <= 253 && w.chars().all(|c| !c.is_whitespace() && !c.is_control())
+    };
+    for (field, items) in [("searches", &d.searches), ("options", &d.options)] {
+        if let Some(bad) = items.iter().find(|w| !word(w)) {
+            return Err(Error::InvalidArgument(format!(
+                "config.dns_config.{field}: {:?} is not a single word of at most 253 bytes",
+                bad.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The pod's /etc/resolv.conf: kubelet's DNS config, or the node's file.
 pub fn resolv_conf(dns: Option<&cri::DnsConfig>) -> String {
     match dns {
@@ -184,14 +262,10 @@ impl Engine {
         let linux = config.linux.clone().unwrap_or_default();
         let sc = linux.security_context.clone().unwrap_or_default();
         let ns = sc.namespace_options.clone().unwrap_or_default();
-        // Without namespace options, Kubernetes' defaults: own network and IPC, and one pid
-        // namespace per container (a shared one only when asked for, shareProcessNamespace).
-        let pid_value = if sc.namespace_options.is_some() {
-            ns.pid
-        } else {
-            1
-        };
-        let (network, pid, ipc) = (ns_mode(ns.network), ns_mode(pid_value), ns_mode(ns.ipc));
+        // Absent namespace options mean the CRI's defaults (mode POD for each), as in
+        // containerd. The pod's pid mode only says whether it lives in the node's pid
+        // namespace: its shared one is made when a container of mode POD first needs it.
+        let (network, pid, ipc) = (ns_mode(ns.network), ns_mode(ns.pid), ns_mode(ns.ipc));
         crate::spec::security::check_sysctls(
             &linux.sysctls,
             network == NsMode::Node,
@@ -205,6 +279,13 @@ impl Engine {
                 ("IPC", ipc == NsMode::Node),
             ],
         )?;
+        let node_name = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hostname = pod_hostname(&config.hostname, network == NsMode::Node, || {
+            node_name.clone()
+        })?;
+        check_dns_config(config.dns_config.as_ref())?;
         let id = new_id();
         let dir = self.cfg.state.join("pods").join(&id);
         let mut undo = Rollback(Vec::new());
@@ -216,16 +297,6 @@ impl Engine {
                 let _ = std::fs::remove_dir_all(&d);
             });
         }
-        let hostname = if network == NsMode::Node {
-            String::new()
-        } else if config.hostname.is_empty() {
-            md.name.clone()
-        } else {
-            config.hostname.clone()
-        };
-        let node_name = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
         std::fs::write(
             dir.join("hostname"),
             format!(
@@ -269,25 +340,12 @@ impl Engine {
             let n = n.clone();
             undo.push(move || unmount_file(&n));
         }
-        // A shared pid namespace gets a small init, in a cgroup of its own under the pod's.
-        let share_pid = if pid == NsMode::Pod {
-            let rel = format!("{cgroup}/{POD_INIT_CGROUP}");
-            cg.create(&rel)?;
-            let (cg2, r) = (cg.clone(), rel.clone());
-            undo.push(move || {
-                let _ = cg2.remove(&r);
-            });
-            Some(cg.dirs(&rel)?.into_iter().map(|(_, d)| d).collect())
-        } else {
-            None
-        };
         let args = MonitorArgs {
             pod_id: id.clone(),
             dir: dir.clone(),
             new_net: netns.clone(),
             new_ipc: ipc == NsMode::Pod,
             hostname: hostname.clone(),
-            share_pid,
             userns: userns.clone(),
         };
         let monitor_pid = client::spawn(&self.cfg.monitor_exe, &args).await?;
@@ -511,7 +569,8 @@ impl Engine {
         }
         if pod.cgroup_owned {
             self.cgroup_manager()?.remove(&pod.cgroup)?;
-        } else if pod.pid == NsMode::Pod {
+        } else {
+            // The shared pid namespace's init had a cgroup of its own under kubelet's.
             self.cgroup_manager()?
                 .remove(&format!("{}/{POD_INIT_CGROUP}", pod.cgroup))?;
         }

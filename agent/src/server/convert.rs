@@ -152,9 +152,9 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
                     .launch
                     .process
                     .user
-                    .additional_gids
-                    .iter()
-                    .map(|g| i64::from(*g))
+                    .groups()
+                    .into_iter()
+                    .map(i64::from)
                     .collect(),
             }),
         }),

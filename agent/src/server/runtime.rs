@@ -162,6 +162,7 @@ impl RuntimeService for RuntimeHandlers {
                 message: c.message,
             })
             .collect();
+        let kernel = self.engine.config().kernel;
         let mut info = HashMap::new();
         if req.get_ref().verbose {
             info.insert("config".to_owned(), self.config_json.as_ref().clone());
@@ -170,15 +171,17 @@ impl RuntimeService for RuntimeHandlers {
         Ok(Response::new(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
             info,
+            // What this node can do, as found at start-up: clients (kubelet, critest) skip
+            // what is not listed.
             runtime_handlers: vec![RuntimeHandler {
                 name: String::new(),
                 features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
+                    recursive_read_only_mounts: kernel.recursive_read_only,
+                    user_namespaces: kernel.idmapped_mounts,
                 }),
             }],
             features: Some(RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         }))
     }

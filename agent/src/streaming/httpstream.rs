@@ -104,18 +104,30 @@ pub fn upgrade(
                 return;
             }
         };
-        let (session, incoming) = Session::server(io);
         match sreq {
             StreamRequest::PortForward { pod_id, .. } => {
-                port_forward(session, incoming, engine, pod_id).await;
+                serve_port_forward(io, engine, pod_id).await;
             }
-            sreq => remote(session, incoming, version, sreq, engine).await,
+            sreq => {
+                let (session, incoming) = Session::server(io);
+                remote(session, incoming, version, sreq, engine).await;
+            }
         }
     });
     super::switching_protocols(
         "SPDY/3.1",
         &[(http::HeaderName::from_static(PROTOCOL_HEADER), &chosen)],
     )
+}
+
+/// Port forwarding over an established SPDY/3.1 connection `io`: the session after an
+/// HTTP/1.1 upgrade, or SPDY tunnelled in a WebSocket.
+pub(super) async fn serve_port_forward<T>(io: T, engine: Arc<Engine>, pod_id: String)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (session, incoming) = Session::server(io);
+    port_forward(session, incoming, engine, pod_id).await;
 }
 
 /// The streams of a remote command session.

@@ -7,6 +7,14 @@
 //! which is how a client ends its stdin. Port forwarding: for the i-th port of the
 //! `ports` query, channel 2i carries data and 2i+1 errors, and the first message on each
 //! starts with the port number (2 bytes, little endian).
+//!
+//! Port forwarding also comes as SPDY tunnelled in WebSocket (`SPDY/3.1+portforward.k8s.io`,
+//! what client-go's tunnelling dialer asks for, and crictl's `--transport websocket`): the
+//! payloads of binary messages, without channel bytes, are one SPDY/3.1 byte stream each
+//! way, served as the SPDY port forward is.
+//!
+//! Sessions end with a close frame of code 1000: Go's client takes anything else (an
+//! empty close frame reads as 1005) as a failure of every stream.
 
 use std::sync::Arc;
 
@@ -20,7 +28,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::cache::StreamRequest;
 use super::remotecommand::{self, Input, Outcome, Output};
@@ -28,8 +38,10 @@ use super::reply;
 
 /// The remote command subprotocols berth speaks, most preferred first.
 const REMOTE_PROTOCOLS: [&str; 3] = ["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"];
-/// The port forward subprotocols.
-const PORTFORWARD_PROTOCOLS: [&str; 1] = ["v4.channel.k8s.io"];
+/// The port forward subprotocols: SPDY tunnelled in WebSocket, and channels.
+const PORTFORWARD_PROTOCOLS: [&str; 2] = [TUNNEL_PORTFORWARD, "v4.channel.k8s.io"];
+/// SPDY/3.1 port forwarding tunnelled in WebSocket binary messages.
+const TUNNEL_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// How long to wait for the client's close after ours.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -81,9 +93,11 @@ pub fn upgrade(
             }
         }
     };
+    let tunnel = chosen.as_deref() == Some(TUNNEL_PORTFORWARD);
     // The CRI request's ports (kubelet fills them from the client's query for WebSocket),
-    // else the query's own.
+    // else the query's own. A SPDY tunnel names its ports on its streams.
     let ports = match (&sreq, req.uri().query()) {
+        (StreamRequest::PortForward { .. }, _) if tunnel => Vec::new(),
         (StreamRequest::PortForward { ports, .. }, _) if !ports.is_empty() => ports.clone(),
         (StreamRequest::PortForward { .. }, q) => match query_ports(q) {
             Ok(p) if !p.is_empty() => p,
@@ -110,6 +124,9 @@ pub fn upgrade(
         };
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
         match sreq {
+            StreamRequest::PortForward { pod_id, .. } if tunnel => {
+                spdy_tunnel(ws, engine, pod_id).await;
+            }
             StreamRequest::PortForward { pod_id, .. } => {
                 port_forward(ws, engine, pod_id, ports).await;
             }
@@ -141,6 +158,14 @@ fn query_ports(q: Option<&str>) -> Result<Vec<u16>, String> {
         }
     }
     Ok(out)
+}
+
+/// The close frame that ends a session well (code 1000).
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
 }
 
 fn framed(channel: u8, data: &[u8]) -> Message {
@@ -221,7 +246,7 @@ where
         if let Some(s) = status {
             let _ = sink.send(framed(ERROR, s.as_bytes())).await;
         }
-        let _ = sink.send(Message::Close(None)).await;
+        let _ = sink.send(normal_close()).await;
         let _ = sink.flush().await;
     }
     if let Outcome::Failed(e) = &outcome {
@@ -295,9 +320,54 @@ async fn port_forward<S>(
             break;
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
     reader.abort();
 }
+
+/// Port forwarding as SPDY tunnelled in a WebSocket: the binary messages' payloads are the
+/// SPDY byte stream (one frame may span several messages, or one message several frames),
+/// bridged through an in-memory pipe to the SPDY port forward server. The WebSocket is
+/// read all along, so the client's pings are answered whatever the streams do.
+async fn spdy_tunnel<S>(ws: WebSocketStream<S>, engine: Arc<Engine>, pod_id: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (ours, theirs) = tokio::io::duplex(TUNNEL_BUFFER);
+    let (mut from_spdy, mut to_spdy) = tokio::io::split(theirs);
+    let server = tokio::spawn(super::httpstream::serve_port_forward(ours, engine, pod_id));
+    let inbound = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Binary(d) if to_spdy.write_all(&d).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        // The client is done: the SPDY session sees end of file and ends.
+        let _ = to_spdy.shutdown().await;
+    });
+    let outbound = async move {
+        let mut buf = vec![0u8; TUNNEL_BUFFER];
+        while let Ok(n @ 1..) = from_spdy.read(&mut buf).await {
+            if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.send(normal_close()).await;
+        let _ = sink.flush().await;
+    };
+    outbound.await;
+    server.abort();
+    // Let the client answer our close, as for remote commands.
+    let abort = inbound.abort_handle();
+    if tokio::time::timeout(CLOSE_WAIT, inbound).await.is_err() {
+        abort.abort();
+    }
+}
+
+/// Bytes buffered each way between a SPDY tunnel's WebSocket and its SPDY session.
+const TUNNEL_BUFFER: usize = 64 * 1024;
 
 /// Copies between a pod connection and one data channel, until either side ends.
 async fn pump(

@@ -16,7 +16,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::{Gid, Uid};
 
 use super::spawn::{LaunchSpec, Stdio};
-use crate::spec::mounts::{Mount, Propagation};
+use crate::spec::mounts::{Mount, Propagation, RECURSIVE_READONLY};
 use crate::spec::security::ALL_CAPABILITIES;
 
 type Step<T> = Result<T, String>;
@@ -51,19 +51,35 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
             fs::write(&f, "0"),
         )?;
     }
+    let root = &spec.rootfs.target;
+    // Slave, not private: nothing we mount leaks to the host, and host mounts still reach
+    // volumes that ask for host-to-container propagation (runc's default too). A
+    // bidirectional volume needs the host's shared mounts to stay shared in our copy of
+    // them, so that its bind joins the host's peer group (runc's rootfsPropagation
+    // rshared, which containerd asks for then); the mount our root is made under is then
+    // made private, so that the root and what is mounted in it stay ours.
+    let bidirectional = spec
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Some(Propagation::RShared));
+    let root_propagation = if bidirectional {
+        MsFlags::MS_REC | MsFlags::MS_SHARED
+    } else {
+        MsFlags::MS_REC | MsFlags::MS_SLAVE
+    };
     step(
-        // Slave, not private: nothing we mount leaks to the host, and host mounts still
-        // reach volumes that ask for host-to-container propagation (runc's default too).
-        || "make mounts slave".into(),
+        || format!("set the propagation of / to {root_propagation:?}"),
         mount(
             None::<&str>,
             "/",
             None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            root_propagation,
             None::<&str>,
         ),
     )?;
-    let root = &spec.rootfs.target;
+    if bidirectional {
+        make_parent_mount_private(root)?;
+    }
     mount_overlay(spec, userns.as_ref())?;
     for m in &spec.mounts {
         mount_one(root, m, spec, userns.as_ref())?;
@@ -339,6 +355,7 @@ fn options(opts: &[String]) -> (MsFlags, Vec<String>) {
             "strictatime" => flags |= MsFlags::MS_STRICTATIME,
             "bind" => flags |= MsFlags::MS_BIND,
             "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            RECURSIVE_READONLY => flags |= MsFlags::MS_RDONLY,
             other => data.push(other.to_owned()),
         }
     }
@@ -444,6 +461,12 @@ fn mount_one(root: &Path, m: &Mount, spec: &LaunchSpec, userns: Option<&fs::File
                 step(
                     || format!("remount {} with {:?}", m.destination, m.options),
                     remount_bind(&target, extra),
+                )?;
+            }
+            if m.options.iter().any(|o| o == RECURSIVE_READONLY) {
+                step(
+                    || format!("make {} read-only recursively", m.destination),
+                    super::sys::make_readonly_recursive(&target),
                 )?;
             }
             let prop = match m.propagation {
@@ -635,6 +658,29 @@ fn remount_bind(dst: &Path, flags: MsFlags) -> nix::Result<()> {
     )
 }
 
+/// Makes the mount that holds `dir` (in our mount namespace) private, so that mounts made
+/// under `dir` reach no peer (runc's rootfsParentMountPrivate).
+fn make_parent_mount_private(dir: &Path) -> Step<()> {
+    let parent = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let m = step(
+        || format!("find the mount holding {}", parent.display()),
+        super::mountinfo::mount_of(parent),
+    )?;
+    step(
+        || format!("make {} private", m.mount_point.display()),
+        mount(
+            None::<&str>,
+            &m.mount_point,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )
+}
+
 /// pivot_root into `root`, then detach the old root (pivot_root(".", ".") idiom).
 fn pivot(root: &Path) -> Step<()> {
     step(
@@ -642,6 +688,18 @@ fn pivot(root: &Path) -> Step<()> {
         nix::unistd::chdir(root),
     )?;
     step(|| "pivot_root".into(), nix::unistd::pivot_root(".", "."))?;
+    // The old root may hold shared mounts (see the root's propagation above): made slave
+    // first, so that detaching it cannot unmount anything of the host's.
+    step(
+        || "make the old root slave".into(),
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        ),
+    )?;
     step(
         || "detach old root".into(),
         umount2(".", MntFlags::MNT_DETACH),
@@ -679,11 +737,7 @@ fn set_identity_of(
         || "keep capabilities".into(),
         nix::sys::prctl::set_keepcaps(true),
     )?;
-    let groups: Vec<Gid> = u
-        .additional_gids
-        .iter()
-        .map(|g| Gid::from_raw(*g))
-        .collect();
+    let groups: Vec<Gid> = u.groups().into_iter().map(Gid::from_raw).collect();
     step(|| "setgroups".into(), nix::unistd::setgroups(&groups))?;
     let gid = Gid::from_raw(u.gid);
     let uid = Uid::from_raw(u.uid);

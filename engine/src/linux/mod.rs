@@ -9,6 +9,7 @@ pub mod apparmor;
 pub mod cgroups;
 pub mod devfilter;
 pub mod init;
+pub mod mountinfo;
 pub mod probe;
 pub mod spawn;
 pub mod sys;

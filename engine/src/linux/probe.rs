@@ -48,6 +48,71 @@ pub fn run(input: &ProbeInput) -> Vec<Check> {
     out
 }
 
+/// What the kernel lets berth offer to pods, beyond what it needs to run at all: read once
+/// at start-up and advertised in the CRI `Status` (clients skip features not listed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelFeatures {
+    /// Id-mapped mounts on the file system of berth's root (pods with user namespaces).
+    pub idmapped_mounts: bool,
+    /// mount_setattr(2): recursive read-only mounts.
+    pub recursive_read_only: bool,
+}
+
+/// Finds the [`KernelFeatures`] by trying them: an id-mapped copy of `root` (or its
+/// nearest existing ancestor) is made and dropped, as a pod's layers are id-mapped.
+///
+/// Must run while the process is single-threaded (berthd calls it before its runtime
+/// starts): it clones a child into a new user namespace.
+pub fn kernel_features(root: &Path) -> KernelFeatures {
+    let dir = root
+        .ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"));
+    let idmapped = idmapped_mounts(dir);
+    if let Err(e) = &idmapped {
+        tracing::info!(dir = %dir.display(), error = %e, "id-mapped mounts unavailable: pods with user namespaces will be refused");
+    }
+    KernelFeatures {
+        idmapped_mounts: idmapped.is_ok(),
+        recursive_read_only: super::sys::has_mount_setattr(),
+    }
+}
+
+/// Whether `dir`'s file system can be id-mapped into a user namespace.
+fn idmapped_mounts(dir: &Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let w_raw = w.as_raw_fd();
+    let mut r = Some(r);
+    // The child only holds the namespace open: it waits for the pipe's end and exits.
+    let child = super::sys::clone_child(nix::sched::CloneFlags::CLONE_NEWUSER, || {
+        let _ = nix::unistd::close(w_raw);
+        if let Some(r) = r.take() {
+            let mut b = [0u8; 1];
+            let _ = std::fs::File::from(r).read(&mut b);
+        }
+        0
+    })
+    .map_err(|e| format!("clone a user namespace: {e}"))?;
+    drop(r);
+    let result = (|| {
+        for file in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{child}/{file}"), "0 65534 1\n")
+                .map_err(|e| format!("write {file}: {e}"))?;
+        }
+        let ns = std::fs::File::open(format!("/proc/{child}/ns/user"))
+            .map_err(|e| format!("open the user namespace: {e}"))?;
+        super::sys::idmapped_tree(dir, &ns, false)
+            .map(drop)
+            .map_err(|e| format!("id-map {}: {e}", dir.display()))
+    })();
+    drop(w);
+    let _ = nix::sys::wait::waitpid(child, None);
+    result
+}
+
 fn ip_forward() -> Check {
     check(
         "ip forward",

@@ -45,6 +45,10 @@ pub struct LaunchSpec {
     /// Join the pid namespace of this container of the pod instead (CRI pid mode TARGET).
     #[serde(default)]
     pub pid_target: Option<String>,
+    /// Join the pod's shared pid namespace (CRI pid mode POD): the monitor starts the
+    /// pod's init, pid 1 of that namespace, in these cgroup directories when it has none.
+    #[serde(default)]
+    pub pod_pid_namespace: Option<Vec<PathBuf>>,
     /// Namespaced sysctls to set inside.
     pub sysctls: BTreeMap<String, String>,
     /// The pod's user namespace, joined last (after every mount); image layers and bind
@@ -174,6 +178,28 @@ pub fn spawn_in_pid_namespace_of(
     } else {
         msg
     }))
+}
+
+/// Starts the container process in the pid namespace `ns` (the pod's shared one): the
+/// caller's namespace for new children is switched to it for the clone and back after,
+/// so the container is our direct child and later containers of other modes are not
+/// affected (a new pid namespace can only be made from the caller's own). Needs a
+/// single-threaded caller, as [`spawn`].
+pub fn spawn_in_pid_namespace(
+    ns: &std::fs::File,
+    spec: &LaunchSpec,
+    stdio: Stdio,
+) -> Result<Pid, SpawnError> {
+    let own = std::fs::File::open("/proc/self/ns/pid")
+        .map_err(|e| SpawnError::Child(format!("open our pid namespace: {e}")))?;
+    nix::sched::setns(ns, CloneFlags::CLONE_NEWPID)
+        .map_err(|e| SpawnError::Child(format!("enter the pod's pid namespace: {e}")))?;
+    let spawned = spawn(spec, stdio);
+    // Returning to our own namespace cannot fail (it is our active one, which the kernel
+    // always lets us name); were it to, later containers of other modes would fail to
+    // start with EINVAL rather than run in the wrong namespace.
+    let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
+    spawned
 }
 
 /// Starts the container process; returns its pid once it has exec'd.

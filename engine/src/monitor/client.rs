@@ -89,12 +89,6 @@ pub async fn spawn(exe: &Path, args: &MonitorArgs) -> Result<u32, MonitorError> 
     if !args.hostname.is_empty() {
         cmd.arg("--hostname").arg(&args.hostname);
     }
-    if let Some(dirs) = &args.share_pid {
-        cmd.arg("--share-pid");
-        for d in dirs {
-            cmd.arg("--init-cgroup").arg(d);
-        }
-    }
     if let Some(m) = &args.userns {
         use crate::spec::userns::IdMappings;
         for r in IdMappings::to_args(&m.uids) {

@@ -39,9 +39,6 @@ pub struct MonitorArgs {
     pub new_ipc: bool,
     /// Create a UTS namespace with this hostname (empty: share the host's).
     pub hostname: String,
-    /// Give the pod one pid namespace for all its containers, with a small init as pid 1
-    /// that joins these cgroup directories.
-    pub share_pid: Option<Vec<PathBuf>>,
     /// Create the pod's user namespace with these mappings and bind it at
     /// `<dir>/`[`USERNS_FILE`]; the pod's network, IPC and UTS namespaces are made inside
     /// it, and its containers join it last.
@@ -74,7 +71,7 @@ pub(super) fn now_nanos() -> i64 {
 pub fn main(args: MonitorArgs) -> i32 {
     let mut ready = std::io::stdout();
     match setup(&args) {
-        Ok((listener, init)) => {
+        Ok(listener) => {
             let _ = writeln!(ready, "ready");
             let _ = ready.flush();
             // berthd stops reading after "ready": point stdout at /dev/null.
@@ -94,11 +91,6 @@ pub fn main(args: MonitorArgs) -> i32 {
             let local = tokio::task::LocalSet::new();
             crate::linux::sys::release_free_memory();
             local.block_on(&rt, serve(args, listener));
-            if let Some(init) = init {
-                // Killing the pod's init ends its pid namespace: nothing survives in it.
-                let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(init, None);
-            }
             0
         }
         Err(e) => {
@@ -119,7 +111,7 @@ fn log(dir: &Path, line: &str) {
     }
 }
 
-fn setup(args: &MonitorArgs) -> Result<(std::os::unix::net::UnixListener, Option<Pid>), String> {
+fn setup(args: &MonitorArgs) -> Result<std::os::unix::net::UnixListener, String> {
     let _ = nix::unistd::setsid();
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
     close_inherited_fds();
@@ -170,28 +162,38 @@ fn setup(args: &MonitorArgs) -> Result<(std::os::unix::net::UnixListener, Option
         .map_err(|e| format!("listen on {}: {e}", sock.display()))?;
     l.set_nonblocking(true)
         .map_err(|e| format!("nonblocking: {e}"))?;
-    let init = match &args.share_pid {
-        Some(cgroups) => Some(start_pod_init(cgroups)?),
-        None => None,
-    };
-    Ok((l, init))
+    Ok(l)
 }
 
-/// Starts the pod's init (pid 1 of the pod's shared pid namespace) and makes every later
-/// child of ours (containers, exec helpers) start in that namespace.
-fn start_pod_init(cgroups: &[PathBuf]) -> Result<Pid, String> {
-    let init = crate::linux::sys::clone_child(CloneFlags::CLONE_NEWPID, || {
+/// The pod's shared pid namespace (CRI pid mode POD), held by a small init as its pid 1.
+pub(super) struct PodInit {
+    pid: Pid,
+    /// `/proc/<init>/ns/pid`, opened once: containers of mode POD are cloned into it.
+    ns: std::fs::File,
+}
+
+/// Starts the pod's init in a new pid namespace, in the cgroup directories `cgroups`.
+/// Made when the first container of mode POD starts; it lives until the monitor exits,
+/// and its death ends every process of the namespace.
+fn start_pod_init(cgroups: &[PathBuf]) -> Result<PodInit, String> {
+    let pid = crate::linux::sys::clone_child(CloneFlags::CLONE_NEWPID, || {
         for d in cgroups {
             let _ = std::fs::write(d.join("cgroup.procs"), "0");
         }
+        // Our copies of the monitor's descriptors (its socket, containers' stdin pipes,
+        // terminals) would keep them open for as long as the pod lives.
+        crate::linux::sys::close_from(3);
         pod_init()
     })
     .map_err(|e| format!("start the pod's init: {e}"))?;
-    let ns = std::fs::File::open(format!("/proc/{init}/ns/pid"))
-        .map_err(|e| format!("open the pod's pid namespace: {e}"))?;
-    nix::sched::setns(&ns, CloneFlags::CLONE_NEWPID)
-        .map_err(|e| format!("enter the pod's pid namespace: {e}"))?;
-    Ok(init)
+    match std::fs::File::open(format!("/proc/{pid}/ns/pid")) {
+        Ok(ns) => Ok(PodInit { pid, ns }),
+        Err(e) => {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            Err(format!("open the pod's pid namespace: {e}"))
+        }
+    }
 }
 
 /// Pid 1 of a shared pod pid namespace: reaps the orphans reparented to it, forever.
@@ -340,6 +342,8 @@ pub(super) struct State {
     wake: Rc<tokio::sync::Notify>,
     /// Exec processes waiting for their exit code, by pid.
     pub(super) execs: HashMap<i32, tokio::sync::oneshot::Sender<i32>>,
+    /// The pod's shared pid namespace, once a container of mode POD asked for it.
+    pod_init: Option<PodInit>,
 }
 
 pub(super) type Shared = Rc<RefCell<State>>;
@@ -370,6 +374,7 @@ async fn serve(args: MonitorArgs, listener: std::os::unix::net::UnixListener) {
         shutting_down: false,
         wake: Rc::new(tokio::sync::Notify::new()),
         execs: HashMap::new(),
+        pod_init: None,
     }));
     let wake = state.borrow().wake.clone();
     let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
@@ -408,6 +413,11 @@ async fn serve(args: MonitorArgs, listener: std::os::unix::net::UnixListener) {
             break;
         }
     }
+    if let Some(init) = state.borrow_mut().pod_init.take() {
+        // Killing the pod's init ends its pid namespace: nothing survives in it.
+        let _ = nix::sys::signal::kill(init.pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(init.pid, None);
+    }
     log(&args.dir, "monitor exiting");
 }
 
@@ -435,6 +445,15 @@ fn reap(state: &Shared) {
         let mut st = state.borrow_mut();
         if let Some(tx) = st.execs.remove(&pid.as_raw()) {
             let _ = tx.send(code);
+            continue;
+        }
+        if st.pod_init.as_ref().is_some_and(|i| i.pid == pid) {
+            // Its namespace is gone with it; the next container of mode POD makes another.
+            log(
+                &st.dir,
+                &format!("the pod's init (pid {pid}) exited with {code}"),
+            );
+            st.pod_init = None;
             continue;
         }
         let Some(id) = st
@@ -688,9 +707,18 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
     } else {
         oom_count(&s.oom_file)
     };
-    let spawned = match &spec.pid_target {
-        None => spawn::spawn(&spec, stdio),
-        Some(target) => {
+    let spawned = match (&spec.pid_target, &spec.pod_pid_namespace) {
+        (None, None) => spawn::spawn(&spec, stdio),
+        (None, Some(cgroups)) => {
+            let mut st = state.borrow_mut();
+            let init = match &mut st.pod_init {
+                Some(init) => init,
+                slot @ None => slot
+                    .insert(start_pod_init(cgroups).map_err(|e| (crate::ErrorKind::Internal, e))?),
+            };
+            spawn::spawn_in_pid_namespace(&init.ns, &spec, stdio)
+        }
+        (Some(target), _) => {
             let Some(tpid) = state.borrow().running.get(target).map(|r| r.pid) else {
                 return Err((
                     crate::ErrorKind::FailedPrecondition,

@@ -287,6 +287,7 @@ async fn follow_input(
     stdin: Option<Rc<SinkRef>>,
     tty: Option<Rc<AsyncFd<OwnedFd>>>,
     gone: Rc<tokio::sync::Notify>,
+    detached: Rc<tokio::sync::Notify>,
 ) {
     while let Ok(Some(f)) = frame::read(&mut rd).await {
         match f.body {
@@ -303,8 +304,9 @@ async fn follow_input(
                             () = hung_up(&rd) => break,
                         }
                     }
-                    if io.eof {
-                        s.eof();
+                    if io.eof && s.eof() {
+                        detached.notify_one();
+                        return;
                     }
                 }
             }
@@ -358,15 +360,23 @@ impl SinkRef {
         }
     }
 
-    fn eof(&self) {
+    /// The client's stdin ended. An exec'd process's stdin is closed. An attached
+    /// container's is closed when it asked for stdin_once without a terminal, and its
+    /// output still follows until it ends; otherwise the attach session is over (true),
+    /// the container untouched, as containerd and CRI-O end it.
+    fn eof(&self) -> bool {
         match self {
-            SinkRef::Own(s) => s.close(),
-            SinkRef::Container(io) if io.stdin_once => {
+            SinkRef::Own(s) => {
+                s.close();
+                false
+            }
+            SinkRef::Container(io) if io.stdin_once && io.tty.is_none() => {
                 if let Some(s) = &io.stdin {
                     s.close();
                 }
+                false
             }
-            SinkRef::Container(_) => {}
+            SinkRef::Container(_) => true,
         }
     }
 }
@@ -403,6 +413,8 @@ pub(super) async fn exec_session(
         stdin.map(|s| Rc::new(SinkRef::Own(s))),
         tty,
         gone.clone(),
+        // An exec'd process's session ends with the process, never on its input.
+        Rc::new(tokio::sync::Notify::new()),
     ));
     if !alive {
         gone.notify_one();
@@ -599,11 +611,13 @@ pub(super) async fn attach_session(
         return;
     }
     let gone = Rc::new(tokio::sync::Notify::new());
+    let detached = Rc::new(tokio::sync::Notify::new());
     let input = tokio::task::spawn_local(follow_input(
         rd,
         a.stdin.then(|| Rc::new(SinkRef::Container(io.clone()))),
         io.tty.clone(),
         gone.clone(),
+        detached.clone(),
     ));
     let mut alive = true;
     if !output_over {
@@ -622,6 +636,7 @@ pub(super) async fn attach_session(
                     alive = false;
                     break;
                 }
+                () = detached.notified() => break,
             }
         }
     }

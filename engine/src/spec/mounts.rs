@@ -74,7 +74,12 @@ pub struct VolumeRequest {
     pub propagation: i32,
     /// The CRI `image` field (image volumes), not supported yet.
     pub image: bool,
+    /// Read-only all the way down: the mounts below the host path too.
+    pub recursive_read_only: bool,
 }
+
+/// The option that asks for a recursive read-only bind mount (runc's name for it).
+pub const RECURSIVE_READONLY: &str = "rro";
 
 /// The mounts every container gets (containerd's defaults), then the pod's files.
 pub fn default_mounts(pod: &PodFiles<'_>, privileged: bool) -> Vec<Mount> {
@@ -167,9 +172,26 @@ pub fn volume_mounts(
                 format!("{} does not exist on the node", v.host_path),
             ));
         }
+        // As the CRI says: recursive read-only needs readonly, and private propagation (a
+        // mount arriving later from the host could not be made read-only).
+        if v.recursive_read_only && !v.readonly {
+            return Err(SpecError::new(
+                field("recursive_read_only"),
+                "recursive read-only needs readonly: true",
+            ));
+        }
+        if v.recursive_read_only && v.propagation != 0 {
+            return Err(SpecError::new(
+                field("recursive_read_only"),
+                "recursive read-only needs propagation PROPAGATION_PRIVATE",
+            ));
+        }
         let mut m = Mount::bind(&v.container_path, Path::new(&v.host_path), v.readonly);
         // Volumes keep setuid binaries and device files working as the user expects.
         m.options.retain(|o| o != "nosuid" && o != "nodev");
+        if v.recursive_read_only {
+            m.options.push(RECURSIVE_READONLY.into());
+        }
         m.propagation = Some(match v.propagation {
             0 => Propagation::Private,
             1 => Propagation::RSlave,
@@ -240,6 +262,7 @@ mod tests {
                 readonly: true,
                 propagation: 1,
                 image: false,
+                recursive_read_only: false,
             },
             VolumeRequest {
                 container_path: "/etc/hosts".into(),
@@ -312,6 +335,26 @@ mod tests {
                 },
                 "image",
             ),
+            (
+                VolumeRequest {
+                    container_path: "/a".into(),
+                    host_path: "/x".into(),
+                    recursive_read_only: true,
+                    ..Default::default()
+                },
+                "recursive_read_only",
+            ),
+            (
+                VolumeRequest {
+                    container_path: "/a".into(),
+                    host_path: "/x".into(),
+                    readonly: true,
+                    recursive_read_only: true,
+                    propagation: 1,
+                    ..Default::default()
+                },
+                "recursive_read_only",
+            ),
         ] {
             let e = volume_mounts(&[v], |_| true).unwrap_err();
             assert!(e.field.ends_with(needle), "{needle}: {e}");
@@ -326,5 +369,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("/missing does not exist"), "{e}");
+        let rro = volume_mounts(
+            &[VolumeRequest {
+                container_path: "/a".into(),
+                host_path: "/x".into(),
+                readonly: true,
+                recursive_read_only: true,
+                ..Default::default()
+            }],
+            |_| true,
+        )
+        .unwrap();
+        assert!(rro[0].options.iter().any(|o| o == RECURSIVE_READONLY));
     }
 }

@@ -103,6 +103,17 @@ pub struct User {
     pub home: String,
 }
 
+impl User {
+    /// The process's group list: the primary group and the supplementary ones, sorted, as
+    /// containerd and CRI-O give it (the primary group is in the list too, so that it
+    /// stays a member after a setgid program changes its gid).
+    pub fn groups(&self) -> Vec<u32> {
+        let mut g: BTreeSet<u32> = self.additional_gids.iter().copied().collect();
+        g.insert(self.gid);
+        g.into_iter().collect()
+    }
+}
+
 /// What the config asks for (from the container's security context).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserRequest {
@@ -110,6 +121,9 @@ pub struct UserRequest {
     pub run_as_username: String,
     pub run_as_group: Option<i64>,
     pub supplemental_groups: Vec<i64>,
+    /// SupplementalGroupsPolicy Strict: only `supplemental_groups`, not the groups the
+    /// image's /etc/group lists the user in (Merge, the default).
+    pub strict_groups: bool,
 }
 
 #[derive(Debug)]
@@ -156,14 +170,22 @@ fn id(v: i64, field: &str) -> Result<u32, SpecError> {
 /// The user comes from `run_as_user` or `run_as_username`, else the image's USER
 /// (`name`, `uid`, `name:group`, `uid:gid`), else root. A name is looked up in the image's
 /// /etc/passwd, a group name in its /etc/group; a numeric uid absent from /etc/passwd runs
-/// with gid 0 unless a group is given. `run_as_group` overrides the primary group.
-/// Supplementary groups: those /etc/group lists the user in, plus `supplemental_groups`.
+/// with gid 0 unless a group is given. `run_as_group` overrides the primary group, and
+/// needs `run_as_user` or `run_as_username` beside it (as the CRI says).
+/// Supplementary groups: those /etc/group lists the user in (unless `strict_groups`), plus
+/// `supplemental_groups`.
 pub fn resolve_user(
     image_user: &str,
     req: &UserRequest,
     passwd: &str,
     group: &str,
 ) -> Result<User, SpecError> {
+    if req.run_as_group.is_some() && req.run_as_user.is_none() && req.run_as_username.is_empty() {
+        return Err(SpecError::new(
+            "security_context.run_as_group",
+            "a group is set without run_as_user or run_as_username; set the user too",
+        ));
+    }
     let (user_part, group_part) = if let Some(uid) = req.run_as_user {
         (uid.to_string(), None)
     } else if !req.run_as_username.is_empty() {
@@ -222,7 +244,7 @@ pub fn resolve_user(
         gid = id(g, "security_context.run_as_group")?;
     }
     let mut extra: BTreeSet<u32> = BTreeSet::new();
-    if let Some(n) = &name {
+    if let Some(n) = name.as_ref().filter(|_| !req.strict_groups) {
         extra.extend(
             group_entries(group)
                 .filter(|(_, _, m)| m.contains(&n.as_str()))
@@ -361,5 +383,38 @@ mod tests {
             ..UserRequest::default()
         };
         assert!(resolve_user("", &req, PASSWD, GROUP).is_err());
+    }
+
+    #[test]
+    fn a_group_needs_a_user() {
+        let req = UserRequest {
+            run_as_group: Some(3000),
+            ..UserRequest::default()
+        };
+        let e = resolve_user("berth", &req, PASSWD, GROUP).unwrap_err();
+        assert_eq!(e.field, "security_context.run_as_group");
+        let req = UserRequest {
+            run_as_username: "berth".into(),
+            run_as_group: Some(3000),
+            ..UserRequest::default()
+        };
+        assert_eq!(resolve_user("", &req, PASSWD, GROUP).unwrap().gid, 3000);
+    }
+
+    #[test]
+    fn strict_groups_leave_out_the_images_groups() {
+        let merge = UserRequest {
+            run_as_user: Some(1000),
+            supplemental_groups: vec![1234],
+            ..UserRequest::default()
+        };
+        let u = resolve_user("", &merge, PASSWD, GROUP).unwrap();
+        assert_eq!((u.gid, u.additional_gids.clone()), (1000, vec![1234, 2000]));
+        let strict = UserRequest {
+            strict_groups: true,
+            ..merge
+        };
+        let u = resolve_user("", &strict, PASSWD, GROUP).unwrap();
+        assert_eq!((u.gid, u.additional_gids), (1000, vec![1234]));
     }
 }

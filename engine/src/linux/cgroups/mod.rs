@@ -49,7 +49,7 @@ impl CgroupLayout {
             let Some(mountpoint) = left.split_whitespace().nth(4) else {
                 continue;
             };
-            let mountpoint = PathBuf::from(unescape_mount(mountpoint));
+            let mountpoint = PathBuf::from(super::mountinfo::unescape(mountpoint));
             match fstype {
                 "cgroup" => {
                     for opt in superopts.split(',') {
@@ -132,14 +132,6 @@ fn is_mount_flag(opt: &str) -> bool {
         || opt == "noprefix"
         || opt == "cpuset_v2_mode"
         || opt == "favordynmods"
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mount(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 #[cfg(test)]
