@@ -683,13 +683,21 @@ fn make_parent_mount_private(dir: &Path) -> Step<()> {
 
 /// pivot_root into `root`, then detach the old root (pivot_root(".", ".") idiom).
 fn pivot(root: &Path) -> Step<()> {
+    // The old root, held open: after pivot_root(".", ".") the working directory is the
+    // new root's, beneath the old root now stacked on it, and "." would name the new one.
+    let old_root = step(|| "open /".into(), fs::File::open("/"))?;
     step(
         || format!("chdir {}", root.display()),
         nix::unistd::chdir(root),
     )?;
     step(|| "pivot_root".into(), nix::unistd::pivot_root(".", "."))?;
+    step(
+        || "enter the old root".into(),
+        nix::unistd::fchdir(&old_root),
+    )?;
     // The old root may hold shared mounts (see the root's propagation above): made slave
-    // first, so that detaching it cannot unmount anything of the host's.
+    // first (it alone, not the new root's volumes), so that detaching it cannot unmount
+    // anything of the host's (runc's order).
     step(
         || "make the old root slave".into(),
         mount(
@@ -704,6 +712,7 @@ fn pivot(root: &Path) -> Step<()> {
         || "detach old root".into(),
         umount2(".", MntFlags::MNT_DETACH),
     )?;
+    drop(old_root);
     step(|| "chdir /".into(), nix::unistd::chdir("/"))
 }
 

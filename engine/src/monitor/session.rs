@@ -327,19 +327,33 @@ async fn follow_input(
 
 /// Resolves once berthd has closed its end of the connection, without consuming any frame
 /// it sent before (peeks, and looks again a little later while frames are waiting).
+///
+/// The peek goes through `try_io`, which clears the socket's readiness when nothing is
+/// there: a raw peek would leave it set (the last frame was read to its end without a
+/// would-block), and `readable()` would then answer at once forever — a busy loop that
+/// never yields, freezing the whole monitor.
 async fn hung_up(rd: &OwnedReadHalf) {
     use nix::sys::socket::{MsgFlags, recv};
     use std::os::fd::AsRawFd;
-    let fd = rd.as_ref().as_raw_fd();
+    let sock = rd.as_ref();
+    let fd = sock.as_raw_fd();
     loop {
-        if rd.readable().await.is_err() {
+        if sock.readable().await.is_err() {
             return;
         }
         let mut b = [0u8; 1];
-        match recv(fd, &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+        let peeked = sock.try_io(tokio::io::Interest::READABLE, || {
+            recv(fd, &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)
+                .map_err(std::io::Error::from)
+        });
+        match peeked {
             Ok(0) => return,
             Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => return,
         }
     }
@@ -654,5 +668,43 @@ pub(super) async fn attach_session(
             &ended_frame(-1, "the container's output ended".into()),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// After a frame was read to its very end the socket still reads as ready; watching for
+    /// the hang-up must wait (yielding) rather than spin, and must notice the hang-up.
+    #[test]
+    fn watching_for_a_hang_up_waits_and_notices_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let (a, mut b) = tokio::net::UnixStream::pair().expect("pair");
+                let (mut rd, _wr) = a.into_split();
+                b.write_all(b"x").await.expect("write");
+                let mut one = [0u8; 1];
+                rd.read_exact(&mut one).await.expect("read");
+                let early = tokio::time::timeout(Duration::from_millis(100), hung_up(&rd)).await;
+                assert!(early.is_err(), "the peer is still there");
+                drop(b);
+                tokio::time::timeout(Duration::from_secs(5), hung_up(&rd))
+                    .await
+                    .expect("the hang-up is noticed");
+            });
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("hung_up never yielded: the monitor would freeze");
     }
 }
