@@ -498,6 +498,11 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        let mut cfg = cfg;
+        cfg.grpc.listen = unix_endpoint(&cfg.grpc.listen).map_err(|message| ConfigError {
+            path: origin.to_owned(),
+            message: format!("grpc.listen: {message}"),
+        })?;
         cfg.check(origin)?;
         Ok(cfg)
     }
@@ -523,7 +528,10 @@ impl Config {
             cfg.state = s.clone();
         }
         if let Some(l) = &overrides.listen {
-            cfg.grpc.listen = l.clone();
+            cfg.grpc.listen = unix_endpoint(l).map_err(|message| ConfigError {
+                path: "command line".into(),
+                message: format!("--listen: {message}"),
+            })?;
         }
         cfg.check("command line")?;
         Ok((cfg, origin))
@@ -590,6 +598,26 @@ impl Config {
                 .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             kernel: Default::default(),
         }
+    }
+}
+
+/// The CRI socket as a path: a plain path, or the endpoint as kubelet and crictl spell it
+/// (`unix:///run/berth/berth.sock`, or gRPC's `unix:/run/berth/berth.sock`).
+fn unix_endpoint(p: &Path) -> Result<PathBuf, String> {
+    let Some(s) = p.to_str() else {
+        return Ok(p.to_owned());
+    };
+    if let Some(rest) = s
+        .strip_prefix("unix://")
+        .or_else(|| s.strip_prefix("unix:"))
+    {
+        return Ok(PathBuf::from(rest));
+    }
+    match s.split_once("://") {
+        Some((scheme, _)) if !s.starts_with('/') => Err(format!(
+            "{s:?}: berth serves the CRI on a unix socket only (a path, or unix:///path), not {scheme}"
+        )),
+        _ => Ok(p.to_owned()),
     }
 }
 
@@ -675,6 +703,30 @@ mod tests {
             let m = Config::parse(text, "f").unwrap_err().to_string();
             assert!(m.contains(line) && m.contains(needle), "{text}: {m}");
         }
+    }
+
+    #[test]
+    fn the_socket_may_be_spelt_as_kubelet_does() {
+        let c = Config::parse("[grpc]\nlisten = \"unix:///run/x/b.sock\"\n", "f").unwrap();
+        assert_eq!(c.grpc.listen, PathBuf::from("/run/x/b.sock"));
+        let c = Config::parse("[grpc]\nlisten = \"unix:/run/x/b.sock\"\n", "f").unwrap();
+        assert_eq!(c.grpc.listen, PathBuf::from("/run/x/b.sock"));
+        let e = Config::parse("[grpc]\nlisten = \"tcp://127.0.0.1:1\"\n", "f").unwrap_err();
+        assert!(e.to_string().contains("unix socket only"), "{e}");
+        // unix://relative is a relative path, refused as any other.
+        assert!(Config::parse("[grpc]\nlisten = \"unix://run/b.sock\"\n", "f").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "").unwrap();
+        let (cfg, _) = Config::load(
+            Some(&p),
+            &Overrides {
+                listen: Some("unix:///tmp/r.sock".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.grpc.listen, PathBuf::from("/tmp/r.sock"));
     }
 
     #[test]

@@ -91,6 +91,14 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // A pod's shared pid namespace's init: a monitor re-executes berthd under this name.
+    if std::env::args_os().next().as_deref()
+        == Some(std::ffi::OsStr::new(
+            berth_engine::monitor::entry::POD_INIT_NAME,
+        ))
+    {
+        berth_engine::monitor::entry::pod_init();
+    }
     let cli = Cli::parse();
     let overrides = Overrides {
         root: cli.root.clone(),

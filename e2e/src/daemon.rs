@@ -25,6 +25,8 @@ pub struct DaemonOptions {
     /// Lines for the `[network]` section. The fixture gives every daemon its own pod
     /// CIDR, bridge and nft table unless these lines set them.
     pub network: String,
+    /// Name the socket in the config as kubelet names endpoints (`unix:///…`).
+    pub socket_as_url: bool,
 }
 
 /// A running berthd under test.
@@ -133,8 +135,13 @@ impl Daemon {
         let cgroup_parent = cgroup_parent_of(dir.path());
         let suffix = suffix_of(dir.path());
         let net = crate::net::DaemonNetwork::new(&suffix, &opts.network);
+        let listen = if opts.socket_as_url {
+            format!("unix://{}", socket.display())
+        } else {
+            socket.display().to_string()
+        };
         let text = format!(
-            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {socket:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\nparent = {cgroup_parent:?}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[network]\n{}\n{}",
+            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {listen:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\nparent = {cgroup_parent:?}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[network]\n{}\n{}",
             net.config, opts.extra_config
         );
         std::fs::write(&config, text).expect("write config");

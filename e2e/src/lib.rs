@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod env;
 pub mod http;
 pub mod images;
+pub mod kit;
 pub mod net;
 pub mod proxy;
 pub mod registry;

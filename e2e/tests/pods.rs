@@ -63,6 +63,18 @@ fn container_config(
         image: Some(berth_e2e::cri::spec(&format!("{}/{image}", reg.host()))),
         command: command.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}/0.log"),
+        // As kubelet sends it: a pid namespace per container unless the pod shares one
+        // (without namespace options the CRI's default is the pod's; tests/minimal.rs).
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -960,7 +972,11 @@ async fn pod_sysctls_supplemental_groups_and_run_as() {
     env.c.wait_exited(&id).await;
     let log = log_of(&env, "tuned", "who");
     assert!(log.contains("stdout F 80\n"), "{log}");
-    assert!(log.contains("uid=4321 gid=4322 groups=5000,5001"), "{log}");
+    // The primary group is in the process's group list too, as containerd and CRI-O set it.
+    assert!(
+        log.contains("uid=4321 gid=4322 groups=4322,5000,5001"),
+        "{log}"
+    );
     assert!(log.contains("sysctl-readonly"), "{log}");
     // The node's own value is untouched.
     assert_ne!(

@@ -732,6 +732,8 @@ impl Engine {
         let Some(c) = self.db.container_get(id)? else {
             return Ok(());
         };
+        // Processes its main process left (it shared a pid namespace) go with it.
+        crate::pods::empty_cgroup(&self.cgroup_manager()?, &c.cgroup).await;
         self.remove_container_files(&c)?;
         self.db.container_remove(id)?;
         self.events

@@ -562,17 +562,23 @@ impl Engine {
         };
         for c in self.db.container_list()? {
             if c.pod_id == pod.id {
+                // Processes its main process left (it shared a pid namespace) go with it.
+                empty_cgroup(&self.cgroup_manager()?, &c.cgroup).await;
                 self.remove_container_files(&c)?;
                 self.db.container_remove(&c.id)?;
                 self.events.emit(&c.id, id, EventKind::Deleted, now_nanos());
             }
         }
+        let cg = self.cgroup_manager()?;
+        // The shared pid namespace's init dies with its monitor; one left by a monitor that
+        // was killed before its init was set to die with it is killed here.
+        let init = format!("{}/{POD_INIT_CGROUP}", pod.cgroup);
+        empty_cgroup(&cg, &init).await;
         if pod.cgroup_owned {
-            self.cgroup_manager()?.remove(&pod.cgroup)?;
+            cg.remove(&pod.cgroup)?;
         } else {
-            // The shared pid namespace's init had a cgroup of its own under kubelet's.
-            self.cgroup_manager()?
-                .remove(&format!("{}/{POD_INIT_CGROUP}", pod.cgroup))?;
+            // The init had a cgroup of its own under kubelet's.
+            cg.remove(&init)?;
         }
         if pod.dir.exists() {
             std::fs::remove_dir_all(&pod.dir)
@@ -704,6 +710,28 @@ impl Engine {
 
     pub(crate) fn pod_dir(&self, id: &str) -> PathBuf {
         self.cfg.state.join("pods").join(id)
+    }
+}
+
+/// Kills what is still in cgroup `rel` and waits (a second at most) until it is empty, so
+/// that it can be removed.
+pub(crate) async fn empty_cgroup(cg: &CgroupManager, rel: &str) {
+    for _ in 0..100 {
+        let pids = cg.pids(rel).unwrap_or_default();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            if let Ok(p) = i32::try_from(pid)
+                && p > 0
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

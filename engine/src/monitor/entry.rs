@@ -180,9 +180,18 @@ fn start_pod_init(cgroups: &[PathBuf]) -> Result<PodInit, String> {
         for d in cgroups {
             let _ = std::fs::write(d.join("cgroup.procs"), "0");
         }
+        // The init must not outlive its monitor (a killed monitor would leave the pod's
+        // processes behind): the kernel kills it when the monitor dies, whatever killed it.
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         // Our copies of the monitor's descriptors (its socket, containers' stdin pipes,
         // terminals) would keep them open for as long as the pod lives.
         crate::linux::sys::close_from(3);
+        // berthd again, as a program of its own named POD_INIT_NAME: containers see that
+        // as their pid 1, not the monitor's command line with the node's paths in it.
+        let exe = c"/proc/self/exe";
+        let argv0 = std::ffi::CString::new(POD_INIT_NAME).unwrap_or_default();
+        let _ = nix::unistd::execve::<_, &std::ffi::CStr>(exe, &[argv0.as_c_str()], &[]);
+        // Cannot exec (the binary was replaced): the same loop, in this copy.
         pod_init()
     })
     .map_err(|e| format!("start the pod's init: {e}"))?;
@@ -196,9 +205,17 @@ fn start_pod_init(cgroups: &[PathBuf]) -> Result<PodInit, String> {
     }
 }
 
+/// The name the pod's init runs under (argv[0] of berthd re-executed as the init): what
+/// containers sharing the pod's pid namespace see as its pid 1, like containerd's /pause.
+pub const POD_INIT_NAME: &str = "berth-pod-init";
+
 /// Pid 1 of a shared pod pid namespace: reaps the orphans reparented to it, forever.
-fn pod_init() -> ! {
+pub fn pod_init() -> ! {
     use nix::sys::signal::{SigSet, Signal as S};
+    // Its command name too (an exec through /proc/self/exe would be named "exe").
+    if let Ok(name) = std::ffi::CString::new(POD_INIT_NAME) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
     let mut set = SigSet::empty();
     set.add(S::SIGCHLD);
     let _ = set.thread_block();
@@ -331,6 +348,10 @@ pub(super) struct Running {
     log: Option<Rc<RefCell<CriLogFile>>>,
     /// Its standard streams, for attach sessions.
     pub(super) io: Rc<super::session::ContainerIo>,
+    /// Its cgroup directories, when it is not the init of a pid namespace of its own:
+    /// whatever it started is killed when it exits (runc's kill of every process of a
+    /// container that shares a pid namespace), instead of living on unseen.
+    shared_pid_cgroups: Vec<PathBuf>,
 }
 
 pub(super) struct State {
@@ -468,6 +489,7 @@ fn reap(state: &Shared) {
             continue;
         };
         let oom_killed = !r.oom_file.is_empty() && oom_count(&r.oom_file) > r.oom_before;
+        kill_cgroup_processes(&r.shared_pid_cgroups);
         let exited = proto::Exited {
             container_id: id.clone(),
             pid: u32::try_from(pid.as_raw()).unwrap_or(0),
@@ -491,6 +513,18 @@ fn reap(state: &Shared) {
             body: Some(Body::Exited(exited)),
         };
         st.clients.retain(|c| c.send(ev.clone()).is_ok());
+    }
+}
+
+/// SIGKILLs every process left in these cgroup directories.
+fn kill_cgroup_processes(dirs: &[PathBuf]) {
+    for d in dirs {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            if pid > 0 {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
     }
 }
 
@@ -774,6 +808,11 @@ fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKin
             oom_before,
             log,
             io,
+            shared_pid_cgroups: if spec.new_pid_namespace {
+                Vec::new()
+            } else {
+                spec.cgroup_dirs.clone()
+            },
         },
     );
     Ok((pid, started_at))
