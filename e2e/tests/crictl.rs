@@ -87,6 +87,11 @@ impl Env {
     }
 
     fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.run_holding_stdin(args, stdin, Duration::ZERO)
+    }
+
+    /// Runs crictl, writing `stdin` and closing it only after `hold`.
+    fn run_holding_stdin(&self, args: &[&str], stdin: Option<&[u8]>, hold: Duration) -> Output {
         let mut c = self.cmd(args);
         c.stdin(if stdin.is_some() {
             Stdio::piped()
@@ -99,6 +104,7 @@ impl Env {
         if let Some(data) = stdin {
             let mut w = child.stdin.take().unwrap();
             w.write_all(data).unwrap();
+            std::thread::sleep(hold);
         }
         child.wait_with_output().unwrap()
     }
@@ -321,8 +327,9 @@ async fn crictl_exec_and_attach_over_spdy_and_websocket() {
             "{transport}: {text}"
         );
     }
-    // Attach: a shell reading its stdin; the attach ends when crictl's stdin does, the
-    // container keeps running.
+    // Attach: a shell reading its stdin; the attach ends when crictl's stdin does (what
+    // the shell prints after that is the log's, not the session's, as with containerd),
+    // and the container keeps running.
     let shell = start_container(
         &env,
         &pod,
@@ -331,9 +338,10 @@ async fn crictl_exec_and_attach_over_spdy_and_websocket() {
         serde_json::json!({"command": ["sh"], "stdin": true}),
     );
     for transport in ["spdy", "websocket"] {
-        let out = env.run(
+        let out = env.run_holding_stdin(
             &["attach", "-i", "--transport", transport, &shell],
             Some(format!("echo attached-{transport}\n").as_bytes()),
+            Duration::from_secs(1),
         );
         assert!(out.status.success(), "{transport}: {out:?}");
         assert!(
