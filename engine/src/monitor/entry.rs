@@ -212,6 +212,9 @@ pub const POD_INIT_NAME: &str = "berth-pod-init";
 /// Pid 1 of a shared pod pid namespace: reaps the orphans reparented to it, forever.
 pub fn pod_init() -> ! {
     use nix::sys::signal::{SigSet, Signal as S};
+    // Nothing ignored (berthd, a Rust program, ignores SIGPIPE), as in every process of a
+    // pod: pid 1 of a namespace gets no signal it has no handler for anyway.
+    crate::linux::sys::reset_signals();
     // Its command name too (an exec through /proc/self/exe would be named "exe").
     if let Ok(name) = std::ffi::CString::new(POD_INIT_NAME) {
         let _ = nix::sys::prctl::set_name(&name);
