@@ -29,6 +29,12 @@ pub fn dir() -> Option<PathBuf> {
 /// Unpacks the kit's `bin/NAME.xz` into [`work_dir`] (unless a copy at least as new is
 /// there) and returns its path.
 pub fn unpack(kit: &Path, name: &str) -> Result<PathBuf, String> {
+    // Tests of one binary unpack side by side: one at a time (processes have their own
+    // temporary names).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let out = work_dir();
     std::fs::create_dir_all(&out).map_err(|e| format!("create {}: {e}", out.display()))?;
     let src = kit.join("bin").join(format!("{name}.xz"));
@@ -37,7 +43,7 @@ pub fn unpack(kit: &Path, name: &str) -> Result<PathBuf, String> {
     if dst.is_file() && mtime(&dst) >= mtime(&src) {
         return Ok(dst);
     }
-    // Per-process name: tests running side by side may unpack at once.
+    // Per-process name: test binaries running at once may unpack at once.
     let tmp = out.join(format!(".{name}.{}", std::process::id()));
     let file = std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
     let st = Command::new("xz")
