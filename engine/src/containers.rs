@@ -11,6 +11,8 @@ use std::time::Duration;
 use berth_proto::cri;
 use berth_proto::monitor::{self as mproto, frame::Body};
 
+use crate::monitor::wire;
+
 use crate::Engine;
 use crate::error::{Error, Result};
 use crate::events::EventKind;
@@ -519,18 +521,14 @@ impl Engine {
                 pod.id
             )));
         }
-        let spec = serde_json::to_vec(&c.launch)
-            .map_err(|e| Error::Internal(format!("encode launch spec: {e}")))?;
-        let r = client::request(
-            &pod.dir,
-            Body::Start(mproto::Start {
-                container_id: id.to_owned(),
-                launch_spec_json: spec,
-                log_path: c.log_path.clone(),
-                oom_file: c.oom_file.clone(),
-            }),
+        let start = wire::start_request(
+            pod.monitor_protocol,
+            &c.launch,
+            c.log_path.clone(),
+            c.oom_file.clone(),
         )
-        .await;
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let r = client::request(&pod.dir, Body::Start(start)).await;
         match r {
             Ok(Body::Started(s)) => {
                 c.state = ContainerState::Running;
@@ -603,27 +601,12 @@ impl Engine {
 
     /// Applies the monitor's exit record of a running container, if it wrote one.
     pub(crate) fn apply_exit_file(&self, c: &ContainerRecord) -> Result<bool> {
-        let f = crate::monitor::entry::exits_dir(&self.pod_dir(&c.pod_id))
-            .join(format!("{}.json", c.id));
-        let Ok(text) = std::fs::read_to_string(&f) else {
+        let exits = crate::monitor::entry::exits_dir(&self.pod_dir(&c.pod_id));
+        let Some(e) = wire::read_exit(&exits, &c.id).map_err(|e| Error::Internal(e.to_string()))?
+        else {
             return Ok(false);
         };
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Internal(format!("exit record {}: {e}", f.display())))?;
-        let code = v["exit_code"]
-            .as_i64()
-            .and_then(|x| i32::try_from(x).ok())
-            .unwrap_or(255);
-        self.record_exit(
-            &c.id,
-            code,
-            v["signal"]
-                .as_i64()
-                .and_then(|x| i32::try_from(x).ok())
-                .unwrap_or(0),
-            v["finished_at"].as_i64().unwrap_or_else(now_nanos),
-            v["oom_killed"].as_bool().unwrap_or(false),
-        )?;
+        self.record_exit(&c.id, e.exit_code, e.signal, e.finished_at, e.oom_killed)?;
         Ok(true)
     }
 
@@ -754,9 +737,10 @@ impl Engine {
                     .map_err(|e| Error::Internal(format!("remove {}: {e}", d.display())))?;
             }
         }
-        let exit = crate::monitor::entry::exits_dir(&self.pod_dir(&c.pod_id))
-            .join(format!("{}.json", c.id));
-        let _ = std::fs::remove_file(exit);
+        wire::remove_exit(
+            &crate::monitor::entry::exits_dir(&self.pod_dir(&c.pod_id)),
+            &c.id,
+        );
         Ok(())
     }
 
@@ -808,15 +792,17 @@ impl Engine {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
         let spec = crate::linux::spawn::ExecSpec::for_container(&c.launch, cmd.to_vec());
-        let json = serde_json::to_vec(&spec)
-            .map_err(|e| Error::Internal(format!("encode exec spec: {e}")))?;
+        let protocol = self.pod(&c.pod_id)?.monitor_protocol;
+        let (exec_spec, exec_spec_json) =
+            wire::exec_request(protocol, &spec).map_err(|e| Error::Internal(e.to_string()))?;
         let r = client::request(
             &self.pod_dir(&c.pod_id),
             Body::Exec(mproto::Exec {
                 container_id: id.to_owned(),
-                exec_spec_json: json,
+                exec_spec_json,
                 timeout_ms: timeout_secs.saturating_mul(1000).max(0),
                 output_limit: OUTPUT_LIMIT,
+                exec_spec,
             }),
         )
         .await?;

@@ -22,7 +22,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind, in declaration order (their `as u32` values travel on the monitor wire).
+    /// Every kind (the monitor wire names them in `monitor::wire`, not by position).
     pub const ALL: [ErrorKind; 11] = [
         ErrorKind::NotFound,
         ErrorKind::AlreadyExists,

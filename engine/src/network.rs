@@ -24,7 +24,7 @@ use berth_proto::cri;
 
 use crate::Engine;
 use crate::error::{Error, Result};
-use crate::state::records::{PodNet, PodRecord};
+use crate::state::records::{HostPortRecord, NetBackend, PodNet, PodRecord};
 
 /// What the engine knows of the node network between calls.
 #[derive(Debug, Default)]
@@ -215,6 +215,41 @@ pub fn port_mappings(cri: &[cri::PortMapping], pod_ips: &[IpAddr]) -> Result<Vec
     Ok(out)
 }
 
+/// A hostPort as the pod's record keeps it.
+fn host_port_record(m: &PortMapping) -> HostPortRecord {
+    HostPortRecord {
+        protocol: m.protocol.as_str().to_owned(),
+        host_ip: m.host_ip,
+        host_port: m.host_port,
+        pod_ip: m.pod_ip,
+        container_port: m.container_port,
+    }
+}
+
+/// A recorded hostPort back as the nft table's (None for a protocol this berth no longer
+/// knows, which is logged and skipped).
+fn host_port_of(r: &HostPortRecord) -> Option<PortMapping> {
+    let protocol = match r.protocol.as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "sctp" => Protocol::Sctp,
+        other => {
+            tracing::warn!(
+                protocol = other,
+                "a recorded host port has an unknown protocol"
+            );
+            return None;
+        }
+    };
+    Some(PortMapping {
+        protocol,
+        host_ip: r.host_ip,
+        host_port: r.host_port,
+        pod_ip: r.pod_ip,
+        container_port: r.container_port,
+    })
+}
+
 fn in_range(cidr: &PodCidr, ip: IpAddr) -> bool {
     let bits = |ip: IpAddr| match ip {
         IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
@@ -310,7 +345,7 @@ impl Engine {
             let cni = self.cni();
             for p in &pods {
                 if let (Some(net), Some(ns)) = (&p.net, &p.netns)
-                    && net.mode == NetworkMode::Cni
+                    && net.mode == NetBackend::Cni
                     && let Err(e) = cni.check(&net.cni_network, &p.id, ns)
                 {
                     tracing::warn!(pod_id = %p.id, error = %e, "CNI CHECK failed for a running pod");
@@ -332,7 +367,10 @@ impl Engine {
                 }
             }
             if !net.port_mappings.is_empty() {
-                st.mappings.insert(p.id.clone(), net.port_mappings.clone());
+                st.mappings.insert(
+                    p.id.clone(),
+                    net.port_mappings.iter().filter_map(host_port_of).collect(),
+                );
             }
         }
         st.bridge_index = None;
@@ -418,8 +456,8 @@ impl Engine {
         self.metrics
             .network_setup_duration
             .with_label_values(&[match net.mode {
-                NetworkMode::Builtin => "builtin",
-                NetworkMode::Cni => "cni",
+                NetBackend::Builtin => "builtin",
+                NetBackend::Cni => "cni",
             }])
             .observe(started.elapsed().as_secs_f64());
         // berth-bench reads this line for the time networking adds to RunPodSandbox.
@@ -463,7 +501,7 @@ impl Engine {
         };
         let (list, result) = self.cni().add(&att)?;
         Ok(PodNet {
-            mode: NetworkMode::Cni,
+            mode: NetBackend::Cni,
             host_ifname: String::new(),
             ips: berth_cni::plugin::result_ips(&result),
             port_mappings: Vec::new(),
@@ -547,10 +585,10 @@ impl Engine {
             return Err(Error::Network(e));
         }
         Ok(PodNet {
-            mode: NetworkMode::Builtin,
+            mode: NetBackend::Builtin,
             host_ifname: iface.host_ifname,
             ips: iface.addrs.iter().map(|(ip, _)| *ip).collect(),
-            port_mappings: mappings,
+            port_mappings: mappings.iter().map(host_port_record).collect(),
             cni_network: String::new(),
         })
     }
@@ -560,7 +598,7 @@ impl Engine {
     /// gone, so an address is free only when nothing uses it. Idempotent.
     pub(crate) fn teardown_pod_network(&self, pod_id: &str, net: &PodNet) -> Result<()> {
         match net.mode {
-            NetworkMode::Builtin => {
+            NetBackend::Builtin => {
                 let mut st = self.net_state();
                 if !st.draining.iter().any(|d| d.pod_id == pod_id) {
                     st.draining.push(Draining {
@@ -597,7 +635,7 @@ impl Engine {
                 }
                 Ok(())
             }
-            NetworkMode::Cni => Ok(self.cni().del(
+            NetBackend::Cni => Ok(self.cni().del(
                 &net.cni_network,
                 pod_id,
                 &self.cfg.state.join("netns").join(pod_id),

@@ -400,6 +400,7 @@ impl Engine {
             reason: String::new(),
             net,
             userns,
+            monitor_protocol: crate::monitor::wire::PROTOCOL,
         };
         self.db.pod_put(&rec)?;
         undo.disarm();

@@ -138,14 +138,16 @@ impl Engine {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
         let spec = crate::linux::spawn::ExecSpec::for_container(&c.launch, req.cmd.clone());
-        let json = serde_json::to_vec(&spec)
-            .map_err(|e| Error::Internal(format!("encode exec spec: {e}")))?;
+        let protocol = self.pod(&c.pod_id)?.monitor_protocol;
+        let (exec_spec, exec_spec_json) = crate::monitor::wire::exec_request(protocol, &spec)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let (input, output) = self
             .open_session(
                 &c.pod_id,
                 Body::ExecSession(mproto::ExecSession {
                     container_id: id.to_owned(),
-                    exec_spec_json: json,
+                    exec_spec_json,
+                    exec_spec,
                     tty: req.tty,
                     stdin: req.stdin,
                     // Clients send their size on the resize stream at once; until

@@ -14,8 +14,8 @@ pub use prost;
 pub mod monitor {
     include!(concat!(env!("OUT_DIR"), "/berth.monitor.v1.rs"));
 
-    /// Protocol major version spoken by this build.
-    pub const PROTOCOL_VERSION: u32 = 1;
+    /// Protocol version spoken by this build (monitor.proto says what each adds).
+    pub const PROTOCOL_VERSION: u32 = 2;
     /// Largest frame either end accepts (length prefix excluded).
     pub const MAX_FRAME: usize = 4 << 20;
 }

@@ -47,16 +47,9 @@ impl MonitorError {
 /// An Error frame from a monitor as an error of ours.
 pub fn remote_error(e: proto::Error) -> MonitorError {
     MonitorError::Remote {
-        kind: kind_from_code(e.code),
+        kind: super::wire::kind_of(&e),
         message: e.message,
     }
-}
-
-fn kind_from_code(code: u32) -> ErrorKind {
-    ErrorKind::ALL
-        .into_iter()
-        .find(|k| *k as u32 == code)
-        .unwrap_or(ErrorKind::Internal)
 }
 
 /// Starts `exe monitor …` for a pod and waits until it is ready; returns its pid. The
@@ -186,10 +179,7 @@ pub async fn request(dir: &Path, body: Body) -> Result<Body, MonitorError> {
             continue; // an event meant for watchers
         }
         return match f.body {
-            Some(Body::Error(e)) => Err(MonitorError::Remote {
-                kind: kind_from_code(e.code),
-                message: e.message,
-            }),
+            Some(Body::Error(e)) => Err(remote_error(e)),
             Some(b) => Ok(b),
             None => Err(proto_err("empty answer".into())),
         };

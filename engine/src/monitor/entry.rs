@@ -502,12 +502,8 @@ fn reap(state: &Shared) {
             oom_killed,
         };
         // On disk first: berthd may be down right now.
-        let record = serde_json::json!({
-            "container_id": exited.container_id, "pid": exited.pid, "exit_code": exited.exit_code,
-            "signal": exited.signal, "finished_at": exited.finished_at, "oom_killed": exited.oom_killed,
-        });
-        let path = exits_dir(&st.dir).join(format!("{id}.json"));
-        if let Err(e) = crate::durable::write_atomic(&path, record.to_string().as_bytes()) {
+        let path = super::wire::exit_record_path(&exits_dir(&st.dir), &id);
+        if let Err(e) = crate::durable::write_atomic(&path, &super::wire::encode_exit(&exited)) {
             log(&st.dir, &format!("record exit of {id}: {e}"));
         }
         drop(r.log);
@@ -534,10 +530,7 @@ fn kill_cgroup_processes(dirs: &[PathBuf]) {
 pub(super) fn error_frame(id: u64, kind: crate::ErrorKind, message: String) -> Frame {
     Frame {
         id,
-        body: Some(Body::Error(proto::Error {
-            code: kind as u32,
-            message,
-        })),
+        body: Some(Body::Error(super::wire::error(kind, message))),
     }
 }
 
@@ -688,12 +681,8 @@ pub(super) fn log_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
 }
 
 fn start(state: &Shared, s: proto::Start) -> Result<(Pid, i64), (crate::ErrorKind, String)> {
-    let spec: LaunchSpec = serde_json::from_slice(&s.launch_spec_json).map_err(|e| {
-        (
-            crate::ErrorKind::InvalidArgument,
-            format!("launch spec: {e}"),
-        )
-    })?;
+    let spec: LaunchSpec = super::wire::launch_of(&s)
+        .map_err(|e| (crate::ErrorKind::InvalidArgument, e.to_string()))?;
     if state.borrow().running.contains_key(&s.container_id) {
         return Err((
             crate::ErrorKind::FailedPrecondition,
@@ -875,15 +864,9 @@ async fn collect(fd: OwnedFd, buf: Rc<RefCell<Vec<u8>>>, limit: usize) {
 /// exits, even if a background child keeps its output open (after a short grace for the
 /// last bytes).
 async fn exec(state: Shared, id: u64, e: proto::Exec) -> Frame {
-    let spec: crate::linux::spawn::ExecSpec = match serde_json::from_slice(&e.exec_spec_json) {
+    let spec = match super::wire::exec_of(e.exec_spec.as_ref(), &e.exec_spec_json) {
         Ok(s) => s,
-        Err(err) => {
-            return error_frame(
-                id,
-                crate::ErrorKind::InvalidArgument,
-                format!("exec spec: {err}"),
-            );
-        }
+        Err(err) => return error_frame(id, crate::ErrorKind::InvalidArgument, err.to_string()),
     };
     let target = match state.borrow().running.get(&e.container_id) {
         Some(r) => r.pid,

@@ -13,11 +13,15 @@
 //! - [`cri_log`]: the kubelet log format writer.
 //! - `session`: interactive exec and attach sessions (CRI Exec, Attach).
 //!
+//! - [`wire`]: the typed contract (specs, error kinds, exit records) and its protocol-1 forms.
+//!
 //! What survives a berthd restart: the monitor and its containers keep running; exits are
-//! in `<pod dir>/exits/<container>.json`; berthd reconnects to `<pod dir>/monitor.sock`.
+//! in `<pod dir>/exits/<container>.exit` (`.json` from monitors of protocol 1); berthd
+//! reconnects to `<pod dir>/monitor.sock`.
 
 pub mod client;
 pub mod cri_log;
 pub mod entry;
 pub mod frame;
 mod session;
+pub mod wire;

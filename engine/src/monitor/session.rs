@@ -492,12 +492,8 @@ fn start_exec(
 ) -> Result<Started, (crate::ErrorKind, String)> {
     let internal =
         |what: &str, err: std::io::Error| (crate::ErrorKind::Internal, format!("{what}: {err}"));
-    let spec: spawn::ExecSpec = serde_json::from_slice(&e.exec_spec_json).map_err(|err| {
-        (
-            crate::ErrorKind::InvalidArgument,
-            format!("exec spec: {err}"),
-        )
-    })?;
+    let spec = super::wire::exec_of(e.exec_spec.as_ref(), &e.exec_spec_json)
+        .map_err(|err| (crate::ErrorKind::InvalidArgument, err.to_string()))?;
     let target = state
         .borrow()
         .running

@@ -533,6 +533,34 @@ mod tests {
     }
 
     #[test]
+    fn v3_records_are_rewritten_as_version_2_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.redb");
+        {
+            let db = StateDb::open(&p).unwrap();
+            db.force_version(3);
+            let txn = db.db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(CONTAINERS).unwrap();
+                let old = serde_json::to_vec(&records::version_1_container()).unwrap();
+                t.insert("c1", old.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let db = StateDb::open(&p).unwrap();
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
+        let c = db.container_get("c1").unwrap().unwrap();
+        assert_eq!(c.schema_version, records::RECORD_VERSION);
+        assert_eq!(c.launch.process.args, vec!["sleep", "1000"]);
+        // Stored in the new form.
+        let txn = db.db.begin_read().unwrap();
+        let t = txn.open_table(CONTAINERS).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(t.get("c1").unwrap().unwrap().value()).unwrap();
+        assert!(raw["launch"].is_string(), "{raw}");
+    }
+
+    #[test]
     fn newer_db_is_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("state.redb");

@@ -19,12 +19,14 @@
 //! (and no in-flight pull's lease) references is garbage.
 //!
 //! The rule: change the tree, add a migration step in `migrate.rs`, bump [`SCHEMA_VERSION`].
-//! Records are engine-owned serde structs with their own `schema_version`, never raw proto.
+//! Records are engine-owned serde structs with their own `schema_version`. The one message
+//! inside one is a container's launch spec, kept as the monitor contract's encoded
+//! `LaunchSpec` (a durable format with numbered fields; see `records`).
 
 use redb::TableDefinition;
 
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const NODE: TableDefinition<&str, &str> = TableDefinition::new("node");
