@@ -80,7 +80,7 @@ impl Events {
             .recent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = crate::pods::now_nanos();
+        let now = crate::clock::now_nanos();
         let horizon = now - i64::try_from(REPLAY.as_nanos()).unwrap_or(i64::MAX);
         let replay = recent
             .iter()
@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn replay_then_live_without_gap() {
         let e = Events::default();
-        let now = crate::pods::now_nanos();
+        let now = crate::clock::now_nanos();
         e.emit("old", "p", EventKind::Created, now - 120_000_000_000);
         e.emit("a", "p", EventKind::Created, now);
         let (replay, mut rx) = e.subscribe();
@@ -121,7 +121,7 @@ mod tests {
                 &format!("c{i}"),
                 "p",
                 EventKind::Created,
-                crate::pods::now_nanos(),
+                crate::clock::now_nanos(),
             );
         }
         assert!(matches!(

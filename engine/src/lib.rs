@@ -10,6 +10,7 @@
 //! The [`Engine`] facade is what the agent calls. It owns the root lock: one berthd per root.
 #![deny(unsafe_code)]
 
+pub mod clock;
 pub mod containers;
 pub mod content;
 pub mod durable;
@@ -22,6 +23,7 @@ pub mod linux;
 pub mod monitor;
 pub mod network;
 pub mod pods;
+mod rollback;
 pub mod snapshots;
 pub mod spec;
 pub mod state;

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use berth_proto::cri;
 
 use crate::Engine;
+use crate::clock::now_nanos;
 use crate::error::Result;
 use crate::linux::cgroups::stats::{CgroupStats, InterfaceStats, net_dev_of};
-use crate::pods::now_nanos;
 use crate::snapshots::Usage;
 use crate::state::records::{ContainerRecord, ContainerState, NsMode, PodRecord, PodState};
 

@@ -11,10 +11,11 @@
 //!    blob's digest and the uncompressed diff_id both check out.
 //! 4. The image record and its tags are written in one transaction.
 
+use crate::clock::now_nanos;
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use oci_client::Reference;
@@ -668,13 +669,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| PullError::Internal(format!("blocking task: {e}")))
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Removes secrets from a message.

@@ -11,5 +11,6 @@ pub mod devfilter;
 pub mod init;
 pub mod mountinfo;
 pub mod probe;
+pub mod process;
 pub mod spawn;
 pub mod sys;

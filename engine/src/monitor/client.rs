@@ -99,7 +99,13 @@ pub async fn spawn(exe: &Path, args: &MonitorArgs) -> Result<u32, MonitorError> 
         exe: exe.to_owned(),
         source,
     })?;
-    let pid = child.id().unwrap_or(0);
+    // A child already reaped has no pid: the monitor is gone before it said anything.
+    let Some(pid) = child.id() else {
+        return Err(MonitorError::NotReady {
+            pod: args.pod_id.clone(),
+            message: "the monitor exited at once".into(),
+        });
+    };
     let stdout = child.stdout.take();
     let line = async {
         let mut line = String::new();

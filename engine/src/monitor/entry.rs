@@ -8,13 +8,14 @@
 //! reaps children on SIGCHLD, copies container output into CRI logs, and records every
 //! exit in DIR/exits/ before it tells anyone.
 
+use crate::clock::now_nanos;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use berth_proto::monitor::{self as proto, Frame, frame::Body};
 use nix::mount::{MsFlags, mount};
@@ -58,13 +59,6 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 /// Where exit records are kept.
 pub fn exits_dir(dir: &Path) -> PathBuf {
     dir.join("exits")
-}
-
-pub(super) fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Runs the monitor; returns the process exit code.
@@ -495,7 +489,7 @@ fn reap(state: &Shared) {
         kill_cgroup_processes(&r.shared_pid_cgroups);
         let exited = proto::Exited {
             container_id: id.clone(),
-            pid: u32::try_from(pid.as_raw()).unwrap_or(0),
+            pid: pid.as_raw().unsigned_abs(),
             exit_code: code,
             signal,
             finished_at: now_nanos(),
@@ -609,7 +603,7 @@ fn handle(state: &Shared, pod_id: &str, req: Frame) -> Frame {
             Ok((pid, started_at)) => Frame {
                 id,
                 body: Some(Body::Started(proto::Started {
-                    pid: u32::try_from(pid.as_raw()).unwrap_or(0),
+                    pid: pid.as_raw().unsigned_abs(),
                     started_at,
                 })),
             },
@@ -650,7 +644,7 @@ fn handle(state: &Shared, pod_id: &str, req: Frame) -> Frame {
                         .iter()
                         .map(|(cid, r)| proto::Process {
                             container_id: cid.clone(),
-                            pid: u32::try_from(r.pid.as_raw()).unwrap_or(0),
+                            pid: r.pid.as_raw().unsigned_abs(),
                             started_at: r.started_at,
                         })
                         .collect(),

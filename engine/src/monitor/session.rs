@@ -416,8 +416,8 @@ pub(super) async fn exec_session(
     let ok = Frame {
         id,
         body: Some(Body::Started(proto::Started {
-            pid: u32::try_from(pid.as_raw()).unwrap_or(0),
-            started_at: super::entry::now_nanos(),
+            pid: pid.as_raw().unsigned_abs(),
+            started_at: crate::clock::now_nanos(),
         })),
     };
     let mut alive = frame::write(&mut wr, &ok).await.is_ok();

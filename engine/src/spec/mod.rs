@@ -12,6 +12,7 @@
 pub mod apparmor;
 pub mod devices;
 pub mod mounts;
+pub mod pod;
 pub mod process;
 pub mod resources;
 pub mod seccomp;

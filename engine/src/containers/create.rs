@@ -1,0 +1,181 @@
+//! CreateContainer.
+
+use std::path::PathBuf;
+
+use berth_proto::cri;
+
+use crate::Engine;
+use crate::clock::now_nanos;
+use crate::error::{Error, Result};
+use crate::events::EventKind;
+use crate::linux::spawn::{LaunchSpec, Rootfs};
+use crate::pods::{POD_INIT_CGROUP, new_id};
+use crate::rollback::Rollback;
+use crate::state::records::{ContainerRecord, ContainerState, NsMode, PodState, RECORD_VERSION};
+
+impl Engine {
+    /// CreateContainer: plans the container (checking everything it can first), loads
+    /// berth's AppArmor profile if it is asked for and missing, then makes the writable
+    /// layer and the cgroup (with its limits and device rules) and records the container.
+    /// A step that fails (or a call that is cancelled) has the steps before it undone.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: &cri::ContainerConfig,
+        sandbox_config: Option<&cri::PodSandboxConfig>,
+    ) -> Result<String> {
+        let _g = self.locks.lock(pod_id).await;
+        let pod = self.pod(pod_id)?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {pod_id} is not ready"
+            )));
+        }
+        let md = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("config.metadata is required".into()))?;
+        if md.name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "config.metadata.name is required".into(),
+            ));
+        }
+        if let Some(c) = self
+            .db
+            .container_list()?
+            .into_iter()
+            .find(|c| c.pod_id == pod_id && c.name == md.name && c.attempt == md.attempt)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "container {} (attempt {}) already exists in pod {pod_id} as {}",
+                md.name, md.attempt, c.id
+            )));
+        }
+        let plan = self.plan_container(&pod, config, sandbox_config)?;
+        if plan.load_apparmor {
+            tokio::task::spawn_blocking(crate::linux::apparmor::load_default)
+                .await
+                .map_err(|e| Error::Internal(format!("load the AppArmor profile: {e}")))?
+                .map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "cannot load berth's default AppArmor profile {}: {e}; fix that, or run the container with AppArmor unconfined",
+                        crate::spec::apparmor::DEFAULT_PROFILE
+                    ))
+                })?;
+        }
+        let cg = self.cgroup_manager()?;
+        let id = new_id()?;
+        let dir = self.cfg.root.join("containers").join(&id);
+        let cgroup = format!("{}/{id}", pod.cgroup);
+        let mut undo = Rollback::new();
+        let made = async {
+            {
+                let d = dir.clone();
+                undo.push(move || {
+                    let _ = std::fs::remove_dir_all(&d);
+                });
+            }
+            for d in ["upper", "work"] {
+                crate::durable::create_dir_all(&dir.join(d), 0o755)?;
+            }
+            {
+                let (cg, c) = (cg.clone(), cgroup.clone());
+                undo.push(move || {
+                    let _ = cg.remove(&c);
+                });
+            }
+            cg.create(&cgroup)?;
+            cg.apply(&cgroup, &plan.res)?;
+            cg.set_devices(&cgroup, &plan.device_policy)?;
+            let cgroup_dirs = cg.dirs(&cgroup)?;
+            let oom_file = cg
+                .oom_file(&cgroup)?
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            // The pod's shared pid namespace's init gets a cgroup of its own under the
+            // pod's (it stays with the pod: other containers may use it).
+            let pod_pid_namespace = if plan.joins_pod_pid_namespace {
+                let rel = format!("{}/{POD_INIT_CGROUP}", pod.cgroup);
+                cg.create(&rel)?;
+                Some(
+                    cg.dirs(&rel)?
+                        .into_iter()
+                        .map(|(_, d)| d)
+                        .collect::<Vec<PathBuf>>(),
+                )
+            } else {
+                None
+            };
+            let launch = LaunchSpec {
+                stdio: plan.stdio,
+                userns: plan.userns.clone(),
+                devices: plan.devices.clone(),
+                id: id.clone(),
+                rootfs: Rootfs {
+                    lowerdirs: plan.layers.clone(),
+                    upperdir: dir.join("upper"),
+                    workdir: dir.join("work"),
+                    target: self.cfg.state.join("containers").join(&id).join("rootfs"),
+                    readonly: plan.readonly_rootfs,
+                },
+                process: plan.process.clone(),
+                oom_score_adj: plan.res.oom_score_adj,
+                mounts: plan.mounts.clone(),
+                masked_paths: plan.masked_paths.clone(),
+                readonly_paths: plan.readonly_paths.clone(),
+                cgroup_dirs: cgroup_dirs.iter().map(|(_, d)| d.clone()).collect(),
+                cgroup_view: cgroup_dirs,
+                new_pid_namespace: plan.new_pid_namespace,
+                pid_target: plan.pid_target.clone(),
+                pod_pid_namespace,
+                sysctls: if pod.network == NsMode::Node {
+                    Default::default()
+                } else {
+                    pod.sysctls.clone()
+                },
+            };
+            let rec = ContainerRecord {
+                schema_version: RECORD_VERSION,
+                id: id.clone(),
+                pod_id: pod_id.to_owned(),
+                name: md.name.clone(),
+                attempt: md.attempt,
+                state: ContainerState::Created,
+                created_at: now_nanos(),
+                started_at: 0,
+                finished_at: 0,
+                exit_code: 0,
+                reason: String::new(),
+                message: String::new(),
+                image: plan.image_name.clone(),
+                image_id: plan.image_id.clone(),
+                labels: config.labels.clone().into_iter().collect(),
+                annotations: config.annotations.clone().into_iter().collect(),
+                log_path: plan.log_path.clone(),
+                pid: 0,
+                cgroup: cgroup.clone(),
+                oom_file,
+                dir: dir.clone(),
+                stop_signal: plan.stop_signal.clone(),
+                mounts: plan.volume_mounts.clone(),
+                resources: plan.res.clone(),
+                launch,
+            };
+            self.db.container_put(&rec)?;
+            Ok::<_, Error>(rec)
+        }
+        .await;
+        let rec = match made {
+            Ok(rec) => rec,
+            Err(e) => {
+                undo.run().await;
+                return Err(e);
+            }
+        };
+        undo.disarm();
+        self.events
+            .emit(&id, pod_id, EventKind::Created, rec.created_at);
+        tracing::info!(container_id = %id, pod_id, name = %rec.name, "container created");
+        Ok(id)
+    }
+}

@@ -1,0 +1,377 @@
+//! What CreateContainer makes of its request before it touches the host: the image, the
+//! process (command, environment, identity, confinement), devices, limits and mounts, all
+//! checked. Reads the image's files; changes nothing.
+
+use std::path::{Path, PathBuf};
+
+use berth_proto::cri;
+
+use super::{image_file, resource_request};
+use crate::Engine;
+use crate::error::{Error, Result};
+use crate::linux::spawn::{ProcessSpec, StdioMode, UserNamespace};
+use crate::spec::devices::{DeviceNode, DevicePolicy};
+use crate::spec::mounts::{self, Mount};
+use crate::spec::resources::{self, Resources};
+use crate::spec::{process, security};
+use crate::state::records::{NsMode, PodRecord};
+
+/// A container as CreateContainer plans it.
+#[derive(Debug)]
+pub(super) struct Plan {
+    pub image_name: String,
+    pub image_id: String,
+    pub stop_signal: String,
+    /// The image's layer directories, top first.
+    pub layers: Vec<PathBuf>,
+    pub process: ProcessSpec,
+    /// berth's default AppArmor profile is asked for and not loaded yet.
+    pub load_apparmor: bool,
+    pub devices: Vec<DeviceNode>,
+    pub device_policy: DevicePolicy,
+    pub res: Resources,
+    /// The CRI volumes (for ContainerStatus), and every mount.
+    pub volume_mounts: Vec<Mount>,
+    pub mounts: Vec<Mount>,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    pub readonly_rootfs: bool,
+    pub new_pid_namespace: bool,
+    pub pid_target: Option<String>,
+    /// It joins the pod's shared pid namespace (whose init's cgroup is made with it).
+    pub joins_pod_pid_namespace: bool,
+    pub userns: Option<UserNamespace>,
+    pub log_path: String,
+    pub stdio: StdioMode,
+}
+
+impl Engine {
+    /// Checks a CreateContainer request against pod `pod` and the node, and plans it.
+    pub(super) fn plan_container(
+        &self,
+        pod: &PodRecord,
+        config: &cri::ContainerConfig,
+        sandbox_config: Option<&cri::PodSandboxConfig>,
+    ) -> Result<Plan> {
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let image = self
+            .resolve_image(&image_name)?
+            .ok_or_else(|| Error::NotFound {
+                what: "image",
+                id: format!("{image_name:?} (pull it first)"),
+            })?;
+        let layers: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.snapshot_dir(&l.chain_id))
+            .collect();
+        let linux = config.linux.clone().unwrap_or_default();
+        let sc = linux.security_context.clone().unwrap_or_default();
+        if sc.privileged && !pod.privileged {
+            return Err(Error::InvalidArgument(
+                "security_context.privileged: a privileged container needs a privileged pod".into(),
+            ));
+        }
+        // No namespace options mean the CRI's default, mode POD, as in containerd.
+        let pid_mode = sc.namespace_options.as_ref().map_or(0, |n| n.pid);
+        let pid_target = if pid_mode == 3 {
+            let target = sc
+                .namespace_options
+                .as_ref()
+                .map(|n| n.target_id.clone())
+                .unwrap_or_default();
+            match self.db.container_get(&target)? {
+                Some(t) if t.pod_id == pod.id => Some(target),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "security_context.namespace_options.target_id: {target:?} is not a container of pod {}",
+                        pod.id
+                    )));
+                }
+            }
+        } else {
+            None
+        };
+        if pid_mode == 2 && pod.userns.is_some() {
+            return Err(Error::InvalidArgument(
+                "security_context.namespace_options.pid: mode NODE cannot be used in a pod with a user namespace".into(),
+            ));
+        }
+        let new_pid_namespace = match pid_mode {
+            1 => true,
+            0..=3 => false,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "security_context.namespace_options.pid: {other} is not a namespace mode"
+                )));
+            }
+        };
+        // Mode POD joins the pod's shared pid namespace, whose init the monitor starts in
+        // a cgroup of its own under the pod's; in a pod of the node's pid namespace, POD
+        // means the node's, as it does for containerd's sandbox.
+        let joins_pod_pid_namespace = pid_mode == 0 && pod.pid != NsMode::Node;
+
+        // The process.
+        let argv = process::command_line(&image.config, &config.command, &config.args)?;
+        let envs: Vec<(String, String)> = config
+            .envs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let env = process::environment(&image.config.env, &envs, &pod.hostname)?;
+        let cwd = process::working_dir(&image.config, &config.working_dir)?;
+        let passwd = image_file(&layers, "etc/passwd").unwrap_or_default();
+        let group = image_file(&layers, "etc/group").unwrap_or_default();
+        let user = process::resolve_user(
+            &image.config.user,
+            &process::UserRequest {
+                run_as_user: sc.run_as_user.map(|v| v.value),
+                run_as_username: sc.run_as_username.clone(),
+                run_as_group: sc.run_as_group.map(|v| v.value),
+                supplemental_groups: sc.supplemental_groups.clone(),
+                strict_groups: sc.supplemental_groups_policy
+                    == cri::SupplementalGroupsPolicy::Strict as i32,
+            },
+            &passwd,
+            &group,
+        )?;
+        if let Some(m) = &pod.userns {
+            m.check_identity(user.uid, user.gid, &user.additional_gids)?;
+        }
+        let caps_req = sc.capabilities.clone().unwrap_or_default();
+        let capabilities = security::capabilities(
+            &security::CapabilityRequest {
+                add: caps_req.add_capabilities,
+                drop: caps_req.drop_capabilities,
+                add_ambient: caps_req.add_ambient_capabilities,
+                privileged: sc.privileged,
+            },
+            user.uid,
+        )?;
+        let (masked_paths, readonly_paths) =
+            security::masked_and_readonly(&sc.masked_paths, &sc.readonly_paths, sc.privileged);
+        // The node's LSMs: a named AppArmor profile or SELinux options are applied where
+        // the node runs them and refused where it does not.
+        #[allow(deprecated)]
+        let legacy_apparmor = &sc.apparmor_profile;
+        let apparmor = if sc.privileged {
+            security::AppArmor::Unconfined
+        } else {
+            security::apparmor_profile(
+                sc.apparmor.as_ref(),
+                legacy_apparmor,
+                security::host_apparmor(),
+                security::apparmor_loaded,
+            )?
+        };
+        let load_apparmor = apparmor == security::AppArmor::Default
+            && !security::apparmor_loaded(crate::spec::apparmor::DEFAULT_PROFILE);
+        let apparmor = apparmor.profile();
+        let pod_selinux = sandbox_config
+            .and_then(|p| p.linux.as_ref())
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.selinux_options.as_ref());
+        let selinux_label = security::selinux_label(
+            pod_selinux,
+            sc.selinux_options.as_ref(),
+            security::host_selinux(),
+        )?;
+        // Devices: the requested ones on top of the standard set, everything else denied;
+        // a privileged container gets every device of the node.
+        let (device_nodes, device_policy) = if sc.privileged {
+            (
+                crate::spec::devices::host_devices(),
+                crate::spec::devices::DevicePolicy {
+                    allow_all: true,
+                    rules: Vec::new(),
+                },
+            )
+        } else {
+            let (nodes, extra) = crate::spec::devices::requested(&config.devices)?;
+            let mut rules = crate::spec::devices::default_rules();
+            rules.extend(extra);
+            (
+                nodes,
+                crate::spec::devices::DevicePolicy {
+                    allow_all: false,
+                    rules,
+                },
+            )
+        };
+        // A privileged container runs unconfined, whatever it asks.
+        let seccomp = if sc.privileged {
+            Vec::new()
+        } else {
+            // Older kubelets still send the deprecated path form.
+            #[allow(deprecated)]
+            let legacy = &sc.seccomp_profile_path;
+            let choice = crate::spec::seccomp::choice(sc.seccomp.as_ref(), legacy)?;
+            crate::spec::seccomp::filters(&choice, &capabilities.bounding)?
+        };
+        let r = linux.resources.clone().unwrap_or_default();
+        let res = resources::resources(&resource_request(&r))?;
+        let vols: Vec<mounts::VolumeRequest> = config
+            .mounts
+            .iter()
+            .map(|m| mounts::VolumeRequest {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: m.propagation,
+                image: m.image.as_ref().is_some_and(|i| !i.image.is_empty()),
+                recursive_read_only: m.recursive_read_only,
+            })
+            .collect();
+        let volume_mounts = mounts::volume_mounts(&vols, |p| p.exists())?;
+        check_host_propagation(&volume_mounts)?;
+        if !self.cfg.kernel.recursive_read_only && vols.iter().any(|v| v.recursive_read_only) {
+            return Err(Error::InvalidArgument(
+                "config.mounts: recursive read-only mounts need Linux 5.12 or newer (mount_setattr), which this node lacks".into(),
+            ));
+        }
+        let host_shm = PathBuf::from("/dev/shm");
+        let pod_shm = pod.dir.join("shm");
+        let (hosts, resolv, hostname) = (
+            pod.dir.join("hosts"),
+            pod.dir.join("resolv.conf"),
+            pod.dir.join("hostname"),
+        );
+        let pod_files = mounts::PodFiles {
+            hosts: Some(&hosts),
+            resolv_conf: Some(&resolv),
+            hostname: Some(&hostname),
+            shm: Some(if pod.ipc == NsMode::Pod {
+                &pod_shm
+            } else {
+                &host_shm
+            }),
+        };
+        let all_mounts = mounts::merge(
+            mounts::default_mounts(&pod_files, sc.privileged),
+            volume_mounts.clone(),
+        );
+
+        let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            Path::new(&pod.log_directory)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        // In a pod's user namespace the mounts and device nodes that berth makes (as root
+        // of the host) are owned by the host ids of the container's ones.
+        let (all_mounts, device_nodes, userns) = match &pod.userns {
+            None => (all_mounts, device_nodes, None),
+            Some(m) => {
+                let (root_uid, root_gid) = (
+                    m.host_uid(0).unwrap_or(crate::spec::userns::OVERFLOW_ID),
+                    m.host_gid(0).unwrap_or(crate::spec::userns::OVERFLOW_ID),
+                );
+                let mounts = all_mounts
+                    .into_iter()
+                    .map(|mut mt| {
+                        if matches!(mt.kind.as_str(), "tmpfs" | "devpts" | "mqueue") {
+                            if mt.destination == "/dev" {
+                                mt.options.extend(["uid=0".to_owned(), "gid=0".to_owned()]);
+                            }
+                            mt.options = m.map_mount_options(&mt.options);
+                        }
+                        mt
+                    })
+                    .collect();
+                let devices = device_nodes
+                    .into_iter()
+                    .map(|mut d| {
+                        d.uid = m
+                            .host_uid(d.uid)
+                            .unwrap_or(crate::spec::userns::OVERFLOW_ID);
+                        d.gid = m
+                            .host_gid(d.gid)
+                            .unwrap_or(crate::spec::userns::OVERFLOW_ID);
+                        d
+                    })
+                    .collect();
+                let ns = crate::linux::spawn::UserNamespace {
+                    path: pod.dir.join(crate::monitor::entry::USERNS_FILE),
+                    root_uid,
+                    root_gid,
+                };
+                (mounts, devices, Some(ns))
+            }
+        };
+        Ok(Plan {
+            image_name,
+            image_id: image.id.to_string(),
+            stop_signal: image.config.stop_signal.clone(),
+            layers,
+            process: crate::linux::spawn::ProcessSpec {
+                args: argv,
+                env,
+                cwd,
+                user,
+                capabilities,
+                no_new_privs: sc.no_new_privs,
+                seccomp,
+                apparmor,
+                selinux_label,
+            },
+            load_apparmor,
+            devices: device_nodes,
+            device_policy,
+            res,
+            volume_mounts,
+            mounts: all_mounts,
+            masked_paths,
+            readonly_paths,
+            readonly_rootfs: sc.readonly_rootfs,
+            new_pid_namespace,
+            pid_target,
+            joins_pod_pid_namespace,
+            userns,
+            log_path,
+            stdio: crate::linux::spawn::StdioMode {
+                stdin: config.stdin,
+                stdin_once: config.stdin && config.stdin_once,
+                tty: config.tty,
+            },
+        })
+    }
+}
+
+/// Propagation from a volume's host path needs the host's mount to propagate: a shared
+/// mount for BIDIRECTIONAL, shared or slave for HOST_TO_CONTAINER (as containerd checks),
+/// else the container would silently see nothing.
+fn check_host_propagation(volumes: &[Mount]) -> Result<()> {
+    use mounts::Propagation;
+    for m in volumes {
+        let (needs_shared, what) = match m.propagation {
+            Some(Propagation::RShared) => (true, "PROPAGATION_BIDIRECTIONAL"),
+            Some(Propagation::RSlave) => (false, "PROPAGATION_HOST_TO_CONTAINER"),
+            _ => continue,
+        };
+        let host = crate::linux::mountinfo::mount_of(Path::new(&m.source))
+            .map_err(|e| Error::Internal(format!("find the mount of {}: {e}", m.source)))?;
+        let ok = host.shared || (!needs_shared && host.slave);
+        if !ok {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} asks for {what}, but its host path {} is on mount {}, which is not {}; make it so (mount --make-rshared {})",
+                m.destination,
+                m.source,
+                host.mount_point.display(),
+                if needs_shared {
+                    "shared"
+                } else {
+                    "shared or slave"
+                },
+                host.mount_point.display()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Following pod monitors, a monitor's death, and what berthd finds when it starts: pods
+//! whose monitors still run, pods whose monitors are gone, and pods a crash left half
+//! made.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{Scope, process_is};
+use crate::Engine;
+use crate::clock::now_nanos;
+use crate::error::Result;
+use crate::monitor::client;
+use crate::state::records::{ContainerState, NsMode, PodRecord, PodState, RECORD_VERSION};
+
+impl Engine {
+    /// Follows a pod monitor's exit events; when the monitor goes away, the pod is no
+    /// longer ready and its running containers are reported exited.
+    pub(crate) fn watch_pod(self: &Arc<Self>, pod: &PodRecord) {
+        let engine = self.clone();
+        let dir = pod.dir.clone();
+        let pod_id = pod.id.clone();
+        tokio::spawn(async move {
+            let e2 = engine.clone();
+            let r = client::watch(&dir, move |ev| {
+                if let Err(err) = e2.record_exit(&ev.container_id, ev.exit_code, ev.signal, ev.finished_at, ev.oom_killed) {
+                    tracing::warn!(container_id = %ev.container_id, error = %err, "cannot record exit");
+                }
+            })
+            .await;
+            if let Err(e) = r {
+                tracing::debug!(pod_id = %pod_id, error = %e, "monitor watch ended");
+            }
+            engine
+                .monitor_gone(&pod_id, "the pod's monitor process died")
+                .await;
+        });
+    }
+
+    /// The monitor of a ready pod is gone (it died, or was gone when berthd started): its
+    /// running containers are exited (with the exit its monitor recorded, if any), the pod
+    /// is torn down as far as a stop goes, and it is not ready any more. Nothing happens to
+    /// a pod that was stopped on purpose.
+    async fn monitor_gone(&self, pod_id: &str, why: &str) {
+        let _g = self.locks.lock(pod_id).await;
+        let Ok(Some(mut pod)) = self.db.pod_get(pod_id) else {
+            return;
+        };
+        if pod.state != PodState::Ready {
+            return;
+        }
+        tracing::warn!(
+            pod_id,
+            why,
+            "pod monitor is gone; the pod is not ready any more"
+        );
+        self.reap_orphaned_containers(&pod, why).await;
+        if let Err(e) = self.teardown_pod(&mut pod, Scope::Stop).await {
+            tracing::warn!(pod_id, error = %e, "tearing down a pod whose monitor is gone left something");
+        }
+        if let Err(e) = self.transition_pod(&mut pod, PodState::NotReady, "MonitorGone") {
+            tracing::warn!(pod_id, error = %e, "cannot record that the pod is not ready");
+        }
+    }
+
+    /// Ends what is left in the containers of a pod whose monitor is gone and marks them
+    /// exited, with the exit recorded on disk when the monitor had written one.
+    pub(crate) async fn reap_orphaned_containers(&self, pod: &PodRecord, why: &str) {
+        let cg = self.cgroup_manager().ok();
+        for mut c in self.db.container_list().unwrap_or_default() {
+            if c.pod_id != pod.id || c.state != ContainerState::Running {
+                continue;
+            }
+            if self.apply_exit_file(&c).unwrap_or(false) {
+                continue;
+            }
+            if let Some(cg) = &cg {
+                super::empty_cgroup(cg, &c.cgroup).await;
+            }
+            c.exit_code = 137;
+            c.reason = "Unknown".into();
+            c.message = why.to_owned();
+            if let Err(e) = self.transition_container(&mut c, ContainerState::Exited, now_nanos()) {
+                tracing::warn!(container_id = %c.id, error = %e, "cannot record a container of a dead monitor as exited");
+            }
+        }
+    }
+
+    /// At start-up: pods a crash left half made are removed; the monitors of ready pods
+    /// are reconnected to; a ready pod whose monitor is gone (crash, or a reboot emptied
+    /// the run directory) becomes not ready, its containers exited. Then the network.
+    pub async fn recover_pods(self: &Arc<Self>) -> Result<()> {
+        // An upgraded berth's default AppArmor profile replaces the one loaded before.
+        if crate::spec::security::host_apparmor()
+            && let Err(e) = crate::linux::apparmor::load_default()
+        {
+            tracing::warn!(error = %e, "cannot load berth's default AppArmor profile; containers asking for it will be refused");
+        }
+        self.sweep_unrecorded_pods().await?;
+        for pod in self.db.pod_list()? {
+            if pod.state != PodState::Ready {
+                continue;
+            }
+            let alive =
+                process_is(pod.monitor_pid, &pod.id) && client::connect(&pod.dir).await.is_ok();
+            if alive {
+                // Exits that happened while berthd was down.
+                for c in self.db.container_list()? {
+                    if c.pod_id == pod.id && c.state == ContainerState::Running {
+                        let _ = self.apply_exit_file(&c);
+                    }
+                }
+                self.watch_pod(&pod);
+                tracing::info!(pod_id = %pod.id, "reconnected to pod monitor");
+            } else {
+                self.monitor_gone(&pod.id, "the pod's monitor was gone when berthd started")
+                    .await;
+            }
+        }
+        self.recover_network()?;
+        Ok(())
+    }
+
+    /// Pods whose RunPodSandbox a crash cut short: a run directory, maybe a monitor, a
+    /// namespace mount and a cgroup, but no record, so nothing can refer to them. Torn down
+    /// before anything else happens, so that their addresses are free for new pods.
+    async fn sweep_unrecorded_pods(&self) -> Result<()> {
+        let known: BTreeSet<String> = self.db.pod_list()?.into_iter().map(|p| p.id).collect();
+        let mut orphans = BTreeSet::new();
+        for d in [self.cfg.state.join("pods"), self.cfg.state.join("netns")] {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(&name) {
+                    orphans.insert(name);
+                }
+            }
+        }
+        for id in orphans {
+            tracing::warn!(pod_id = %id, "removing a pod that a crash left half made");
+            let mut pod = self.unrecorded_pod(&id);
+            self.teardown_pod(&mut pod, Scope::Remove).await?;
+        }
+        Ok(())
+    }
+
+    /// What a pod without a record can have had, for its teardown: berth's own cgroup, its
+    /// run directory, a network namespace, monitors to be found by their command line.
+    fn unrecorded_pod(&self, id: &str) -> PodRecord {
+        let netns = self.cfg.state.join("netns").join(id);
+        PodRecord {
+            schema_version: RECORD_VERSION,
+            id: id.to_owned(),
+            name: String::new(),
+            namespace: String::new(),
+            uid: String::new(),
+            attempt: 0,
+            state: PodState::NotReady,
+            created_at: 0,
+            labels: Default::default(),
+            annotations: Default::default(),
+            hostname: String::new(),
+            log_directory: String::new(),
+            runtime_handler: String::new(),
+            network: NsMode::Pod,
+            pid: NsMode::Pod,
+            ipc: NsMode::Pod,
+            netns: netns.exists().then_some(netns),
+            dir: self.pod_dir(id),
+            cgroup: format!("{}/pod-{id}", self.cfg.cgroup_parent),
+            cgroup_owned: true,
+            monitor_pid: 0,
+            sysctls: Default::default(),
+            privileged: false,
+            reason: String::new(),
+            net: None,
+            userns: None,
+            monitor_protocol: crate::monitor::wire::PROTOCOL,
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! A pod's own files and names, as pure functions: its hostname, /etc/hosts, resolv.conf,
+//! and its cgroup path from kubelet's cgroup parent.
+
+use berth_proto::cri;
+
+use crate::CgroupDriver;
+use crate::error::{Error, Result};
+
+/// kubelet's cgroup parent as a relative cgroupfs path. With the systemd driver kubelet
+/// names slices (`kubepods-burstable-pod123.slice`); they nest by their dashes.
+pub fn cgroup_parent_path(driver: CgroupDriver, parent: &str) -> String {
+    let p = parent.trim_matches('/');
+    if driver == CgroupDriver::Systemd && p.ends_with(".slice") && !p.contains('/') {
+        let name = p.trim_end_matches(".slice");
+        let mut out = Vec::new();
+        let mut acc = String::new();
+        for part in name.split('-') {
+            if !acc.is_empty() {
+                acc.push('-');
+            }
+            acc.push_str(part);
+            out.push(format!("{acc}.slice"));
+        }
+        return out.join("/");
+    }
+    p.to_owned()
+}
+
+/// The kernel's limit on a host name (HOST_NAME_MAX).
+const HOST_NAME_MAX: usize = 64;
+
+/// Checks a pod's explicit hostname: what the kernel takes (1 to 64 bytes) and what DNS
+/// names are made of (letters, digits, '-' and '.', starting and ending with a letter or
+/// digit), so that it can go into /etc/hostname and /etc/hosts as one word.
+pub fn check_hostname(h: &str) -> Result<()> {
+    let valid_chars = h
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let ends = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    if h.is_empty()
+        || h.len() > HOST_NAME_MAX
+        || !valid_chars
+        || !ends(h.bytes().next())
+        || !ends(h.bytes().last())
+        || h.contains("..")
+    {
+        let shown: String = h.chars().take(80).collect();
+        return Err(Error::InvalidArgument(format!(
+            "config.hostname {shown:?}{}: a hostname is 1 to {HOST_NAME_MAX} bytes of letters, digits, '-' and '.', starting and ending with a letter or digit (leave it empty for the node's hostname)",
+            if h.chars().count() > 80 { "..." } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+/// The hostname a pod gets: none (the node's UTS namespace) with the node's network; the
+/// one asked for; or, when none was asked for, the node's own, as containerd and CRI-O do
+/// (crictl's and critest's pod configs leave it empty).
+pub fn pod_hostname(
+    asked: &str,
+    node_network: bool,
+    node_name: impl FnOnce() -> String,
+) -> Result<String> {
+    if node_network {
+        return Ok(String::new());
+    }
+    if asked.is_empty() {
+        let node = node_name();
+        // A node whose own name the kernel holds is always a valid UTS name; anything odd
+        // (empty, unreadable) falls back to a name every tool accepts.
+        return Ok(if node.is_empty() {
+            "localhost".into()
+        } else {
+            node
+        });
+    }
+    check_hostname(asked)?;
+    Ok(asked.to_owned())
+}
+
+/// Checks kubelet's DNS config before it becomes lines of resolv.conf: servers are IP
+/// addresses, search domains and options single words without control characters.
+pub fn check_dns_config(dns: Option<&cri::DnsConfig>) -> Result<()> {
+    let Some(d) = dns else { return Ok(()) };
+    for s in &d.servers {
+        if s.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "config.dns_config.servers: {:?} is not an IP address",
+                s.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    let word = |w: &str| {
+        !w.is_empty() && w.len() <= 253 && w.chars().all(|c| !c.is_whitespace() && !c.is_control())
+    };
+    for (field, items) in [("searches", &d.searches), ("options", &d.options)] {
+        if let Some(bad) = items.iter().find(|w| !word(w)) {
+            return Err(Error::InvalidArgument(format!(
+                "config.dns_config.{field}: {:?} is not a single word of at most 253 bytes",
+                bad.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The pod's /etc/resolv.conf: kubelet's DNS config, or the node's file.
+pub fn resolv_conf(dns: Option<&cri::DnsConfig>) -> String {
+    match dns {
+        Some(d) if !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty() => {
+            let mut s = String::new();
+            if !d.searches.is_empty() {
+                s.push_str(&format!("search {}\n", d.searches.join(" ")));
+            }
+            for n in &d.servers {
+                s.push_str(&format!("nameserver {n}\n"));
+            }
+            if !d.options.is_empty() {
+                s.push_str(&format!("options {}\n", d.options.join(" ")));
+            }
+            s
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+/// The pod's /etc/hosts.
+pub fn hosts_file(hostname: &str) -> String {
+    let mut s = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if !hostname.is_empty() {
+        s.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_slices_nest_by_dashes() {
+        assert_eq!(
+            cgroup_parent_path(CgroupDriver::Systemd, "kubepods-burstable-pod12.slice"),
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice"
+        );
+        assert_eq!(
+            cgroup_parent_path(CgroupDriver::Cgroupfs, "/kubepods/burstable/pod12"),
+            "kubepods/burstable/pod12"
+        );
+    }
+
+    #[test]
+    fn hostnames_are_checked() {
+        assert!(check_hostname(&"h".repeat(64)).is_ok());
+        for bad in ["", "-x", "x-", "a..b", "a b", "a\nb"] {
+            assert!(check_hostname(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_hostname(&"h".repeat(65)).is_err());
+        let node = || "node-1".to_owned();
+        assert_eq!(pod_hostname("", false, node).unwrap(), "node-1");
+        assert_eq!(pod_hostname("", true, node).unwrap(), "");
+        assert_eq!(pod_hostname("web", false, node).unwrap(), "web");
+        assert_eq!(pod_hostname("", false, String::new).unwrap(), "localhost");
+    }
+
+    #[test]
+    fn dns_config_is_checked() {
+        let ok = cri::DnsConfig {
+            servers: vec!["10.0.0.10".into(), "fd00::a".into()],
+            searches: vec!["svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert!(check_dns_config(Some(&ok)).is_ok());
+        for bad in [
+            cri::DnsConfig {
+                servers: vec!["dns.example".into()],
+                ..Default::default()
+            },
+            cri::DnsConfig {
+                searches: vec!["a\nnameserver 6.6.6.6".into()],
+                ..Default::default()
+            },
+            cri::DnsConfig {
+                options: vec!["".into()],
+                ..Default::default()
+            },
+        ] {
+            assert!(check_dns_config(Some(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn resolv_conf_from_dns_config() {
+        let d = cri::DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&d)),
+            "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
+        assert!(hosts_file("web-0").ends_with("127.0.1.1\tweb-0\n"));
+    }
+}
