@@ -27,6 +27,8 @@ pub struct DaemonOptions {
     pub network: String,
     /// Name the socket in the config as kubelet names endpoints (`unix:///…`).
     pub socket_as_url: bool,
+    /// Extra environment of berthd (e.g. BERTH_FAILPOINTS).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running berthd under test.
@@ -44,6 +46,8 @@ pub struct Daemon {
     pub nft_table: String,
     /// This daemon's pod CIDR as configured.
     pub pod_cidr: String,
+    /// Extra environment berthd is started with (changed by [`Daemon::set_env`]).
+    env: Vec<(String, String)>,
 }
 
 /// The berthd binary under test: `$BERTH_BIN`, else `berthd` of the same cargo profile as
@@ -82,6 +86,11 @@ impl Daemon {
         let mut d = Self::spawn(&opts);
         d.wait_ready().await;
         d
+    }
+
+    /// The environment the next start (a [`Daemon::restart`]) gives berthd.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
     }
 
     /// Stops berthd (SIGTERM) and starts it again on the same root, run dir and config,
@@ -156,6 +165,7 @@ impl Daemon {
             bridge: net.bridge,
             nft_table: net.nft_table,
             pod_cidr: net.pod_cidr,
+            env: opts.env.clone(),
         };
         let child = d.command(&opts.args).spawn().expect("spawn berthd");
         d.child = Some(child);
@@ -175,6 +185,7 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config)
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf);

@@ -16,6 +16,7 @@ pub mod content;
 pub mod durable;
 pub mod error;
 pub mod events;
+pub mod failpoints;
 pub mod gc;
 pub mod id;
 pub mod images;
@@ -348,6 +349,9 @@ impl Engine {
                 "podCIDRs": self.pod_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             },
             "uptimeSeconds": uptime,
+            "kernel": self.cfg.kernel,
+            // Compiled in for the workspace's test builds only (failpoints.rs).
+            "failpoints": cfg!(feature = "failpoints"),
         })
     }
 }

@@ -78,6 +78,7 @@ impl Engine {
             for d in ["upper", "work"] {
                 crate::durable::create_dir_all(&dir.join(d), 0o755)?;
             }
+            crate::fail_point!("create_container.layer_made");
             {
                 let (cg, c) = (cg.clone(), cgroup.clone());
                 undo.push(move || {
@@ -87,6 +88,7 @@ impl Engine {
             cg.create(&cgroup)?;
             cg.apply(&cgroup, &plan.res)?;
             cg.set_devices(&cgroup, &plan.device_policy)?;
+            crate::fail_point!("create_container.cgroup_made");
             let cgroup_dirs = cg.dirs(&cgroup)?;
             let oom_file = cg
                 .oom_file(&cgroup)?
@@ -162,6 +164,7 @@ impl Engine {
                 launch,
             };
             self.db.container_put(&rec)?;
+            crate::fail_point!("create_container.recorded");
             Ok::<_, Error>(rec)
         }
         .await;

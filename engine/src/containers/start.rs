@@ -35,9 +35,11 @@ impl Engine {
             c.oom_file.clone(),
         )
         .map_err(|e| Error::Internal(e.to_string()))?;
+        crate::fail_point!("start_container.before_monitor");
         let r = client::request(&pod.dir, Body::Start(start)).await;
         match r {
             Ok(Body::Started(s)) => {
+                crate::fail_point!("start_container.started");
                 c.pid = s.pid;
                 self.transition_container(&mut c, ContainerState::Running, s.started_at)?;
                 tracing::info!(container_id = %id, pid = s.pid, "container started");

@@ -319,6 +319,7 @@ impl Puller {
             blocking(move || content.read(&d, MAX_CONFIG)).await??
         };
         let config = manifest::parse_config(&config_bytes, manifest.layers.len())?;
+        crate::fail_point!("pull.blobs_fetched");
         let chain = manifest::chain_ids(&config.rootfs.diff_ids);
 
         let mut layers = Vec::with_capacity(manifest.layers.len());
@@ -383,6 +384,7 @@ impl Puller {
         if let Some(e) = first_err {
             return Err(e);
         }
+        crate::fail_point!("pull.layers_unpacked");
 
         let repo_digest = reference.with_digest(index_digest.as_ref().unwrap_or(&manifest_digest));
         let rec = ImageRecord {
@@ -405,6 +407,7 @@ impl Puller {
             config: config.config.clone(),
             pulled_at: now_nanos(),
         };
+        crate::fail_point!("pull.before_record");
         let db = self.db.clone();
         Ok(blocking(move || db.image_put(rec)).await??)
     }

@@ -96,6 +96,7 @@ impl Engine {
             tracing::warn!(error = %e, "cannot load berth's default AppArmor profile; containers asking for it will be refused");
         }
         self.sweep_unrecorded_pods().await?;
+        self.sweep_unrecorded_containers().await?;
         for pod in self.db.pod_list()? {
             if pod.state != PodState::Ready {
                 continue;
@@ -103,12 +104,7 @@ impl Engine {
             let alive =
                 process_is(pod.monitor_pid, &pod.id) && client::connect(&pod.dir).await.is_ok();
             if alive {
-                // Exits that happened while berthd was down.
-                for c in self.db.container_list()? {
-                    if c.pod_id == pod.id && c.state == ContainerState::Running {
-                        let _ = self.apply_exit_file(&c);
-                    }
-                }
+                self.reconcile_containers(&pod).await?;
                 self.watch_pod(&pod);
                 tracing::info!(pod_id = %pod.id, "reconnected to pod monitor");
             } else {
@@ -117,6 +113,44 @@ impl Engine {
             }
         }
         self.recover_network()?;
+        Ok(())
+    }
+
+    /// A live monitor's view of its containers against the records, after berthd was down:
+    /// exits that happened meanwhile are applied, and a container the monitor runs whose
+    /// start was not recorded (berthd died between the monitor's answer and the record)
+    /// is recorded running.
+    async fn reconcile_containers(&self, pod: &PodRecord) -> Result<()> {
+        use berth_proto::monitor::{List, frame::Body};
+        let running = match client::request(&pod.dir, Body::List(List {})).await {
+            Ok(Body::Processes(p)) => p.processes,
+            Ok(other) => {
+                tracing::warn!(pod_id = %pod.id, answer = ?other, "unexpected answer to List");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(pod_id = %pod.id, error = %e, "cannot list the monitor's processes");
+                Vec::new()
+            }
+        };
+        for mut c in self.db.container_list()? {
+            if c.pod_id != pod.id {
+                continue;
+            }
+            match c.state {
+                ContainerState::Running => {
+                    let _ = self.apply_exit_file(&c);
+                }
+                ContainerState::Created => {
+                    if let Some(p) = running.iter().find(|p| p.container_id == c.id) {
+                        tracing::warn!(container_id = %c.id, pid = p.pid, "a start berthd did not record: the container runs");
+                        c.pid = p.pid;
+                        self.transition_container(&mut c, ContainerState::Running, p.started_at)?;
+                    }
+                }
+                ContainerState::Exited => {}
+            }
+        }
         Ok(())
     }
 
@@ -138,6 +172,47 @@ impl Engine {
             tracing::warn!(pod_id = %id, "removing a pod that a crash left half made");
             let mut pod = self.unrecorded_pod(&id);
             self.teardown_pod(&mut pod, Scope::Remove).await?;
+        }
+        Ok(())
+    }
+
+    /// Containers whose CreateContainer a crash cut short: a writable layer, a run
+    /// directory, a cgroup under their pod's, but no record. Removed, with anything left
+    /// in their cgroups.
+    async fn sweep_unrecorded_containers(&self) -> Result<()> {
+        let known: BTreeSet<String> = self
+            .db
+            .container_list()?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        for d in [
+            self.cfg.root.join("containers"),
+            self.cfg.state.join("containers"),
+        ] {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(&name) {
+                    tracing::warn!(container_id = %name, "removing a container that a crash left half made");
+                    std::fs::remove_dir_all(e.path()).map_err(|err| {
+                        crate::Error::Internal(format!("remove {}: {err}", e.path().display()))
+                    })?;
+                }
+            }
+        }
+        let Ok(cg) = self.cgroup_manager() else {
+            return Ok(());
+        };
+        for pod in self.db.pod_list()? {
+            for child in cg.children(&pod.cgroup).unwrap_or_default() {
+                // Container cgroups are named by their 64-hex-digit ids.
+                let is_id = child.len() == 64 && child.bytes().all(|b| b.is_ascii_hexdigit());
+                if is_id && !known.contains(&child) {
+                    let rel = format!("{}/{child}", pod.cgroup);
+                    super::empty_cgroup(&cg, &rel).await;
+                    cg.remove(&rel)?;
+                }
+            }
         }
         Ok(())
     }

@@ -28,7 +28,9 @@ impl Engine {
                 self.events.emit(&c.id, id, EventKind::Deleted, now_nanos());
             }
         }
+        crate::fail_point!("remove_pod.containers_removed");
         self.teardown_pod(&mut pod, Scope::Remove).await?;
+        crate::fail_point!("remove_pod.torn_down");
         self.db.pod_remove(id)?;
         self.events.emit(id, id, EventKind::Deleted, now_nanos());
         tracing::info!(pod_id = %id, "pod sandbox removed");

@@ -158,7 +158,9 @@ impl Engine {
                 resolv_conf(config.dns_config.as_ref()),
             )
             .map_err(|e| Error::Internal(format!("write resolv.conf: {e}")))?;
+            crate::fail_point!("run_pod.dir_made");
             cg.create(&pod.cgroup)?;
+            crate::fail_point!("run_pod.cgroup_made");
             let args = MonitorArgs {
                 pod_id: id.clone(),
                 dir: pod.dir.clone(),
@@ -172,6 +174,7 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .monitor_pid = monitor_pid;
+            crate::fail_point!("run_pod.monitor_started");
             // The network, once the namespace exists (CRI sets it up in RunPodSandbox).
             if let Some(n) = &pod.netns {
                 let net = self
@@ -181,10 +184,12 @@ impl Engine {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .net = Some(net);
+                crate::fail_point!("run_pod.network_set_up");
             }
             let mut rec = snapshot(&draft);
             rec.created_at = now_nanos();
             self.db.pod_put(&rec)?;
+            crate::fail_point!("run_pod.recorded");
             Ok::<_, Error>(rec)
         }
         .await;

@@ -20,7 +20,9 @@ impl Engine {
                 self.stop_container_locked(&c.id, 0).await?;
             }
         }
+        crate::fail_point!("stop_pod.containers_stopped");
         let torn = self.teardown_pod(&mut pod, Scope::Stop).await;
+        crate::fail_point!("stop_pod.torn_down");
         if !self.transition_pod(&mut pod, PodState::NotReady, "")? {
             self.db.pod_put(&pod)?;
         }

@@ -150,6 +150,24 @@ impl CgroupManager {
 
     /// The cgroup's directory in every hierarchy berth uses, with a short name for each
     /// (the hierarchy's mount directory name, e.g. `memory` or `unified`).
+    /// The names of the cgroups directly under `rel`, in any hierarchy.
+    pub fn children(&self, rel: &str) -> Result<BTreeSet<String>, CgroupError> {
+        let relp = check_rel(rel)?;
+        let mut out = BTreeSet::new();
+        for (root, _) in self.roots() {
+            for e in fs::read_dir(root.join(relp))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.insert(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn dirs(&self, rel: &str) -> Result<Vec<(String, PathBuf)>, CgroupError> {
         let relp = check_rel(rel)?;
         Ok(self
