@@ -94,10 +94,10 @@ fn main() -> ExitCode {
     // A pod's shared pid namespace's init: a monitor re-executes berthd under this name.
     if std::env::args_os().next().as_deref()
         == Some(std::ffi::OsStr::new(
-            berth_engine::monitor::entry::POD_INIT_NAME,
+            berth_engine::monitor::podinit::POD_INIT_NAME,
         ))
     {
-        berth_engine::monitor::entry::pod_init();
+        berth_engine::monitor::podinit::pod_init();
     }
     let cli = Cli::parse();
     let overrides = Overrides {

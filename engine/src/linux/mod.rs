@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod devfilter;
 pub mod init;
 pub mod mountinfo;
+pub mod namespaces;
 pub mod probe;
 pub mod process;
 pub mod spawn;

@@ -22,6 +22,11 @@
 pub mod client;
 pub mod cri_log;
 pub mod entry;
+mod execsync;
 pub mod frame;
+pub mod podinit;
+mod reap;
 mod session;
+mod start;
+mod stdio;
 pub mod wire;

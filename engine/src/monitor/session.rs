@@ -14,11 +14,12 @@ use std::rc::Rc;
 use berth_proto::monitor::{self as proto, Frame, frame::Body};
 use nix::sys::signal::Signal;
 use tokio::io::unix::AsyncFd;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, pipe};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::frame;
-use crate::linux::spawn::{self, Stdio};
+use super::stdio::{self, Sink, Source};
+use crate::linux::spawn;
 
 /// Output chunks queued per attached session before it starts losing output.
 const ATTACH_QUEUE: usize = 64;
@@ -31,181 +32,6 @@ const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 pub(super) const STDIN: u32 = 0;
 pub(super) const STDOUT: u32 = 1;
 pub(super) const STDERR: u32 = 2;
-
-/// Where a process's output is read from: a pipe, or the master side of its terminal.
-pub(super) enum Source {
-    Pipe(pipe::Receiver),
-    Pty(Rc<AsyncFd<OwnedFd>>),
-}
-
-impl Source {
-    /// Reads some bytes; Ok(0) at the end (a terminal whose last user is gone reports EIO,
-    /// which is its end of file).
-    pub(super) async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Source::Pipe(p) => {
-                use tokio::io::AsyncReadExt;
-                p.read(buf).await
-            }
-            Source::Pty(fd) => loop {
-                let mut guard = fd.readable().await?;
-                match guard.try_io(|f| nix::unistd::read(f.get_ref(), buf).map_err(Into::into)) {
-                    Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
-                    Ok(r) => return r,
-                    Err(_would_block) => continue,
-                }
-            },
-        }
-    }
-}
-
-/// Where a process's input is written: a pipe (closed to end it), or its terminal.
-pub(super) enum Sink {
-    /// Shared so that a write in progress keeps the pipe while `close` lets go of ours.
-    Pipe(RefCell<Option<Rc<pipe::Sender>>>),
-    Pty(Rc<AsyncFd<OwnedFd>>),
-}
-
-impl Sink {
-    pub(super) fn pipe(sender: pipe::Sender) -> Sink {
-        Sink::Pipe(RefCell::new(Some(Rc::new(sender))))
-    }
-
-    /// Writes all of `data`, waiting while the pipe or terminal is full.
-    pub(super) async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
-        while !data.is_empty() {
-            let n = match self {
-                Sink::Pipe(p) => {
-                    let sender = p.borrow().clone();
-                    let Some(sender) = sender else {
-                        return Err(std::io::ErrorKind::BrokenPipe.into());
-                    };
-                    sender.writable().await?;
-                    match sender.try_write(data) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                Sink::Pty(fd) => {
-                    let mut guard = fd.writable().await?;
-                    match guard
-                        .try_io(|f| nix::unistd::write(f.get_ref(), data).map_err(Into::into))
-                    {
-                        Ok(r) => r?,
-                        Err(_would_block) => continue,
-                    }
-                }
-            };
-            data = &data[n..];
-        }
-        Ok(())
-    }
-
-    /// Closes the process's input (a pipe's end of file). A terminal stays open: closing it
-    /// would hang it up for the process.
-    pub(super) fn close(&self) {
-        if let Sink::Pipe(p) = self {
-            p.borrow_mut().take();
-        }
-    }
-}
-
-/// A socket pair for a terminal the process makes itself in its container's devpts:
-/// (ours, the process's). The process opens /dev/pts/ptmx inside its own root (never a
-/// path the monitor, root of the host, resolves) and sends the master back.
-pub(super) fn console_socket() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    Ok(socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?)
-}
-
-/// The master the process sent over `sock` before it exec'd, checked to be a terminal's
-/// (char device 5:2, /dev/ptmx), non-blocking, sized `cols`x`rows` (80x24 when unknown).
-pub(super) fn receive_terminal(
-    sock: &OwnedFd,
-    cols: u16,
-    rows: u16,
-) -> Result<Rc<AsyncFd<OwnedFd>>, String> {
-    use nix::sys::stat::{SFlag, fstat, major, minor};
-    let master = crate::linux::sys::recv_fd(sock)
-        .map_err(|e| format!("receive the terminal: {e}"))?
-        .ok_or_else(|| "the process sent no terminal".to_owned())?;
-    let st = fstat(&master).map_err(|e| format!("the terminal: {e}"))?;
-    let rdev = st.st_rdev;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFCHR
-        || (major(rdev), minor(rdev)) != (5, 2)
-    {
-        return Err("what came back is not a terminal's master".into());
-    }
-    nix::fcntl::fcntl(
-        &master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| format!("the terminal: {e}"))?;
-    let (cols, rows) = (
-        if cols == 0 { 80 } else { cols },
-        if rows == 0 { 24 } else { rows },
-    );
-    crate::linux::sys::set_window_size(&master, cols, rows)
-        .map_err(|e| format!("size the terminal: {e}"))?;
-    crate::linux::sys::async_fd(master)
-        .map(Rc::new)
-        .map_err(|e| format!("watch the terminal: {e}"))
-}
-
-/// A process's streams as pipes: its Stdio, our stdout and stderr sources, and our stdin
-/// sink when it has a stdin (else /dev/null).
-pub(super) struct Pipes {
-    pub stdio: Stdio,
-    pub stdout: Source,
-    pub stderr: Source,
-    pub stdin: Option<Sink>,
-}
-
-pub(super) fn pipe_stdio(with_stdin: bool) -> Result<Pipes, (crate::ErrorKind, String)> {
-    let internal =
-        |what: &str, err: std::io::Error| (crate::ErrorKind::Internal, format!("{what}: {err}"));
-    let pipe = || super::entry::log_pipe().map_err(|err| internal("create pipes", err.into()));
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let (stdin, stdin_r) = if with_stdin {
-        let (s, r) = stdin_pipe().map_err(|err| internal("create a stdin pipe", err))?;
-        (Some(s), Some(r))
-    } else {
-        (None, None)
-    };
-    let src = |fd: OwnedFd| {
-        pipe::Receiver::from_owned_fd(fd)
-            .map(Source::Pipe)
-            .map_err(|err| internal("watch pipes", err))
-    };
-    let stdio = Stdio::Pipes {
-        stdin: stdin_r,
-        stdout: out_w,
-        stderr: err_w,
-    };
-    Ok(Pipes {
-        stdio,
-        stdout: src(out_r)?,
-        stderr: src(err_r)?,
-        stdin,
-    })
-}
-
-/// A pipe for a process's stdin: (our non-blocking writer, the process's reader).
-pub(super) fn stdin_pipe() -> std::io::Result<(Sink, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    nix::fcntl::fcntl(
-        &w,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
-    Ok((Sink::pipe(pipe::Sender::from_owned_fd(w)?), r))
-}
 
 /// A session attached to a container's output.
 pub(super) struct Attached {
@@ -490,8 +316,6 @@ fn start_exec(
     state: &super::entry::Shared,
     e: &proto::ExecSession,
 ) -> Result<Started, (crate::ErrorKind, String)> {
-    let internal =
-        |what: &str, err: std::io::Error| (crate::ErrorKind::Internal, format!("{what}: {err}"));
     let spec = super::wire::exec_of(e.exec_spec.as_ref(), &e.exec_spec_json)
         .map_err(|err| (crate::ErrorKind::InvalidArgument, err.to_string()))?;
     let target = state
@@ -505,45 +329,18 @@ fn start_exec(
                 format!("container {} is not running", e.container_id),
             )
         })?;
-    let mut console = None;
-    let (stdio, mut outputs, mut stdin, mut tty) = if e.tty {
-        let (ours, theirs) =
-            console_socket().map_err(|err| internal("create the console socket", err))?;
-        console = Some(ours);
-        (Stdio::Console(theirs), Vec::new(), None, None)
-    } else {
-        let p = pipe_stdio(e.stdin)?;
-        (
-            p.stdio,
-            vec![(STDOUT, p.stdout), (STDERR, p.stderr)],
-            p.stdin,
-            None,
-        )
-    };
+    let (stdio, pending) = stdio::prepare(e.tty, e.stdin)?;
     let (waiter, pid) = spawn::spawn_exec(target, &spec, stdio)
         .map_err(|err| (crate::ErrorKind::FailedPrecondition, err.to_string()))?;
-    if let Some(sock) = console {
-        let size = (
-            u16::try_from(e.width).unwrap_or(u16::MAX),
-            u16::try_from(e.height).unwrap_or(u16::MAX),
-        );
-        match receive_terminal(&sock, size.0, size.1) {
-            Ok(master) => {
-                outputs.push((STDOUT, Source::Pty(master.clone())));
-                stdin = e.stdin.then(|| Sink::Pty(master.clone()));
-                tty = Some(master);
-            }
-            Err(err) => {
-                let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                return Err((crate::ErrorKind::Internal, err));
-            }
-        }
-    }
+    let streams = pending.finish(
+        pid,
+        u16::try_from(e.width).unwrap_or(u16::MAX),
+        u16::try_from(e.height).unwrap_or(u16::MAX),
+    )?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     // The intermediate process exits with the exec process's status.
     state.borrow_mut().execs.insert(waiter.as_raw(), tx);
-    Ok((pid, rx, outputs, stdin, tty))
+    Ok((pid, rx, streams.outputs, streams.stdin, streams.tty))
 }
 
 /// Reads every source into one queue of (stream, bytes); the queue ends when all have.

@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nix::mount::{MntFlags, umount2};
 use nix::sys::signal::Signal;
 
 use super::{POD_INIT_CGROUP, process_is};
 use crate::Engine;
 use crate::error::Result;
 use crate::linux::cgroups::manager::CgroupManager;
+use crate::linux::namespaces;
 use crate::state::records::PodRecord;
 
 /// How far a teardown goes.
@@ -70,7 +70,7 @@ impl Engine {
             Err(e) => note("cgroups", Err(e)),
         }
         if let Some(n) = &pod.netns {
-            unmount_file(n);
+            namespaces::unbind_namespace(n);
         }
         unmount_pod_files(&pod.dir);
         if scope == Scope::Remove && pod.dir.exists() {
@@ -157,12 +157,6 @@ pub(crate) async fn empty_cgroup(cg: &CgroupManager, rel: &str) {
 /// Unmounts what a pod's monitor mounted in its run directory: /dev/shm and the user
 /// namespace.
 fn unmount_pod_files(dir: &Path) {
-    let _ = umount2(&dir.join("shm"), MntFlags::MNT_DETACH);
-    unmount_file(&dir.join(crate::monitor::entry::USERNS_FILE));
-}
-
-/// Unmounts a namespace bind mount and removes its file.
-fn unmount_file(p: &Path) {
-    let _ = umount2(p, MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_file(p);
+    namespaces::detach(&dir.join("shm"));
+    namespaces::unbind_namespace(&dir.join(crate::monitor::entry::USERNS_FILE));
 }

@@ -1,0 +1,172 @@
+//! Starting a container's process: its streams, its log, the pid namespace it asked for,
+//! and the copies of its output that go to its log and to attached sessions.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use berth_proto::monitor as proto;
+use nix::unistd::Pid;
+
+use super::cri_log::{CriLogFile, DEFAULT_MAX_LINE, Stream};
+use super::entry::{Running, Shared};
+use super::podinit;
+use super::session::{ContainerIo, STDERR};
+use super::stdio::{self, Source};
+use crate::clock::now_nanos;
+use crate::linux::spawn::{self, LaunchSpec};
+
+pub(super) fn oom_count(file: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub(super) fn start(
+    state: &Shared,
+    s: proto::Start,
+) -> Result<(Pid, i64), (crate::ErrorKind, String)> {
+    let spec: LaunchSpec = super::wire::launch_of(&s)
+        .map_err(|e| (crate::ErrorKind::InvalidArgument, e.to_string()))?;
+    if state.borrow().running.contains_key(&s.container_id) {
+        return Err((
+            crate::ErrorKind::FailedPrecondition,
+            format!("container {} is already running", s.container_id),
+        ));
+    }
+    if state.borrow().shutting_down {
+        return Err((
+            crate::ErrorKind::FailedPrecondition,
+            "the pod is stopping".into(),
+        ));
+    }
+    let mode = spec.stdio;
+    // A terminal is made by the container itself in its own devpts; its master comes back
+    // once the container has started.
+    let (stdio, pending) = stdio::prepare(mode.tty, mode.stdin)?;
+    let log = if s.log_path.is_empty() {
+        None
+    } else {
+        Some(Rc::new(RefCell::new(
+            CriLogFile::open(Path::new(&s.log_path), DEFAULT_MAX_LINE).map_err(|e| {
+                (
+                    crate::ErrorKind::Internal,
+                    format!("open log {}: {e}", s.log_path),
+                )
+            })?,
+        )))
+    };
+    let oom_before = if s.oom_file.is_empty() {
+        0
+    } else {
+        oom_count(&s.oom_file)
+    };
+    let spawned = match (&spec.pid_target, &spec.pod_pid_namespace) {
+        (None, None) => spawn::spawn(&spec, stdio),
+        (None, Some(cgroups)) => {
+            let mut st = state.borrow_mut();
+            let init = match &mut st.pod_init {
+                Some(init) => init,
+                slot @ None => slot
+                    .insert(podinit::start(cgroups).map_err(|e| (crate::ErrorKind::Internal, e))?),
+            };
+            spawn::spawn_in_pid_namespace(&init.ns, &spec, stdio)
+        }
+        (Some(target), _) => {
+            let Some(tpid) = state.borrow().running.get(target).map(|r| r.pid) else {
+                return Err((
+                    crate::ErrorKind::FailedPrecondition,
+                    format!("the target container {target} of pid mode TARGET is not running"),
+                ));
+            };
+            spawn::spawn_in_pid_namespace_of(tpid, &spec, stdio)
+        }
+    };
+    let pid = spawned.map_err(|e| (crate::ErrorKind::FailedPrecondition, e.to_string()))?;
+    let streams = pending.finish(pid, 0, 0)?;
+    let started_at = now_nanos();
+    if let Some(want) = spec.oom_score_adj {
+        // The kernel refuses to lower the score without CAP_SYS_RESOURCE; the container then
+        // keeps the inherited one. Clamp-and-log, as containerd's restrict_oom_score_adj.
+        let got = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap_or_default();
+        if got.trim().parse::<i32>().ok() != Some(want) {
+            super::entry::log(
+                &state.borrow().dir,
+                &format!(
+                    "container {}: oom_score_adj {want} refused by this node; kept {}",
+                    s.container_id,
+                    got.trim()
+                ),
+            );
+        }
+    }
+    let outputs = u8::try_from(streams.outputs.len()).unwrap_or(2);
+    let io = Rc::new(ContainerIo::new(
+        streams.stdin,
+        mode.stdin_once,
+        streams.tty,
+        outputs,
+    ));
+    for (stream, src) in streams.outputs {
+        let stream = if stream == STDERR {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        tokio::task::spawn_local(copy_output(src, stream, log.clone(), io.clone()));
+    }
+    state.borrow_mut().running.insert(
+        s.container_id.clone(),
+        Running {
+            pid,
+            started_at,
+            oom_file: s.oom_file,
+            oom_before,
+            log,
+            io,
+            shared_pid_cgroups: if spec.new_pid_namespace {
+                Vec::new()
+            } else {
+                spec.cgroup_dirs.clone()
+            },
+        },
+    );
+    Ok((pid, started_at))
+}
+
+/// Copies one output stream of a container into its CRI log until end of file, and to the
+/// sessions attached to it.
+async fn copy_output(
+    mut src: Source,
+    stream: Stream,
+    log: Option<Rc<RefCell<CriLogFile>>>,
+    io: Rc<ContainerIo>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let channel = match stream {
+        Stream::Stdout => super::session::STDOUT,
+        Stream::Stderr => super::session::STDERR,
+    };
+    while let Ok(n @ 1..) = src.read(&mut buf).await {
+        if let Some(l) = &log {
+            let _ = l
+                .borrow_mut()
+                .writer
+                .write(stream, &buf[..n], SystemTime::now());
+        }
+        io.publish(channel, &buf[..n]);
+    }
+    if let Some(l) = &log {
+        let _ = l
+            .borrow_mut()
+            .writer
+            .close_stream(stream, SystemTime::now());
+    }
+    io.output_ended();
+}
