@@ -10,6 +10,7 @@
 //! The [`Engine`] facade is what the agent calls. It owns the root lock: one berthd per root.
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod clock;
 pub mod containers;
 pub mod content;

@@ -20,7 +20,7 @@ use berth_cni::{NetworkMode, PodCidr};
 
 /// How long one CNI plugin may run.
 const CNI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-use berth_proto::cri;
+use crate::api;
 
 use crate::Engine;
 use crate::error::{Error, Result};
@@ -146,7 +146,7 @@ struct HostPort {
 
 /// The CRI port mappings that are host ports (kubelet sends only those, but a mapping
 /// without a host port is skipped anyway), checked.
-fn port_mappings_of(cri: &[cri::PortMapping]) -> Result<Vec<HostPort>> {
+fn port_mappings_of(cri: &[api::PortMapping]) -> Result<Vec<HostPort>> {
     let mut out = Vec::new();
     for m in cri {
         if m.host_port == 0 {
@@ -196,7 +196,7 @@ fn port_mappings_of(cri: &[cri::PortMapping]) -> Result<Vec<HostPort>> {
 }
 
 /// The CRI port mappings of a pod as nft mappings for its addresses.
-pub fn port_mappings(cri: &[cri::PortMapping], pod_ips: &[IpAddr]) -> Result<Vec<PortMapping>> {
+pub fn port_mappings(cri: &[api::PortMapping], pod_ips: &[IpAddr]) -> Result<Vec<PortMapping>> {
     let mut out = Vec::new();
     for m in port_mappings_of(cri)? {
         for pod_ip in pod_ips {
@@ -436,8 +436,8 @@ impl Engine {
         self: &Arc<Self>,
         pod_id: &str,
         netns: &Path,
-        md: &cri::PodSandboxMetadata,
-        mappings: &[cri::PortMapping],
+        md: &api::PodSandboxMetadata,
+        mappings: &[api::PortMapping],
     ) -> Result<PodNet> {
         let (engine, id, ns, m) = (
             self.clone(),
@@ -475,8 +475,8 @@ impl Engine {
         &self,
         pod_id: &str,
         netns: &Path,
-        md: &cri::PodSandboxMetadata,
-        cri_mappings: &[cri::PortMapping],
+        md: &api::PodSandboxMetadata,
+        cri_mappings: &[api::PortMapping],
     ) -> Result<PodNet> {
         let mut port_mappings = Vec::new();
         for m in port_mappings_of(cri_mappings)? {
@@ -513,7 +513,7 @@ impl Engine {
         &self,
         pod_id: &str,
         netns: &Path,
-        cri_mappings: &[cri::PortMapping],
+        cri_mappings: &[api::PortMapping],
     ) -> Result<PodNet> {
         let (index, addrs, gateways, mappings) = {
             let mut st = self.net_state();
@@ -664,8 +664,8 @@ impl Engine {
 mod tests {
     use super::*;
 
-    fn pm(protocol: i32, host: i32, cport: i32, host_ip: &str) -> cri::PortMapping {
-        cri::PortMapping {
+    fn pm(protocol: i32, host: i32, cport: i32, host_ip: &str) -> api::PortMapping {
+        api::PortMapping {
             protocol,
             container_port: cport,
             host_port: host,

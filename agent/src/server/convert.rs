@@ -1,7 +1,10 @@
-//! Engine records -> CRI messages.
+//! Both directions between the CRI and the engine: CRI requests as the engine's own types
+//! (`berth_engine::api`, a plain copy of the fields berth reads), and engine records as CRI
+//! messages. No CRI binding goes further than this module and `stats`.
 
 use std::collections::HashMap;
 
+use berth_engine::api;
 use berth_engine::state::records::{ContainerRecord, ContainerState, NsMode, PodRecord, PodState};
 use berth_proto::cri;
 
@@ -161,13 +164,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
     }
 }
 
-/// Whether labels match a selector (every selector key present with the same value).
-pub fn labels_match(
-    labels: &std::collections::BTreeMap<String, String>,
-    selector: &HashMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
+pub use berth_engine::api::labels_match;
 
 /// The limits in force, as CRI reports them.
 pub fn resources(r: &berth_engine::spec::resources::Resources) -> cri::ContainerResources {
@@ -243,5 +240,222 @@ fn userns_options(m: Option<&berth_engine::spec::userns::IdMappings>) -> cri::Us
             mode: cri::NamespaceMode::Node as i32,
             ..Default::default()
         },
+    }
+}
+
+// ---- CRI requests as the engine's types
+
+fn btree(m: &HashMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn userns(u: &cri::UserNamespace) -> api::UserNamespace {
+    let ids = |v: &[cri::IdMapping]| {
+        v.iter()
+            .map(|m| api::IdMapping {
+                host_id: m.host_id,
+                container_id: m.container_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    api::UserNamespace {
+        mode: u.mode,
+        uids: ids(&u.uids),
+        gids: ids(&u.gids),
+    }
+}
+
+fn namespace_options(n: &cri::NamespaceOption) -> api::NamespaceOption {
+    api::NamespaceOption {
+        network: n.network,
+        pid: n.pid,
+        ipc: n.ipc,
+        target_id: n.target_id.clone(),
+        userns_options: n.userns_options.as_ref().map(userns),
+    }
+}
+
+fn selinux(o: &cri::SeLinuxOption) -> api::SeLinuxOption {
+    api::SeLinuxOption {
+        user: o.user.clone(),
+        role: o.role.clone(),
+        r#type: o.r#type.clone(),
+        level: o.level.clone(),
+    }
+}
+
+fn profile(p: &cri::SecurityProfile) -> api::SecurityProfile {
+    api::SecurityProfile {
+        profile_type: p.profile_type,
+        localhost_ref: p.localhost_ref.clone(),
+    }
+}
+
+/// RunPodSandbox's config.
+pub fn pod_config(c: &cri::PodSandboxConfig) -> api::PodSandboxConfig {
+    api::PodSandboxConfig {
+        metadata: c.metadata.as_ref().map(|m| api::PodSandboxMetadata {
+            name: m.name.clone(),
+            uid: m.uid.clone(),
+            namespace: m.namespace.clone(),
+            attempt: m.attempt,
+        }),
+        hostname: c.hostname.clone(),
+        log_directory: c.log_directory.clone(),
+        dns_config: c.dns_config.as_ref().map(|d| api::DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        port_mappings: c
+            .port_mappings
+            .iter()
+            .map(|p| api::PortMapping {
+                protocol: p.protocol,
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        labels: btree(&c.labels),
+        annotations: btree(&c.annotations),
+        linux: c.linux.as_ref().map(|l| api::LinuxPodSandboxConfig {
+            cgroup_parent: l.cgroup_parent.clone(),
+            security_context: l.security_context.as_ref().map(|s| {
+                api::LinuxSandboxSecurityContext {
+                    namespace_options: s.namespace_options.as_ref().map(namespace_options),
+                    selinux_options: s.selinux_options.as_ref().map(selinux),
+                    privileged: s.privileged,
+                }
+            }),
+            sysctls: btree(&l.sysctls),
+        }),
+    }
+}
+
+/// UpdateContainerResources' and CreateContainer's limits.
+pub fn resources_request(r: &cri::LinuxContainerResources) -> api::LinuxContainerResources {
+    api::LinuxContainerResources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|h| api::HugepageLimit {
+                page_size: h.page_size.clone(),
+                limit: h.limit,
+            })
+            .collect(),
+        unified: btree(&r.unified),
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+    }
+}
+
+/// CreateContainer's config.
+pub fn container_config(c: &cri::ContainerConfig) -> api::ContainerConfig {
+    #[allow(deprecated)]
+    let security = |s: &cri::LinuxContainerSecurityContext| api::LinuxContainerSecurityContext {
+        capabilities: s.capabilities.as_ref().map(|c| api::Capability {
+            add_capabilities: c.add_capabilities.clone(),
+            drop_capabilities: c.drop_capabilities.clone(),
+            add_ambient_capabilities: c.add_ambient_capabilities.clone(),
+        }),
+        privileged: s.privileged,
+        namespace_options: s.namespace_options.as_ref().map(namespace_options),
+        selinux_options: s.selinux_options.as_ref().map(selinux),
+        run_as_user: s.run_as_user.as_ref().map(|v| v.value),
+        run_as_group: s.run_as_group.as_ref().map(|v| v.value),
+        run_as_username: s.run_as_username.clone(),
+        readonly_rootfs: s.readonly_rootfs,
+        supplemental_groups: s.supplemental_groups.clone(),
+        supplemental_groups_strict: s.supplemental_groups_policy
+            == cri::SupplementalGroupsPolicy::Strict as i32,
+        apparmor_profile: s.apparmor_profile.clone(),
+        seccomp_profile_path: s.seccomp_profile_path.clone(),
+        no_new_privs: s.no_new_privs,
+        masked_paths: s.masked_paths.clone(),
+        readonly_paths: s.readonly_paths.clone(),
+        seccomp: s.seccomp.as_ref().map(profile),
+        apparmor: s.apparmor.as_ref().map(profile),
+    };
+    api::ContainerConfig {
+        metadata: c.metadata.as_ref().map(|m| api::ContainerMetadata {
+            name: m.name.clone(),
+            attempt: m.attempt,
+        }),
+        image: c
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default(),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        working_dir: c.working_dir.clone(),
+        envs: c
+            .envs
+            .iter()
+            .map(|kv| api::KeyValue {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+            })
+            .collect(),
+        mounts: c
+            .mounts
+            .iter()
+            .map(|m| api::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
+                propagation: m.propagation,
+                image: m
+                    .image
+                    .as_ref()
+                    .map(|i| i.image.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        devices: c
+            .devices
+            .iter()
+            .map(|d| api::Device {
+                container_path: d.container_path.clone(),
+                host_path: d.host_path.clone(),
+                permissions: d.permissions.clone(),
+            })
+            .collect(),
+        labels: btree(&c.labels),
+        annotations: btree(&c.annotations),
+        log_path: c.log_path.clone(),
+        stdin: c.stdin,
+        stdin_once: c.stdin_once,
+        tty: c.tty,
+        linux: c.linux.as_ref().map(|l| api::LinuxContainerConfig {
+            resources: l.resources.as_ref().map(resources_request),
+            security_context: l.security_context.as_ref().map(security),
+        }),
+    }
+}
+
+/// ListContainerStats' filter.
+pub fn container_stats_filter(f: &cri::ContainerStatsFilter) -> api::ContainerStatsFilter {
+    api::ContainerStatsFilter {
+        id: f.id.clone(),
+        pod_sandbox_id: f.pod_sandbox_id.clone(),
+        label_selector: btree(&f.label_selector),
+    }
+}
+
+/// ListPodSandboxStats' filter.
+pub fn pod_stats_filter(f: &cri::PodSandboxStatsFilter) -> api::PodSandboxStatsFilter {
+    api::PodSandboxStatsFilter {
+        id: f.id.clone(),
+        label_selector: btree(&f.label_selector),
     }
 }

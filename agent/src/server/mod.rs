@@ -4,6 +4,7 @@ pub mod convert;
 pub mod image;
 pub mod layer;
 pub mod runtime;
+pub mod stats;
 pub mod status;
 
 use std::future::Future;

@@ -10,8 +10,8 @@ use berth_proto::cri::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::status::{to_status, unimplemented};
+use super::{convert, stats};
 
 /// A required id field, or InvalidArgument naming it.
 fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -211,7 +211,7 @@ impl RuntimeService for RuntimeHandlers {
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
         let id = self
             .engine
-            .run_pod(&config, &req.runtime_handler)
+            .run_pod(&convert::pod_config(&config), &req.runtime_handler)
             .await
             .map_err(to_status)?;
         Ok(Response::new(RunPodSandboxResponse { pod_sandbox_id: id }))
@@ -300,7 +300,14 @@ impl RuntimeService for RuntimeHandlers {
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
         let id = self
             .engine
-            .create_container(pod, &config, req.sandbox_config.as_ref())
+            .create_container(
+                pod,
+                &convert::container_config(&config),
+                req.sandbox_config
+                    .as_ref()
+                    .map(convert::pod_config)
+                    .as_ref(),
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(CreateContainerResponse { container_id: id }))
@@ -420,7 +427,7 @@ impl RuntimeService for RuntimeHandlers {
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let req = req.into_inner();
         let id = required(&req.container_id, "container_id")?;
-        let linux = req.linux.unwrap_or_default();
+        let linux = convert::resources_request(&req.linux.unwrap_or_default());
         self.engine
             .update_container_resources(id, &linux)
             .await
@@ -513,7 +520,8 @@ impl RuntimeService for RuntimeHandlers {
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let id = required(&req.get_ref().container_id, "container_id")?.to_owned();
         let engine = self.engine.clone();
-        let stats = blocking(move || engine.container_stats(&id)).await?;
+        let f = blocking(move || engine.container_stats(&id)).await?;
+        let stats = stats::container_stats(&f, &self.engine.writable_layer_mountpoint());
         Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
     async fn list_container_stats(
@@ -522,7 +530,13 @@ impl RuntimeService for RuntimeHandlers {
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let filter = req.into_inner().filter;
         let engine = self.engine.clone();
-        let stats = blocking(move || engine.list_container_stats(filter.as_ref())).await?;
+        let filter = filter.as_ref().map(convert::container_stats_filter);
+        let figures = blocking(move || engine.container_figures_list(filter.as_ref())).await?;
+        let mp = self.engine.writable_layer_mountpoint();
+        let stats = figures
+            .iter()
+            .map(|f| stats::container_stats(f, &mp))
+            .collect();
         Ok(Response::new(ListContainerStatsResponse { stats }))
     }
     async fn pod_sandbox_stats(
@@ -531,7 +545,8 @@ impl RuntimeService for RuntimeHandlers {
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let id = required(&req.get_ref().pod_sandbox_id, "pod_sandbox_id")?.to_owned();
         let engine = self.engine.clone();
-        let stats = blocking(move || engine.pod_stats(&id)).await?;
+        let f = blocking(move || engine.pod_stats(&id)).await?;
+        let stats = stats::pod_stats(&f, &self.engine.writable_layer_mountpoint());
         Ok(Response::new(PodSandboxStatsResponse {
             stats: Some(stats),
         }))
@@ -542,7 +557,10 @@ impl RuntimeService for RuntimeHandlers {
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         let filter = req.into_inner().filter;
         let engine = self.engine.clone();
-        let stats = blocking(move || engine.list_pod_stats(filter.as_ref())).await?;
+        let filter = filter.as_ref().map(convert::pod_stats_filter);
+        let figures = blocking(move || engine.pod_figures_list(filter.as_ref())).await?;
+        let mp = self.engine.writable_layer_mountpoint();
+        let stats = figures.iter().map(|f| stats::pod_stats(f, &mp)).collect();
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
     async fn checkpoint_container(
@@ -594,7 +612,7 @@ impl RuntimeService for RuntimeHandlers {
         _req: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         Ok(Response::new(ListMetricDescriptorsResponse {
-            descriptors: berth_engine::stats::metric_descriptors(),
+            descriptors: stats::metric_descriptors(),
         }))
     }
     async fn list_pod_sandbox_metrics(
@@ -602,7 +620,7 @@ impl RuntimeService for RuntimeHandlers {
         _req: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         let engine = self.engine.clone();
-        let pod_metrics = blocking(move || engine.pod_sandbox_metrics()).await?;
+        let pod_metrics = blocking(move || stats::pod_sandbox_metrics(&engine)).await?;
         Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use berth_proto::cri;
+use crate::api;
 
 use crate::Engine;
 use crate::clock::now_nanos;
@@ -21,8 +21,8 @@ impl Engine {
     pub async fn create_container(
         &self,
         pod_id: &str,
-        config: &cri::ContainerConfig,
-        sandbox_config: Option<&cri::PodSandboxConfig>,
+        config: &api::ContainerConfig,
+        sandbox_config: Option<&api::PodSandboxConfig>,
     ) -> Result<String> {
         let _g = self.locks.lock(pod_id).await;
         let pod = self.pod(pod_id)?;

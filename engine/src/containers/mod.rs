@@ -17,7 +17,7 @@ mod update;
 
 use std::path::PathBuf;
 
-use berth_proto::cri;
+use crate::api;
 
 use crate::Engine;
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ use crate::spec::resources;
 use crate::state::records::{ContainerRecord, ContainerState};
 
 /// CRI's LinuxContainerResources as the spec module reads them.
-pub(crate) fn resource_request(r: &cri::LinuxContainerResources) -> resources::ResourceRequest {
+pub(crate) fn resource_request(r: &api::LinuxContainerResources) -> resources::ResourceRequest {
     resources::ResourceRequest {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,

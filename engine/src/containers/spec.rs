@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_proto::cri;
+use crate::api;
 
 use super::{image_file, resource_request};
 use crate::Engine;
@@ -50,14 +50,10 @@ impl Engine {
     pub(super) fn plan_container(
         &self,
         pod: &PodRecord,
-        config: &cri::ContainerConfig,
-        sandbox_config: Option<&cri::PodSandboxConfig>,
+        config: &api::ContainerConfig,
+        sandbox_config: Option<&api::PodSandboxConfig>,
     ) -> Result<Plan> {
-        let image_name = config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        let image_name = config.image.clone();
         let image = self
             .resolve_image(&image_name)?
             .ok_or_else(|| Error::NotFound {
@@ -130,12 +126,11 @@ impl Engine {
         let user = process::resolve_user(
             &image.config.user,
             &process::UserRequest {
-                run_as_user: sc.run_as_user.map(|v| v.value),
+                run_as_user: sc.run_as_user,
                 run_as_username: sc.run_as_username.clone(),
-                run_as_group: sc.run_as_group.map(|v| v.value),
+                run_as_group: sc.run_as_group,
                 supplemental_groups: sc.supplemental_groups.clone(),
-                strict_groups: sc.supplemental_groups_policy
-                    == cri::SupplementalGroupsPolicy::Strict as i32,
+                strict_groups: sc.supplemental_groups_strict,
             },
             &passwd,
             &group,
@@ -223,7 +218,7 @@ impl Engine {
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
                 propagation: m.propagation,
-                image: m.image.as_ref().is_some_and(|i| !i.image.is_empty()),
+                image: !m.image.is_empty(),
                 recursive_read_only: m.recursive_read_only,
             })
             .collect();

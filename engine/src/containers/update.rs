@@ -1,6 +1,6 @@
 //! UpdateContainerResources and ReopenContainerLog.
 
-use berth_proto::cri;
+use crate::api;
 use berth_proto::monitor::{self as mproto, frame::Body};
 
 use super::resource_request;
@@ -16,7 +16,7 @@ impl Engine {
     pub async fn update_container_resources(
         &self,
         id: &str,
-        r: &cri::LinuxContainerResources,
+        r: &api::LinuxContainerResources,
     ) -> Result<()> {
         let _g = self.locks.lock(id).await;
         let mut c = self.container(id)?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use berth_proto::cri;
+use crate::api;
 
 use super::{Scope, new_id, ns_mode};
 use crate::Engine;
@@ -24,7 +24,7 @@ impl Engine {
     /// cancelled) has [`Engine::teardown_pod`] undo what the steps before it made.
     pub async fn run_pod(
         self: &Arc<Self>,
-        config: &cri::PodSandboxConfig,
+        config: &api::PodSandboxConfig,
         runtime_handler: &str,
     ) -> Result<String> {
         let md = config

@@ -6,7 +6,7 @@ use std::fmt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use berth_proto::cri;
+use crate::api;
 use serde::{Deserialize, Serialize};
 
 use super::SpecError;
@@ -109,7 +109,7 @@ fn node_of(host: &Path, container_path: &str) -> Result<Option<DeviceNode>, std:
 
 /// The CRI devices as nodes and rules; a host path that is not a device, or permissions
 /// outside "rwm", are InvalidArgument.
-pub fn requested(devices: &[cri::Device]) -> Result<(Vec<DeviceNode>, Vec<DeviceRule>), SpecError> {
+pub fn requested(devices: &[api::Device]) -> Result<(Vec<DeviceNode>, Vec<DeviceRule>), SpecError> {
     let mut nodes = Vec::new();
     let mut rules = Vec::new();
     for (i, d) in devices.iter().enumerate() {
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn requested_devices_are_checked() {
-        let d = |host: &str, path: &str, perms: &str| cri::Device {
+        let d = |host: &str, path: &str, perms: &str| api::Device {
             container_path: path.into(),
             host_path: host.into(),
             permissions: perms.into(),

@@ -1,7 +1,7 @@
 //! A pod's own files and names, as pure functions: its hostname, /etc/hosts, resolv.conf,
 //! and its cgroup path from kubelet's cgroup parent.
 
-use berth_proto::cri;
+use crate::api;
 
 use crate::CgroupDriver;
 use crate::error::{Error, Result};
@@ -80,7 +80,7 @@ pub fn pod_hostname(
 
 /// Checks kubelet's DNS config before it becomes lines of resolv.conf: servers are IP
 /// addresses, search domains and options single words without control characters.
-pub fn check_dns_config(dns: Option<&cri::DnsConfig>) -> Result<()> {
+pub fn check_dns_config(dns: Option<&api::DnsConfig>) -> Result<()> {
     let Some(d) = dns else { return Ok(()) };
     for s in &d.servers {
         if s.parse::<std::net::IpAddr>().is_err() {
@@ -105,7 +105,7 @@ pub fn check_dns_config(dns: Option<&cri::DnsConfig>) -> Result<()> {
 }
 
 /// The pod's /etc/resolv.conf: kubelet's DNS config, or the node's file.
-pub fn resolv_conf(dns: Option<&cri::DnsConfig>) -> String {
+pub fn resolv_conf(dns: Option<&api::DnsConfig>) -> String {
     match dns {
         Some(d) if !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty() => {
             let mut s = String::new();
@@ -167,22 +167,22 @@ mod tests {
 
     #[test]
     fn dns_config_is_checked() {
-        let ok = cri::DnsConfig {
+        let ok = api::DnsConfig {
             servers: vec!["10.0.0.10".into(), "fd00::a".into()],
             searches: vec!["svc.cluster.local".into()],
             options: vec!["ndots:5".into()],
         };
         assert!(check_dns_config(Some(&ok)).is_ok());
         for bad in [
-            cri::DnsConfig {
+            api::DnsConfig {
                 servers: vec!["dns.example".into()],
                 ..Default::default()
             },
-            cri::DnsConfig {
+            api::DnsConfig {
                 searches: vec!["a\nnameserver 6.6.6.6".into()],
                 ..Default::default()
             },
-            cri::DnsConfig {
+            api::DnsConfig {
                 options: vec!["".into()],
                 ..Default::default()
             },
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn resolv_conf_from_dns_config() {
-        let d = cri::DnsConfig {
+        let d = api::DnsConfig {
             servers: vec!["10.0.0.10".into()],
             searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
             options: vec!["ndots:5".into()],

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use berth_proto::cri;
+use crate::api;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -41,7 +41,7 @@ pub enum Choice {
 /// The profile from the CRI fields: `seccomp` wins over the legacy path; neither is
 /// Unconfined (Kubernetes' meaning of an empty field).
 pub fn choice(
-    profile: Option<&cri::SecurityProfile>,
+    profile: Option<&api::SecurityProfile>,
     legacy_path: &str,
 ) -> Result<Choice, SpecError> {
     if let Some(p) = profile {
@@ -820,7 +820,7 @@ mod tests {
 
     #[test]
     fn choices_from_cri_fields() {
-        let p = |t: i32, r: &str| cri::SecurityProfile {
+        let p = |t: i32, r: &str| api::SecurityProfile {
             profile_type: t,
             localhost_ref: r.into(),
         };

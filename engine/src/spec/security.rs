@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use berth_proto::cri;
+use crate::api;
 use serde::{Deserialize, Serialize};
 
 use super::SpecError;
@@ -476,7 +476,7 @@ impl AppArmor {
 /// a named (localhost) profile must be loaded already. Where the node has no AppArmor,
 /// the default means unconfined and a named profile is refused rather than ignored.
 pub fn apparmor_profile(
-    profile: Option<&cri::SecurityProfile>,
+    profile: Option<&api::SecurityProfile>,
     legacy: &str,
     host_has_apparmor: bool,
     loaded: impl Fn(&str) -> bool,
@@ -541,11 +541,11 @@ pub fn apparmor_loaded(name: &str) -> bool {
 /// options (the container's fields win). None when nothing is asked; refused when the node
 /// does not run SELinux, rather than silently ignored.
 pub fn selinux_label(
-    pod: Option<&cri::SeLinuxOption>,
-    container: Option<&cri::SeLinuxOption>,
+    pod: Option<&api::SeLinuxOption>,
+    container: Option<&api::SeLinuxOption>,
     host_has_selinux: bool,
 ) -> Result<Option<String>, SpecError> {
-    let pick = |f: fn(&cri::SeLinuxOption) -> &String| {
+    let pick = |f: fn(&api::SeLinuxOption) -> &String| {
         container
             .map(f)
             .filter(|v| !v.is_empty())
@@ -590,7 +590,7 @@ mod lsm_tests {
 
     #[test]
     fn apparmor_choices() {
-        let p = |t: i32, r: &str| cri::SecurityProfile {
+        let p = |t: i32, r: &str| api::SecurityProfile {
             profile_type: t,
             localhost_ref: r.into(),
         };
@@ -639,7 +639,7 @@ mod lsm_tests {
 
     #[test]
     fn selinux_labels() {
-        let o = |t: &str, l: &str| cri::SeLinuxOption {
+        let o = |t: &str, l: &str| api::SeLinuxOption {
             user: String::new(),
             role: String::new(),
             r#type: t.into(),

@@ -5,7 +5,7 @@
 //! The container's root must map to an unprivileged host id: a mapping that covers host
 //! id 0 would make root inside root outside, so it is refused rather than honoured.
 
-use berth_proto::cri;
+use crate::api;
 use serde::{Deserialize, Serialize};
 
 use super::SpecError;
@@ -35,13 +35,13 @@ const MAX_RANGES: usize = 340;
 impl IdMappings {
     /// The pod's user namespace from its CRI options: `None` for the host's.
     pub fn from_cri(
-        ns: Option<&cri::UserNamespace>,
+        ns: Option<&api::UserNamespace>,
         host_namespaces: &[(&str, bool)],
     ) -> Result<Option<IdMappings>, SpecError> {
         const FIELD: &str = "config.linux.security_context.namespace_options.userns_options";
         let Some(u) = ns else { return Ok(None) };
-        match cri::NamespaceMode::try_from(u.mode) {
-            Ok(cri::NamespaceMode::Node) => {
+        match u.mode {
+            api::namespace_mode::NODE => {
                 if !u.uids.is_empty() || !u.gids.is_empty() {
                     return Err(SpecError::new(
                         FIELD,
@@ -50,7 +50,7 @@ impl IdMappings {
                 }
                 return Ok(None);
             }
-            Ok(cri::NamespaceMode::Pod) => {}
+            api::namespace_mode::POD => {}
             _ => {
                 return Err(SpecError::new(
                     FIELD,
@@ -69,7 +69,7 @@ impl IdMappings {
                 ),
             ));
         }
-        let conv = |v: &[cri::IdMapping]| -> Vec<IdRange> {
+        let conv = |v: &[api::IdMapping]| -> Vec<IdRange> {
             v.iter()
                 .map(|m| IdRange {
                     container_id: m.container_id,
@@ -263,22 +263,18 @@ fn check_ranges(field: &str, ranges: &[IdRange]) -> Result<(), SpecError> {
 mod tests {
     use super::*;
 
-    fn ns(
-        mode: cri::NamespaceMode,
-        uids: &[(u32, u32, u32)],
-        gids: &[(u32, u32, u32)],
-    ) -> cri::UserNamespace {
+    fn ns(mode: i32, uids: &[(u32, u32, u32)], gids: &[(u32, u32, u32)]) -> api::UserNamespace {
         let conv = |v: &[(u32, u32, u32)]| {
             v.iter()
-                .map(|&(c, h, l)| cri::IdMapping {
+                .map(|&(c, h, l)| api::IdMapping {
                     container_id: c,
                     host_id: h,
                     length: l,
                 })
                 .collect()
         };
-        cri::UserNamespace {
-            mode: mode as i32,
+        api::UserNamespace {
+            mode,
             uids: conv(uids),
             gids: conv(gids),
         }
@@ -287,7 +283,7 @@ mod tests {
     #[test]
     fn kubelet_pod_range() {
         let u = ns(
-            cri::NamespaceMode::Pod,
+            api::namespace_mode::POD,
             &[(0, 65536 * 3, 65536)],
             &[(0, 65536 * 3, 65536)],
         );
@@ -316,9 +312,9 @@ mod tests {
     #[test]
     fn node_mode_and_absent_mean_host() {
         assert_eq!(IdMappings::from_cri(None, &[]).unwrap(), None);
-        let u = ns(cri::NamespaceMode::Node, &[], &[]);
+        let u = ns(api::namespace_mode::NODE, &[], &[]);
         assert_eq!(IdMappings::from_cri(Some(&u), &[]).unwrap(), None);
-        let u = ns(cri::NamespaceMode::Node, &[(0, 1000, 1)], &[]);
+        let u = ns(api::namespace_mode::NODE, &[(0, 1000, 1)], &[]);
         assert!(IdMappings::from_cri(Some(&u), &[]).is_err());
     }
 
@@ -327,50 +323,50 @@ mod tests {
         let bad = [
             // host root mapped
             ns(
-                cri::NamespaceMode::Pod,
+                api::namespace_mode::POD,
                 &[(0, 0, 65536)],
                 &[(0, 100000, 65536)],
             ),
             // container root unmapped
             ns(
-                cri::NamespaceMode::Pod,
+                api::namespace_mode::POD,
                 &[(1, 100000, 10)],
                 &[(0, 100000, 65536)],
             ),
             // no gids
-            ns(cri::NamespaceMode::Pod, &[(0, 100000, 65536)], &[]),
+            ns(api::namespace_mode::POD, &[(0, 100000, 65536)], &[]),
             // overlapping inside
             ns(
-                cri::NamespaceMode::Pod,
+                api::namespace_mode::POD,
                 &[(0, 100000, 100), (50, 200000, 100)],
                 &[(0, 100000, 65536)],
             ),
             // overlapping on the host
             ns(
-                cri::NamespaceMode::Pod,
+                api::namespace_mode::POD,
                 &[(0, 100000, 100), (100, 100050, 100)],
                 &[(0, 100000, 65536)],
             ),
             // past the end
             ns(
-                cri::NamespaceMode::Pod,
+                api::namespace_mode::POD,
                 &[(0, u32::MAX - 5, 10)],
                 &[(0, 100000, 65536)],
             ),
             // zero length
             ns(
-                cri::NamespaceMode::Pod,
+                api::namespace_mode::POD,
                 &[(0, 100000, 0)],
                 &[(0, 100000, 65536)],
             ),
             // unsupported modes
             ns(
-                cri::NamespaceMode::Container,
+                api::namespace_mode::CONTAINER,
                 &[(0, 100000, 65536)],
                 &[(0, 100000, 65536)],
             ),
             ns(
-                cri::NamespaceMode::Target,
+                api::namespace_mode::TARGET,
                 &[(0, 100000, 65536)],
                 &[(0, 100000, 65536)],
             ),
@@ -379,7 +375,7 @@ mod tests {
             assert!(IdMappings::from_cri(Some(u), &[]).is_err(), "{u:?}");
         }
         let ok = ns(
-            cri::NamespaceMode::Pod,
+            api::namespace_mode::POD,
             &[(0, 100000, 65536)],
             &[(0, 100000, 65536)],
         );
@@ -387,7 +383,7 @@ mod tests {
         assert!(e.message.contains("network"), "{e}");
         // Two disjoint ranges are fine.
         let two = ns(
-            cri::NamespaceMode::Pod,
+            api::namespace_mode::POD,
             &[(0, 100000, 1000), (1000, 300000, 1000)],
             &[(0, 100000, 65536)],
         );
