@@ -13,5 +13,6 @@ pub mod mountinfo;
 pub mod namespaces;
 pub mod probe;
 pub mod process;
+mod rootfs;
 pub mod spawn;
 pub mod sys;

@@ -16,6 +16,7 @@ pub mod pod;
 pub mod process;
 pub mod resources;
 pub mod seccomp;
+mod seccomp_default;
 pub mod security;
 pub mod userns;
 

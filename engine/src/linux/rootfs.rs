@@ -1,0 +1,465 @@
+//! The container's root file system, built by the cloned child in its own mount
+//! namespace: the overlay of its layers, every mount inside it (refusing to follow a
+//! symlink out of the root), device nodes, masked and read-only paths, and the pivot.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::unistd::{Gid, Uid};
+
+use super::init::{Step, step};
+use super::spawn::LaunchSpec;
+use crate::spec::mounts::{Mount, Propagation, RECURSIVE_READONLY};
+
+pub(super) fn mount_overlay(spec: &LaunchSpec, userns: Option<&fs::File>) -> Step<()> {
+    let r = &spec.rootfs;
+    // In a user namespace the image's files must show their owners as the container sees
+    // them (root's as the container's root): each layer is id-mapped into the namespace
+    // and attached on a directory of its own, in our private mount namespace (gone with
+    // the old root at pivot_root); overlayfs before Linux 6.15 takes no detached mount as a
+    // layer. The names are short and relative to that directory, so that many layers still
+    // fit in one page of mount options. The writable layer is not mapped, so what the
+    // container writes is owned by its host ids.
+    let lower: Vec<String> = match (userns, &spec.userns) {
+        (Some(ns), Some(u)) => {
+            step(
+                || format!("chown {}", r.upperdir.display()),
+                nix::unistd::chown(
+                    &r.upperdir,
+                    Some(Uid::from_raw(u.root_uid)),
+                    Some(Gid::from_raw(u.root_gid)),
+                ),
+            )?;
+            let staging = r.target.with_extension("layers");
+            let mut v = Vec::new();
+            for (i, l) in r.lowerdirs.iter().enumerate() {
+                let t = step(
+                    || format!("id-map layer {}", l.display()),
+                    super::sys::idmapped_tree(l, ns, false),
+                )?;
+                let at = staging.join(i.to_string());
+                step(
+                    || format!("create {}", at.display()),
+                    fs::create_dir_all(&at),
+                )?;
+                step(
+                    || format!("attach id-mapped layer {}", l.display()),
+                    super::sys::move_mount_to(&t, &at),
+                )?;
+                v.push(i.to_string());
+            }
+            step(
+                || format!("chdir {}", staging.display()),
+                nix::unistd::chdir(&staging),
+            )?;
+            v
+        }
+        _ => r
+            .lowerdirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+    };
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        r.upperdir.display(),
+        r.workdir.display()
+    );
+    step(
+        || format!("create {}", r.target.display()),
+        fs::create_dir_all(&r.target),
+    )?;
+    step(
+        || format!("mount overlay root ({} layers)", lower.len()),
+        mount(
+            Some("overlay"),
+            &r.target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        ),
+    )
+}
+
+/// Splits mount options into flags and data, as mount(8) does.
+fn options(opts: &[String]) -> (MsFlags, Vec<String>) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in opts {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            RECURSIVE_READONLY => flags |= MsFlags::MS_RDONLY,
+            other => data.push(other.to_owned()),
+        }
+    }
+    (flags, data)
+}
+
+/// The destination inside the new root, refusing to follow symlinks out of it.
+fn inside(root: &Path, dest: &str) -> Step<PathBuf> {
+    let mut cur = root.to_owned();
+    for c in Path::new(dest).components() {
+        if let std::path::Component::Normal(n) = c {
+            cur.push(n);
+            if let Ok(m) = fs::symlink_metadata(&cur)
+                && m.file_type().is_symlink()
+            {
+                return Err(format!(
+                    "mount destination {dest}: {} is a symlink; refusing to follow it",
+                    cur.display()
+                ));
+            }
+        }
+    }
+    Ok(cur)
+}
+
+/// Creates a mount point that does not exist yet (a directory, or an empty file), owned by
+/// `owner` (the mapped root of a user-namespaced pod: made by us, root of the host, it
+/// would show as nobody inside). Never truncates or follows what appears on the path
+/// meanwhile: new entries only (O_EXCL).
+fn ensure_target(target: &Path, as_dir: bool, owner: Option<(u32, u32)>) -> Step<()> {
+    if fs::symlink_metadata(target).is_ok() {
+        return Ok(());
+    }
+    let own = |p: &Path| -> Step<()> {
+        match owner {
+            Some((u, g)) => step(
+                || format!("chown {}", p.display()),
+                std::os::unix::fs::lchown(p, Some(u), Some(g)),
+            ),
+            None => Ok(()),
+        }
+    };
+    let mut missing = Vec::new();
+    let mut cur = if as_dir {
+        Some(target)
+    } else {
+        target.parent()
+    };
+    while let Some(p) = cur {
+        if fs::symlink_metadata(p).is_ok() {
+            break;
+        }
+        missing.push(p.to_owned());
+        cur = p.parent();
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => own(d)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("create {}: {e}", d.display())),
+        }
+    }
+    if !as_dir {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(target)
+        {
+            Ok(_) => own(target)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("create {}: {e}", target.display())),
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn mount_one(
+    root: &Path,
+    m: &Mount,
+    spec: &LaunchSpec,
+    userns: Option<&fs::File>,
+) -> Step<()> {
+    let target = inside(root, &m.destination)?;
+    let owner = spec.userns.as_ref().map(|u| (u.root_uid, u.root_gid));
+    let (flags, data) = options(&m.options);
+    match m.kind.as_str() {
+        "bind" => {
+            let is_dir = fs::metadata(&m.source)
+                .map(|md| md.is_dir())
+                .unwrap_or(true);
+            ensure_target(&target, is_dir, owner)?;
+            // Volumes and pod files id-mapped into a pod's user namespace where the file
+            // system allows it, so that the host's root-owned files are root's inside.
+            let mapped = userns
+                .and_then(|ns| super::sys::idmapped_tree(Path::new(&m.source), ns, true).ok());
+            match mapped {
+                Some(tree) => step(
+                    || format!("bind {} (id-mapped) on {}", m.source, m.destination),
+                    super::sys::move_mount_to(&tree, &target),
+                )?,
+                None => step(
+                    || format!("bind {} on {}", m.source, m.destination),
+                    bind(Path::new(&m.source), &target, true),
+                )?,
+            }
+            let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+            if !extra.is_empty() {
+                step(
+                    || format!("remount {} with {:?}", m.destination, m.options),
+                    remount_bind(&target, extra),
+                )?;
+            }
+            if m.options.iter().any(|o| o == RECURSIVE_READONLY) {
+                step(
+                    || format!("make {} read-only recursively", m.destination),
+                    super::sys::make_readonly_recursive(&target),
+                )?;
+            }
+            let prop = match m.propagation {
+                Some(Propagation::RSlave) => MsFlags::MS_REC | MsFlags::MS_SLAVE,
+                Some(Propagation::RShared) => MsFlags::MS_REC | MsFlags::MS_SHARED,
+                _ => MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            };
+            step(
+                || format!("propagation of {}", m.destination),
+                mount(None::<&str>, &target, None::<&str>, prop, None::<&str>),
+            )
+        }
+        "cgroup" => {
+            // A read-only view of the container's own cgroups, as runc gives on v1.
+            ensure_target(&target, true, owner)?;
+            step(
+                || "mount /sys/fs/cgroup tmpfs".into(),
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    Some("mode=755"),
+                ),
+            )?;
+            for (name, host_dir) in &spec.cgroup_view {
+                let t = target.join(name);
+                ensure_target(&t, true, owner)?;
+                step(|| format!("bind cgroup {name}"), bind(host_dir, &t, false))?;
+                step(
+                    || format!("cgroup {name} read-only"),
+                    remount_bind(&t, flags),
+                )?;
+            }
+            if flags.contains(MsFlags::MS_RDONLY) {
+                step(
+                    || "/sys/fs/cgroup read-only".into(),
+                    mount(
+                        None::<&str>,
+                        &target,
+                        None::<&str>,
+                        MsFlags::MS_REMOUNT | flags,
+                        Some("mode=755"),
+                    ),
+                )?;
+            }
+            Ok(())
+        }
+        fstype => {
+            ensure_target(&target, true, owner)?;
+            let d = data.join(",");
+            step(
+                || format!("mount {} on {}", fstype, m.destination),
+                mount(
+                    Some(m.source.as_str()),
+                    &target,
+                    Some(fstype),
+                    flags,
+                    (!d.is_empty()).then_some(d.as_str()),
+                ),
+            )?;
+            if m.destination == "/dev" {
+                populate_dev(&target)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Creates a device node in the container (a requested device, or one of the node's for a
+/// privileged container); one that exists already (the standard set) is kept.
+pub(super) fn make_device(root: &Path, d: &crate::spec::devices::DeviceNode) -> Step<()> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let t = inside(root, &d.path)?;
+    if fs::symlink_metadata(&t).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = t.parent() {
+        step(
+            || format!("create {}", parent.display()),
+            fs::create_dir_all(parent),
+        )?;
+    }
+    let kind = if d.kind == 'b' {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFCHR
+    };
+    step(
+        || format!("mknod {}", d.path),
+        mknod(
+            &t,
+            kind,
+            Mode::from_bits_truncate(d.mode),
+            makedev(d.major, d.minor),
+        ),
+    )?;
+    step(
+        || format!("chown {}", d.path),
+        nix::unistd::chown(&t, Some(Uid::from_raw(d.uid)), Some(Gid::from_raw(d.gid))),
+    )
+}
+
+/// The standard device nodes (bind-mounted from the host, which works in every namespace)
+/// and the usual /dev symlinks.
+fn populate_dev(dev: &Path) -> Step<()> {
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let t = dev.join(name);
+        ensure_target(&t, false, None)?;
+        let src = format!("/dev/{name}");
+        step(|| format!("bind {src}"), bind(Path::new(&src), &t, false))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        step(
+            || format!("symlink /dev/{link}"),
+            std::os::unix::fs::symlink(target, dev.join(link)),
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn mask(root: &Path, p: &str) -> Step<()> {
+    let t = inside(root, p)?;
+    match fs::metadata(&t) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => step(
+            || format!("mask {p}"),
+            mount(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            ),
+        ),
+        Ok(_) => step(
+            || format!("mask {p}"),
+            bind(Path::new("/dev/null"), &t, false),
+        ),
+    }
+}
+
+pub(super) fn readonly(root: &Path, p: &str) -> Step<()> {
+    let t = inside(root, p)?;
+    if !t.exists() {
+        return Ok(());
+    }
+    step(|| format!("read-only {p}"), bind(&t, &t, true))?;
+    step(
+        || format!("read-only {p}"),
+        remount_bind(
+            &t,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        ),
+    )
+}
+
+/// Bind-mounts `src` at `dst`, with everything mounted below it when `recursive`.
+fn bind(src: &Path, dst: &Path, recursive: bool) -> nix::Result<()> {
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | rec,
+        None::<&str>,
+    )
+}
+
+/// Changes the flags (read-only, nosuid, …) of the bind mount at `dst`.
+pub(super) fn remount_bind(dst: &Path, flags: MsFlags) -> nix::Result<()> {
+    mount(
+        None::<&str>,
+        dst,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+        None::<&str>,
+    )
+}
+
+/// Makes the mount that holds `dir` (in our mount namespace) private, so that mounts made
+/// under `dir` reach no peer (runc's rootfsParentMountPrivate).
+pub(super) fn make_parent_mount_private(dir: &Path) -> Step<()> {
+    let parent = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let m = step(
+        || format!("find the mount holding {}", parent.display()),
+        super::mountinfo::mount_of(parent),
+    )?;
+    step(
+        || format!("make {} private", m.mount_point.display()),
+        mount(
+            None::<&str>,
+            &m.mount_point,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )
+}
+
+/// pivot_root into `root`, then detach the old root (pivot_root(".", ".") idiom).
+pub(super) fn pivot(root: &Path) -> Step<()> {
+    // The old root, held open: after pivot_root(".", ".") the working directory is the
+    // new root's, beneath the old root now stacked on it, and "." would name the new one.
+    let old_root = step(|| "open /".into(), fs::File::open("/"))?;
+    step(
+        || format!("chdir {}", root.display()),
+        nix::unistd::chdir(root),
+    )?;
+    step(|| "pivot_root".into(), nix::unistd::pivot_root(".", "."))?;
+    step(
+        || "enter the old root".into(),
+        nix::unistd::fchdir(&old_root),
+    )?;
+    // The old root may hold shared mounts (see the root's propagation above): made slave
+    // first (it alone, not the new root's volumes), so that detaching it cannot unmount
+    // anything of the host's (runc's order).
+    step(
+        || "make the old root slave".into(),
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        ),
+    )?;
+    step(
+        || "detach old root".into(),
+        umount2(".", MntFlags::MNT_DETACH),
+    )?;
+    drop(old_root);
+    step(|| "chdir /".into(), nix::unistd::chdir("/"))
+}
