@@ -4,8 +4,8 @@
 //! deserialize through `TryFrom<String>`), so that a bad value is reported with the file,
 //! line and key, and before any socket is bound. Unknown keys are refused.
 //!
-//! [`DEFAULT_TOML`] is the commented default config (`berthd config default`); a test keeps it
-//! equal to [`Config::default`] and to `manifests/config.toml`.
+//! [`DEFAULT_TOML`] is the commented default config (`berthd config default`), built in
+//! from `manifests/config.toml`; a test keeps it equal to [`Config::default`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,90 +19,9 @@ use serde::{Deserialize, Serialize};
 /// Where berthd looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
 
-/// The default config, with comments; `berthd config default` prints it.
-pub const DEFAULT_TOML: &str = r#"# berthd configuration. Every key is optional; shown here with its default.
-# berthd reads /etc/berth/config.toml when it exists, or the file given with --config.
-
-# Persistent state: the state db, image content and unpacked layers.
-root = "/var/lib/berth"
-# Run state: sockets, pod network namespaces, exit records. Use a tmpfs (emptied at boot).
-state = "/run/berth"
-
-[grpc]
-# The CRI socket that kubelet and crictl connect to (mode 0660).
-listen = "/run/berth/berth.sock"
-# On SIGTERM/SIGINT, how long in-flight calls may take to finish before berthd exits.
-shutdown_grace_seconds = 10
-
-[log]
-# "text" or "json".
-format = "text"
-# A tracing filter: a level (error, warn, info, debug, trace) or directives such as
-# "info,berth_engine=debug". RUST_LOG, when set, takes precedence.
-level = "info"
-
-[cgroup]
-# "cgroupfs" or "systemd"; must match kubelet's cgroupDriver.
-driver = "cgroupfs"
-# The cgroup under which pods are created when kubelet gives no cgroup_parent.
-parent = "berth"
-
-[network]
-# "builtin" (berth's bridge, veth and IPAM) or "cni" (standard CNI plugins).
-mode = "builtin"
-# The node's pod range(s), comma-separated for dual stack, e.g. "10.88.0.0/16,fd00:88::/64".
-# kubelet's range (UpdateRuntimeConfig) replaces it; empty waits for kubelet.
-pod_cidr = "10.88.0.0/16"
-# Built-in mode: the node bridge, which holds each range's first address as the pods' gateway.
-bridge = "berth0"
-# MTU of pod interfaces; 0 takes the MTU of the interface holding the default route.
-mtu = 0
-# berth's nftables table (family inet): masquerade and hostPort rules. berth touches no other.
-nft_table = "berth"
-# Remove the bridge and the table when the last pod network is gone.
-remove_idle = false
-# CNI mode: the first .conflist/.conf/.json here (in name order) is the pod network.
-cni_conf_dir = "/etc/cni/net.d"
-# CNI mode: where plugins are looked up, in order (Debian's containernetworking-plugins
-# installs them in /usr/lib/cni).
-cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
-
-[metrics]
-# The Prometheus endpoint (GET /metrics), host:port; "" turns it off.
-listen = "127.0.0.1:9464"
-
-[streaming]
-# Where the server for exec, attach and port-forward streams listens (kubelet connects to
-# the URLs berth hands out). Port 0: any free port.
-listen = "127.0.0.1:0"
-# How long a streaming URL stays valid (it works once).
-token_ttl_seconds = 60
-# A streaming connection without traffic for this long is closed (its exec'd process
-# killed), as kubelet's and containerd's 4 h default; 0: never.
-idle_timeout_seconds = 14400
-
-[images]
-# Layers one pull downloads at the same time.
-max_concurrent_downloads = 3
-# Images reported as pinned, which kubelet never garbage-collects,
-# e.g. ["registry.k8s.io/pause:3.10"].
-pinned = []
-# Flush each unpacked layer to disk (syncfs) before it is committed, so that a power
-# loss never leaves a layer with empty files. Turn off only on throwaway nodes.
-sync_layers = true
-
-# Per-registry settings, keyed by the registry host as it appears in image names.
-# Registries on loopback (localhost, 127.0.0.0/8, ::1) are plain HTTP by default.
-#
-# [registries."docker.io"]
-# mirrors = ["http://127.0.0.1:5000"]   # tried in order, before the origin
-# mirrors_only = false                  # true: never contact the origin (air-gapped node)
-#
-# [registries."registry.example.com:5000"]
-# plain_http = false
-# ca_file = "/etc/berth/certs/registry.example.com.pem"
-# skip_verify = false                   # disables server authentication: tests only
-"#;
+/// The default config, with comments; `berthd config default` prints it and packages
+/// install it. One file, `manifests/config.toml`, so the two cannot drift.
+pub const DEFAULT_TOML: &str = include_str!("../../manifests/config.toml");
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -638,19 +557,6 @@ mod tests {
         assert_eq!(
             Config::parse(DEFAULT_TOML, "default").unwrap(),
             Config::default()
-        );
-    }
-
-    #[test]
-    fn manifests_config_is_the_default_toml() {
-        let shipped = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../manifests/config.toml"
-        ))
-        .unwrap();
-        assert_eq!(
-            shipped, DEFAULT_TOML,
-            "manifests/config.toml drifted: regenerate it with `berthd config default > manifests/config.toml`"
         );
     }
 

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
 
 use berth_cni::builtin::ipam::Allocator;
-use berth_cni::builtin::nft::{self, PortMapping, Protocol};
+use berth_cni::builtin::nft::{self, PortMapping};
 use berth_cni::builtin::{self as bridge, BridgeConfig, PodInterface};
-use berth_cni::plugin::{Attachment, Cni, CniPortMapping, CniSettings};
+use berth_cni::plugin::{Attachment, Cni, CniSettings};
 use berth_cni::{NetworkMode, PodCidr};
 
 /// How long one CNI plugin may run.
@@ -24,7 +24,11 @@ use crate::api;
 
 use crate::Engine;
 use crate::error::{Error, Result};
-use crate::state::records::{HostPortRecord, NetBackend, PodNet, PodRecord};
+use crate::state::records::{NetBackend, PodNet, PodRecord};
+
+mod ports;
+pub use ports::port_mappings;
+use ports::{cni_port_mappings, host_port_of, host_port_record};
 
 /// What the engine knows of the node network between calls.
 #[derive(Debug, Default)]
@@ -132,122 +136,6 @@ impl Default for NetworkConfig {
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         }
     }
-}
-
-/// One CRI hostPort, checked: ports, protocol, and the host address (None is any).
-struct HostPort {
-    protocol: Protocol,
-    host_port: u16,
-    container_port: u16,
-    host_ip: Option<IpAddr>,
-    /// The family the host address restricts the mapping to (None: both).
-    family_v4: Option<bool>,
-}
-
-/// The CRI port mappings that are host ports (kubelet sends only those, but a mapping
-/// without a host port is skipped anyway), checked.
-fn port_mappings_of(cri: &[api::PortMapping]) -> Result<Vec<HostPort>> {
-    let mut out = Vec::new();
-    for m in cri {
-        if m.host_port == 0 {
-            continue;
-        }
-        let port = |v: i32, what: &str| {
-            u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| {
-                Error::InvalidArgument(format!("port_mappings: {what} {v} is not a port (1-65535)"))
-            })
-        };
-        let (host_port, container_port) = (
-            port(m.host_port, "host_port")?,
-            port(m.container_port, "container_port")?,
-        );
-        let protocol = match m.protocol {
-            0 => Protocol::Tcp,
-            1 => Protocol::Udp,
-            2 => Protocol::Sctp,
-            p => {
-                return Err(Error::InvalidArgument(format!(
-                    "port_mappings: unknown protocol {p}"
-                )));
-            }
-        };
-        // "" is every local address of both families; 0.0.0.0 and :: every address of
-        // one family; anything else that address only.
-        let (host_ip, family): (Option<IpAddr>, Option<bool>) = match m.host_ip.as_str() {
-            "" => (None, None),
-            s => {
-                let ip: IpAddr = s.parse().map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "port_mappings: host_ip {s:?} is not an IP address"
-                    ))
-                })?;
-                ((!ip.is_unspecified()).then_some(ip), Some(ip.is_ipv4()))
-            }
-        };
-        out.push(HostPort {
-            protocol,
-            host_port,
-            container_port,
-            host_ip,
-            family_v4: family,
-        });
-    }
-    Ok(out)
-}
-
-/// The CRI port mappings of a pod as nft mappings for its addresses.
-pub fn port_mappings(cri: &[api::PortMapping], pod_ips: &[IpAddr]) -> Result<Vec<PortMapping>> {
-    let mut out = Vec::new();
-    for m in port_mappings_of(cri)? {
-        for pod_ip in pod_ips {
-            if m.family_v4.is_some_and(|v4| v4 != pod_ip.is_ipv4()) {
-                continue;
-            }
-            out.push(PortMapping {
-                protocol: m.protocol,
-                host_ip: m.host_ip,
-                host_port: m.host_port,
-                pod_ip: *pod_ip,
-                container_port: m.container_port,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// A hostPort as the pod's record keeps it.
-fn host_port_record(m: &PortMapping) -> HostPortRecord {
-    HostPortRecord {
-        protocol: m.protocol.as_str().to_owned(),
-        host_ip: m.host_ip,
-        host_port: m.host_port,
-        pod_ip: m.pod_ip,
-        container_port: m.container_port,
-    }
-}
-
-/// A recorded hostPort back as the nft table's (None for a protocol this berth no longer
-/// knows, which is logged and skipped).
-fn host_port_of(r: &HostPortRecord) -> Option<PortMapping> {
-    let protocol = match r.protocol.as_str() {
-        "tcp" => Protocol::Tcp,
-        "udp" => Protocol::Udp,
-        "sctp" => Protocol::Sctp,
-        other => {
-            tracing::warn!(
-                protocol = other,
-                "a recorded host port has an unknown protocol"
-            );
-            return None;
-        }
-    };
-    Some(PortMapping {
-        protocol,
-        host_ip: r.host_ip,
-        host_port: r.host_port,
-        pod_ip: r.pod_ip,
-        container_port: r.container_port,
-    })
 }
 
 fn in_range(cidr: &PodCidr, ip: IpAddr) -> bool {
@@ -478,15 +366,7 @@ impl Engine {
         md: &api::PodSandboxMetadata,
         cri_mappings: &[api::PortMapping],
     ) -> Result<PodNet> {
-        let mut port_mappings = Vec::new();
-        for m in port_mappings_of(cri_mappings)? {
-            port_mappings.push(CniPortMapping {
-                host_port: m.host_port,
-                container_port: m.container_port,
-                protocol: m.protocol.as_str().to_owned(),
-                host_ip: m.host_ip.map(|i| i.to_string()).unwrap_or_default(),
-            });
-        }
+        let port_mappings = cni_port_mappings(cri_mappings)?;
         let att = Attachment {
             container_id: pod_id.to_owned(),
             netns: netns.to_owned(),
@@ -663,39 +543,6 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pm(protocol: i32, host: i32, cport: i32, host_ip: &str) -> api::PortMapping {
-        api::PortMapping {
-            protocol,
-            container_port: cport,
-            host_port: host,
-            host_ip: host_ip.into(),
-        }
-    }
-
-    #[test]
-    fn mappings_per_family() {
-        let ips: Vec<IpAddr> = vec!["10.88.0.2".parse().unwrap(), "fd00::2".parse().unwrap()];
-        let m = port_mappings(
-            &[
-                pm(0, 8080, 80, ""),
-                pm(1, 53, 53, "0.0.0.0"),
-                pm(0, 0, 9, ""),
-            ],
-            &ips,
-        )
-        .unwrap();
-        assert_eq!(m.len(), 3);
-        assert!(m.iter().all(|x| x.host_ip.is_none()));
-        assert_eq!(m[2].protocol, Protocol::Udp);
-        assert!(m[2].pod_ip.is_ipv4());
-        let m = port_mappings(&[pm(0, 80, 80, "127.0.0.1")], &ips).unwrap();
-        assert_eq!(m.len(), 1);
-        assert_eq!(m[0].host_ip, Some("127.0.0.1".parse().unwrap()));
-        assert!(port_mappings(&[pm(0, 70000, 80, "")], &ips).is_err());
-        assert!(port_mappings(&[pm(7, 80, 80, "")], &ips).is_err());
-        assert!(port_mappings(&[pm(0, 80, 80, "x")], &ips).is_err());
-    }
 
     #[test]
     fn range_membership() {

@@ -1,6 +1,7 @@
 //! The CRI gRPC server on a unix socket.
 
 pub mod convert;
+mod events;
 pub mod image;
 pub mod layer;
 pub mod runtime;

@@ -1,13 +1,11 @@
 //! RuntimeService: thin handlers. Validate the request, call one engine method, convert.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use berth_engine::{CgroupDriver, Engine};
 use berth_proto::cri::runtime_service_server::RuntimeService;
 use berth_proto::cri::*;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::{to_status, unimplemented};
@@ -19,38 +17,6 @@ fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, Status> {
         Err(Status::invalid_argument(format!("{field} is empty")))
     } else {
         Ok(v)
-    }
-}
-
-/// A lifecycle event with the statuses kubelet's evented PLEG wants: the pod's, and those
-/// of the pod's containers as they are now.
-fn event_response(
-    engine: &Engine,
-    ev: &berth_engine::events::ContainerEvent,
-) -> ContainerEventResponse {
-    use berth_engine::events::EventKind;
-    let pod_sandbox_status = engine
-        .pod_status(&ev.pod_id)
-        .ok()
-        .map(|p| convert::pod_status(&p));
-    let containers_statuses = engine
-        .list_containers()
-        .unwrap_or_default()
-        .iter()
-        .filter(|c| c.pod_id == ev.pod_id)
-        .map(convert::container_status)
-        .collect();
-    ContainerEventResponse {
-        container_id: ev.container_id.clone(),
-        container_event_type: match ev.kind {
-            EventKind::Created => ContainerEventType::ContainerCreatedEvent,
-            EventKind::Started => ContainerEventType::ContainerStartedEvent,
-            EventKind::Stopped => ContainerEventType::ContainerStoppedEvent,
-            EventKind::Deleted => ContainerEventType::ContainerDeletedEvent,
-        } as i32,
-        created_at: ev.created_at,
-        pod_sandbox_status,
-        containers_statuses,
     }
 }
 
@@ -127,11 +93,9 @@ impl RuntimeHandlers {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl RuntimeService for RuntimeHandlers {
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = super::events::EventStream;
 
     async fn version(
         &self,
@@ -573,38 +537,8 @@ impl RuntimeService for RuntimeHandlers {
         &self,
         _req: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        let (replay, mut live) = self.engine.subscribe_events();
-        let engine = self.engine.clone();
-        // Each subscriber has its own small queue; a slow one only waits on itself.
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            for ev in replay {
-                if tx.send(Ok(event_response(&engine, &ev))).await.is_err() {
-                    return;
-                }
-            }
-            loop {
-                let item = match live.recv().await {
-                    Ok(ev) => Ok(event_response(&engine, &ev)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(
-                            missed = n,
-                            "an event subscriber fell behind; ending its stream"
-                        );
-                        Err(Status::data_loss(format!(
-                            "this subscriber fell {n} events behind; list pods and containers again and resubscribe"
-                        )))
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                let end = item.is_err();
-                if tx.send(item).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok(Response::new(super::events::container_events(
+            self.engine.clone(),
         )))
     }
     async fn list_metric_descriptors(
