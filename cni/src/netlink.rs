@@ -2,6 +2,25 @@
 //! addresses, routes), each acknowledged by the kernel. Synchronous on purpose: a request
 //! takes microseconds, and a pod's own namespace is reached from a short-lived thread that
 //! has entered it (a netlink socket talks to the namespace it was created in).
+//!
+//! # Why not `rtnetlink`
+//!
+//! The design card names `rtnetlink`; berth already builds on the crates under it, from the
+//! same rust-netlink project (`netlink-packet-core`, `netlink-packet-route`, `netlink-sys`,
+//! the same versions rtnetlink 0.24 uses). What rtnetlink adds is an async handle over them,
+//! and that is no help where the work is:
+//!
+//! - **No namespace switching.** Its connection opens its socket in the namespace of the
+//!   thread that creates it, inside a tokio runtime. A pod's side would still need a thread
+//!   that has entered the pod's namespace, plus a runtime built inside that thread for a
+//!   request that takes microseconds. Its own `NetworkNamespace::add` forks from the caller
+//!   (unfit for a multi-threaded daemon) and hard-codes `/run/netns`; berth makes pod
+//!   namespaces itself.
+//! - **One request, both ends.** Creating the veth with its peer already in the pod's
+//!   namespace (one request, nothing to clean up on the host if the move fails) needs the
+//!   peer message built by hand there too.
+//! - **Cost.** It would bring tokio and a second `nix` (0.31) into this crate, which is
+//!   `forbid(unsafe_code)` and runtime-free today.
 
 use std::fs::File;
 use std::io;

@@ -1,6 +1,15 @@
 //! Manifests, indexes and image configs (OCI image spec and Docker schema2), platform
 //! selection, and the limits every document is read under.
+//!
+//! The documents are parsed as `oci-spec`'s image types; what stays berth's is the
+//! judgement over them: the size limits (applied to the bytes before parsing, since
+//! oci-spec reads without bound), the schema-1 refusal, deciding manifest or index from
+//! the mediaType or the shape, narrowing every digest to sha256 ([`crate::id::Digest`]:
+//! oci-spec accepts any algorithm, and the diff_ids not at all), the layer media types
+//! berth can unpack, and which index entry runs on this node. The raw bytes are what is
+//! stored and verified; nothing is ever re-serialized.
 
+use oci_spec::image as oci;
 use serde::Deserialize;
 
 use crate::id::Digest;
@@ -41,28 +50,35 @@ pub enum ManifestError {
     Invalid(String),
 }
 
-/// A content descriptor.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    #[serde(default)]
+/// What a descriptor names, narrowed to what berth fetches: a sha256 blob of a known size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
-    #[serde(default)]
-    pub platform: Option<Platform>,
-    #[serde(default)]
-    pub urls: Vec<String>,
 }
 
-/// An image platform.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+impl Blob {
+    /// Narrows a descriptor: its digest must be a well-formed sha256.
+    pub fn of(d: &oci::Descriptor, what: &str) -> Result<Blob, ManifestError> {
+        Ok(Blob {
+            media_type: d.media_type().to_string(),
+            digest: narrow_digest(d.digest().as_ref(), what)?,
+            size: d.size(),
+        })
+    }
+}
+
+fn narrow_digest(s: &str, what: &str) -> Result<Digest, ManifestError> {
+    s.parse()
+        .map_err(|e| ManifestError::Invalid(format!("{what}: digest {s:?}: {e}")))
+}
+
+/// A platform as berth wants it: this node's, or the one an operator configured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Platform {
-    #[serde(default)]
     pub os: String,
-    #[serde(default)]
     pub architecture: String,
-    #[serde(default)]
     pub variant: Option<String>,
 }
 
@@ -76,8 +92,19 @@ impl std::fmt::Display for Platform {
     }
 }
 
+impl From<&oci::Platform> for Platform {
+    fn from(p: &oci::Platform) -> Platform {
+        Platform {
+            os: p.os().to_string(),
+            architecture: p.architecture().to_string(),
+            variant: p.variant().clone(),
+        }
+    }
+}
+
 impl Platform {
-    /// This machine's platform in OCI terms.
+    /// This machine's platform in OCI terms. berth's own table rather than oci-spec's
+    /// `Platform::default()`, which has no variant (arm64 is v8, arm v7 here).
     pub fn host() -> Platform {
         let (architecture, variant) = match std::env::consts::ARCH {
             "x86_64" => ("amd64", None),
@@ -116,6 +143,7 @@ impl Platform {
     }
 }
 
+/// Just enough of a document to route it before parsing it properly.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Probe {
@@ -131,30 +159,28 @@ struct Probe {
     fs_layers: Option<serde_json::Value>,
 }
 
-/// An image manifest (OCI or Docker schema2).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// An image manifest (OCI or Docker schema2), checked: sha256 digests, and layers berth
+/// can unpack.
+#[derive(Debug, Clone)]
 pub struct Manifest {
-    #[serde(default)]
-    pub media_type: Option<String>,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
+    /// The media type the document declares (or was served as); OCI's when neither says.
+    pub media_type: String,
+    pub config: Blob,
+    pub layers: Vec<Layer>,
 }
 
-/// An index (OCI image index or Docker manifest list).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    #[serde(default)]
-    pub media_type: Option<String>,
-    pub manifests: Vec<Descriptor>,
+/// One layer of a manifest.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub blob: Blob,
+    pub compression: LayerCompression,
 }
 
 /// A parsed manifest-or-index.
 #[derive(Debug, Clone)]
 pub enum Document {
     Manifest(Manifest),
-    Index(Index),
+    Index(Box<oci::ImageIndex>),
 }
 
 /// Parses a manifest or index; the registry's Content-Type is a hint, the document's own
@@ -186,49 +212,58 @@ pub fn parse_document(bytes: &[u8], content_type: Option<&str>) -> Result<Docume
         Some(other) => return Err(ManifestError::UnsupportedMediaType(other.to_owned())),
     };
     if is_index {
-        Ok(Document::Index(
+        return Ok(Document::Index(Box::new(
             serde_json::from_slice(bytes).map_err(json)?,
-        ))
-    } else {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(json)?;
-        for l in &m.layers {
-            LayerCompression::from_media_type(&l.media_type)?;
-        }
-        Ok(Document::Manifest(m))
+        )));
     }
+    let m: oci::ImageManifest = serde_json::from_slice(bytes).map_err(json)?;
+    let layers = m
+        .layers()
+        .iter()
+        .map(|l| {
+            Ok(Layer {
+                compression: LayerCompression::from_media_type(l.media_type())?,
+                blob: Blob::of(l, "layer")?,
+            })
+        })
+        .collect::<Result<Vec<_>, ManifestError>>()?;
+    Ok(Document::Manifest(Manifest {
+        media_type: media
+            .filter(|m| m == OCI_MANIFEST || m == DOCKER_MANIFEST)
+            .unwrap_or_else(|| OCI_MANIFEST.to_owned()),
+        config: Blob::of(m.config(), "image config")?,
+        layers,
+    }))
 }
 
 /// Picks the index entry for `platform`, preferring an exact variant match.
-pub fn select_platform<'a>(
-    index: &'a Index,
+pub fn select_platform(
+    index: &oci::ImageIndex,
     platform: &Platform,
-) -> Result<&'a Descriptor, ManifestError> {
-    let candidates: Vec<&Descriptor> = index
-        .manifests
+) -> Result<Blob, ManifestError> {
+    let entries: Vec<(Option<Platform>, &oci::Descriptor)> = index
+        .manifests()
         .iter()
-        .filter(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+        .map(|d| (d.platform().as_ref().map(Platform::from), d))
         .collect();
-    let exact = candidates.iter().find(|d| {
-        d.platform
-            .as_ref()
-            .is_some_and(|p| p.variant == platform.variant)
-    });
-    exact
-        .or(candidates.first())
-        .copied()
-        .ok_or_else(|| ManifestError::NoMatchingPlatform {
+    let candidates: Vec<&(Option<Platform>, &oci::Descriptor)> = entries
+        .iter()
+        .filter(|(p, _)| p.as_ref().is_some_and(|p| platform.matches(p)))
+        .collect();
+    let exact = candidates
+        .iter()
+        .find(|(p, _)| p.as_ref().is_some_and(|p| p.variant == platform.variant));
+    match exact.or(candidates.first()) {
+        Some((_, d)) => Blob::of(d, "index entry"),
+        None => Err(ManifestError::NoMatchingPlatform {
             wanted: platform.to_string(),
-            available: index
-                .manifests
+            available: entries
                 .iter()
-                .map(|d| {
-                    d.platform
-                        .as_ref()
-                        .map_or("(none)".to_owned(), ToString::to_string)
-                })
+                .map(|(p, _)| p.as_ref().map_or("(none)".to_owned(), ToString::to_string))
                 .collect::<Vec<_>>()
                 .join(", "),
-        })
+        }),
+    }
 }
 
 /// How a layer blob is compressed.
@@ -240,92 +275,106 @@ pub enum LayerCompression {
 }
 
 impl LayerCompression {
-    pub fn from_media_type(m: &str) -> Result<Self, ManifestError> {
+    /// From a layer's media type: the OCI ones (oci-spec's variants) and Docker's, which
+    /// oci-spec carries as `Other`.
+    pub fn from_media_type(m: &oci::MediaType) -> Result<Self, ManifestError> {
+        use oci::MediaType as M;
         Ok(match m {
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar" => LayerCompression::None,
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
-                LayerCompression::Gzip
-            }
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
-                LayerCompression::Zstd
-            }
-            other => return Err(ManifestError::UnsupportedLayer(other.to_owned())),
+            M::ImageLayer | M::ImageLayerNonDistributable => LayerCompression::None,
+            M::ImageLayerGzip | M::ImageLayerNonDistributableGzip => LayerCompression::Gzip,
+            M::ImageLayerZstd | M::ImageLayerNonDistributableZstd => LayerCompression::Zstd,
+            M::Other(s) => match s.as_str() {
+                "application/vnd.docker.image.rootfs.diff.tar" => LayerCompression::None,
+                "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+                    LayerCompression::Gzip
+                }
+                other => return Err(ManifestError::UnsupportedLayer(other.to_owned())),
+            },
+            other => return Err(ManifestError::UnsupportedLayer(other.to_string())),
         })
     }
 }
 
 /// The parts of an image config berth uses.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageConfig {
-    #[serde(default)]
     pub architecture: String,
-    #[serde(default)]
     pub os: String,
-    #[serde(default)]
     pub variant: Option<String>,
-    #[serde(default)]
     pub created: Option<String>,
-    #[serde(default)]
     pub config: RunConfig,
-    pub rootfs: RootFs,
+    pub diff_ids: Vec<Digest>,
 }
 
-/// The image's run configuration (`config` in the image config).
+/// The image's run configuration (`config` in the image config), as the image record
+/// stores it: berth's own type, so the record's format is berth's to migrate.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, Default, PartialEq)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct RunConfig {
-    #[serde(default, deserialize_with = "null_default")]
     pub user: String,
-    #[serde(default, deserialize_with = "null_default")]
     pub env: Vec<String>,
-    #[serde(default, deserialize_with = "null_default")]
     pub entrypoint: Vec<String>,
-    #[serde(default, deserialize_with = "null_default")]
     pub cmd: Vec<String>,
-    #[serde(default, deserialize_with = "null_default")]
     pub working_dir: String,
-    #[serde(default, deserialize_with = "null_default")]
     pub stop_signal: String,
-    #[serde(default, deserialize_with = "null_default")]
     pub labels: std::collections::BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "null_default")]
     pub volumes: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
-fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, Default, PartialEq)]
-pub struct RootFs {
-    #[serde(rename = "type", default)]
-    pub kind: String,
-    pub diff_ids: Vec<Digest>,
+impl From<&oci::Config> for RunConfig {
+    fn from(c: &oci::Config) -> RunConfig {
+        let empty = || serde_json::Value::Object(serde_json::Map::new());
+        RunConfig {
+            user: c.user().clone().unwrap_or_default(),
+            env: c.env().clone().unwrap_or_default(),
+            entrypoint: c.entrypoint().clone().unwrap_or_default(),
+            cmd: c.cmd().clone().unwrap_or_default(),
+            working_dir: c.working_dir().clone().unwrap_or_default(),
+            stop_signal: c.stop_signal().clone().unwrap_or_default(),
+            labels: c
+                .labels()
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            volumes: c
+                .volumes()
+                .iter()
+                .flatten()
+                .map(|v| (v.clone(), empty()))
+                .collect(),
+        }
+    }
 }
 
 /// Parses an image config and checks it against the manifest's layer count.
 pub fn parse_config(bytes: &[u8], layers: usize) -> Result<ImageConfig, ManifestError> {
-    let c: ImageConfig = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json {
-        what: "image config",
-        message: e.to_string(),
-    })?;
-    if c.rootfs.diff_ids.len() != layers {
+    let c: oci::ImageConfiguration =
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Json {
+            what: "image config",
+            message: e.to_string(),
+        })?;
+    let diff_ids = c
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| narrow_digest(d, "image config rootfs.diff_ids"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if diff_ids.len() != layers {
         return Err(ManifestError::LayerCountMismatch {
             layers,
-            diff_ids: c.rootfs.diff_ids.len(),
+            diff_ids: diff_ids.len(),
         });
     }
-    Ok(c)
+    Ok(ImageConfig {
+        architecture: c.architecture().to_string(),
+        os: c.os().to_string(),
+        variant: c.variant().clone(),
+        created: c.created().clone(),
+        config: c.config().as_ref().map(RunConfig::from).unwrap_or_default(),
+        diff_ids,
+    })
 }
 
 /// Chain ids of a layer stack: `chain[0] = diff[0]`, `chain[i] = sha256(chain[i-1] + " " + diff[i])`.
@@ -392,68 +441,122 @@ mod tests {
         assert!(parse_document(b"{not json", None).is_err());
     }
 
+    fn index(entries: &[(&str, Option<&str>, u8)]) -> oci::ImageIndex {
+        let manifests: Vec<String> = entries
+            .iter()
+            .map(|(arch, variant, n)| {
+                let variant = variant.map_or(String::new(), |v| format!(r#","variant":"{v}""#));
+                format!(
+                    r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":1,"platform":{{"os":"linux","architecture":"{arch}"{variant}}}}}"#,
+                    d(*n)
+                )
+            })
+            .collect();
+        let doc = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            manifests.join(",")
+        );
+        match parse_document(doc.as_bytes(), None).unwrap() {
+            Document::Index(i) => *i,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn platform(arch: &str, variant: Option<&str>) -> Platform {
+        Platform {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: variant.map(str::to_owned),
+        }
+    }
+
     #[test]
     fn selects_the_host_platform() {
-        let mk = |arch: &str, variant: Option<&str>, n: u8| Descriptor {
-            media_type: OCI_MANIFEST.into(),
-            digest: d(n).parse().unwrap(),
-            size: 1,
-            platform: Some(Platform {
-                os: "linux".into(),
-                architecture: arch.into(),
-                variant: variant.map(str::to_owned),
-            }),
-            urls: vec![],
-        };
-        let idx = Index {
-            media_type: None,
-            manifests: vec![
-                mk("arm", Some("v6"), 1),
-                mk("arm", Some("v7"), 2),
-                mk("amd64", None, 3),
-                mk("arm64", None, 4),
-            ],
-        };
-        let amd = Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: None,
-        };
-        assert_eq!(select_platform(&idx, &amd).unwrap().digest.as_str(), d(3));
-        let arm7 = Platform {
-            os: "linux".into(),
-            architecture: "arm".into(),
-            variant: Some("v7".into()),
-        };
-        assert_eq!(select_platform(&idx, &arm7).unwrap().digest.as_str(), d(2));
-        let arm64 = Platform {
-            os: "linux".into(),
-            architecture: "arm64".into(),
-            variant: Some("v8".into()),
-        };
-        assert_eq!(select_platform(&idx, &arm64).unwrap().digest.as_str(), d(4));
-        let s390 = Platform {
-            os: "linux".into(),
-            architecture: "s390x".into(),
-            variant: None,
-        };
-        let e = select_platform(&idx, &s390).unwrap_err();
+        let idx = index(&[
+            ("arm", Some("v6"), 1),
+            ("arm", Some("v7"), 2),
+            ("amd64", None, 3),
+            ("arm64", None, 4),
+        ]);
+        let pick = |p: Platform| select_platform(&idx, &p).map(|b| b.digest.to_string());
+        assert_eq!(pick(platform("amd64", None)).unwrap(), d(3));
+        assert_eq!(pick(platform("arm", Some("v7"))).unwrap(), d(2));
+        assert_eq!(pick(platform("arm64", Some("v8"))).unwrap(), d(4));
+        let e = pick(platform("s390x", None)).unwrap_err();
         assert!(e.to_string().contains("linux/arm/v6"), "{e}");
+        assert!(Platform::host().os == "linux");
+    }
+
+    #[test]
+    fn docker_schema2_documents_and_their_layer_types() {
+        let list = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{{"mediaType":"{DOCKER_MANIFEST}","digest":"{}","size":7,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+            d(5)
+        );
+        let Document::Index(idx) = parse_document(list.as_bytes(), None).unwrap() else {
+            panic!("a manifest list is an index");
+        };
+        let b = select_platform(&idx, &platform("amd64", None)).unwrap();
+        assert_eq!((b.media_type.as_str(), b.size), (DOCKER_MANIFEST, 7));
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":1}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar","digest":"{}","size":2}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","digest":"{}","size":3}}]}}"#,
+            d(1),
+            d(2),
+            d(3)
+        );
+        let Document::Manifest(m) = parse_document(m.as_bytes(), None).unwrap() else {
+            panic!("a manifest");
+        };
+        assert_eq!(m.media_type, DOCKER_MANIFEST);
+        assert_eq!(
+            m.layers.iter().map(|l| l.compression).collect::<Vec<_>>(),
+            vec![LayerCompression::None, LayerCompression::Zstd]
+        );
+        assert_eq!(m.layers[1].blob.digest.to_string(), d(3));
+    }
+
+    #[test]
+    fn digests_are_narrowed_to_sha256() {
+        // oci-spec accepts any algorithm; berth names blobs by sha256 only.
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"x","digest":"foo:bar","size":1}},"layers":[]}}"#
+        );
+        let e = parse_document(m.as_bytes(), None).unwrap_err();
+        assert!(e.to_string().contains("foo:bar"), "{e}");
+        let c = r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["bogus"]}}"#;
+        let e = parse_config(c.as_bytes(), 1).unwrap_err();
+        assert!(e.to_string().contains("diff_ids"), "{e}");
     }
 
     #[test]
     fn config_nulls_and_chain_ids() {
         let c = format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":null,"Cmd":["sh"],"User":""}},"rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":null,"Cmd":["sh"],"User":"","Labels":{{"b":"2","a":"1"}},"Volumes":{{"/data":{{}}}},"ExposedPorts":{{"80/tcp":{{}}}}}},"container_config":{{"Hostname":"x"}},"rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
             d(1),
             d(2)
         );
         let cfg = parse_config(c.as_bytes(), 2).unwrap();
         assert!(cfg.config.env.is_empty());
         assert_eq!(cfg.config.cmd, vec!["sh"]);
-        assert!(parse_config(c.as_bytes(), 3).is_err());
-        let ids = chain_ids(&cfg.rootfs.diff_ids);
-        assert_eq!(ids[0], cfg.rootfs.diff_ids[0]);
+        assert_eq!(cfg.config.labels.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(cfg.config.volumes.contains_key("/data"));
+        assert_eq!(
+            (cfg.os.as_str(), cfg.architecture.as_str()),
+            ("linux", "amd64")
+        );
+        assert!(matches!(
+            parse_config(c.as_bytes(), 3).unwrap_err(),
+            ManifestError::LayerCountMismatch { .. }
+        ));
+        let ids = chain_ids(&cfg.diff_ids);
+        assert_eq!(ids[0], cfg.diff_ids[0]);
         assert_eq!(ids[1], Digest::of(format!("{} {}", d(1), d(2)).as_bytes()));
+        // A config without its REQUIRED architecture is refused, with the reason.
+        let e = parse_config(
+            br#"{"os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+            0,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("architecture"), "{e}");
     }
 }

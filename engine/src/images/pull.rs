@@ -320,19 +320,19 @@ impl Puller {
         };
         let config = manifest::parse_config(&config_bytes, manifest.layers.len())?;
         crate::fail_point!("pull.blobs_fetched");
-        let chain = manifest::chain_ids(&config.rootfs.diff_ids);
+        let chain = manifest::chain_ids(&config.diff_ids);
 
         let mut layers = Vec::with_capacity(manifest.layers.len());
         for (i, l) in manifest.layers.iter().enumerate() {
             layers.push(LayerRecord {
-                digest: l.digest.clone(),
-                size: l.size,
-                media_type: l.media_type.clone(),
-                compression: LayerCompression::from_media_type(&l.media_type)?,
-                diff_id: config.rootfs.diff_ids[i].clone(),
+                digest: l.blob.digest.clone(),
+                size: l.blob.size,
+                media_type: l.blob.media_type.clone(),
+                compression: l.compression,
+                diff_id: config.diff_ids[i].clone(),
                 chain_id: chain[i].clone(),
             });
-            lease.add(l.digest.to_string());
+            lease.add(l.blob.digest.to_string());
             lease.add(chain[i].to_string());
         }
         progress
@@ -394,10 +394,7 @@ impl Puller {
             repo_digests: vec![repo_digest],
             index_digest,
             manifest_digest,
-            manifest_media_type: manifest
-                .media_type
-                .clone()
-                .unwrap_or_else(|| manifest::OCI_MANIFEST.to_owned()),
+            manifest_media_type: manifest.media_type.clone(),
             manifest_size: manifest_bytes.len() as u64,
             config_size: cdesc.size,
             layers,

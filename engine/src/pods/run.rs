@@ -88,7 +88,7 @@ impl Engine {
             (format!("{}/pod-{id}", self.cfg.cgroup_parent), true)
         } else {
             (
-                cgroup_parent_path(self.cfg.cgroup_driver, &linux.cgroup_parent),
+                cgroup_parent_path(self.cfg.cgroup_driver, &linux.cgroup_parent)?,
                 false,
             )
         };

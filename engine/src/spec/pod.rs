@@ -7,11 +7,31 @@ use crate::CgroupDriver;
 use crate::error::{Error, Result};
 
 /// kubelet's cgroup parent as a relative cgroupfs path. With the systemd driver kubelet
-/// names slices (`kubepods-burstable-pod123.slice`); they nest by their dashes.
-pub fn cgroup_parent_path(driver: CgroupDriver, parent: &str) -> String {
+/// names slices (`kubepods-burstable-pod123.slice`); they nest by their dashes (systemd's
+/// rules, as `cgroups-rs`'s `expand_slice` applies them). Refused: the root cgroup (`/`,
+/// systemd's `-.slice`), which is never a pod's; a path that would leave the cgroup tree
+/// (`..`); and a slice name with an empty part (`a--b.slice`).
+pub fn cgroup_parent_path(driver: CgroupDriver, parent: &str) -> Result<String> {
+    let bad = |why: &str| {
+        Err(Error::InvalidArgument(format!(
+            "linux.cgroup_parent {parent:?}: {why}"
+        )))
+    };
     let p = parent.trim_matches('/');
+    if p.is_empty() || p == "-.slice" {
+        return bad("the root cgroup cannot hold a pod");
+    }
+    if p.split('/').any(|c| c == ".." || c == ".") {
+        return bad("a cgroup path cannot contain '.' or '..'");
+    }
+    if p.contains("//") {
+        return bad("a cgroup path cannot have empty components");
+    }
     if driver == CgroupDriver::Systemd && p.ends_with(".slice") && !p.contains('/') {
         let name = p.trim_end_matches(".slice");
+        if name.split('-').any(str::is_empty) {
+            return bad("a slice name's dash-separated parts cannot be empty");
+        }
         let mut out = Vec::new();
         let mut acc = String::new();
         for part in name.split('-') {
@@ -21,9 +41,9 @@ pub fn cgroup_parent_path(driver: CgroupDriver, parent: &str) -> String {
             acc.push_str(part);
             out.push(format!("{acc}.slice"));
         }
-        return out.join("/");
+        return Ok(out.join("/"));
     }
-    p.to_owned()
+    Ok(p.to_owned())
 }
 
 /// The kernel's limit on a host name (HOST_NAME_MAX).
@@ -141,14 +161,22 @@ mod tests {
 
     #[test]
     fn systemd_slices_nest_by_dashes() {
+        let path = cgroup_parent_path;
         assert_eq!(
-            cgroup_parent_path(CgroupDriver::Systemd, "kubepods-burstable-pod12.slice"),
+            path(CgroupDriver::Systemd, "kubepods-burstable-pod12.slice").unwrap(),
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice"
         );
         assert_eq!(
-            cgroup_parent_path(CgroupDriver::Cgroupfs, "/kubepods/burstable/pod12"),
+            path(CgroupDriver::Cgroupfs, "/kubepods/burstable/pod12").unwrap(),
             "kubepods/burstable/pod12"
         );
+        for bad in ["a--b.slice", "-a.slice", "a-.slice", "-.slice", "/"] {
+            assert!(path(CgroupDriver::Systemd, bad).is_err(), "{bad}");
+        }
+        for bad in ["../../etc", "kubepods/../x", "a//b", "./a"] {
+            assert!(path(CgroupDriver::Cgroupfs, bad).is_err(), "{bad}");
+            assert!(path(CgroupDriver::Systemd, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

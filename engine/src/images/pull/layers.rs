@@ -26,12 +26,10 @@ impl Puller {
         if have_blob && have_snapshot {
             return Ok(());
         }
-        let desc = manifest::Descriptor {
+        let desc = manifest::Blob {
             media_type: layer.media_type.clone(),
             digest: layer.digest.clone(),
             size: layer.size,
-            platform: None,
-            urls: vec![],
         };
         let unpack = (!have_snapshot).then(|| (layer.clone(), parent));
         if have_blob {
@@ -56,7 +54,7 @@ impl Puller {
         &self,
         ep: &EndpointClient,
         oref: &Reference,
-        desc: &manifest::Descriptor,
+        desc: &manifest::Blob,
         unpack: Option<(LayerRecord, Option<Digest>)>,
         progress: &Arc<Progress>,
     ) -> Result<(), PullError> {
@@ -117,7 +115,7 @@ impl Puller {
     fn store_and_unpack<R: Read>(
         &self,
         reader: R,
-        desc: &manifest::Descriptor,
+        desc: &manifest::Blob,
         unpack: Option<(LayerRecord, Option<Digest>)>,
     ) -> Result<(), PullError> {
         let mut ingest = self

@@ -5,6 +5,27 @@
 //! cgroup2 mount beside them, usually at /sys/fs/cgroup/unified, that may hold few or no
 //! controllers). berth uses, for each controller, the hierarchy that actually has it: on a
 //! hybrid host whose cgroup2 holds only `hugetlb`, memory, cpu and pids live on v1.
+//!
+//! # Why not `cgroups-rs`
+//!
+//! The design card names `cgroups-rs`; we measured 0.5.1 against what berth needs and kept
+//! our own code (this module, [`manager`], and `devfilter` for v2 devices):
+//!
+//! - **Hybrid layout.** `hierarchies::auto()` picks V1 or V2 for the whole host from one
+//!   statfs of `/sys/fs/cgroup`; its V1 reads only `cgroup` mounts, so the cgroup2 beside
+//!   them (and its controllers) is never seen, and V2 hard-codes `/sys/fs/cgroup`.
+//!   `create`, `add_task` and `delete` branch on one `v2()` flag, so no custom hierarchy
+//!   can mix v1 and v2 controllers per controller as berth does. The hard-coded paths also
+//!   rule out the fake trees our tests run the manager against.
+//! - **v2 devices.** It has no BPF device program at all (its devices controller is v1's
+//!   `devices.allow`/`deny`); on cgroup2 the device rules are a `BPF_PROG_TYPE_CGROUP_DEVICE`
+//!   program, which berth builds itself.
+//! - **kubelet's slice names.** Its `expand_slice` does what `spec::pod::cgroup_parent_path`
+//!   does; we took its validation rules (no empty dash parts, no root slice) rather than
+//!   the crate.
+//! - **Cost.** About 12k lines bringing a second `nix` (0.25), `thiserror` 1 and a
+//!   non-optional `zbus` (some 38 crates berth does not otherwise build), and 13
+//!   `unsafe { MaybeUninit::uninit().assume_init() }` conversions.
 
 pub mod manager;
 pub mod stats;
