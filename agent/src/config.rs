@@ -36,7 +36,24 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub streaming: StreamingConfig,
     pub images: ImagesConfig,
+    pub security: SecurityConfig,
     pub registries: BTreeMap<String, HostConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Refuse hostPath volumes of berth's root, state directory and CRI socket to
+    /// non-privileged containers.
+    pub protect_runtime_paths: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            protect_runtime_paths: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -347,6 +364,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             streaming: StreamingConfig::default(),
             images: ImagesConfig::default(),
+            security: SecurityConfig::default(),
             registries: BTreeMap::new(),
         }
     }
@@ -516,6 +534,15 @@ impl Config {
             monitor_exe: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             kernel: Default::default(),
+            protected_paths: if self.security.protect_runtime_paths {
+                vec![
+                    self.root.clone(),
+                    self.state.clone(),
+                    self.grpc.listen.clone(),
+                ]
+            } else {
+                Vec::new()
+            },
         }
     }
 }

@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod config;
+mod http_guard;
 mod metrics_http;
 mod server;
 mod shutdown;
@@ -199,6 +200,17 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
     };
     telemetry::init(&cfg.log);
     tracing::info!(build = %telemetry::build_info(), config = %origin, "starting berthd");
+    match berth_engine::linux::process::raise_nofile_limit() {
+        Ok((from, to)) if from != to => {
+            tracing::info!(
+                from,
+                to,
+                "raised the open-file limit (RLIMIT_NOFILE) to its hard limit; containers keep the original"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     // Before the runtime's threads exist: the probe clones a child.
     let kernel = berth_engine::linux::probe::kernel_features(&cfg.root);
     tracing::info!(?kernel, "kernel features");

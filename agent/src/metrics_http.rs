@@ -9,7 +9,6 @@ use berth_engine::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -70,26 +69,34 @@ async fn handle(
     })
 }
 
+/// Limits of the metrics listener: a scrape is one short request; a few scrapers at once.
+pub const LIMITS: crate::http_guard::Limits = crate::http_guard::Limits {
+    max_connections: 64,
+    header_timeout: std::time::Duration::from_secs(10),
+    connection_timeout: std::time::Duration::from_secs(120),
+};
+
 /// Serves scrapes until the task is dropped.
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
+    let counters = Arc::new(crate::http_guard::Counters::default());
+    crate::http_guard::accept_loop(
+        listener,
+        "metrics",
+        LIMITS,
+        counters,
+        move |stream, peer| {
+            let engine = engine.clone();
+            let builder = crate::http_guard::http1_builder(&LIMITS);
+            async move {
+                let service = service_fn(move |req| handle(engine.clone(), req));
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended");
+                }
             }
-        };
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(engine.clone(), req));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "metrics connection ended");
-            }
-        });
-    }
+        },
+    )
+    .await;
 }

@@ -247,6 +247,18 @@ impl Cri {
         panic!("container {id} did not exit");
     }
 
+    /// Status's conditions (RuntimeReady, NetworkReady).
+    pub async fn conditions(&mut self) -> Vec<cri::RuntimeCondition> {
+        self.runtime
+            .status(cri::StatusRequest { verbose: false })
+            .await
+            .expect("Status")
+            .into_inner()
+            .status
+            .expect("status")
+            .conditions
+    }
+
     /// ExecSync.
     pub async fn exec(
         &mut self,

@@ -29,6 +29,8 @@ pub struct DaemonOptions {
     pub socket_as_url: bool,
     /// Extra environment of berthd (e.g. BERTH_FAILPOINTS).
     pub env: Vec<(String, String)>,
+    /// Put berth's root on a tmpfs of this size (e.g. "64m"), to fill it in tests.
+    pub root_tmpfs: Option<String>,
 }
 
 /// A running berthd under test.
@@ -48,6 +50,8 @@ pub struct Daemon {
     pub pod_cidr: String,
     /// Extra environment berthd is started with (changed by [`Daemon::set_env`]).
     env: Vec<(String, String)>,
+    /// The root is a tmpfs the fixture mounted (not a leftover of berthd's).
+    root_tmpfs: bool,
 }
 
 /// The berthd binary under test: `$BERTH_BIN`, else `berthd` of the same cargo profile as
@@ -154,6 +158,15 @@ impl Daemon {
             net.config, opts.extra_config
         );
         std::fs::write(&config, text).expect("write config");
+        if let Some(size) = &opts.root_tmpfs {
+            std::fs::create_dir_all(&root).expect("create root");
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&root)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "mount a tmpfs on {}", root.display());
+        }
         let mut d = Daemon {
             dir,
             root,
@@ -166,6 +179,7 @@ impl Daemon {
             nft_table: net.nft_table,
             pod_cidr: net.pod_cidr,
             env: opts.env.clone(),
+            root_tmpfs: opts.root_tmpfs.is_some(),
         };
         let child = d.command(&opts.args).spawn().expect("spawn berthd");
         d.child = Some(child);
@@ -308,7 +322,11 @@ impl Daemon {
             }
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let own_root = format!(" {} ", self.root.display());
         for line in mountinfo.lines() {
+            if self.root_tmpfs && line.contains(&own_root) && line.contains(" - tmpfs ") {
+                continue;
+            }
             if line.contains(&needle) {
                 out.push(format!("mount: {line}"));
             }

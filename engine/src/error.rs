@@ -109,6 +109,9 @@ pub enum Error {
     /// Something the request needs cannot be reached right now (a pod's port).
     #[error("{0}")]
     Unavailable(String),
+    /// A node-wide budget is used up (metadata of all pods, ExecSync output).
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl Error {
@@ -141,6 +144,7 @@ impl Error {
             Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::Unavailable(_) => ErrorKind::Unavailable,
+            Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             Error::Spec(e) => e.kind(),
             Error::Cgroup(e) => e.kind(),
             Error::Monitor(e) => e.kind(),

@@ -82,6 +82,9 @@ pub struct EngineConfig {
     pub monitor_exe: PathBuf,
     /// What the kernel offers (found by berthd at start-up, before it has threads).
     pub kernel: linux::probe::KernelFeatures,
+    /// berth's own paths (root, state, CRI socket) that no non-privileged container may
+    /// mount, nor mount a directory holding them writable; empty: no such rule.
+    pub protected_paths: Vec<PathBuf>,
 }
 
 /// A CRI runtime condition.
@@ -305,6 +308,21 @@ impl Engine {
         self.db
             .schema_version()
             .map_err(|e| ("StateDbUnavailable".to_owned(), e.to_string()))?;
+        if let Some(why) = self.db.write_failure() {
+            // Writes failed last (a full disk): try one now; it clears the failure when it
+            // works, so that the node comes back as soon as space does.
+            let now = clock::now_nanos().to_string();
+            if self.db.node_set("health_probe", &now).is_err() {
+                return Err((
+                    "StateDbNotWritable".to_owned(),
+                    format!(
+                        "the state db {} cannot be written: {why}; free space under {}",
+                        self.db.path().display(),
+                        self.cfg.root.display()
+                    ),
+                ));
+            }
+        }
         if !self.cfg.state.is_dir() {
             return Err((
                 "RunDirMissing".to_owned(),
@@ -409,6 +427,7 @@ mod tests {
             sync_layers: true,
             monitor_exe: PathBuf::from("/proc/self/exe"),
             kernel: Default::default(),
+            protected_paths: Vec::new(),
         }
     }
 

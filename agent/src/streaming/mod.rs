@@ -23,7 +23,6 @@ use berth_engine::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -83,32 +82,41 @@ impl Streaming {
     }
 }
 
+/// Limits of the streaming listener, before a connection is upgraded to a stream (the
+/// stream has its own idle timeout): kubelet and crictl connect and upgrade at once.
+pub const LIMITS: crate::http_guard::Limits = crate::http_guard::Limits {
+    max_connections: 512,
+    header_timeout: Duration::from_secs(10),
+    connection_timeout: Duration::from_secs(60),
+};
+
 async fn serve(listener: TcpListener, state: Arc<Streaming>, engine: Arc<Engine>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "streaming server: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let counters = Arc::new(crate::http_guard::Counters::default());
+    crate::http_guard::accept_loop(
+        listener,
+        "streaming",
+        LIMITS,
+        counters,
+        move |stream, peer| {
+            let _ = stream.set_nodelay(true);
+            let (state, engine) = (state.clone(), engine.clone());
+            let builder = crate::http_guard::http1_builder(&LIMITS);
+            async move {
+                let svc = service_fn(move |req| {
+                    let (state, engine) = (state.clone(), engine.clone());
+                    async move { Ok::<_, Infallible>(handle(&state, engine, req)) }
+                });
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "streaming connection ended");
+                }
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let (state, engine) = (state.clone(), engine.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let (state, engine) = (state.clone(), engine.clone());
-                async move { Ok::<_, Infallible>(handle(&state, engine, req)) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "streaming connection ended");
-            }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// The protocols a client offers in header `name`, in its order (repeated headers and

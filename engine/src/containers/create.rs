@@ -1,5 +1,6 @@
 //! CreateContainer.
 
+use crate::spec::metadata;
 use std::path::PathBuf;
 
 use crate::api;
@@ -40,9 +41,16 @@ impl Engine {
                 "config.metadata.name is required".into(),
             ));
         }
-        if let Some(c) = self
-            .db
-            .container_list()?
+        let meta = metadata::check_object("config", &config.labels, &config.annotations)?;
+        let all = self.db.container_list()?;
+        metadata::check_node_budget(
+            "containers",
+            all.iter()
+                .map(|c| metadata::size(&c.labels, &c.annotations))
+                .sum(),
+            meta,
+        )?;
+        if let Some(c) = all
             .into_iter()
             .find(|c| c.pod_id == pod_id && c.name == md.name && c.attempt == md.attempt)
         {

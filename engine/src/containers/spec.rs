@@ -224,6 +224,9 @@ impl Engine {
             .collect();
         let volume_mounts = mounts::volume_mounts(&vols, |p| p.exists())?;
         check_host_propagation(&volume_mounts)?;
+        if !sc.privileged {
+            self.check_protected_paths(&vols)?;
+        }
         if !self.cfg.kernel.recursive_read_only && vols.iter().any(|v| v.recursive_read_only) {
             return Err(Error::InvalidArgument(
                 "config.mounts: recursive read-only mounts need Linux 5.12 or newer (mount_setattr), which this node lacks".into(),
@@ -251,14 +254,7 @@ impl Engine {
             volume_mounts.clone(),
         );
 
-        let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
-            String::new()
-        } else {
-            Path::new(&pod.log_directory)
-                .join(&config.log_path)
-                .display()
-                .to_string()
-        };
+        let log_path = container_log_path(&pod.log_directory, &config.log_path)?;
         // In a pod's user namespace the mounts and device nodes that berth makes (as root
         // of the host) are owned by the host ids of the container's ones.
         let (all_mounts, device_nodes, userns) = match &pod.userns {
@@ -337,6 +333,54 @@ impl Engine {
             },
         })
     }
+}
+
+impl Engine {
+    /// Refuses hostPath volumes that expose berth's own root, state or socket (the rule
+    /// `[security] protect_runtime_paths`), comparing real paths so that a symlink to them
+    /// is caught too.
+    fn check_protected_paths(&self, vols: &[mounts::VolumeRequest]) -> Result<()> {
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+        let protected: Vec<PathBuf> = self.cfg.protected_paths.iter().map(|p| real(p)).collect();
+        for (i, v) in vols.iter().enumerate() {
+            let host = real(Path::new(&v.host_path));
+            if let Some(p) = mounts::protected_overlap(&host, v.readonly, &protected) {
+                return Err(Error::InvalidArgument(format!(
+                    "config.mounts[{i}].host_path {}: it would give a non-privileged container {} berth's own {} (rule [security] protect_runtime_paths)",
+                    v.host_path,
+                    if v.readonly {
+                        "read access to"
+                    } else {
+                        "write access to"
+                    },
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The container's log file: `log_path` (relative, no `..`) beneath the pod's log directory;
+/// none when either is empty (kubelet always sends both; crictl may not).
+pub fn container_log_path(log_directory: &str, log_path: &str) -> Result<String> {
+    if log_directory.is_empty() || log_path.is_empty() {
+        return Ok(String::new());
+    }
+    let rel = Path::new(log_path);
+    let bad = rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        || log_path.ends_with('/')
+        || log_path.chars().any(char::is_control);
+    if bad {
+        return Err(Error::InvalidArgument(format!(
+            "config.log_path {:?}: must be a relative file path beneath the pod's log directory, without '.' or '..' components",
+            log_path.chars().take(200).collect::<String>()
+        )));
+    }
+    Ok(Path::new(log_directory).join(rel).display().to_string())
 }
 
 /// Propagation from a volume's host path needs the host's mount to propagate: a shared

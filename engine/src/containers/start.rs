@@ -31,6 +31,7 @@ impl Engine {
         let start = wire::start_request(
             pod.monitor_protocol,
             &c.launch,
+            pod.log_directory.clone(),
             c.log_path.clone(),
             c.oom_file.clone(),
         )

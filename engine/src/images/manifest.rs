@@ -28,6 +28,10 @@ pub const ACCEPT: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIF
 pub const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest image config berth reads.
 pub const MAX_CONFIG: u64 = 8 << 20;
+/// Most layers an image may have. Docker builds at most 127; overlayfs stacks at most 500
+/// lower layers, and before Linux 6.8 all their paths must fit in one page of mount
+/// options. An image above the limit is refused at pull time, before anything is fetched.
+pub const MAX_LAYERS: usize = 128;
 
 /// Errors in image documents.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,10 @@ pub enum ManifestError {
     NoMatchingPlatform { wanted: String, available: String },
     #[error("unsupported layer media type {0:?}")]
     UnsupportedLayer(String),
+    #[error(
+        "the image has {0} layers; berth takes at most {MAX_LAYERS} (Docker builds at most 127, overlayfs stacks at most 500); squash it"
+    )]
+    TooManyLayers(usize),
     #[error("image has {layers} layers but its config lists {diff_ids} diff_ids")]
     LayerCountMismatch { layers: usize, diff_ids: usize },
     #[error("{0}")]
@@ -217,6 +225,9 @@ pub fn parse_document(bytes: &[u8], content_type: Option<&str>) -> Result<Docume
         )));
     }
     let m: oci::ImageManifest = serde_json::from_slice(bytes).map_err(json)?;
+    if m.layers().len() > MAX_LAYERS {
+        return Err(ManifestError::TooManyLayers(m.layers().len()));
+    }
     let layers = m
         .layers()
         .iter()
@@ -439,6 +450,25 @@ mod tests {
             ManifestError::UnsupportedLayer(_)
         ));
         assert!(parse_document(b"{not json", None).is_err());
+    }
+
+    #[test]
+    fn refuses_more_layers_than_the_limit() {
+        let doc = |n: usize| {
+            let layer = format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{}","size":2}}"#,
+                d(2)
+            );
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"x","digest":"{}","size":1}},"layers":[{}]}}"#,
+                d(1),
+                vec![layer; n].join(",")
+            )
+        };
+        assert!(parse_document(doc(MAX_LAYERS).as_bytes(), None).is_ok());
+        let e = parse_document(doc(10_000).as_bytes(), None).unwrap_err();
+        assert!(matches!(e, ManifestError::TooManyLayers(10_000)), "{e}");
+        assert!(e.to_string().contains("at most 128"), "{e}");
     }
 
     fn index(entries: &[(&str, Option<&str>, u8)]) -> oci::ImageIndex {

@@ -349,20 +349,13 @@ impl Puller {
             let this = self.clone();
             let sem = sem.clone();
             let oref = oref.clone();
-            let ep_endpoint = ep.endpoint.clone();
-            let auth_client = ep.client.clone();
-            let auth = ep.auth.clone();
+            let ep = ep.clone();
             let progress = progress.clone();
             tasks.spawn(async move {
                 let _permit = sem
                     .acquire_owned()
                     .await
                     .map_err(|e| PullError::Internal(e.to_string()))?;
-                let ep = EndpointClient {
-                    endpoint: ep_endpoint,
-                    client: auth_client,
-                    auth,
-                };
                 let span = tracing::debug_span!("layer", digest = %layer.digest, size = layer.size);
                 this.ensure_layer(&ep, &oref, &layer, parent, &progress)
                     .instrument(span)
@@ -425,19 +418,7 @@ impl Puller {
         expected: Option<&Digest>,
         what: &'static str,
     ) -> Result<(Vec<u8>, Digest), PullError> {
-        let (bytes, _) = ep
-            .client
-            .pull_manifest_raw(oref, &ep.auth, ACCEPT)
-            .await
-            .map_err(|e| registry_error(&ep.endpoint.host, e))?;
-        if bytes.len() as u64 > MAX_MANIFEST {
-            return Err(PullError::TooLarge {
-                what,
-                digest: oref.to_string(),
-                size: bytes.len() as u64,
-                limit: MAX_MANIFEST,
-            });
-        }
+        let bytes = fetch_bounded(ep, oref, what).await?;
         let actual = Digest::of(&bytes);
         if let Some(exp) = expected
             && &actual != exp
@@ -450,6 +431,102 @@ impl Puller {
         }
         Ok((bytes.to_vec(), actual))
     }
+}
+
+/// GETs a manifest or index, never holding more than [`MAX_MANIFEST`] of it: refused on a
+/// Content-Length over the limit before the body is read, and cut off at the limit
+/// without one (oci-client's own manifest call reads whatever the registry sends).
+async fn fetch_bounded(
+    ep: &EndpointClient,
+    oref: &Reference,
+    what: &'static str,
+) -> Result<Vec<u8>, PullError> {
+    let host = &ep.endpoint.host;
+    let fail = |kind: ErrorKind, message: String| PullError::Registry {
+        endpoint: host.clone(),
+        message,
+        kind,
+    };
+    let too_large = |size: u64| PullError::TooLarge {
+        what,
+        digest: oref.to_string(),
+        size,
+        limit: MAX_MANIFEST,
+    };
+    let url = ep.manifest_url(oref);
+    let mut req = ep
+        .http
+        .get(&url)
+        .header(reqwest::header::ACCEPT, ACCEPT.join(", "));
+    if let Some(a) = ep
+        .authorization(oref)
+        .await
+        .map_err(|e| registry_error(host, e))?
+    {
+        req = req.header(reqwest::header::AUTHORIZATION, a);
+    }
+    let mut resp = req.send().await.map_err(|e| {
+        fail(
+            ErrorKind::Unavailable,
+            format!("GET {url}: {}", error_chain(&e)),
+        )
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let kind = match status.as_u16() {
+            404 => ErrorKind::NotFound,
+            401 | 403 => ErrorKind::PermissionDenied,
+            _ => ErrorKind::Unavailable,
+        };
+        let mut body = Vec::new();
+        while body.len() < 1024 {
+            match resp.chunk().await {
+                Ok(Some(c)) => body.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+        body.truncate(1024);
+        return Err(fail(
+            kind,
+            format!(
+                "GET {url}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ),
+        ));
+    }
+    if let Some(n) = resp.content_length()
+        && n > MAX_MANIFEST
+    {
+        return Err(too_large(n));
+    }
+    let mut bytes = Vec::new();
+    while let Some(c) = resp.chunk().await.map_err(|e| {
+        fail(
+            ErrorKind::Unavailable,
+            format!("GET {url}: {}", error_chain(&e)),
+        )
+    })? {
+        if (bytes.len() + c.len()) as u64 > MAX_MANIFEST {
+            return Err(too_large((bytes.len() + c.len()) as u64));
+        }
+        bytes.extend_from_slice(&c);
+    }
+    Ok(bytes)
+}
+
+/// An error with its causes ("error sending request" alone does not say why).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
 }
 
 /// Runs blocking work on the blocking pool.
@@ -507,16 +584,7 @@ fn registry_error(host: &str, e: OciDistributionError) -> PullError {
         _ => ErrorKind::Unavailable,
     };
     // Keep the causes: "error sending request" alone does not tell an operator why.
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
+    let message = error_chain(&e);
     PullError::Registry {
         endpoint: host.to_owned(),
         message,

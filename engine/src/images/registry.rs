@@ -206,10 +206,16 @@ pub enum ClientError {
 }
 
 /// A client for one endpoint, with the credentials that endpoint gets.
+#[derive(Clone)]
 pub struct EndpointClient {
     pub endpoint: Endpoint,
     pub client: oci_client::Client,
     pub auth: RegistryAuth,
+    /// For the requests berth makes itself (manifests, read with a bound), with the same
+    /// TLS settings as `client`.
+    pub http: reqwest::Client,
+    /// The Bearer token of this endpoint's pull, once asked for (None: no token service).
+    token: std::sync::Arc<tokio::sync::OnceCell<Option<String>>>,
 }
 
 impl std::fmt::Debug for EndpointClient {
@@ -250,6 +256,10 @@ impl EndpointClient {
                 data,
             });
         }
+        let http = http_client(&endpoint, &extra).map_err(|message| ClientError::Token {
+            host: endpoint.host.clone(),
+            message,
+        })?;
         let auth = if endpoint.is_mirror {
             RegistryAuth::Anonymous
         } else {
@@ -282,8 +292,75 @@ impl EndpointClient {
             client: oci_client::Client::new(config),
             endpoint,
             auth,
+            http,
+            token: Default::default(),
         })
     }
+
+    /// The URL of a manifest (by digest, else tag) at this endpoint.
+    pub fn manifest_url(&self, oref: &oci_client::Reference) -> String {
+        let scheme = if self.endpoint.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        let r = oref
+            .digest()
+            .map(str::to_owned)
+            .or_else(|| oref.tag().map(str::to_owned))
+            .unwrap_or_else(|| "latest".into());
+        format!(
+            "{scheme}://{}/v2/{}/manifests/{r}",
+            oref.resolve_registry(),
+            oref.repository()
+        )
+    }
+
+    /// The Authorization header value for this endpoint's pulls: the Bearer token of its
+    /// token service (asked once, and shared with `client`'s own requests), the given
+    /// token, or Basic credentials; None for anonymous access.
+    pub async fn authorization(
+        &self,
+        oref: &oci_client::Reference,
+    ) -> Result<Option<String>, oci_client::errors::OciDistributionError> {
+        let token = self
+            .token
+            .get_or_try_init(|| async {
+                self.client
+                    .auth(oref, &self.auth, oci_client::RegistryOperation::Pull)
+                    .await
+            })
+            .await?;
+        Ok(match (token, &self.auth) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, RegistryAuth::Bearer(t)) => Some(format!("Bearer {t}")),
+            (None, RegistryAuth::Basic(u, p)) => {
+                use base64::Engine as _;
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                ))
+            }
+            (None, _) => None,
+        })
+    }
+}
+
+/// A reqwest client with an endpoint's TLS settings and berth's timeouts.
+fn http_client(
+    endpoint: &Endpoint,
+    extra_roots: &[Certificate],
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(60))
+        .danger_accept_invalid_certs(endpoint.skip_verify);
+    for c in extra_roots {
+        let cert = reqwest::Certificate::from_pem(&c.data).map_err(|e| format!("CA file: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| format!("http client: {e}"))
 }
 
 const USER_AGENT: &str = concat!("berth/", env!("CARGO_PKG_VERSION"));
@@ -329,19 +406,7 @@ async fn exchange_identity_token(
         host: endpoint.host.clone(),
         message,
     };
-    let mut builder = reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(Duration::from_secs(60))
-        .danger_accept_invalid_certs(endpoint.skip_verify);
-    for c in extra_roots {
-        let cert =
-            reqwest::Certificate::from_pem(&c.data).map_err(|e| err(format!("CA file: {e}")))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    let http = builder
-        .build()
-        .map_err(|e| err(format!("http client: {e}")))?;
+    let http = http_client(endpoint, extra_roots).map_err(err)?;
     let scheme = if endpoint.plain_http { "http" } else { "https" };
     let ping = http
         .get(format!("{scheme}://{}/v2/", endpoint.host))

@@ -6,6 +6,7 @@
 //! unit-tested against fixtures.
 
 pub mod apparmor;
+pub mod beneath;
 pub mod cgroups;
 pub mod devfilter;
 pub mod init;

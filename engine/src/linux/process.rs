@@ -27,6 +27,46 @@ pub fn kill_cgroup_procs(dirs: &[std::path::PathBuf]) -> usize {
     n
 }
 
+/// The environment variable through which berthd hands its original RLIMIT_NOFILE soft
+/// limit to the monitors it starts, which restore it: containers get the limit berthd was
+/// started with, not the one berthd raised for itself.
+pub const NOFILE_ENV: &str = "BERTH_NOFILE_SOFT";
+
+static ORIGINAL_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Raises this process's RLIMIT_NOFILE soft limit to its hard limit (berthd holds a socket
+/// per client, stream and pod; the usual soft limit of 1024 is easily reached), remembering
+/// the original for [`original_nofile`]. Returns (original soft, new soft).
+pub fn raise_nofile_limit() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let _ = ORIGINAL_NOFILE.set(soft);
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard.max(soft)))
+}
+
+/// The soft RLIMIT_NOFILE berthd started with, when it raised its own.
+pub fn original_nofile() -> Option<u64> {
+    ORIGINAL_NOFILE.get().copied()
+}
+
+/// In a monitor: restores the soft RLIMIT_NOFILE that berthd was started with (handed over
+/// in [`NOFILE_ENV`]), so that its containers inherit that one.
+pub fn restore_nofile_from_env() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Some(soft) = std::env::var(NOFILE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,11 +3,13 @@
 //! symlink out of the root), device nodes, masked and read-only paths, and the pivot.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::{Gid, Uid};
 
+use super::beneath;
 use super::init::{Step, step};
 use super::spawn::LaunchSpec;
 use crate::spec::mounts::{Mount, Propagation, RECURSIVE_READONLY};
@@ -61,16 +63,37 @@ pub(super) fn mount_overlay(spec: &LaunchSpec, userns: Option<&fs::File>) -> Ste
             .map(|p| p.display().to_string())
             .collect(),
     };
+    step(
+        || format!("create {}", r.target.display()),
+        fs::create_dir_all(&r.target),
+    )?;
+    // One `lowerdir+` per layer where the kernel has it (6.8+): no page limit on layers.
+    let lower_paths: Vec<PathBuf> = lower.iter().map(PathBuf::from).collect();
+    match super::sys::overlay_tree(&lower_paths, &r.upperdir, &r.workdir) {
+        Ok(tree) => {
+            return step(
+                || format!("attach overlay root ({} layers)", lower.len()),
+                super::sys::move_mount_to(&tree, &r.target),
+            );
+        }
+        Err(nix::Error::ENOSYS | nix::Error::EINVAL) => {}
+        Err(e) => {
+            return Err(format!("mount overlay root ({} layers): {e}", lower.len()));
+        }
+    }
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         r.upperdir.display(),
         r.workdir.display()
     );
-    step(
-        || format!("create {}", r.target.display()),
-        fs::create_dir_all(&r.target),
-    )?;
+    // mount(2) takes its options in one page.
+    if data.len() >= 4096 {
+        return Err(format!(
+            "mount overlay root: {} layers do not fit in one page of overlay options on this kernel (Linux 6.8+ takes each layer separately)",
+            lower.len()
+        ));
+    }
     step(
         || format!("mount overlay root ({} layers)", lower.len()),
         mount(
@@ -105,11 +128,23 @@ fn options(opts: &[String]) -> (MsFlags, Vec<String>) {
     (flags, data)
 }
 
-/// The destination inside the new root, refusing to follow symlinks out of it.
+/// A mount destination as a path relative to the new root; `..` is refused.
+fn relative_destination(dest: &str) -> Step<PathBuf> {
+    let rel: PathBuf = Path::new(dest)
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .collect();
+    beneath::relative_components(&rel).map_err(|e| format!("mount destination {dest}: {e}"))?;
+    Ok(rel)
+}
+
+/// The destination inside the new root, refusing to follow symlinks out of it (a check of
+/// the path as it is now, for the steps that still work by path: masks, read-only paths,
+/// device nodes — all made before any process of the pod can write the root).
 fn inside(root: &Path, dest: &str) -> Step<PathBuf> {
     let mut cur = root.to_owned();
     for c in Path::new(dest).components() {
-        if let std::path::Component::Normal(n) = c {
+        if let Component::Normal(n) = c {
             cur.push(n);
             if let Ok(m) = fs::symlink_metadata(&cur)
                 && m.file_type().is_symlink()
@@ -124,55 +159,48 @@ fn inside(root: &Path, dest: &str) -> Step<PathBuf> {
     Ok(cur)
 }
 
-/// Creates a mount point that does not exist yet (a directory, or an empty file), owned by
-/// `owner` (the mapped root of a user-namespaced pod: made by us, root of the host, it
-/// would show as nobody inside). Never truncates or follows what appears on the path
-/// meanwhile: new entries only (O_EXCL).
-fn ensure_target(target: &Path, as_dir: bool, owner: Option<(u32, u32)>) -> Step<()> {
-    if fs::symlink_metadata(target).is_ok() {
-        return Ok(());
-    }
-    let own = |p: &Path| -> Step<()> {
+/// Creates a mount point that does not exist yet (a directory, or an empty file) beneath
+/// the root held by `root`, owned by `owner` (the mapped root of a user-namespaced pod:
+/// made by us, root of the host, it would show as nobody inside). Every step resolves
+/// beneath the root without following a symlink, and never truncates or follows what
+/// appears on the path meanwhile: new entries only (O_EXCL).
+fn ensure_target(
+    root: &OwnedFd,
+    rel: &Path,
+    dest: &str,
+    as_dir: bool,
+    owner: Option<(u32, u32)>,
+) -> Step<()> {
+    let chown = |parent: &OwnedFd, name: &std::ffi::OsStr| -> std::io::Result<()> {
         match owner {
-            Some((u, g)) => step(
-                || format!("chown {}", p.display()),
-                std::os::unix::fs::lchown(p, Some(u), Some(g)),
-            ),
+            Some((u, g)) => beneath::chown_at(parent, name, u, g),
             None => Ok(()),
         }
     };
-    let mut missing = Vec::new();
-    let mut cur = if as_dir {
-        Some(target)
+    let (dir, file) = if as_dir || rel.file_name().is_none() {
+        (rel, None)
     } else {
-        target.parent()
+        (rel.parent().unwrap_or(Path::new("")), rel.file_name())
     };
-    while let Some(p) = cur {
-        if fs::symlink_metadata(p).is_ok() {
-            break;
-        }
-        missing.push(p.to_owned());
-        cur = p.parent();
-    }
-    for d in missing.iter().rev() {
-        match fs::create_dir(d) {
-            Ok(()) => own(d)?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("create {}: {e}", d.display())),
-        }
-    }
-    if !as_dir {
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(target)
-        {
-            Ok(_) => own(target)?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("create {}: {e}", target.display())),
-        }
+    let parent = beneath::mkdir_all(root, dir, 0o755, &mut |p, n| chown(p, n))
+        .map_err(|e| format!("mount destination {dest}: {e}"))?;
+    if let Some(name) = file
+        && beneath::create_file(&parent, name, 0o644)
+            .map_err(|e| format!("mount destination {dest}: {e}"))?
+    {
+        chown(&parent, name).map_err(|e| format!("mount destination {dest}: {e}"))?;
     }
     Ok(())
+}
+
+/// The mount point as an `O_PATH` fd resolved beneath the root without symlinks, and the
+/// `/proc/self/fd` path through which mount(2) acts on exactly that inode. Opened again
+/// after something is mounted there, to reach the new mount rather than the covered
+/// directory.
+fn open_target(root: &OwnedFd, rel: &Path, dest: &str) -> Step<(OwnedFd, PathBuf)> {
+    let fd = beneath::open_path(root, rel).map_err(|e| format!("mount destination {dest}: {e}"))?;
+    let p = beneath::proc_fd_path(&fd);
+    Ok((fd, p))
 }
 
 pub(super) fn mount_one(
@@ -181,7 +209,9 @@ pub(super) fn mount_one(
     spec: &LaunchSpec,
     userns: Option<&fs::File>,
 ) -> Step<()> {
-    let target = inside(root, &m.destination)?;
+    let dest = m.destination.as_str();
+    let rel = relative_destination(dest)?;
+    let root_fd = beneath::open_dir(root).map_err(|e| e.to_string())?;
     let owner = spec.userns.as_ref().map(|u| (u.root_uid, u.root_gid));
     let (flags, data) = options(&m.options);
     match m.kind.as_str() {
@@ -189,31 +219,34 @@ pub(super) fn mount_one(
             let is_dir = fs::metadata(&m.source)
                 .map(|md| md.is_dir())
                 .unwrap_or(true);
-            ensure_target(&target, is_dir, owner)?;
+            ensure_target(&root_fd, &rel, dest, is_dir, owner)?;
+            let (target_fd, target) = open_target(&root_fd, &rel, dest)?;
             // Volumes and pod files id-mapped into a pod's user namespace where the file
             // system allows it, so that the host's root-owned files are root's inside.
             let mapped = userns
                 .and_then(|ns| super::sys::idmapped_tree(Path::new(&m.source), ns, true).ok());
             match mapped {
                 Some(tree) => step(
-                    || format!("bind {} (id-mapped) on {}", m.source, m.destination),
-                    super::sys::move_mount_to(&tree, &target),
+                    || format!("bind {} (id-mapped) on {dest}", m.source),
+                    super::sys::move_mount_onto(&tree, &target_fd),
                 )?,
                 None => step(
-                    || format!("bind {} on {}", m.source, m.destination),
+                    || format!("bind {} on {dest}", m.source),
                     bind(Path::new(&m.source), &target, true),
                 )?,
             }
+            drop(target_fd);
+            let (_mounted, target) = open_target(&root_fd, &rel, dest)?;
             let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
             if !extra.is_empty() {
                 step(
-                    || format!("remount {} with {:?}", m.destination, m.options),
+                    || format!("remount {dest} with {:?}", m.options),
                     remount_bind(&target, extra),
                 )?;
             }
             if m.options.iter().any(|o| o == RECURSIVE_READONLY) {
                 step(
-                    || format!("make {} read-only recursively", m.destination),
+                    || format!("make {dest} read-only recursively"),
                     super::sys::make_readonly_recursive(&target),
                 )?;
             }
@@ -223,13 +256,14 @@ pub(super) fn mount_one(
                 _ => MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             };
             step(
-                || format!("propagation of {}", m.destination),
+                || format!("propagation of {dest}"),
                 mount(None::<&str>, &target, None::<&str>, prop, None::<&str>),
             )
         }
         "cgroup" => {
             // A read-only view of the container's own cgroups, as runc gives on v1.
-            ensure_target(&target, true, owner)?;
+            ensure_target(&root_fd, &rel, dest, true, owner)?;
+            let (target_fd, target) = open_target(&root_fd, &rel, dest)?;
             step(
                 || "mount /sys/fs/cgroup tmpfs".into(),
                 mount(
@@ -240,9 +274,12 @@ pub(super) fn mount_one(
                     Some("mode=755"),
                 ),
             )?;
+            drop(target_fd);
+            // The fresh tmpfs is ours alone: its entries are made by path below it.
+            let (tmpfs_fd, target) = open_target(&root_fd, &rel, dest)?;
             for (name, host_dir) in &spec.cgroup_view {
                 let t = target.join(name);
-                ensure_target(&t, true, owner)?;
+                ensure_target(&tmpfs_fd, Path::new(name), dest, true, owner)?;
                 step(|| format!("bind cgroup {name}"), bind(host_dir, &t, false))?;
                 step(
                     || format!("cgroup {name} read-only"),
@@ -264,10 +301,11 @@ pub(super) fn mount_one(
             Ok(())
         }
         fstype => {
-            ensure_target(&target, true, owner)?;
+            ensure_target(&root_fd, &rel, dest, true, owner)?;
+            let (target_fd, target) = open_target(&root_fd, &rel, dest)?;
             let d = data.join(",");
             step(
-                || format!("mount {} on {}", fstype, m.destination),
+                || format!("mount {fstype} on {dest}"),
                 mount(
                     Some(m.source.as_str()),
                     &target,
@@ -276,8 +314,10 @@ pub(super) fn mount_one(
                     (!d.is_empty()).then_some(d.as_str()),
                 ),
             )?;
+            drop(target_fd);
             if m.destination == "/dev" {
-                populate_dev(&target)?;
+                let (dev_fd, target) = open_target(&root_fd, &rel, dest)?;
+                populate_dev(&dev_fd, &target)?;
             }
             Ok(())
         }
@@ -320,10 +360,10 @@ pub(super) fn make_device(root: &Path, d: &crate::spec::devices::DeviceNode) -> 
 
 /// The standard device nodes (bind-mounted from the host, which works in every namespace)
 /// and the usual /dev symlinks.
-fn populate_dev(dev: &Path) -> Step<()> {
+fn populate_dev(dev_fd: &OwnedFd, dev: &Path) -> Step<()> {
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let t = dev.join(name);
-        ensure_target(&t, false, None)?;
+        ensure_target(dev_fd, Path::new(name), "/dev", false, None)?;
         let src = format!("/dev/{name}");
         step(|| format!("bind {src}"), bind(Path::new(&src), &t, false))?;
     }

@@ -162,6 +162,7 @@ pub fn attach_device_filter(
 // The new mount API (Linux 5.2+, MOUNT_ATTR_IDMAP since 5.12); kernel ABI values.
 const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// struct mount_attr of mount_setattr(2).
@@ -305,6 +306,103 @@ pub fn move_mount_to(tree: &OwnedFd, target: &std::path::Path) -> nix::Result<()
         return Err(nix::Error::last());
     }
     Ok(())
+}
+
+/// Attaches a detached mount tree on the inode that `target` (an `O_PATH` fd) holds, not
+/// on whatever a path would name by then.
+pub fn move_mount_onto(tree: &OwnedFd, target: &OwnedFd) -> nix::Result<()> {
+    // SAFETY: the empty paths are NUL-terminated literals; both fds are open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+// fsopen/fsconfig/fsmount (Linux 5.2+); kernel ABI values.
+const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+
+fn cstring(s: &str) -> nix::Result<std::ffi::CString> {
+    std::ffi::CString::new(s).map_err(|_| nix::Error::EINVAL)
+}
+
+fn fsconfig_string(fs: &OwnedFd, key: &str, value: &str) -> nix::Result<()> {
+    let (k, v) = (cstring(key)?, cstring(value)?);
+    // SAFETY: key and value are NUL-terminated and outlive the call; the kernel reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            k.as_ptr(),
+            v.as_ptr(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// A detached overlay mount of `lower` (top first), `upper` and `work`, each layer given
+/// with its own `lowerdir+` option (Linux 6.8+), so that no page limit on the option
+/// string bounds the number of layers (overlayfs itself takes up to 500). ENOSYS or
+/// EINVAL where the kernel cannot: the caller falls back to mount(2).
+pub fn overlay_tree(
+    lower: &[std::path::PathBuf],
+    upper: &std::path::Path,
+    work: &std::path::Path,
+) -> nix::Result<OwnedFd> {
+    let name = cstring("overlay")?;
+    // SAFETY: `name` is NUL-terminated and outlives the call; fsopen returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    let fd = i32::try_from(fd).map_err(|_| nix::Error::EBADF)?;
+    // SAFETY: fsopen returned a new fd that nothing else owns.
+    let fs = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let text = |p: &std::path::Path| p.to_str().map(str::to_owned).ok_or(nix::Error::EINVAL);
+    for l in lower {
+        fsconfig_string(&fs, "lowerdir+", &text(l)?)?;
+    }
+    fsconfig_string(&fs, "upperdir", &text(upper)?)?;
+    fsconfig_string(&fs, "workdir", &text(work)?)?;
+    // SAFETY: a plain command on the open fs context; no pointers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: fsmount takes the configured context fd and returns a new mount fd.
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    if m < 0 {
+        return Err(nix::Error::last());
+    }
+    let m = i32::try_from(m).map_err(|_| nix::Error::EBADF)?;
+    // SAFETY: fsmount returned a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(m) })
 }
 
 nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);

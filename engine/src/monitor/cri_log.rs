@@ -7,11 +7,13 @@
 //! When a stream closes, what is left of it is written as a final `F` record.
 //! The file is opened in append mode and can be reopened after kubelet rotates it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::linux::beneath;
 
 /// kubelet's default maximum line before splitting (containerd: 16 KiB).
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
@@ -145,35 +147,42 @@ impl<W: Write> CriLogWriter<W> {
     }
 }
 
-/// A CRI log file that can be reopened after rotation.
+/// A CRI log file that can be reopened after rotation. It is opened beneath the pod's log
+/// directory, held open, and never through a symlink: a pod that can write its log
+/// directory (a hostPath volume) cannot point the next open at a file of the host.
 #[derive(Debug)]
 pub struct CriLogFile {
+    dir: OwnedFd,
+    rel: PathBuf,
     path: PathBuf,
     pub writer: CriLogWriter<File>,
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-}
-
 impl CriLogFile {
-    pub fn open(path: &Path, max_line: usize) -> io::Result<CriLogFile> {
+    /// Opens `rel` beneath the absolute directory `dir` (made when missing, as kubelet
+    /// expects of the runtime), creating the file and its parent directories beneath it.
+    pub fn open(dir: &Path, rel: &Path, max_line: usize) -> io::Result<CriLogFile> {
+        if !dir.is_absolute() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("log directory {}: must be absolute", dir.display()),
+            ));
+        }
+        std::fs::create_dir_all(dir)?;
+        let dir_fd = beneath::open_dir(dir)?;
+        let file = beneath::open_append(&dir_fd, rel, 0o640)?;
         Ok(CriLogFile {
-            path: path.to_owned(),
-            writer: CriLogWriter::new(open_append(path)?, max_line),
+            dir: dir_fd,
+            rel: rel.to_owned(),
+            path: dir.join(rel),
+            writer: CriLogWriter::new(file, max_line),
         })
     }
 
-    /// Opens the path again (kubelet renamed the old file); pending partial lines carry over.
+    /// Opens the file again (kubelet renamed the old one), beneath the same directory as
+    /// before; pending partial lines carry over.
     pub fn reopen(&mut self) -> io::Result<()> {
-        let f = open_append(&self.path)?;
+        let f = beneath::open_append(&self.dir, &self.rel, 0o640)?;
         *self.writer.get_mut() = f;
         Ok(())
     }
@@ -250,7 +259,7 @@ mod tests {
     fn reopen_after_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c/0.log");
-        let mut f = CriLogFile::open(&p, DEFAULT_MAX_LINE).unwrap();
+        let mut f = CriLogFile::open(dir.path(), Path::new("c/0.log"), DEFAULT_MAX_LINE).unwrap();
         f.writer.write(Stream::Stdout, b"one\n", t()).unwrap();
         std::fs::rename(&p, dir.path().join("c/0.log.1")).unwrap();
         f.writer.write(Stream::Stdout, b"two-", t()).unwrap();
@@ -266,5 +275,18 @@ mod tests {
                 .unwrap()
                 .ends_with("F two-three\n")
         );
+    }
+    #[test]
+    fn reopen_refuses_a_swapped_in_symlink_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let mut f = CriLogFile::open(dir.path(), Path::new("0.log"), DEFAULT_MAX_LINE).unwrap();
+        std::fs::remove_file(dir.path().join("0.log")).unwrap();
+        let victim = host.path().join("victim");
+        std::os::unix::fs::symlink(&victim, dir.path().join("0.log")).unwrap();
+        assert!(f.reopen().is_err());
+        assert!(!victim.exists());
+        assert!(CriLogFile::open(dir.path(), Path::new("../x.log"), DEFAULT_MAX_LINE).is_err());
+        assert!(CriLogFile::open(Path::new("rel"), Path::new("x.log"), DEFAULT_MAX_LINE).is_err());
     }
 }

@@ -56,6 +56,7 @@ pub fn exits_dir(dir: &Path) -> PathBuf {
 
 /// Runs the monitor; returns the process exit code.
 pub fn main(args: MonitorArgs) -> i32 {
+    crate::linux::process::restore_nofile_from_env();
     let mut ready = std::io::stdout();
     match setup(&args) {
         Ok(listener) => {

@@ -54,9 +54,9 @@ pub(super) fn start(
         None
     } else {
         Some(Rc::new(RefCell::new(
-            CriLogFile::open(Path::new(&s.log_path), DEFAULT_MAX_LINE).map_err(|e| {
+            open_log(&s.log_directory, &s.log_path).map_err(|e| {
                 (
-                    crate::ErrorKind::Internal,
+                    crate::ErrorKind::InvalidArgument,
                     format!("open log {}: {e}", s.log_path),
                 )
             })?,
@@ -169,4 +169,31 @@ async fn copy_output(
             .close_stream(stream, SystemTime::now());
     }
     io.output_ended();
+}
+
+/// The container's log, opened beneath the pod's log directory (or, from an engine that
+/// did not send one, beneath the log file's own directory).
+fn open_log(log_directory: &str, log_path: &str) -> std::io::Result<CriLogFile> {
+    let path = Path::new(log_path);
+    let (dir, rel) = if log_directory.is_empty() {
+        match (path.parent(), path.file_name()) {
+            (Some(d), Some(f)) => (d, Path::new(f)),
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a file path",
+                ));
+            }
+        }
+    } else {
+        let dir = Path::new(log_directory);
+        let rel = path.strip_prefix(dir).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("not beneath the pod's log directory {log_directory}"),
+            )
+        })?;
+        (dir, rel)
+    };
+    CriLogFile::open(dir, rel, DEFAULT_MAX_LINE)
 }

@@ -385,6 +385,7 @@ pub fn exec_of(typed: Option<&proto::ExecSpec>, json: &[u8]) -> Result<ExecSpec,
 pub fn start_request(
     protocol: u32,
     launch: &LaunchSpec,
+    log_directory: String,
     log_path: String,
     oom_file: String,
 ) -> Result<proto::Start, WireError> {
@@ -401,6 +402,7 @@ pub fn start_request(
         log_path,
         oom_file,
         launch_spec,
+        log_directory,
     })
 }
 
@@ -646,10 +648,10 @@ mod tests {
     fn protocol_1_json_specs_are_still_read_and_written() {
         let l = sample();
         // berthd talking to a monitor of protocol 1 sends JSON, which this build reads too.
-        let start = start_request(1, &l, "/log".into(), "".into()).unwrap();
+        let start = start_request(1, &l, "".into(), "/log".into(), "".into()).unwrap();
         assert!(start.launch_spec.is_none() && !start.launch_spec_json.is_empty());
         assert_eq!(launch_of(&start).unwrap(), l);
-        let start = start_request(2, &l, "/log".into(), "".into()).unwrap();
+        let start = start_request(2, &l, "".into(), "/log".into(), "".into()).unwrap();
         assert!(start.launch_spec.is_some() && start.launch_spec_json.is_empty());
         assert_eq!(launch_of(&start).unwrap(), l);
         // A protocol-1 spec, as the previous berth wrote it (no pod_pid_namespace field).

@@ -12,8 +12,10 @@ use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::monitor::{client, entry::MonitorArgs};
 use crate::rollback::Rollback;
+use crate::spec::metadata;
 use crate::spec::pod::{
-    cgroup_parent_path, check_dns_config, hosts_file, pod_hostname, resolv_conf,
+    cgroup_parent_path, check_dns_config, check_log_directory, hosts_file, pod_hostname,
+    resolv_conf,
 };
 use crate::state::records::{NsMode, PodRecord, PodState, RECORD_VERSION};
 
@@ -41,8 +43,17 @@ impl Engine {
                 "runtime handler {runtime_handler:?} is not configured; berth has only the default handler"
             )));
         }
+        let meta = metadata::check_object("config", &config.labels, &config.annotations)?;
         let _names = self.locks.lock("pod-names").await;
-        if let Some(p) = self.db.pod_list()?.into_iter().find(|p| {
+        let all = self.db.pod_list()?;
+        metadata::check_node_budget(
+            "pods",
+            all.iter()
+                .map(|p| metadata::size(&p.labels, &p.annotations))
+                .sum(),
+            meta,
+        )?;
+        if let Some(p) = all.into_iter().find(|p| {
             p.name == md.name
                 && p.namespace == md.namespace
                 && p.uid == md.uid
@@ -80,6 +91,7 @@ impl Engine {
             node_name.clone()
         })?;
         check_dns_config(config.dns_config.as_ref())?;
+        check_log_directory(&config.log_directory)?;
         let cg = self.cgroup_manager()?;
 
         let id = new_id()?;

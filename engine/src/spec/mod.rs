@@ -11,6 +11,7 @@
 
 pub mod apparmor;
 pub mod devices;
+pub mod metadata;
 pub mod mounts;
 pub mod pod;
 pub mod process;

@@ -1,7 +1,7 @@
 //! Container mounts: the standard set every container gets, the pod's files (hosts,
 //! resolv.conf, hostname, /dev/shm) and the CRI volume mounts.
 
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -208,6 +208,19 @@ pub fn volume_mounts(
     Ok(out)
 }
 
+/// Which of berth's own paths a volume's host path would expose: the path itself or one
+/// inside it (read-only or not), or, for a writable volume, a directory holding it. Both
+/// sides are real paths (symlinks resolved by the caller).
+pub fn protected_overlap<'a>(
+    host: &Path,
+    readonly: bool,
+    protected: &'a [PathBuf],
+) -> Option<&'a PathBuf> {
+    protected
+        .iter()
+        .find(|p| host.starts_with(p) || (!readonly && p.starts_with(host)))
+}
+
 /// Defaults and volumes merged: a volume replaces a default at the same destination, and
 /// the list is ordered so that a mount's parents are mounted before it.
 pub fn merge(defaults: Vec<Mount>, volumes: Vec<Mount>) -> Vec<Mount> {
@@ -251,6 +264,24 @@ mod tests {
         let p = default_mounts(&PodFiles::default(), true);
         assert!(p[4].options.contains(&"rw".to_owned()));
         assert_eq!(p[6].kind, "tmpfs");
+    }
+
+    #[test]
+    fn runtime_paths_are_protected() {
+        let prot = vec![
+            PathBuf::from("/var/lib/berth"),
+            PathBuf::from("/run/berth"),
+            PathBuf::from("/run/berth/berth.sock"),
+        ];
+        let hit = |h: &str, ro: bool| protected_overlap(Path::new(h), ro, &prot).cloned();
+        assert_eq!(hit("/var/lib/berth", true), Some(prot[0].clone()));
+        assert_eq!(hit("/var/lib/berth/state.db", true), Some(prot[0].clone()));
+        assert_eq!(hit("/run/berth/berth.sock", true), Some(prot[1].clone()));
+        assert_eq!(hit("/var/lib", false), Some(prot[0].clone()));
+        assert_eq!(hit("/", false), Some(prot[0].clone()));
+        assert_eq!(hit("/", true), None);
+        assert_eq!(hit("/var/lib/berthx", false), None);
+        assert_eq!(hit("/srv/data", false), None);
     }
 
     #[test]

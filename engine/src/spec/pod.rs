@@ -124,6 +124,27 @@ pub fn check_dns_config(dns: Option<&api::DnsConfig>) -> Result<()> {
     Ok(())
 }
 
+/// Checks the pod's log directory: absolute (the monitor opens container logs beneath
+/// it, never resolved against its own working directory), without `..` or control
+/// characters. Empty means no logs.
+pub fn check_log_directory(dir: &str) -> Result<()> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    let p = std::path::Path::new(dir);
+    if !p.is_absolute()
+        || p.components().any(|c| c == std::path::Component::ParentDir)
+        || dir.chars().any(char::is_control)
+        || dir.len() > 4096
+    {
+        return Err(Error::InvalidArgument(format!(
+            "config.log_directory {:?}: must be an absolute path without '..'",
+            dir.chars().take(200).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
 /// The pod's /etc/resolv.conf: kubelet's DNS config, or the node's file.
 pub fn resolv_conf(dns: Option<&api::DnsConfig>) -> String {
     match dns {

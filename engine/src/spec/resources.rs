@@ -65,6 +65,28 @@ pub fn resources(req: &ResourceRequest) -> Result<Resources, SpecError> {
     } else if req.cpu_shares < 0 {
         return Err(SpecError::new(f("cpu_shares"), "must not be negative"));
     }
+    // Negative values are refused rather than read as "unlimited", except -1, which runc
+    // and the cgroup files take as "no limit" (the same as 0, unset, here).
+    for (name, v) in [
+        ("cpu_quota", req.cpu_quota),
+        ("cpu_period", req.cpu_period),
+        ("memory_limit_in_bytes", req.memory_limit_in_bytes),
+        ("memory_swap_limit_in_bytes", req.memory_swap_limit_in_bytes),
+    ] {
+        if v < -1 || (v == -1 && name == "cpu_period") {
+            return Err(SpecError::new(
+                f(name),
+                format!(
+                    "{v} is negative (0 means unset{})",
+                    if name == "cpu_period" {
+                        ""
+                    } else {
+                        ", as does -1"
+                    }
+                ),
+            ));
+        }
+    }
     if req.cpu_quota > 0 {
         if req.cpu_quota < 1000 {
             return Err(SpecError::new(
@@ -201,6 +223,34 @@ mod tests {
     #[test]
     fn refuses_nonsense_with_the_field() {
         for (req, field) in [
+            (
+                ResourceRequest {
+                    memory_limit_in_bytes: -2,
+                    ..Default::default()
+                },
+                "memory_limit_in_bytes",
+            ),
+            (
+                ResourceRequest {
+                    cpu_quota: -5000,
+                    ..Default::default()
+                },
+                "cpu_quota",
+            ),
+            (
+                ResourceRequest {
+                    cpu_period: -1,
+                    ..Default::default()
+                },
+                "cpu_period",
+            ),
+            (
+                ResourceRequest {
+                    memory_swap_limit_in_bytes: -100,
+                    ..Default::default()
+                },
+                "memory_swap_limit_in_bytes",
+            ),
             (
                 ResourceRequest {
                     cpu_quota: 10,

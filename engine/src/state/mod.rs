@@ -39,6 +39,8 @@ pub enum StateError {
     CorruptVersion { path: PathBuf, len: usize },
     #[error("state db: {0}")]
     Db(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl StateError {
@@ -49,21 +51,42 @@ impl StateError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             StateError::TooNew { .. } => ErrorKind::FailedPrecondition,
+            StateError::Unavailable(_) => ErrorKind::Unavailable,
+            // ENOSPC: the node's disk is full, not a fault of berth's.
+            StateError::Db(m) if m.contains("os error 28") => ErrorKind::ResourceExhausted,
             _ => ErrorKind::Internal,
         }
     }
 }
 
 /// Handle to the open state db.
+///
+/// After an I/O error (a full disk, above all) redb refuses every further write on that
+/// handle ("Previous I/O error occurred"). berth then reopens the file itself, on the
+/// next call that finds the handle in that state: the file is intact (a failed commit
+/// never lands), so reads work again at once, and writes as soon as space is back. Until
+/// a write succeeds, [`StateDb::write_failure`] says why, for Status and the log.
 pub struct StateDb {
-    db: Database,
+    db: std::sync::RwLock<Option<Database>>,
     path: PathBuf,
+    /// The I/O failure of the last write, until a write succeeds again.
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for StateDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateDb").field("path", &self.path).finish()
     }
+}
+
+/// Whether a handle refuses writes for good after an I/O error.
+fn poisoned(db: &Database) -> bool {
+    matches!(
+        db.begin_write(),
+        Err(redb::TransactionError::Storage(
+            redb::StorageError::PreviousIo
+        ))
+    )
 }
 
 /// The state db's page cache.
@@ -83,8 +106,9 @@ impl StateDb {
                 message: e.to_string(),
             })?;
         let state = StateDb {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             path: path.to_owned(),
+            failure: std::sync::Mutex::new(None),
         };
         state.migrate()?;
         Ok(state)
@@ -94,19 +118,123 @@ impl StateDb {
         &self.path
     }
 
+    /// Why writes failed last, while they do (a full disk, an I/O error).
+    pub fn write_failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Runs `f` on the db. When it fails and the handle is poisoned by an I/O error, the
+    /// db is reopened and `f` tried once more.
+    fn with_db<T>(
+        &self,
+        write: bool,
+        f: impl Fn(&Database) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let first = {
+            let g = self
+                .db
+                .read()
+                .map_err(|_| StateError::db("lock poisoned"))?;
+            match g.as_ref() {
+                Some(db) => match f(db) {
+                    Ok(v) => {
+                        if write {
+                            self.clear_failure();
+                        }
+                        return Ok(v);
+                    }
+                    Err(e) if !poisoned(db) => return Err(e),
+                    Err(e) => Some(e),
+                },
+                None => None,
+            }
+        };
+        if let Some(e) = &first {
+            self.note_failure(&e.to_string());
+        }
+        self.reopen()?;
+        let g = self
+            .db
+            .read()
+            .map_err(|_| StateError::db("lock poisoned"))?;
+        let db = g.as_ref().ok_or_else(|| self.unavailable())?;
+        let r = f(db);
+        match &r {
+            Ok(_) if write => self.clear_failure(),
+            Err(e) if write => self.note_failure(&e.to_string()),
+            _ => {}
+        }
+        r
+    }
+
+    fn note_failure(&self, why: &str) {
+        if let Ok(mut g) = self.failure.lock() {
+            if g.is_none() {
+                tracing::error!(db = %self.path.display(), error = %why, "state db write failed; berth reopens the db and keeps serving reads; writes resume when the cause (e.g. a full disk) is gone");
+            }
+            *g = Some(why.to_owned());
+        }
+    }
+
+    fn clear_failure(&self) {
+        if let Ok(mut g) = self.failure.lock()
+            && g.take().is_some()
+        {
+            tracing::info!(db = %self.path.display(), "state db writes work again");
+        }
+    }
+
+    fn unavailable(&self) -> StateError {
+        StateError::Unavailable(format!(
+            "state db {} cannot be opened again after an I/O error ({}); berth retries on each call",
+            self.path.display(),
+            self.write_failure().unwrap_or_default()
+        ))
+    }
+
+    /// Closes the poisoned handle (the file lock goes with it) and opens the file again.
+    fn reopen(&self) -> Result<(), StateError> {
+        let mut g = self
+            .db
+            .write()
+            .map_err(|_| StateError::db("lock poisoned"))?;
+        if let Some(db) = g.as_ref()
+            && !poisoned(db)
+        {
+            return Ok(()); // another caller reopened it meanwhile
+        }
+        *g = None;
+        match redb::Builder::new()
+            .set_cache_size(STATE_CACHE_BYTES)
+            .create(&self.path)
+        {
+            Ok(db) => {
+                tracing::warn!(db = %self.path.display(), "state db reopened after an I/O error");
+                *g = Some(db);
+                Ok(())
+            }
+            Err(e) => {
+                self.note_failure(&e.to_string());
+                Err(self.unavailable())
+            }
+        }
+    }
+
     /// The schema version stored in the db (0 for a new file).
     pub fn schema_version(&self) -> Result<u32, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let table = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(StateError::db(e)),
-        };
-        let value = table.get(META_SCHEMA_VERSION).map_err(StateError::db)?;
-        match value {
-            None => Ok(0),
-            Some(v) => decode_version(&self.path, v.value()),
-        }
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let table = match txn.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(StateError::db(e)),
+            };
+            let value = table.get(META_SCHEMA_VERSION).map_err(StateError::db)?;
+            match value {
+                None => Ok(0),
+                Some(v) => decode_version(&self.path, v.value()),
+            }
+        })
     }
 
     fn migrate(&self) -> Result<(), StateError> {
@@ -121,228 +249,255 @@ impl StateDb {
         if found == SCHEMA_VERSION {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(StateError::db)?;
-        for (from, step) in migrate::STEPS.iter().enumerate().skip(found as usize) {
-            tracing::info!(from, to = from + 1, db = %self.path.display(), "migrating state db");
-            step(&txn)?;
-        }
-        {
-            let mut meta = txn.open_table(META).map_err(StateError::db)?;
-            meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())
+        self.with_db(true, |db| {
+            let txn = db.begin_write().map_err(StateError::db)?;
+            for (from, step) in migrate::STEPS.iter().enumerate().skip(found as usize) {
+                tracing::info!(from, to = from + 1, db = %self.path.display(), "migrating state db");
+                step(&txn)?;
+            }
+            {
+                let mut meta = txn.open_table(META).map_err(StateError::db)?;
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())
+                    .map_err(StateError::db)?;
+                meta.insert(
+                    META_WRITTEN_BY,
+                    concat!("berth ", env!("CARGO_PKG_VERSION")).as_bytes(),
+                )
                 .map_err(StateError::db)?;
-            meta.insert(
-                META_WRITTEN_BY,
-                concat!("berth ", env!("CARGO_PKG_VERSION")).as_bytes(),
-            )
-            .map_err(StateError::db)?;
-        }
-        txn.commit().map_err(StateError::db)?;
-        Ok(())
+            }
+            txn.commit().map_err(StateError::db)?;
+            Ok(())
+        })
     }
 
     /// Reads a node-level setting.
     pub fn node_get(&self, key: &str) -> Result<Option<String>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let table = txn.open_table(NODE).map_err(StateError::db)?;
-        Ok(table
-            .get(key)
-            .map_err(StateError::db)?
-            .map(|v| v.value().to_owned()))
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let table = txn.open_table(NODE).map_err(StateError::db)?;
+            Ok(table
+                .get(key)
+                .map_err(StateError::db)?
+                .map(|v| v.value().to_owned()))
+        })
     }
 
     /// Writes a node-level setting (durable when this returns).
     pub fn node_set(&self, key: &str, value: &str) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(StateError::db)?;
-        {
-            let mut table = txn.open_table(NODE).map_err(StateError::db)?;
-            table.insert(key, value).map_err(StateError::db)?;
-        }
-        txn.commit().map_err(StateError::db)
+        self.with_db(true, |db| {
+            let txn = db.begin_write().map_err(StateError::db)?;
+            {
+                let mut table = txn.open_table(NODE).map_err(StateError::db)?;
+                table.insert(key, value).map_err(StateError::db)?;
+            }
+            txn.commit().map_err(StateError::db)
+        })
     }
 
     /// Counts of rows per table, for verbose status.
     pub fn table_sizes(&self) -> Result<Vec<(String, u64)>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let mut out = Vec::new();
-        for (name, len) in [
-            ("meta", txn.open_table(META).map_err(StateError::db)?.len()),
-            ("node", txn.open_table(NODE).map_err(StateError::db)?.len()),
-            (
-                "images",
-                txn.open_table(IMAGES).map_err(StateError::db)?.len(),
-            ),
-            ("tags", txn.open_table(TAGS).map_err(StateError::db)?.len()),
-            (
-                "snapshots",
-                txn.open_table(SNAPSHOTS).map_err(StateError::db)?.len(),
-            ),
-            ("pods", txn.open_table(PODS).map_err(StateError::db)?.len()),
-            (
-                "containers",
-                txn.open_table(CONTAINERS).map_err(StateError::db)?.len(),
-            ),
-        ] {
-            out.push((name.to_owned(), len.map_err(StateError::db)?));
-        }
-        Ok(out)
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let mut out = Vec::new();
+            for (name, len) in [
+                ("meta", txn.open_table(META).map_err(StateError::db)?.len()),
+                ("node", txn.open_table(NODE).map_err(StateError::db)?.len()),
+                (
+                    "images",
+                    txn.open_table(IMAGES).map_err(StateError::db)?.len(),
+                ),
+                ("tags", txn.open_table(TAGS).map_err(StateError::db)?.len()),
+                (
+                    "snapshots",
+                    txn.open_table(SNAPSHOTS).map_err(StateError::db)?.len(),
+                ),
+                ("pods", txn.open_table(PODS).map_err(StateError::db)?.len()),
+                (
+                    "containers",
+                    txn.open_table(CONTAINERS).map_err(StateError::db)?.len(),
+                ),
+            ] {
+                out.push((name.to_owned(), len.map_err(StateError::db)?));
+            }
+            Ok(out)
+        })
     }
 
     /// An image record by id.
     pub fn image_get(&self, id: &Digest) -> Result<Option<ImageRecord>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let t = txn.open_table(IMAGES).map_err(StateError::db)?;
-        t.get(id.as_str())
-            .map_err(StateError::db)?
-            .map(|v| decode(v.value()))
-            .transpose()
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let t = txn.open_table(IMAGES).map_err(StateError::db)?;
+            t.get(id.as_str())
+                .map_err(StateError::db)?
+                .map(|v| decode(v.value()))
+                .transpose()
+        })
     }
 
     /// Every image record.
     pub fn image_list(&self) -> Result<Vec<ImageRecord>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let t = txn.open_table(IMAGES).map_err(StateError::db)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(StateError::db)? {
-            let (_, v) = row.map_err(StateError::db)?;
-            out.push(decode(v.value())?);
-        }
-        Ok(out)
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let t = txn.open_table(IMAGES).map_err(StateError::db)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(StateError::db)? {
+                let (_, v) = row.map_err(StateError::db)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// The image a `registry/repo:tag` name points to.
     pub fn tag_get(&self, name: &str) -> Result<Option<Digest>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let t = txn.open_table(TAGS).map_err(StateError::db)?;
-        match t.get(name).map_err(StateError::db)? {
-            None => Ok(None),
-            Some(v) => v
-                .value()
-                .parse()
-                .map(Some)
-                .map_err(|e: crate::id::BadDigest| StateError::Db(e.to_string())),
-        }
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let t = txn.open_table(TAGS).map_err(StateError::db)?;
+            match t.get(name).map_err(StateError::db)? {
+                None => Ok(None),
+                Some(v) => v
+                    .value()
+                    .parse()
+                    .map(Some)
+                    .map_err(|e: crate::id::BadDigest| StateError::Db(e.to_string())),
+            }
+        })
     }
 
     /// Stores a pulled image in one transaction: merges it with an existing record of the
     /// same id, points each of its tags at it, and takes those tags away from any other
     /// image (which keeps its other names, or none).
-    pub fn image_put(&self, mut rec: ImageRecord) -> Result<ImageRecord, StateError> {
-        let txn = self.db.begin_write().map_err(StateError::db)?;
-        {
-            let mut images = txn.open_table(IMAGES).map_err(StateError::db)?;
-            let mut tags = txn.open_table(TAGS).map_err(StateError::db)?;
-            let existing: Option<ImageRecord> = images
-                .get(rec.id.as_str())
-                .map_err(StateError::db)?
-                .map(|v| decode(v.value()))
-                .transpose()?;
-            if let Some(old) = existing {
-                for t in old.repo_tags {
-                    if !rec.repo_tags.contains(&t) {
-                        rec.repo_tags.push(t);
-                    }
-                }
-                for d in old.repo_digests {
-                    if !rec.repo_digests.contains(&d) {
-                        rec.repo_digests.push(d);
-                    }
-                }
-            }
-            for tag in rec.repo_tags.clone() {
-                let previous = tags
-                    .insert(tag.as_str(), rec.id.as_str())
+    pub fn image_put(&self, rec: ImageRecord) -> Result<ImageRecord, StateError> {
+        self.with_db(true, |db| {
+            let mut rec = rec.clone();
+            let txn = db.begin_write().map_err(StateError::db)?;
+            {
+                let mut images = txn.open_table(IMAGES).map_err(StateError::db)?;
+                let mut tags = txn.open_table(TAGS).map_err(StateError::db)?;
+                let existing: Option<ImageRecord> = images
+                    .get(rec.id.as_str())
                     .map_err(StateError::db)?
-                    .map(|v| v.value().to_owned());
-                if let Some(prev) = previous.filter(|p| p != rec.id.as_str()) {
-                    let other: Option<ImageRecord> = images
-                        .get(prev.as_str())
-                        .map_err(StateError::db)?
-                        .map(|v| decode(v.value()))
-                        .transpose()?;
-                    if let Some(mut other) = other {
-                        other.repo_tags.retain(|t| t != &tag);
-                        images
-                            .insert(prev.as_str(), encode(&other)?.as_slice())
-                            .map_err(StateError::db)?;
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                if let Some(old) = existing {
+                    for t in old.repo_tags {
+                        if !rec.repo_tags.contains(&t) {
+                            rec.repo_tags.push(t);
+                        }
+                    }
+                    for d in old.repo_digests {
+                        if !rec.repo_digests.contains(&d) {
+                            rec.repo_digests.push(d);
+                        }
                     }
                 }
+                for tag in rec.repo_tags.clone() {
+                    let previous = tags
+                        .insert(tag.as_str(), rec.id.as_str())
+                        .map_err(StateError::db)?
+                        .map(|v| v.value().to_owned());
+                    if let Some(prev) = previous.filter(|p| p != rec.id.as_str()) {
+                        let other: Option<ImageRecord> = images
+                            .get(prev.as_str())
+                            .map_err(StateError::db)?
+                            .map(|v| decode(v.value()))
+                            .transpose()?;
+                        if let Some(mut other) = other {
+                            other.repo_tags.retain(|t| t != &tag);
+                            images
+                                .insert(prev.as_str(), encode(&other)?.as_slice())
+                                .map_err(StateError::db)?;
+                        }
+                    }
+                }
+                rec.repo_tags.sort();
+                rec.repo_digests.sort();
+                images
+                    .insert(rec.id.as_str(), encode(&rec)?.as_slice())
+                    .map_err(StateError::db)?;
             }
-            rec.repo_tags.sort();
-            rec.repo_digests.sort();
-            images
-                .insert(rec.id.as_str(), encode(&rec)?.as_slice())
-                .map_err(StateError::db)?;
-        }
-        txn.commit().map_err(StateError::db)?;
-        Ok(rec)
+            txn.commit().map_err(StateError::db)?;
+            Ok(rec)
+        })
     }
 
     /// Removes an image record and its tags; returns what was removed.
     pub fn image_remove(&self, id: &Digest) -> Result<Option<ImageRecord>, StateError> {
-        let txn = self.db.begin_write().map_err(StateError::db)?;
-        let removed = {
-            let mut images = txn.open_table(IMAGES).map_err(StateError::db)?;
-            let mut tags = txn.open_table(TAGS).map_err(StateError::db)?;
-            let rec: Option<ImageRecord> = images
-                .remove(id.as_str())
-                .map_err(StateError::db)?
-                .map(|v| decode(v.value()))
-                .transpose()?;
-            if let Some(r) = &rec {
-                for t in &r.repo_tags {
-                    let points_here = tags
-                        .get(t.as_str())
-                        .map_err(StateError::db)?
-                        .is_some_and(|v| v.value() == id.as_str());
-                    if points_here {
-                        tags.remove(t.as_str()).map_err(StateError::db)?;
+        self.with_db(true, |db| {
+            let txn = db.begin_write().map_err(StateError::db)?;
+            let removed = {
+                let mut images = txn.open_table(IMAGES).map_err(StateError::db)?;
+                let mut tags = txn.open_table(TAGS).map_err(StateError::db)?;
+                let rec: Option<ImageRecord> = images
+                    .remove(id.as_str())
+                    .map_err(StateError::db)?
+                    .map(|v| decode(v.value()))
+                    .transpose()?;
+                if let Some(r) = &rec {
+                    for t in &r.repo_tags {
+                        let points_here = tags
+                            .get(t.as_str())
+                            .map_err(StateError::db)?
+                            .is_some_and(|v| v.value() == id.as_str());
+                        if points_here {
+                            tags.remove(t.as_str()).map_err(StateError::db)?;
+                        }
                     }
                 }
-            }
-            rec
-        };
-        txn.commit().map_err(StateError::db)?;
-        Ok(removed)
+                rec
+            };
+            txn.commit().map_err(StateError::db)?;
+            Ok(removed)
+        })
     }
 
     /// Records an unpacked layer.
     pub fn snapshot_put(&self, rec: &SnapshotRecord) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(StateError::db)?;
-        {
-            let mut t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
-            t.insert(rec.chain_id.as_str(), encode(rec)?.as_slice())
-                .map_err(StateError::db)?;
-        }
-        txn.commit().map_err(StateError::db)
+        self.with_db(true, |db| {
+            let txn = db.begin_write().map_err(StateError::db)?;
+            {
+                let mut t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+                t.insert(rec.chain_id.as_str(), encode(rec)?.as_slice())
+                    .map_err(StateError::db)?;
+            }
+            txn.commit().map_err(StateError::db)
+        })
     }
 
     pub fn snapshot_get(&self, chain_id: &Digest) -> Result<Option<SnapshotRecord>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
-        t.get(chain_id.as_str())
-            .map_err(StateError::db)?
-            .map(|v| decode(v.value()))
-            .transpose()
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+            t.get(chain_id.as_str())
+                .map_err(StateError::db)?
+                .map(|v| decode(v.value()))
+                .transpose()
+        })
     }
 
     pub fn snapshot_list(&self) -> Result<Vec<SnapshotRecord>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(StateError::db)? {
-            let (_, v) = row.map_err(StateError::db)?;
-            out.push(decode(v.value())?);
-        }
-        Ok(out)
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(StateError::db)? {
+                let (_, v) = row.map_err(StateError::db)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     pub fn snapshot_remove(&self, chain_id: &Digest) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(StateError::db)?;
-        {
-            let mut t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
-            t.remove(chain_id.as_str()).map_err(StateError::db)?;
-        }
-        txn.commit().map_err(StateError::db)
+        self.with_db(true, |db| {
+            let txn = db.begin_write().map_err(StateError::db)?;
+            {
+                let mut t = txn.open_table(SNAPSHOTS).map_err(StateError::db)?;
+                t.remove(chain_id.as_str()).map_err(StateError::db)?;
+            }
+            txn.commit().map_err(StateError::db)
+        })
     }
 
     fn json_get<T: serde::de::DeserializeOwned>(
@@ -350,26 +505,30 @@ impl StateDb {
         table: redb::TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let t = txn.open_table(table).map_err(StateError::db)?;
-        t.get(key)
-            .map_err(StateError::db)?
-            .map(|v| decode(v.value()))
-            .transpose()
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let t = txn.open_table(table).map_err(StateError::db)?;
+            t.get(key)
+                .map_err(StateError::db)?
+                .map(|v| decode(v.value()))
+                .transpose()
+        })
     }
 
     fn json_list<T: serde::de::DeserializeOwned>(
         &self,
         table: redb::TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, StateError> {
-        let txn = self.db.begin_read().map_err(StateError::db)?;
-        let t = txn.open_table(table).map_err(StateError::db)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(StateError::db)? {
-            let (_, v) = row.map_err(StateError::db)?;
-            out.push(decode(v.value())?);
-        }
-        Ok(out)
+        self.with_db(false, |db| {
+            let txn = db.begin_read().map_err(StateError::db)?;
+            let t = txn.open_table(table).map_err(StateError::db)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(StateError::db)? {
+                let (_, v) = row.map_err(StateError::db)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     fn json_put<T: serde::Serialize>(
@@ -378,13 +537,15 @@ impl StateDb {
         key: &str,
         v: &T,
     ) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(StateError::db)?;
-        {
-            let mut t = txn.open_table(table).map_err(StateError::db)?;
-            t.insert(key, encode(v)?.as_slice())
-                .map_err(StateError::db)?;
-        }
-        txn.commit().map_err(StateError::db)
+        self.with_db(true, |db| {
+            let txn = db.begin_write().map_err(StateError::db)?;
+            {
+                let mut t = txn.open_table(table).map_err(StateError::db)?;
+                t.insert(key, encode(v)?.as_slice())
+                    .map_err(StateError::db)?;
+            }
+            txn.commit().map_err(StateError::db)
+        })
     }
 
     fn json_remove(
@@ -392,12 +553,14 @@ impl StateDb {
         table: redb::TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<(), StateError> {
-        let txn = self.db.begin_write().map_err(StateError::db)?;
-        {
-            let mut t = txn.open_table(table).map_err(StateError::db)?;
-            t.remove(key).map_err(StateError::db)?;
-        }
-        txn.commit().map_err(StateError::db)
+        self.with_db(true, |db| {
+            let txn = db.begin_write().map_err(StateError::db)?;
+            {
+                let mut t = txn.open_table(table).map_err(StateError::db)?;
+                t.remove(key).map_err(StateError::db)?;
+            }
+            txn.commit().map_err(StateError::db)
+        })
     }
 
     pub fn pod_get(&self, id: &str) -> Result<Option<records::PodRecord>, StateError> {
@@ -435,13 +598,17 @@ impl StateDb {
     /// Sets the stored schema version; only for tests of the too-new refusal.
     #[cfg(test)]
     fn force_version(&self, v: u32) {
-        let txn = self.db.begin_write().unwrap();
-        {
-            let mut meta = txn.open_table(META).unwrap();
-            meta.insert(META_SCHEMA_VERSION, v.to_le_bytes().as_slice())
-                .unwrap();
-        }
-        txn.commit().unwrap();
+        self.with_db(true, |db| {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_SCHEMA_VERSION, v.to_le_bytes().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+            Ok(())
+        })
+        .unwrap()
     }
 }
 
@@ -539,7 +706,8 @@ mod tests {
         {
             let db = StateDb::open(&p).unwrap();
             db.force_version(3);
-            let txn = db.db.begin_write().unwrap();
+            let g = db.db.read().unwrap();
+            let txn = g.as_ref().unwrap().begin_write().unwrap();
             {
                 let mut t = txn.open_table(CONTAINERS).unwrap();
                 let old = serde_json::to_vec(&records::version_1_container()).unwrap();
@@ -553,7 +721,8 @@ mod tests {
         assert_eq!(c.schema_version, records::RECORD_VERSION);
         assert_eq!(c.launch.process.args, vec!["sleep", "1000"]);
         // Stored in the new form.
-        let txn = db.db.begin_read().unwrap();
+        let g = db.db.read().unwrap();
+        let txn = g.as_ref().unwrap().begin_read().unwrap();
         let t = txn.open_table(CONTAINERS).unwrap();
         let raw: serde_json::Value =
             serde_json::from_slice(t.get("c1").unwrap().unwrap().value()).unwrap();
