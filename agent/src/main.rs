@@ -211,6 +211,8 @@ fn serve(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
+    // Before any thread exists: few malloc arenas, so that freed memory can go back.
+    berth_engine::linux::sys::limit_malloc_arenas(2);
     // Before the runtime's threads exist: the probe clones a child.
     let kernel = berth_engine::linux::probe::kernel_features(&cfg.root);
     tracing::info!(?kernel, "kernel features");
@@ -272,6 +274,17 @@ async fn run(
     if let Err(e) = engine.recover_pods().await {
         tracing::error!(error = %e, "pod recovery failed; continuing with what could be read");
     }
+    // Freed memory goes back to the kernel every 10 s (a peak of connections, streams or
+    // pulls leaves free pages in malloc's arenas that it would otherwise keep).
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _ =
+                tokio::task::spawn_blocking(berth_engine::linux::sys::release_free_memory).await;
+        }
+    });
     // The metrics port first: if it is taken, berthd stops before touching the socket.
     let metrics_task = match cfg.metrics.listen.0 {
         Some(addr) => {

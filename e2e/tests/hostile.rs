@@ -583,3 +583,78 @@ async fn slow_clients_cannot_exhaust_descriptors_or_starve_the_cri_socket() {
     assert!(body.contains("berth_"));
     assert!(d.log().contains("connection limit reached"));
 }
+
+/// berthd's RSS after the attacks above, once everything is closed: what it holds must
+/// come back near its start (issue 17: 15 → 488 MB and never returned).
+#[tokio::test]
+async fn memory_is_returned_after_floods_big_outputs_and_hostile_registries() {
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let pid = env.d.pid().unwrap().as_raw() as u32;
+    let p = env.c.run_pod(pod(&env, "mem")).await;
+    let id = env
+        .c
+        .run_container(&p, container(&env, "main", &["sleep", "1000"]))
+        .await;
+    env.c.exec(&id, &["true"], 5).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = rss_kib(pid);
+    let reg = HostileRegistry::start();
+    let metrics = env.d.metrics_addr();
+    let mut peak = start;
+    for round in 0..5 {
+        // A flood of half-sent requests, then the clients go away.
+        let mut held = Vec::new();
+        for _ in 0..2000 {
+            if let Ok(mut s) = TcpStream::connect(&metrics) {
+                let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+                held.push(s);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(held);
+        // Big ExecSync answers, several at once.
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let mut c = env.d.cri().await;
+            let id = id.clone();
+            tasks.push(tokio::spawn(async move {
+                c.exec(&id, &["sh", "-c", "head -c 8388608 /dev/zero"], 30)
+                    .await
+                    .map(|r| r.stdout.len())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        // Hostile manifests, six at once.
+        let mut pulls = Vec::new();
+        for _ in 0..6 {
+            let mut c = env.d.cri().await;
+            let r = format!("{}/unannounced:latest", reg.host);
+            pulls.push(tokio::spawn(async move { c.pull(&r, None).await.is_err() }));
+        }
+        for t in pulls {
+            assert!(t.await.unwrap());
+        }
+        peak = peak.max(rss_kib(pid));
+        eprintln!("round {round}: rss {} KiB", rss_kib(pid));
+    }
+    // berthd trims its heap every 10 s.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let end = rss_kib(pid);
+    eprintln!("berthd RSS: start {start} KiB, peak {peak} KiB, end {end} KiB");
+    assert!(
+        end < start + 16 * 1024,
+        "berthd kept {} KiB after the attacks (start {start} KiB, peak {peak} KiB)",
+        end - start
+    );
+    env.c.stop_and_remove_pod(&p).await;
+}

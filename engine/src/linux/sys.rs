@@ -563,11 +563,21 @@ pub fn reset_signals() {
 
 /// Gives the heap's free pages back to the kernel (glibc's malloc_trim). The monitor calls it
 /// after a container start, whose launch spec (compiled seccomp filters as JSON) makes a
-/// passing peak that would otherwise stay resident for the pod's whole life.
+/// passing peak that would otherwise stay resident for the pod's whole life; berthd calls
+/// it periodically, after peaks of connections, streams and pulls.
 pub fn release_free_memory() {
-    // SAFETY: malloc_trim only walks and trims malloc's own free lists; it has no
-    // preconditions and the monitor is single-threaded.
+    // SAFETY: malloc_trim only walks and trims malloc's own free lists, under malloc's own
+    // locks (it is thread-safe); it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Caps the number of glibc malloc arenas. By default glibc makes up to 8 per core, one
+/// for each thread that allocates while another holds an arena; with tokio's worker and
+/// blocking threads that leaves many arenas, each keeping its own freed memory, so a peak
+/// spread over threads stays resident. Call before threads exist.
+pub fn limit_malloc_arenas(n: i32) -> bool {
+    // SAFETY: mallopt only sets a malloc tunable; M_ARENA_MAX takes any positive value.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
 }
