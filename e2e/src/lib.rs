@@ -20,6 +20,7 @@ pub mod net;
 pub mod proxy;
 pub mod registry;
 pub mod require;
+pub mod soak;
 pub mod stream;
 pub mod suite;
 pub mod token;

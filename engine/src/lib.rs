@@ -348,6 +348,7 @@ impl Engine {
     /// Verbose status information, as a JSON value (CRI Status `verbose`).
     pub fn verbose_info(&self) -> serde_json::Value {
         let uptime = self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+        let (leases, host_ports) = self.network_holdings();
         serde_json::json!({
             "version": VERSION,
             "root": self.cfg.root,
@@ -366,6 +367,8 @@ impl Engine {
                 "mtu": self.mtu,
                 "nftTable": self.cfg.network.nft_table,
                 "podCIDRs": self.pod_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "addressesLeased": leases,
+                "hostPortsMapped": host_ports,
             },
             "uptimeSeconds": uptime,
             "kernel": self.cfg.kernel,

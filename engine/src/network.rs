@@ -154,6 +154,18 @@ fn in_range(cidr: &PodCidr, ip: IpAddr) -> bool {
 }
 
 impl Engine {
+    /// Addresses leased now (pods not yet released, draining ones included), and hostPort
+    /// mappings held: for verbose Status, and for checks that nothing of a removed pod
+    /// stays.
+    pub fn network_holdings(&self) -> (usize, usize) {
+        let mut st = self.net_state();
+        st.reap_draining(false);
+        (
+            st.allocators.iter().map(Allocator::leased).sum(),
+            st.mappings.values().map(Vec::len).sum(),
+        )
+    }
+
     fn net_state(&self) -> MutexGuard<'_, NetState> {
         self.net
             .lock()

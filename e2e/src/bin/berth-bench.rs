@@ -1047,6 +1047,58 @@ fn main() -> std::process::ExitCode {
             rt.block_on(bench_streams(runs));
             std::process::ExitCode::SUCCESS
         }
+        Some("soak") => {
+            let opt = |name: &str, default: usize| {
+                args.iter()
+                    .position(|a| a == name)
+                    .and_then(|i| args.get(i + 1))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
+            let d = berth_e2e::soak::SoakOptions::default();
+            let opts = berth_e2e::soak::SoakOptions {
+                lifecycles: opt("--lifecycles", d.lifecycles),
+                pulls: opt("--pulls", d.pulls),
+                execs: opt("--execs", d.execs),
+                concurrency: opt("--concurrency", d.concurrency),
+            };
+            let report = rt.block_on(berth_e2e::soak::run(opts));
+            let bound = opt("--rss-bound-kib", 16 * 1024) as u64;
+            println!(
+                "soak: {} lifecycles, {} cold pulls, {} ExecSyncs in {:.1} s ({} call errors)",
+                report.lifecycles,
+                report.pulls,
+                report.execs,
+                report.seconds,
+                report.errors.len()
+            );
+            println!(
+                "berthd: descriptors {} -> {}, threads {} -> {}, RSS {} -> {} KiB (peak {} KiB); content blobs {} -> {}; leftovers {}",
+                report.fds.0,
+                report.fds.1,
+                report.threads.0,
+                report.threads.1,
+                report.rss_kib.0,
+                report.rss_kib.1,
+                report.rss_peak_kib,
+                report.content_blobs.0,
+                report.content_blobs.1,
+                report.leftovers.len()
+            );
+            println!(
+                "{}",
+                serde_json::json!({"bench": "soak", "results": report})
+            );
+            let failures = report.failures(bound);
+            if failures.is_empty() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                for f in failures {
+                    eprintln!("soak: {f}");
+                }
+                std::process::ExitCode::FAILURE
+            }
+        }
         Some("compare") => {
             let opt = |name: &str, default: usize| {
                 args.iter()
@@ -1070,7 +1122,7 @@ fn main() -> std::process::ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: berth-bench pull|lifecycle|network|stats|streams|compare [--runs N] [--burst C] [--loaded P] [--out FILE]"
+                "usage: berth-bench pull|lifecycle|network|stats|streams|compare|soak [--runs N] [--burst C] [--loaded P] [--out FILE] [--lifecycles N --pulls N --execs N --concurrency C --rss-bound-kib K]"
             );
             std::process::ExitCode::from(2)
         }
