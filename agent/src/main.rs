@@ -7,13 +7,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod config;
-mod http_guard;
-mod metrics_http;
-mod server;
-mod shutdown;
-mod streaming;
-mod telemetry;
+use berth_agent::{config, metrics_http, server, shutdown, streaming, telemetry};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

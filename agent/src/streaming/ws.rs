@@ -204,17 +204,8 @@ where
                 Message::Close(_) => break,
                 _ => continue,
             };
-            let Some((&channel, payload)) = data.split_first() else {
+            let Some(input) = inbound(&data, v5) else {
                 continue;
-            };
-            let input = match channel {
-                STDIN => Input::Stdin(payload.to_vec()),
-                RESIZE => match remotecommand::parse_resize(payload) {
-                    Some((w, h)) => Input::Resize(w, h),
-                    None => continue,
-                },
-                CLOSE if v5 && payload.first() == Some(&STDIN) => Input::StdinEof,
-                _ => continue,
             };
             if in_tx.send(input).await.is_err() {
                 break;
@@ -257,6 +248,19 @@ where
     let abort = reader.abort_handle();
     if tokio::time::timeout(CLOSE_WAIT, reader).await.is_err() {
         abort.abort();
+    }
+}
+
+/// What a client's binary message on a remote-command WebSocket means: its first byte is
+/// the channel (stdin, a terminal resize as JSON, and with v5 the close of a channel);
+/// None for what the session ignores (empty messages, other channels, bad resizes).
+pub fn inbound(data: &[u8], v5: bool) -> Option<Input> {
+    let (&channel, payload) = data.split_first()?;
+    match channel {
+        STDIN => Some(Input::Stdin(payload.to_vec())),
+        RESIZE => remotecommand::parse_resize(payload).map(|(w, h)| Input::Resize(w, h)),
+        CLOSE if v5 && payload.first() == Some(&STDIN) => Some(Input::StdinEof),
+        _ => None,
     }
 }
 
@@ -402,6 +406,26 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inbound_messages_by_channel() {
+        assert!(matches!(inbound(&[0, b'a'], false), Some(Input::Stdin(d)) if d == b"a"));
+        assert!(matches!(
+            inbound(br#"{"Width":80,"Height":24}"#.as_slice(), false),
+            None | Some(Input::Resize(..))
+        ));
+        let mut resize = vec![4u8];
+        resize.extend_from_slice(br#"{"Width":80,"Height":24}"#);
+        assert!(matches!(
+            inbound(&resize, false),
+            Some(Input::Resize(80, 24))
+        ));
+        assert!(matches!(inbound(&[255, 0], true), Some(Input::StdinEof)));
+        assert!(inbound(&[255, 0], false).is_none());
+        assert!(inbound(&[], true).is_none());
+        assert!(inbound(&[4, b'{'], true).is_none());
+        assert!(inbound(&[9, 1, 2], true).is_none());
+    }
 
     #[test]
     fn ports_query() {
