@@ -1,9 +1,10 @@
-//! What every HTTP listener of berthd (metrics, streaming) does against clients that hold
-//! connections without finishing them: a cap on open connections per listener (more are
-//! closed at once, so that a flood cannot take berthd to its descriptor limit and starve
-//! the CRI socket), a deadline for a request's headers (also the idle limit of a kept-alive
-//! connection), a deadline for the whole HTTP exchange, and accept errors (EMFILE, ENFILE,
-//! ENOBUFS) that back off instead of spinning.
+//! berthd's listeners against floods. The CRI socket: accept errors (EMFILE, ENFILE,
+//! ENOBUFS) back off instead of spinning. Every HTTP listener (metrics, streaming), against
+//! clients that hold connections without finishing them: a cap on open connections (more
+//! are closed at once, so that a flood cannot take berthd to its descriptor limit and
+//! starve the CRI socket), a deadline for a request's headers (also the idle limit of a
+//! kept-alive connection), a deadline for the whole HTTP exchange, and accept errors that
+//! back off too.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,6 +111,48 @@ pub async fn accept_loop<F, Fut>(
             drop(permit);
         });
     }
+}
+
+/// The CRI socket's connections, for tonic: accept errors (EMFILE, ENFILE, ENOBUFS) wait
+/// with a growing pause (10 ms to 1 s) and a warning at most every 10 s, where tonic's own
+/// loop would retry at once and spin a core while the process is out of descriptors.
+pub fn unix_incoming(
+    listener: tokio::net::UnixListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    struct State {
+        listener: tokio::net::UnixListener,
+        backoff: Duration,
+        last_warning: Option<Instant>,
+    }
+    futures_util::stream::unfold(
+        State {
+            listener,
+            backoff: Duration::ZERO,
+            last_warning: None,
+        },
+        |mut st| async move {
+            loop {
+                match st.listener.accept().await {
+                    Ok((s, _)) => {
+                        st.backoff = Duration::ZERO;
+                        return Some((Ok(s), st));
+                    }
+                    Err(e) => {
+                        st.backoff = (st.backoff * 2)
+                            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+                        if st
+                            .last_warning
+                            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                        {
+                            tracing::warn!(listener = "cri", error = %e, "accept failed; retrying in {} ms", st.backoff.as_millis());
+                            st.last_warning = Some(Instant::now());
+                        }
+                        tokio::time::sleep(st.backoff).await;
+                    }
+                }
+            }
+        },
+    )
 }
 
 #[cfg(test)]

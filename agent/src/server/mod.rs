@@ -18,7 +18,6 @@ use berth_engine::Engine;
 use berth_proto::cri::image_service_server::ImageServiceServer;
 use berth_proto::cri::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 /// Why the socket could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +108,7 @@ pub async fn serve(
         .layer(layer::RpcLayer { metrics })
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(crate::http_guard::unix_incoming(listener), async {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
