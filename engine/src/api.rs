@@ -229,6 +229,9 @@ pub struct ContainerConfig {
     pub stdin_once: bool,
     pub tty: bool,
     pub linux: Option<LinuxContainerConfig>,
+    /// The signal that stops the container, by name (`SIGQUIT`); empty: the image's
+    /// STOPSIGNAL, else SIGTERM.
+    pub stop_signal: String,
 }
 
 /// Which containers a stats call is about.

@@ -1,13 +1,28 @@
 //! berth-proto: wire types only, no logic.
 //!
-//! - [`cri`]: the Kubernetes CRI v1 messages and tonic services, re-exported from `k8s-cri`
-//!   so that every berth crate names one version of them.
+//! - [`cri`]: the Kubernetes CRI v1 messages and tonic services, generated from the CRI
+//!   1.36 `api.proto` vendored in `cri/v1.36/` ([`CRI_API_VERSION`]), so that every berth
+//!   crate names one version of them.
 //! - [`monitor`]: berth's own protocol between `berthd` and its per-pod monitors, generated
 //!   from `berth/monitor.proto`, with its framing constants.
 #![forbid(unsafe_code)]
 
-pub use k8s_cri::v1 as cri;
 pub use prost;
+
+/// The CRI release the bindings are generated from.
+pub const CRI_API_VERSION: &str = "v1.36";
+
+/// CRI v1 (`runtime.v1`): messages, and the RuntimeService and ImageService servers and
+/// clients.
+#[allow(
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    rustdoc::all
+)]
+pub mod cri {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+}
 
 /// berthd <-> per-pod monitor protocol (`berth/monitor.proto`).
 #[allow(missing_debug_implementations, clippy::all)]
@@ -39,6 +54,18 @@ mod tests {
         };
         let bytes = f.encode_to_vec();
         assert_eq!(Frame::decode(bytes.as_slice()).unwrap(), f);
+    }
+
+    /// The vendored api.proto is the released one, byte for byte.
+    #[test]
+    fn the_cri_proto_is_kept_byte_identical() {
+        use sha2::Digest;
+        let text =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/cri/v1.36/api.proto")).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&text)),
+            "e545595feb7d82c5433a443975c15f59ce5b04bb876ab30fb9c59c8eca4715c9"
+        );
     }
 
     #[test]

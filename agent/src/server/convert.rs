@@ -145,6 +145,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             })
             .collect(),
         log_path: c.log_path.clone(),
+        stop_signal: stop_signal(&c.stop_signal),
         resources: Some(resources(&c.resources)),
         image_id: c.image_id.clone(),
         user: Some(cri::ContainerUser {
@@ -440,7 +441,25 @@ pub fn container_config(c: &cri::ContainerConfig) -> api::ContainerConfig {
             resources: l.resources.as_ref().map(resources_request),
             security_context: l.security_context.as_ref().map(security),
         }),
+        stop_signal: signal_name(c.stop_signal),
     }
+}
+
+/// A CRI stop signal as the engine names it: "" for RUNTIME_DEFAULT, `SIGRTMIN+3` style
+/// for the real-time ones, else the signal's own name (an unknown number passes through
+/// as a number, which the engine refuses).
+pub fn signal_name(v: i32) -> String {
+    match cri::Signal::try_from(v) {
+        Ok(cri::Signal::RuntimeDefault) => String::new(),
+        Ok(s) => s.as_str_name().replace("PLUS", "+").replace("MINUS", "-"),
+        Err(_) => v.to_string(),
+    }
+}
+
+/// The CRI enum value of the signal that stops a container (its record's, else SIGTERM).
+pub fn stop_signal(name: &str) -> i32 {
+    cri::Signal::from_str_name(berth_engine::containers::effective_stop_signal(name))
+        .map_or(cri::Signal::Sigterm as i32, |s| s as i32)
 }
 
 /// ListContainerStats' filter.

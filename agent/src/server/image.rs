@@ -35,6 +35,20 @@ impl ImageHandlers {
     }
 }
 
+impl ImageHandlers {
+    /// The images ListImages and StreamImages answer.
+    async fn images(&self, filter: Option<ImageFilter>) -> Result<Vec<Image>, Status> {
+        let filter = filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let images = self
+            .blocking(move |e| e.list_images(filter.as_deref()))
+            .await?;
+        Ok(images.iter().map(to_cri).collect())
+    }
+}
+
 fn image_name(spec: Option<&ImageSpec>, field: &str) -> Result<String, Status> {
     match spec.map(|s| s.image.trim()).filter(|s| !s.is_empty()) {
         Some(s) => Ok(s.to_owned()),
@@ -134,18 +148,20 @@ impl ImageService for ImageHandlers {
         &self,
         req: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        let filter = req
-            .into_inner()
-            .filter
-            .and_then(|f| f.image)
-            .map(|s| s.image)
-            .filter(|s| !s.is_empty());
-        let images = self
-            .blocking(move |e| e.list_images(filter.as_deref()))
-            .await?;
-        Ok(Response::new(ListImagesResponse {
-            images: images.iter().map(to_cri).collect(),
-        }))
+        let images = self.images(req.into_inner().filter).await?;
+        Ok(Response::new(ListImagesResponse { images }))
+    }
+
+    type StreamImagesStream = super::lists::ListStream<StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        req: Request<StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let images = self.images(req.into_inner().filter).await?;
+        Ok(Response::new(super::lists::chunked(images, |images| {
+            StreamImagesResponse { images }
+        })))
     }
 
     async fn image_status(

@@ -4,6 +4,7 @@ pub mod convert;
 mod events;
 pub mod image;
 pub mod layer;
+pub mod lists;
 pub mod runtime;
 pub mod stats;
 pub mod status;

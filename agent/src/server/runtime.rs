@@ -9,7 +9,7 @@ use berth_proto::cri::*;
 use tonic::{Request, Response, Status};
 
 use super::status::{to_status, unimplemented};
-use super::{convert, stats};
+use super::{convert, lists, stats};
 
 /// A required id field, or InvalidArgument naming it.
 fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, Status> {
@@ -28,6 +28,15 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| Status::internal(format!("task failed: {e}")))?
         .map_err(to_status)
+}
+
+/// Runs blocking work that answers with a Status off the async threads.
+async fn blocking_status<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
 }
 
 fn now_nanos() -> i64 {
@@ -146,6 +155,8 @@ impl RuntimeService for RuntimeHandlers {
             }],
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: true,
+                // A pod in a user namespace needs its own network namespace in berth.
+                user_namespaces_host_network: false,
             }),
         }))
     }
@@ -234,23 +245,20 @@ impl RuntimeService for RuntimeHandlers {
         &self,
         req: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        let filter = req.into_inner().filter.unwrap_or_default();
-        let items = self
-            .engine
-            .list_pods()
-            .map_err(to_status)?
-            .iter()
-            .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
-            .filter(|p| {
-                filter
-                    .state
-                    .as_ref()
-                    .is_none_or(|s| convert::pod_state(p.state) == s.state)
-            })
-            .filter(|p| convert::labels_match(&p.labels, &filter.label_selector))
-            .map(convert::pod_sandbox)
-            .collect();
+        let items = lists::pods(&self.engine, req.into_inner().filter)?;
         Ok(Response::new(ListPodSandboxResponse { items }))
+    }
+
+    type StreamPodSandboxesStream = lists::ListStream<StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let items = lists::pods(&self.engine, req.into_inner().filter)?;
+        Ok(Response::new(lists::chunked(items, |pod_sandboxes| {
+            StreamPodSandboxesResponse { pod_sandboxes }
+        })))
     }
 
     async fn create_container(
@@ -312,26 +320,20 @@ impl RuntimeService for RuntimeHandlers {
         &self,
         req: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        let filter = req.into_inner().filter.unwrap_or_default();
-        let containers = self
-            .engine
-            .list_containers()
-            .map_err(to_status)?
-            .iter()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| {
-                filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id)
-            })
-            .filter(|c| {
-                filter
-                    .state
-                    .as_ref()
-                    .is_none_or(|s| convert::container_state(c.state) == s.state)
-            })
-            .filter(|c| convert::labels_match(&c.labels, &filter.label_selector))
-            .map(convert::container)
-            .collect();
+        let containers = lists::containers(&self.engine, req.into_inner().filter)?;
         Ok(Response::new(ListContainersResponse { containers }))
+    }
+
+    type StreamContainersStream = lists::ListStream<StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        req: Request<StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let items = lists::containers(&self.engine, req.into_inner().filter)?;
+        Ok(Response::new(lists::chunked(items, |containers| {
+            StreamContainersResponse { containers }
+        })))
     }
 
     async fn container_status(
@@ -492,17 +494,24 @@ impl RuntimeService for RuntimeHandlers {
         &self,
         req: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        let filter = req.into_inner().filter;
-        let engine = self.engine.clone();
-        let filter = filter.as_ref().map(convert::container_stats_filter);
-        let figures = blocking(move || engine.container_figures_list(filter.as_ref())).await?;
-        let mp = self.engine.writable_layer_mountpoint();
-        let stats = figures
-            .iter()
-            .map(|f| stats::container_stats(f, &mp))
-            .collect();
+        let (engine, filter) = (self.engine.clone(), req.into_inner().filter);
+        let stats = blocking_status(move || lists::container_stats(&engine, filter)).await?;
         Ok(Response::new(ListContainerStatsResponse { stats }))
     }
+
+    type StreamContainerStatsStream = lists::ListStream<StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        req: Request<StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let (engine, filter) = (self.engine.clone(), req.into_inner().filter);
+        let items = blocking_status(move || lists::container_stats(&engine, filter)).await?;
+        Ok(Response::new(lists::chunked(items, |container_stats| {
+            StreamContainerStatsResponse { container_stats }
+        })))
+    }
+
     async fn pod_sandbox_stats(
         &self,
         req: Request<PodSandboxStatsRequest>,
@@ -519,14 +528,24 @@ impl RuntimeService for RuntimeHandlers {
         &self,
         req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        let filter = req.into_inner().filter;
-        let engine = self.engine.clone();
-        let filter = filter.as_ref().map(convert::pod_stats_filter);
-        let figures = blocking(move || engine.pod_figures_list(filter.as_ref())).await?;
-        let mp = self.engine.writable_layer_mountpoint();
-        let stats = figures.iter().map(|f| stats::pod_stats(f, &mp)).collect();
+        let (engine, filter) = (self.engine.clone(), req.into_inner().filter);
+        let stats = blocking_status(move || lists::pod_stats(&engine, filter)).await?;
         Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
+
+    type StreamPodSandboxStatsStream = lists::ListStream<StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        req: Request<StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let (engine, filter) = (self.engine.clone(), req.into_inner().filter);
+        let items = blocking_status(move || lists::pod_stats(&engine, filter)).await?;
+        Ok(Response::new(lists::chunked(items, |pod_sandbox_stats| {
+            StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        })))
+    }
+
     async fn checkpoint_container(
         &self,
         _req: Request<CheckpointContainerRequest>,
@@ -556,5 +575,44 @@ impl RuntimeService for RuntimeHandlers {
         let engine = self.engine.clone();
         let pod_metrics = blocking(move || stats::pod_sandbox_metrics(&engine)).await?;
         Ok(Response::new(ListPodSandboxMetricsResponse { pod_metrics }))
+    }
+
+    type StreamPodSandboxMetricsStream = lists::ListStream<StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _req: Request<StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let engine = self.engine.clone();
+        let items = blocking(move || stats::pod_sandbox_metrics(&engine)).await?;
+        Ok(Response::new(lists::chunked(
+            items,
+            |pod_sandbox_metrics| StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        req: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        let req = req.into_inner();
+        let id = required(&req.pod_sandbox_id, "pod_sandbox_id")?;
+        self.engine
+            .update_pod_resources(
+                id,
+                req.overhead
+                    .as_ref()
+                    .map(convert::resources_request)
+                    .as_ref(),
+                req.resources
+                    .as_ref()
+                    .map(convert::resources_request)
+                    .as_ref(),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(UpdatePodSandboxResourcesResponse {}))
     }
 }

@@ -14,6 +14,8 @@ fn cpu(ts: i64, s: &CgroupStats, nano_cores: Option<u64>) -> Option<cri::CpuUsag
         timestamp: ts,
         usage_core_nano_seconds: u64v(s.cpu_usage_ns),
         usage_nano_cores: u64v(nano_cores),
+        // Pressure (PSI) is per cgroup on v2 only; absent where berth cannot read it.
+        psi: None,
     })
 }
 
@@ -30,6 +32,7 @@ fn memory(ts: i64, s: &CgroupStats) -> Option<cri::MemoryUsage> {
         rss_bytes: u64v(s.rss),
         page_faults: u64v(s.page_faults),
         major_page_faults: u64v(s.major_page_faults),
+        psi: None,
     })
 }
 
@@ -66,6 +69,8 @@ pub fn container_stats(f: &ContainerFigures, mountpoint: &str) -> cri::Container
             ),
             swap_usage_bytes: u64v(f.cgroup.swap_usage),
         }),
+        // CRI IO usage is IO pressure (PSI), per cgroup on v2 only.
+        io: None,
     }
 }
 
@@ -100,6 +105,7 @@ pub fn pod_stats(f: &PodFigures, mountpoint: &str) -> cri::PodSandboxStats {
             annotations: p.annotations.clone().into_iter().collect(),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
+            io: None,
             cpu: cpu(f.timestamp, &f.cgroup, f.nano_cores),
             memory: memory(f.timestamp, &f.cgroup),
             network: (!f.interfaces.is_empty()).then(|| cri::NetworkUsage {

@@ -78,6 +78,14 @@ pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
     name.parse().ok()
 }
 
+/// The name of the signal that stops a container whose record says `name` (empty or
+/// unknown: SIGTERM), e.g. `SIGQUIT`.
+pub fn effective_stop_signal(name: &str) -> &'static str {
+    parse_signal(name)
+        .unwrap_or(nix::sys::signal::Signal::SIGTERM)
+        .as_str()
+}
+
 pub(crate) fn reason_for(code: i32, oom: bool) -> &'static str {
     if oom {
         "OOMKilled"

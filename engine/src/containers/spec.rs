@@ -73,6 +73,12 @@ impl Engine {
                 "security_context.privileged: a privileged container needs a privileged pod".into(),
             ));
         }
+        if !config.stop_signal.is_empty() && super::parse_signal(&config.stop_signal).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "config.stop_signal {:?}: not a signal berth can send (real-time signals are not supported)",
+                config.stop_signal
+            )));
+        }
         // No namespace options mean the CRI's default, mode POD, as in containerd.
         let pid_mode = sc.namespace_options.as_ref().map_or(0, |n| n.pid);
         let pid_target = if pid_mode == 3 {
@@ -299,7 +305,11 @@ impl Engine {
         Ok(Plan {
             image_name,
             image_id: image.id.to_string(),
-            stop_signal: image.config.stop_signal.clone(),
+            stop_signal: if config.stop_signal.is_empty() {
+                image.config.stop_signal.clone()
+            } else {
+                config.stop_signal.clone()
+            },
             layers,
             process: crate::linux::spawn::ProcessSpec {
                 args: argv,

@@ -20,6 +20,7 @@ mod remove;
 mod run;
 mod stop;
 mod teardown;
+mod update;
 
 use std::path::PathBuf;
 

@@ -246,6 +246,7 @@ impl Engine {
             sysctls: Default::default(),
             privileged: false,
             reason: String::new(),
+            resources: None,
             net: None,
             userns: None,
             monitor_protocol: crate::monitor::wire::PROTOCOL,

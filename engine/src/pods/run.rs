@@ -134,6 +134,7 @@ impl Engine {
                 .collect::<BTreeMap<_, _>>(),
             privileged: sc.privileged,
             reason: String::new(),
+            resources: None,
             net: None,
             userns: userns.clone(),
             monitor_protocol: crate::monitor::wire::PROTOCOL,

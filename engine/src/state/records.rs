@@ -136,6 +136,10 @@ pub struct PodRecord {
     pub privileged: bool,
     /// Why the pod is not ready, when it is not.
     pub reason: String,
+    /// Pod-level resources from UpdatePodSandboxResources (containers' sum plus overhead),
+    /// as applied to the pod cgroup; None until kubelet sends them.
+    #[serde(default)]
+    pub resources: Option<crate::spec::resources::Resources>,
     /// The pod's network while it is set up (its addresses are the IPAM leases).
     #[serde(default)]
     pub net: Option<PodNet>,

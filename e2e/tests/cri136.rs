@@ -1,0 +1,263 @@
+//! What CRI 1.36 added, through the real calls: the Stream list calls past a client's
+//! message limit, stop signals, and UpdatePodSandboxResources on the pod cgroup.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use berth_e2e::env::BusyboxEnv;
+use berth_proto::cri;
+use futures_util::StreamExt;
+use tonic::Code;
+
+fn pod(env: &BusyboxEnv, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "cri136".into(),
+            attempt: 0,
+        }),
+        log_directory: env.logs.path().join(name).display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container(env: &BusyboxEnv, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(berth_e2e::cri::spec(&env.image)),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn stream_calls_deliver_what_a_list_cannot_fit() {
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    let p = env.c.run_pod(pod(&env, "big")).await;
+    // 14 containers with 400 KB of annotations each: ListContainers is over 5 MiB, past the
+    // 4 MiB a gRPC client receives by default.
+    let mut ids = BTreeSet::new();
+    for i in 0..14 {
+        let mut c = container(&env, &format!("c{i}"), &["true"]);
+        c.annotations = HashMap::from([("bulk".to_string(), "x".repeat(400_000))]);
+        ids.insert(env.c.create(&p, c).await.unwrap());
+    }
+    let e = env
+        .c
+        .runtime
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e:?}"
+    );
+    let mut stream = env
+        .c
+        .runtime
+        .stream_containers(cri::StreamContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    let mut messages = 0;
+    while let Some(m) = stream.next().await {
+        messages += 1;
+        seen.extend(m.unwrap().containers.into_iter().map(|c| c.id));
+    }
+    assert!(messages > 1);
+    assert_eq!(seen.len(), ids.len(), "every container exactly once");
+    assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), ids);
+    // The filters are the List call's.
+    let one = ids.iter().next().unwrap().clone();
+    let mut stream = env
+        .c
+        .runtime
+        .stream_containers(cri::StreamContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                id: one.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = stream.next().await.unwrap().unwrap();
+    assert_eq!(m.containers.len(), 1);
+    assert_eq!(m.containers[0].id, one);
+    assert!(stream.next().await.is_none());
+    // The other Stream calls answer as their List calls.
+    let pods: Vec<_> = env
+        .c
+        .runtime
+        .stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|m| m.unwrap().pod_sandboxes)
+        .collect()
+        .await;
+    assert_eq!(
+        pods.concat().iter().map(|p| &p.id).collect::<Vec<_>>(),
+        [&p]
+    );
+    let images: Vec<_> = env
+        .c
+        .image
+        .stream_images(cri::StreamImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|m| m.unwrap().images)
+        .collect()
+        .await;
+    assert_eq!(images.concat().len(), 1);
+    let stats: Vec<_> = env
+        .c
+        .runtime
+        .stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|m| m.unwrap().pod_sandbox_stats)
+        .collect()
+        .await;
+    assert_eq!(stats.concat().len(), 1);
+    env.c.stop_and_remove_pod(&p).await;
+}
+
+#[tokio::test]
+async fn stop_signals_override_the_image_and_are_reported() {
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    let p = env.c.run_pod(pod(&env, "sig")).await;
+    let script = "trap 'exit 7' USR1; trap '' TERM; while true; do sleep 0.1; done";
+    let mut c = container(&env, "usr1", &["sh", "-c", script]);
+    c.stop_signal = cri::Signal::Sigusr1 as i32;
+    let id = env.c.run_container(&p, c).await;
+    assert_eq!(
+        env.c.status(&id).await.stop_signal,
+        cri::Signal::Sigusr1 as i32
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    env.c
+        .runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 20,
+        })
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(env.c.status(&id).await.exit_code, 7);
+    // Without one: the image's (none here), so SIGTERM.
+    let plain = env
+        .c
+        .run_container(&p, container(&env, "plain", &["sleep", "1000"]))
+        .await;
+    assert_eq!(
+        env.c.status(&plain).await.stop_signal,
+        cri::Signal::Sigterm as i32
+    );
+    // A real-time signal is refused, and nothing is created.
+    let mut rt = container(&env, "rt", &["true"]);
+    rt.stop_signal = cri::Signal::Sigrtminplus3 as i32;
+    let e = env.c.create(&p, rt).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("stop_signal"), "{e:?}");
+    env.c.stop_and_remove_pod(&p).await;
+}
+
+fn pod_memory_limit(pod_id: &str) -> Option<u64> {
+    let root = std::path::Path::new("/sys/fs/cgroup/memory");
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy() == format!("pod-{pod_id}"))
+            {
+                return std::fs::read_to_string(path.join("memory.limit_in_bytes"))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok();
+            }
+            if path.components().count() < 9 {
+                stack.push(path);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn pod_resources_are_applied_to_the_pod_cgroup() {
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    if !std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        return; // the v2 path is exercised in the VM lane
+    }
+    let p = env.c.run_pod(pod(&env, "res")).await;
+    env.c
+        .run_container(&p, container(&env, "main", &["sleep", "1000"]))
+        .await;
+    let mem = |bytes: i64| cri::LinuxContainerResources {
+        memory_limit_in_bytes: bytes,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        ..Default::default()
+    };
+    env.c
+        .runtime
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: p.clone(),
+            overhead: Some(mem(32 << 20)),
+            resources: Some(mem(256 << 20)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(pod_memory_limit(&p), Some(288 << 20));
+    // Nonsense is refused and changes nothing.
+    let e = env
+        .c
+        .runtime
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: p.clone(),
+            overhead: None,
+            resources: Some(mem(-7)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_eq!(pod_memory_limit(&p), Some(288 << 20));
+    // An unknown pod is NotFound.
+    let e = env
+        .c
+        .runtime
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "nope".into(),
+            overhead: None,
+            resources: Some(mem(64 << 20)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    env.c.stop_and_remove_pod(&p).await;
+}
