@@ -261,3 +261,88 @@ async fn pod_resources_are_applied_to_the_pod_cgroup() {
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     env.c.stop_and_remove_pod(&p).await;
 }
+
+#[tokio::test]
+async fn pressure_stall_figures_come_out_where_the_node_has_them() {
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    let psi = std::path::Path::new("/proc/pressure/cpu").exists()
+        && (std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            || std::path::Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists());
+    let p = env.c.run_pod(pod(&env, "psi")).await;
+    let id = env
+        .c
+        .run_container(
+            &p,
+            container(&env, "busy", &["sh", "-c", "while true; do :; done"]),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = env
+        .c
+        .runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let (cpu, mem) = (s.cpu.unwrap(), s.memory.unwrap());
+    if !psi {
+        // Absent, not zero, where the node has no PSI.
+        assert!(cpu.psi.is_none() && mem.psi.is_none() && s.io.is_none());
+        env.c.stop_and_remove_pod(&p).await;
+        return;
+    }
+    let cpu_psi = cpu.psi.expect("cpu PSI");
+    assert!(cpu_psi.some.unwrap().total > 0 || cpu_psi.some.unwrap().avg10 >= 0.0);
+    assert!(mem.psi.is_some());
+    assert!(s.io.unwrap().psi.is_some());
+    let pod_stats = env
+        .c
+        .runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: p.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(pod_stats.linux.unwrap().cpu.unwrap().psi.is_some());
+    let metrics = env
+        .c
+        .runtime
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let names: BTreeSet<String> = metrics
+        .iter()
+        .flat_map(|m| m.container_metrics.iter())
+        .flat_map(|c| c.metrics.iter().map(|m| m.name.clone()))
+        .collect();
+    for n in [
+        "container_pressure_cpu_waiting_seconds_total",
+        "container_pressure_memory_stalled_seconds_total",
+        "container_pressure_io_waiting_seconds_total",
+    ] {
+        assert!(names.contains(n), "{n} missing from {names:?}");
+    }
+    let body = ureq::get(&format!("http://{}/metrics", env.d.metrics_addr()))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        body.contains("berth_container_pressure_waiting_seconds_total{")
+            && body.contains("resource=\"cpu\""),
+        "{body}"
+    );
+    env.c.stop_and_remove_pod(&p).await;
+}

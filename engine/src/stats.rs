@@ -313,6 +313,21 @@ impl Engine {
                     memory_limit_bytes: c.cgroup.memory_limit,
                     writable_layer_bytes: c.layer.bytes,
                     processes: c.cgroup.pids,
+                    pressure: [
+                        ("cpu", c.cgroup.cpu_pressure),
+                        ("memory", c.cgroup.memory_pressure),
+                        ("io", c.cgroup.io_pressure),
+                    ]
+                    .into_iter()
+                    .filter_map(|(r, p)| {
+                        let p = p?;
+                        Some((
+                            r,
+                            p.some.total_us as f64 / 1e6,
+                            p.full.total_us as f64 / 1e6,
+                        ))
+                    })
+                    .collect(),
                 });
             }
             snap.pod_samples.push(berth_metrics::PodSample {

@@ -118,6 +118,9 @@ pub struct ContainerSample {
     pub memory_limit_bytes: Option<u64>,
     pub writable_layer_bytes: u64,
     pub processes: Option<u64>,
+    /// Pressure stall time where the cgroup has PSI: (resource `cpu`, `memory` or `io`,
+    /// seconds some tasks waited, seconds all tasks stalled).
+    pub pressure: Vec<(&'static str, f64, f64)>,
 }
 
 /// One pod interface's counters.
@@ -242,6 +245,29 @@ impl Snapshot {
             "Processes (tasks) in a container.",
             cl,
         )?;
+        let prl = &["namespace", "pod", "container", "resource"];
+        let c_waiting = counter(
+            "berth_container_pressure_waiting_seconds_total",
+            "Time some tasks of a container waited for a resource (PSI `some`), by resource.",
+            prl,
+        )?;
+        let c_stalled = counter(
+            "berth_container_pressure_stalled_seconds_total",
+            "Time all tasks of a container stalled on a resource (PSI `full`), by resource.",
+            prl,
+        )?;
+        for s in &self.container_samples {
+            for (resource, waiting, stalled) in &s.pressure {
+                let l = [
+                    s.namespace.as_str(),
+                    s.pod.as_str(),
+                    s.container.as_str(),
+                    resource,
+                ];
+                c_waiting.with_label_values(&l).inc_by(*waiting);
+                c_stalled.with_label_values(&l).inc_by(*stalled);
+            }
+        }
         for s in &self.container_samples {
             let l = [s.namespace.as_str(), s.pod.as_str(), s.container.as_str()];
             if let Some(v) = s.cpu_seconds {
@@ -327,6 +353,8 @@ impl Snapshot {
             Box::new(c_lim),
             Box::new(c_layer),
             Box::new(c_procs),
+            Box::new(c_waiting),
+            Box::new(c_stalled),
             Box::new(p_cpu),
             Box::new(p_ws),
             Box::new(p_procs),
@@ -373,6 +401,7 @@ mod tests {
                 cpu_seconds: Some(1.5),
                 memory_working_set_bytes: Some(4096),
                 writable_layer_bytes: 10,
+                pressure: vec![("cpu", 1.25, 0.5)],
                 ..Default::default()
             }],
             pod_samples: vec![PodSample {
@@ -391,6 +420,8 @@ mod tests {
             "berth_cri_requests_total{code=\"OK\",method=\"Version\"} 1",
             "berth_cri_request_duration_seconds_bucket{method=\"Version\",le=\"0.0025\"} 1",
             "berth_oom_kills_total 1",
+            "berth_container_pressure_waiting_seconds_total{container=\"nginx\",namespace=\"default\",pod=\"web\",resource=\"cpu\"} 1.25",
+            "berth_container_pressure_stalled_seconds_total{container=\"nginx\",namespace=\"default\",pod=\"web\",resource=\"cpu\"} 0.5",
             "berth_pods{state=\"ready\"} 2",
             "berth_image_pulls_total{result=\"success\"} 4",
             "berth_image_pulls_total{result=\"failure\"} 1",

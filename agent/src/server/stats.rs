@@ -14,8 +14,8 @@ fn cpu(ts: i64, s: &CgroupStats, nano_cores: Option<u64>) -> Option<cri::CpuUsag
         timestamp: ts,
         usage_core_nano_seconds: u64v(s.cpu_usage_ns),
         usage_nano_cores: u64v(nano_cores),
-        // Pressure (PSI) is per cgroup on v2 only; absent where berth cannot read it.
-        psi: None,
+        // Pressure (PSI): absent where the cgroup has none.
+        psi: psi(s.cpu_pressure),
     })
 }
 
@@ -32,7 +32,7 @@ fn memory(ts: i64, s: &CgroupStats) -> Option<cri::MemoryUsage> {
         rss_bytes: u64v(s.rss),
         page_faults: u64v(s.page_faults),
         major_page_faults: u64v(s.major_page_faults),
-        psi: None,
+        psi: psi(s.memory_pressure),
     })
 }
 
@@ -69,8 +69,7 @@ pub fn container_stats(f: &ContainerFigures, mountpoint: &str) -> cri::Container
             ),
             swap_usage_bytes: u64v(f.cgroup.swap_usage),
         }),
-        // CRI IO usage is IO pressure (PSI), per cgroup on v2 only.
-        io: None,
+        io: io(f.timestamp, &f.cgroup),
     }
 }
 
@@ -105,7 +104,7 @@ pub fn pod_stats(f: &PodFigures, mountpoint: &str) -> cri::PodSandboxStats {
             annotations: p.annotations.clone().into_iter().collect(),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
-            io: None,
+            io: io(f.timestamp, &f.cgroup),
             cpu: cpu(f.timestamp, &f.cgroup, f.nano_cores),
             memory: memory(f.timestamp, &f.cgroup),
             network: (!f.interfaces.is_empty()).then(|| cri::NetworkUsage {
@@ -134,6 +133,42 @@ const BASE_LABELS: [&str; 3] = ["id", "name", "image"];
 /// The cAdvisor metrics berth reports through ListPodSandboxMetrics, with the names and
 /// label keys kubelet's /metrics/cadvisor serves: (name, help, extra label keys, counter).
 const DESCRIPTORS: &[(&str, &str, &[&str], bool)] = &[
+    (
+        "container_pressure_cpu_waiting_seconds_total",
+        "Total time duration tasks in the container have waited due to CPU congestion.",
+        &[],
+        true,
+    ),
+    (
+        "container_pressure_cpu_stalled_seconds_total",
+        "Total time duration no tasks in the container could make progress due to CPU congestion.",
+        &[],
+        true,
+    ),
+    (
+        "container_pressure_memory_waiting_seconds_total",
+        "Total time duration tasks in the container have waited due to memory congestion.",
+        &[],
+        true,
+    ),
+    (
+        "container_pressure_memory_stalled_seconds_total",
+        "Total time duration no tasks in the container could make progress due to memory congestion.",
+        &[],
+        true,
+    ),
+    (
+        "container_pressure_io_waiting_seconds_total",
+        "Total time duration tasks in the container have waited due to IO congestion.",
+        &[],
+        true,
+    ),
+    (
+        "container_pressure_io_stalled_seconds_total",
+        "Total time duration no tasks in the container could make progress due to IO congestion.",
+        &[],
+        true,
+    ),
     (
         "container_cpu_usage_seconds_total",
         "Cumulative cpu time consumed in seconds.",
@@ -271,6 +306,59 @@ fn metric(
     })
 }
 
+/// cAdvisor's pressure counters (whole seconds of stall) where the cgroup has PSI.
+fn pressure_metrics(ts: i64, base: &[String], s: &CgroupStats) -> Vec<Option<cri::Metric>> {
+    let secs = |us: u64| us / 1_000_000;
+    [
+        ("cpu", s.cpu_pressure),
+        ("memory", s.memory_pressure),
+        ("io", s.io_pressure),
+    ]
+    .into_iter()
+    .filter_map(|(what, p)| Some((what, p?)))
+    .flat_map(|(what, p)| {
+        [
+            metric(
+                &format!("container_pressure_{what}_waiting_seconds_total"),
+                ts,
+                base,
+                &[],
+                Some(secs(p.some.total_us)),
+            ),
+            metric(
+                &format!("container_pressure_{what}_stalled_seconds_total"),
+                ts,
+                base,
+                &[],
+                Some(secs(p.full.total_us)),
+            ),
+        ]
+    })
+    .collect()
+}
+
+/// CRI's PSI figures of one `*.pressure` file (totals in nanoseconds).
+fn psi(p: Option<berth_engine::linux::cgroups::stats::Pressure>) -> Option<cri::PsiStats> {
+    let line = |l: berth_engine::linux::cgroups::stats::PressureLine| cri::PsiData {
+        total: l.total_us.saturating_mul(1000),
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+    };
+    p.map(|p| cri::PsiStats {
+        full: Some(line(p.full)),
+        some: Some(line(p.some)),
+    })
+}
+
+/// CRI IO usage: only its pressure, where the cgroup has PSI.
+fn io(ts: i64, s: &CgroupStats) -> Option<cri::IoUsage> {
+    s.io_pressure.map(|p| cri::IoUsage {
+        timestamp: ts,
+        psi: psi(Some(p)),
+    })
+}
+
 /// ListPodSandboxMetrics: every ready pod's network counters, and its running containers'
 /// CPU, memory, processes, writable layer and OOM events.
 pub fn pod_sandbox_metrics(engine: &Engine) -> berth_engine::Result<Vec<cri::PodSandboxMetrics>> {
@@ -360,6 +448,7 @@ pub fn pod_sandbox_metrics(engine: &Engine) -> berth_engine::Result<Vec<cri::Pod
                         metric("container_last_seen", ts, &base, &[], secs(ts)),
                     ]
                     .into_iter()
+                    .chain(pressure_metrics(ts, &base, s))
                     .flatten()
                     .collect();
                     cri::ContainerMetrics {

@@ -9,7 +9,7 @@ use std::path::Path;
 use super::manager::CgroupManager;
 
 /// One cgroup's usage at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CgroupStats {
     /// Cumulative CPU time, nanoseconds.
     pub cpu_usage_ns: Option<u64>,
@@ -25,6 +25,56 @@ pub struct CgroupStats {
     pub memory_limit: Option<u64>,
     pub swap_limit: Option<u64>,
     pub pids: Option<u64>,
+    /// Pressure stall information (cgroup v2 `cpu.pressure`, `memory.pressure`,
+    /// `io.pressure`); absent where the kernel or the layout has none for this cgroup.
+    pub cpu_pressure: Option<Pressure>,
+    pub memory_pressure: Option<Pressure>,
+    pub io_pressure: Option<Pressure>,
+}
+
+/// One `*.pressure` file: the share of time some (or all) tasks of the cgroup stalled.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pressure {
+    pub some: PressureLine,
+    /// Absent in `cpu.pressure` before Linux 5.13 (reported as zero there).
+    pub full: PressureLine,
+}
+
+/// Averages in percent over 10, 60 and 300 s, and the total stall time in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PressureLine {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_us: u64,
+}
+
+/// Parses a `*.pressure` file (`some avg10=0.00 avg60=0.00 avg300=0.00 total=0` and a
+/// `full` line); None when there is no `some` line.
+pub fn parse_pressure(text: &str) -> Option<Pressure> {
+    let line = |kind: &str| -> Option<PressureLine> {
+        let l = text.lines().find(|l| l.starts_with(kind))?;
+        let mut out = PressureLine::default();
+        for kv in l.split_whitespace().skip(1) {
+            let (k, v) = kv.split_once('=')?;
+            match k {
+                "avg10" => out.avg10 = v.parse().ok()?,
+                "avg60" => out.avg60 = v.parse().ok()?,
+                "avg300" => out.avg300 = v.parse().ok()?,
+                "total" => out.total_us = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(out)
+    };
+    Some(Pressure {
+        some: line("some ")?,
+        full: line("full ").unwrap_or_default(),
+    })
+}
+
+fn read_pressure(dir: &Path, file: &str) -> Option<Pressure> {
+    parse_pressure(&fs::read_to_string(dir.join(file)).ok()?)
 }
 
 /// `key value` lines (memory.stat, cpu.stat) as a map.
@@ -100,6 +150,9 @@ pub fn v2_stats(dir: &Path) -> CgroupStats {
             .ok()
             .and_then(|t| parse_limit(&t)),
         pids: read_u64(&dir.join("pids.current")),
+        cpu_pressure: read_pressure(dir, "cpu.pressure"),
+        memory_pressure: read_pressure(dir, "memory.pressure"),
+        io_pressure: read_pressure(dir, "io.pressure"),
     }
 }
 
@@ -125,7 +178,22 @@ impl CgroupManager {
             .flatten()
             .find(|(_, v2)| *v2)
             .map(|(d, _)| d.clone());
-        let Some(v2_dir) = v2_dir else { return v1 };
+        // Pressure files are cgroup2 core files: they exist in the unified hierarchy of a
+        // hybrid node too, whichever controllers it holds.
+        let psi_dir = v2_dir
+            .clone()
+            .or_else(|| self.layout().unified.as_ref().map(|u| u.join(relp)));
+        let with_psi = |mut s: CgroupStats| {
+            if let Some(d) = &psi_dir {
+                s.cpu_pressure = read_pressure(d, "cpu.pressure");
+                s.memory_pressure = read_pressure(d, "memory.pressure");
+                s.io_pressure = read_pressure(d, "io.pressure");
+            }
+            s
+        };
+        let Some(v2_dir) = v2_dir else {
+            return with_psi(v1);
+        };
         let v2 = v2_stats(&v2_dir);
         CgroupStats {
             cpu_usage_ns: v1.cpu_usage_ns.or(v2.cpu_usage_ns),
@@ -138,6 +206,9 @@ impl CgroupManager {
             memory_limit: v1.memory_limit.or(v2.memory_limit),
             swap_limit: v1.swap_limit.or(v2.swap_limit),
             pids: v1.pids.or(v2.pids),
+            cpu_pressure: v2.cpu_pressure,
+            memory_pressure: v2.memory_pressure,
+            io_pressure: v2.io_pressure,
         }
     }
 }
@@ -188,6 +259,22 @@ pub fn net_dev_of(pid: u32) -> Vec<InterfaceStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pressure_files_parse() {
+        let p = parse_pressure(
+            "some avg10=1.99 avg60=7.94 avg300=25.16 total=1444542908\nfull avg10=0.00 avg60=0.50 avg300=0.00 total=12\n",
+        )
+        .unwrap();
+        assert_eq!(p.some.total_us, 1_444_542_908);
+        assert!((p.some.avg300 - 25.16).abs() < 1e-9);
+        assert!((p.full.avg60 - 0.5).abs() < 1e-9);
+        // cpu.pressure before Linux 5.13 has no `full` line.
+        let p = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n").unwrap();
+        assert_eq!((p.some.total_us, p.full.total_us), (5, 0));
+        assert!(parse_pressure("").is_none());
+        assert!(parse_pressure("some avg10=x total=1\n").is_none());
+    }
 
     #[test]
     fn v1_files() {
