@@ -234,6 +234,20 @@ async fn pod_resources_are_applied_to_the_pod_cgroup() {
         .await
         .unwrap();
     assert_eq!(pod_memory_limit(&p), Some(288 << 20));
+    // PodSandboxStatus (verbose) says what the pod was given.
+    let st = env
+        .c
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: p.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+    assert_eq!(info["resources"]["memory_limit"], 288 << 20, "{info}");
+    assert_eq!(info["resources"]["cpu_quota"], 100_000, "{info}");
     // Nonsense is refused and changes nothing.
     let e = env
         .c

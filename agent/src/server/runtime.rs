@@ -222,6 +222,8 @@ impl RuntimeService for RuntimeHandlers {
             let v = serde_json::json!({
                 "pid": p.monitor_pid, "dir": p.dir, "netns": p.netns, "cgroup": p.cgroup,
                 "hostname": p.hostname, "reason": p.reason,
+                // From UpdatePodSandboxResources: what the pod cgroup was given.
+                "resources": p.resources,
             });
             info.insert("info".to_owned(), v.to_string());
         }
