@@ -360,3 +360,87 @@ async fn pressure_stall_figures_come_out_where_the_node_has_them() {
     );
     env.c.stop_and_remove_pod(&p).await;
 }
+
+#[tokio::test]
+async fn image_volumes_mount_an_image_read_only_whole_or_a_sub_path() {
+    use berth_e2e::images::{Entry, Layer, TestImage};
+    let Some(mut env) = BusyboxEnv::start().await else {
+        return;
+    };
+    let data = TestImage::new(vec![
+        Layer::new(vec![
+            Entry::dir("models"),
+            Entry::dir("models/a"),
+            Entry::file("models/a/weights", "first layer\n"),
+            Entry::dir("gone"),
+        ]),
+        Layer::new(vec![
+            Entry::dir("models/b"),
+            Entry::file("models/b/weights", "second layer\n"),
+        ]),
+    ]);
+    env.reg.push_image("data", "v1", &data.build());
+    let data_ref = format!("{}/data:v1", env.reg.host());
+    env.c.pull(&data_ref, None).await.unwrap();
+    let p = env.c.run_pod(pod(&env, "imgvol")).await;
+    let vol = |path: &str, image: &str, sub: &str| cri::Mount {
+        container_path: path.into(),
+        image: Some(berth_e2e::cri::spec(image)),
+        image_sub_path: sub.into(),
+        readonly: true,
+        ..Default::default()
+    };
+    let mut c = container(&env, "reader", &["sleep", "1000"]);
+    c.mounts = vec![
+        vol("/data", &data_ref, ""),
+        vol("/b", &data_ref, "models/b"),
+    ];
+    let id = env.c.run_container(&p, c).await;
+    let out = env
+        .c
+        .exec(
+            &id,
+            &[
+                "cat",
+                "/data/models/a/weights",
+                "/data/models/b/weights",
+                "/b/weights",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "first layer\nsecond layer\nsecond layer\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let w = env
+        .c
+        .exec(&id, &["sh", "-c", "echo x > /data/models/new"], 10)
+        .await
+        .unwrap();
+    assert_ne!(w.exit_code, 0, "an image volume is read-only");
+    // The image's layers outlive RemoveImage while a container mounts them.
+    env.c.remove_image(&data_ref).await.unwrap();
+    let out = env.c.exec(&id, &["cat", "/b/weights"], 10).await.unwrap();
+    assert_eq!(out.stdout, b"second layer\n");
+    // Refused before anything is made: an image not on the node, a sub path not in it.
+    let mut c = container(&env, "missing", &["true"]);
+    c.mounts = vec![vol("/data", &format!("{}/nope:v1", env.reg.host()), "")];
+    let e = env.c.create(&p, c).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("not on this node"), "{e:?}");
+    env.c.pull(&data_ref, None).await.unwrap();
+    for sub in ["models/zzz", "../etc", "models/a/weights"] {
+        let mut c = container(&env, "badsub", &["true"]);
+        c.mounts = vec![vol("/data", &data_ref, sub)];
+        let e = env.c.create(&p, c).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{sub}: {e:?}");
+        assert!(e.message().contains("image_sub_path"), "{e:?}");
+    }
+    env.c.stop_and_remove_pod(&p).await;
+    // Removing the container unmounted its image volumes (the fixture checks no mount of
+    // this daemon remains when it is dropped).
+}

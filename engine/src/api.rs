@@ -143,6 +143,8 @@ pub struct Mount {
     pub propagation: i32,
     /// The image of an image volume (empty: a host path volume).
     pub image: String,
+    /// The directory of the image to mount (empty: all of it).
+    pub image_sub_path: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -40,7 +40,13 @@ pub fn collect(
     // Containers are roots too: the layers under a container's root filesystem stay, even
     // when its image was removed.
     for c in db.container_list()? {
-        for dir in &c.launch.rootfs.lowerdirs {
+        for dir in c
+            .launch
+            .rootfs
+            .lowerdirs
+            .iter()
+            .chain(&c.image_volume_layers)
+        {
             // <root>/snapshots/sha256/<hex>/fs
             if let Some(hex) = dir
                 .parent()

@@ -420,6 +420,7 @@ pub fn container_config(c: &cri::ContainerConfig) -> api::ContainerConfig {
                     .as_ref()
                     .map(|i| i.image.clone())
                     .unwrap_or_default(),
+                image_sub_path: m.image_sub_path.clone(),
             })
             .collect(),
         devices: c

@@ -59,7 +59,7 @@ impl Engine {
                 md.name, md.attempt, c.id
             )));
         }
-        let plan = self.plan_container(&pod, config, sandbox_config)?;
+        let mut plan = self.plan_container(&pod, config, sandbox_config)?;
         if plan.load_apparmor {
             tokio::task::spawn_blocking(crate::linux::apparmor::load_default)
                 .await
@@ -87,6 +87,30 @@ impl Engine {
                 crate::durable::create_dir_all(&dir.join(d), 0o755)?;
             }
             crate::fail_point!("create_container.layer_made");
+            // Image volumes: each image's layers read-only in the container's directory
+            // (unmounted before the directory goes, here on failure as at removal).
+            {
+                let d = dir.clone();
+                undo.push(move || crate::linux::image_volume::unmount_all(&d));
+            }
+            for (n, v) in plan.image_volumes.iter().enumerate() {
+                let at = crate::linux::image_volume::host_dir(&dir, n);
+                crate::linux::image_volume::mount(&v.layers, &at)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                let source = if v.sub_path.is_empty() {
+                    at
+                } else {
+                    at.join(&v.sub_path)
+                };
+                for m in plan
+                    .mounts
+                    .iter_mut()
+                    .chain(plan.volume_mounts.iter_mut())
+                    .filter(|m| m.destination == v.destination)
+                {
+                    m.source = source.display().to_string();
+                }
+            }
             {
                 let (cg, c) = (cg.clone(), cgroup.clone());
                 undo.push(move || {
@@ -169,6 +193,11 @@ impl Engine {
                 stop_signal: plan.stop_signal.clone(),
                 mounts: plan.volume_mounts.clone(),
                 resources: plan.res.clone(),
+                image_volume_layers: plan
+                    .image_volumes
+                    .iter()
+                    .flat_map(|v| v.layers.iter().cloned())
+                    .collect(),
                 launch,
             };
             self.db.container_put(&rec)?;

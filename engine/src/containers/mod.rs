@@ -9,6 +9,7 @@
 mod create;
 mod exec;
 mod exit;
+pub mod image_volumes;
 mod remove;
 mod spec;
 mod start;

@@ -38,6 +38,7 @@ impl Engine {
         if let Ok(cg) = self.cgroup_manager() {
             cg.remove(&c.cgroup)?;
         }
+        crate::linux::image_volume::unmount_all(&c.dir);
         for d in [c.dir.clone(), self.cfg.state.join("containers").join(&c.id)] {
             if d.exists() {
                 std::fs::remove_dir_all(&d)

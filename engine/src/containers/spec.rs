@@ -32,6 +32,8 @@ pub(super) struct Plan {
     pub res: Resources,
     /// The CRI volumes (for ContainerStatus), and every mount.
     pub volume_mounts: Vec<Mount>,
+    /// Image volumes, mounted on the host when the container is created.
+    pub image_volumes: Vec<super::image_volumes::ImageVolume>,
     pub mounts: Vec<Mount>,
     pub masked_paths: Vec<String>,
     pub readonly_paths: Vec<String>,
@@ -216,8 +218,10 @@ impl Engine {
         };
         let r = linux.resources.clone().unwrap_or_default();
         let res = resources::resources(&resource_request(&r))?;
-        let vols: Vec<mounts::VolumeRequest> = config
-            .mounts
+        let (image_vols, host_vols): (Vec<_>, Vec<_>) =
+            config.mounts.iter().partition(|m| !m.image.is_empty());
+        let image_volumes = self.image_volumes(&image_vols)?;
+        let vols: Vec<mounts::VolumeRequest> = host_vols
             .iter()
             .map(|m| mounts::VolumeRequest {
                 container_path: m.container_path.clone(),
@@ -228,7 +232,18 @@ impl Engine {
                 recursive_read_only: m.recursive_read_only,
             })
             .collect();
-        let volume_mounts = mounts::volume_mounts(&vols, |p| p.exists())?;
+        let mut volume_mounts = mounts::volume_mounts(&vols, |p| p.exists())?;
+        // Image volumes are read-only binds of what create mounts in the container's
+        // directory (their source is set there).
+        for v in &image_volumes {
+            if volume_mounts.iter().any(|m| m.destination == v.destination) {
+                return Err(Error::InvalidArgument(format!(
+                    "config.mounts: {} is mounted twice",
+                    v.destination
+                )));
+            }
+            volume_mounts.push(Mount::bind(&v.destination, Path::new(""), true));
+        }
         check_host_propagation(&volume_mounts)?;
         if !sc.privileged {
             self.check_protected_paths(&vols)?;
@@ -327,6 +342,7 @@ impl Engine {
             device_policy,
             res,
             volume_mounts,
+            image_volumes,
             mounts: all_mounts,
             masked_paths,
             readonly_paths,

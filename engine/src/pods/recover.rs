@@ -194,6 +194,7 @@ impl Engine {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if !known.contains(&name) {
                     tracing::warn!(container_id = %name, "removing a container that a crash left half made");
+                    crate::linux::image_volume::unmount_all(&e.path());
                     std::fs::remove_dir_all(e.path()).map_err(|err| {
                         crate::Error::Internal(format!("remove {}: {err}", e.path().display()))
                     })?;

@@ -40,7 +40,7 @@ impl Mount {
         }
     }
 
-    fn bind(destination: &str, source: &Path, readonly: bool) -> Mount {
+    pub(crate) fn bind(destination: &str, source: &Path, readonly: bool) -> Mount {
         let mut options = vec!["rbind".to_owned(), "nosuid".to_owned(), "nodev".to_owned()];
         if readonly {
             options.push("ro".into());

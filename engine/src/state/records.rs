@@ -250,6 +250,9 @@ pub struct ContainerRecord {
     /// The limits in force (as created, or as last updated).
     #[serde(default)]
     pub resources: crate::spec::resources::Resources,
+    /// The layers of the container's image volumes (GC roots while it exists).
+    #[serde(default)]
+    pub image_volume_layers: Vec<std::path::PathBuf>,
     /// What its monitor starts (stored encoded, see the module's docs).
     #[serde(with = "launch_record")]
     pub launch: crate::linux::spawn::LaunchSpec,
