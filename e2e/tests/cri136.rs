@@ -440,6 +440,48 @@ async fn image_volumes_mount_an_image_read_only_whole_or_a_sub_path() {
         assert_eq!(e.code(), Code::InvalidArgument, "{sub}: {e:?}");
         assert!(e.message().contains("image_sub_path"), "{e:?}");
     }
+    // In a pod with a user namespace the volume is id-mapped: the image's root-owned
+    // files are root's inside.
+    let mut userns = pod(&env, "imgvol-userns");
+    let mapping = vec![cri::IdMapping {
+        container_id: 0,
+        host_id: 1_000_000,
+        length: 65536,
+    }];
+    userns.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: mapping.clone(),
+                    gids: mapping,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let up = env.c.run_pod(userns).await;
+    let mut c = container(&env, "mapped", &["sleep", "1000"]);
+    c.mounts = vec![vol("/b", &data_ref, "models/b")];
+    let id = env.c.run_container(&up, c).await;
+    let out = env
+        .c
+        .exec(
+            &id,
+            &["sh", "-c", "cat /b/weights; stat -c %u /b/weights"],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "second layer\n0\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.c.stop_and_remove_pod(&up).await;
     env.c.stop_and_remove_pod(&p).await;
     // Removing the container unmounted its image volumes (the fixture checks no mount of
     // this daemon remains when it is dropped).

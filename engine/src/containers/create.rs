@@ -93,9 +93,17 @@ impl Engine {
                 let d = dir.clone();
                 undo.push(move || crate::linux::image_volume::unmount_all(&d));
             }
+            let userns = match &pod.userns {
+                Some(_) if !plan.image_volumes.is_empty() => Some(
+                    std::fs::File::open(pod.dir.join(crate::monitor::entry::USERNS_FILE)).map_err(
+                        |e| Error::Internal(format!("open the pod's user namespace: {e}")),
+                    )?,
+                ),
+                _ => None,
+            };
             for (n, v) in plan.image_volumes.iter().enumerate() {
                 let at = crate::linux::image_volume::host_dir(&dir, n);
-                crate::linux::image_volume::mount(&v.layers, &at)
+                crate::linux::image_volume::mount(&v.layers, &at, userns.as_ref())
                     .map_err(|e| Error::Internal(e.to_string()))?;
                 let source = if v.sub_path.is_empty() {
                     at
@@ -109,6 +117,10 @@ impl Engine {
                     .filter(|m| m.destination == v.destination)
                 {
                     m.source = source.display().to_string();
+                    if userns.is_some() {
+                        // Mapped already: the container's bind must not map it again.
+                        m.options.push(crate::spec::mounts::PREMAPPED.into());
+                    }
                 }
             }
             {

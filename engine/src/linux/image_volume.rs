@@ -8,11 +8,32 @@ use std::path::{Path, PathBuf};
 use nix::mount::mount as sys_mount;
 use nix::mount::{MntFlags, MsFlags, umount2};
 
-/// Mounts `layers` (top first) read-only at `at` (made if missing).
-pub fn mount(layers: &[PathBuf], at: &Path) -> std::io::Result<()> {
+/// Mounts `layers` (top first) read-only at `at` (made if missing). For a pod with a user
+/// namespace (`userns`, its namespace file), each layer is first id-mapped into it and
+/// attached beside (`<at>-layers/<i>`), so that the image's root-owned files are root's
+/// inside, as the container's own root is made.
+pub fn mount(layers: &[PathBuf], at: &Path, userns: Option<&std::fs::File>) -> std::io::Result<()> {
+    let err = |e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("mount image volume at {}: {e}", at.display()))
+    };
     std::fs::create_dir_all(at)?;
+    let layers: Vec<PathBuf> = match userns {
+        None => layers.to_vec(),
+        Some(ns) => {
+            let staging = layers_dir(at);
+            let mut out = Vec::new();
+            for (i, l) in layers.iter().enumerate() {
+                let tree = super::sys::idmapped_tree(l, ns, false).map_err(|e| err(&e))?;
+                let t = staging.join(i.to_string());
+                std::fs::create_dir_all(&t)?;
+                super::sys::move_mount_to(&tree, &t).map_err(|e| err(&e))?;
+                out.push(t);
+            }
+            out
+        }
+    };
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let r = match layers {
+    let r = match layers.as_slice() {
         [] => return Err(std::io::Error::other("an image without layers")),
         [one] => sys_mount(
             Some(one.as_path()),
@@ -43,18 +64,34 @@ pub fn mount(layers: &[PathBuf], at: &Path) -> std::io::Result<()> {
             )
         }
     };
-    r.map_err(|e| std::io::Error::other(format!("mount image volume at {}: {e}", at.display())))
+    r.map_err(|e| err(&e))
 }
 
-/// Unmounts every image volume under `dir` (a container's directory); what is not
-/// mounted is skipped. Lazy, so that a process still inside cannot keep it.
+fn layers_dir(at: &Path) -> PathBuf {
+    let mut name = at.file_name().unwrap_or_default().to_owned();
+    name.push("-layers");
+    at.with_file_name(name)
+}
+
+/// Unmounts every image volume under `dir` (a container's directory), then the id-mapped
+/// layers under them; what is not mounted is skipped. Lazy, so that a process still
+/// inside cannot keep it.
 pub fn unmount_all(dir: &Path) {
     let base = dir.join("image-volumes");
     let Ok(entries) = std::fs::read_dir(&base) else {
         return;
     };
-    for e in entries.flatten() {
-        let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+    let (staging, volumes): (Vec<PathBuf>, Vec<PathBuf>) = entries
+        .flatten()
+        .map(|e| e.path())
+        .partition(|p| p.to_string_lossy().ends_with("-layers"));
+    for v in volumes {
+        let _ = umount2(&v, MntFlags::MNT_DETACH);
+    }
+    for s in staging {
+        for l in std::fs::read_dir(&s).into_iter().flatten().flatten() {
+            let _ = umount2(&l.path(), MntFlags::MNT_DETACH);
+        }
     }
 }
 

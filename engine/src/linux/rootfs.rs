@@ -223,7 +223,12 @@ pub(super) fn mount_one(
             let (target_fd, target) = open_target(&root_fd, &rel, dest)?;
             // Volumes and pod files id-mapped into a pod's user namespace where the file
             // system allows it, so that the host's root-owned files are root's inside.
+            let premapped = m
+                .options
+                .iter()
+                .any(|o| o == crate::spec::mounts::PREMAPPED);
             let mapped = userns
+                .filter(|_| !premapped)
                 .and_then(|ns| super::sys::idmapped_tree(Path::new(&m.source), ns, true).ok());
             match mapped {
                 Some(tree) => step(

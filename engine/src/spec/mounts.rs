@@ -17,6 +17,10 @@ pub enum Propagation {
     RShared,
 }
 
+/// A bind option of berth's own: the source is id-mapped into the pod's user namespace
+/// already (an image volume), so the container's bind of it is not mapped again.
+pub const PREMAPPED: &str = "berth.premapped";
+
 /// One mount, in OCI terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
