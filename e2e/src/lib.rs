@@ -16,6 +16,7 @@ pub mod env;
 pub mod http;
 pub mod images;
 pub mod kit;
+pub mod listbench;
 pub mod net;
 pub mod proxy;
 pub mod registry;

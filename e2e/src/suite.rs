@@ -40,7 +40,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn percentiles(v: &mut [f64]) -> Percentiles {
+pub fn percentiles(v: &mut [f64]) -> Percentiles {
     v.sort_by(f64::total_cmp);
     Percentiles {
         p50: percentile(v, 0.5),

@@ -1047,6 +1047,29 @@ fn main() -> std::process::ExitCode {
             rt.block_on(bench_streams(runs));
             std::process::ExitCode::SUCCESS
         }
+        Some("lists") => {
+            let n = args
+                .iter()
+                .position(|a| a == "--containers")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2000);
+            let r = rt.block_on(berth_e2e::listbench::run(n, runs));
+            println!(
+                "{} created containers: ListContainers p50 {:.1} ms p99 {:.1} ms ({} bytes); StreamContainers p50 {:.1} ms p99 {:.1} ms ({} messages); berthd RSS {} KiB before, {} KiB peak",
+                r.containers,
+                r.list_ms.p50,
+                r.list_ms.p99,
+                r.list_bytes,
+                r.stream_ms.p50,
+                r.stream_ms.p99,
+                r.stream_messages,
+                r.rss_kib_before,
+                r.rss_kib_peak
+            );
+            println!("{}", serde_json::json!({"bench": "lists", "results": r}));
+            std::process::ExitCode::SUCCESS
+        }
         Some("soak") => {
             let opt = |name: &str, default: usize| {
                 args.iter()
@@ -1122,7 +1145,7 @@ fn main() -> std::process::ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: berth-bench pull|lifecycle|network|stats|streams|compare|soak [--runs N] [--burst C] [--loaded P] [--out FILE] [--lifecycles N --pulls N --execs N --concurrency C --rss-bound-kib K]"
+                "usage: berth-bench pull|lifecycle|network|stats|streams|compare|soak|lists [--runs N] [--containers N] [--burst C] [--loaded P] [--out FILE] [--lifecycles N --pulls N --execs N --concurrency C --rss-bound-kib K]"
             );
             std::process::ExitCode::from(2)
         }
