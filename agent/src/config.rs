@@ -37,7 +37,23 @@ pub struct Config {
     pub streaming: StreamingConfig,
     pub images: ImagesConfig,
     pub security: SecurityConfig,
+    pub cdi: CdiConfig,
     pub registries: BTreeMap<String, HostConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdiConfig {
+    /// Directories of CDI device specs, in rising priority.
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig {
+            spec_dirs: vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,6 +381,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             images: ImagesConfig::default(),
             security: SecurityConfig::default(),
+            cdi: CdiConfig::default(),
             registries: BTreeMap::new(),
         }
     }
@@ -534,6 +551,7 @@ impl Config {
             monitor_exe: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             kernel: Default::default(),
+            cdi_spec_dirs: self.cdi.spec_dirs.clone(),
             protected_paths: if self.security.protect_runtime_paths {
                 vec![
                     self.root.clone(),

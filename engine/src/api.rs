@@ -234,6 +234,8 @@ pub struct ContainerConfig {
     /// The signal that stops the container, by name (`SIGQUIT`); empty: the image's
     /// STOPSIGNAL, else SIGTERM.
     pub stop_signal: String,
+    /// Fully qualified CDI device names (`vendor.com/class=name`).
+    pub cdi_devices: Vec<String>,
 }
 
 /// Which containers a stats call is about.

@@ -82,6 +82,8 @@ pub struct EngineConfig {
     pub monitor_exe: PathBuf,
     /// What the kernel offers (found by berthd at start-up, before it has threads).
     pub kernel: linux::probe::KernelFeatures,
+    /// Where CDI device specs are read, in rising priority.
+    pub cdi_spec_dirs: Vec<PathBuf>,
     /// berth's own paths (root, state, CRI socket) that no non-privileged container may
     /// mount, nor mount a directory holding them writable; empty: no such rule.
     pub protected_paths: Vec<PathBuf>,
@@ -431,6 +433,7 @@ mod tests {
             monitor_exe: PathBuf::from("/proc/self/exe"),
             kernel: Default::default(),
             protected_paths: Vec::new(),
+            cdi_spec_dirs: Vec::new(),
         }
     }
 

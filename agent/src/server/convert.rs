@@ -443,6 +443,7 @@ pub fn container_config(c: &cri::ContainerConfig) -> api::ContainerConfig {
             security_context: l.security_context.as_ref().map(security),
         }),
         stop_signal: signal_name(c.stop_signal),
+        cdi_devices: c.cdi_devices.iter().map(|d| d.name.clone()).collect(),
     }
 }
 

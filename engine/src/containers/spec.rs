@@ -120,12 +120,19 @@ impl Engine {
         // means the node's, as it does for containerd's sandbox.
         let joins_pod_pid_namespace = pid_mode == 0 && pod.pid != NsMode::Node;
 
+        // CDI devices: their edits (environment, device nodes, mounts, groups).
+        let cdi = self.cdi_edits(config)?;
+
         // The process.
         let argv = process::command_line(&image.config, &config.command, &config.args)?;
         let envs: Vec<(String, String)> = config
             .envs
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .chain(cdi.env.iter().filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            }))
             .collect();
         let env = process::environment(&image.config.env, &envs, &pod.hostname)?;
         let cwd = process::working_dir(&image.config, &config.working_dir)?;
@@ -137,7 +144,12 @@ impl Engine {
                 run_as_user: sc.run_as_user,
                 run_as_username: sc.run_as_username.clone(),
                 run_as_group: sc.run_as_group,
-                supplemental_groups: sc.supplemental_groups.clone(),
+                supplemental_groups: sc
+                    .supplemental_groups
+                    .iter()
+                    .copied()
+                    .chain(cdi.additional_gids.iter().map(|g| i64::from(*g)))
+                    .collect(),
                 strict_groups: sc.supplemental_groups_strict,
             },
             &passwd,
@@ -195,7 +207,25 @@ impl Engine {
                 },
             )
         } else {
-            let (nodes, extra) = crate::spec::devices::requested(&config.devices)?;
+            let devices: Vec<api::Device> = config
+                .devices
+                .iter()
+                .cloned()
+                .chain(cdi.device_nodes.iter().map(|n| api::Device {
+                    container_path: n.path.clone(),
+                    host_path: n.host_path.clone().unwrap_or_else(|| n.path.clone()),
+                    permissions: n.permissions.clone().unwrap_or_default(),
+                }))
+                .collect();
+            let (mut nodes, extra) = crate::spec::devices::requested(&devices)?;
+            // A CDI node's own mode and owner, where its spec gives them.
+            for n in &cdi.device_nodes {
+                if let Some(node) = nodes.iter_mut().find(|d| d.path == n.path) {
+                    node.mode = n.file_mode.unwrap_or(node.mode);
+                    node.uid = n.uid.unwrap_or(node.uid);
+                    node.gid = n.gid.unwrap_or(node.gid);
+                }
+            }
             let mut rules = crate::spec::devices::default_rules();
             rules.extend(extra);
             (
@@ -243,6 +273,27 @@ impl Engine {
                 )));
             }
             volume_mounts.push(Mount::bind(&v.destination, Path::new(""), true));
+        }
+        for m in &cdi.mounts {
+            if !Path::new(&m.host_path).exists() {
+                return Err(Error::InvalidArgument(format!(
+                    "CDI mount {} -> {}: the host path does not exist",
+                    m.host_path, m.container_path
+                )));
+            }
+            let mut mount = Mount::bind(
+                &m.container_path,
+                Path::new(&m.host_path),
+                m.options.iter().any(|o| o == "ro"),
+            );
+            mount.options.extend(
+                m.options
+                    .iter()
+                    .filter(|o| !matches!(o.as_str(), "bind" | "rbind" | "ro" | "rw"))
+                    .cloned(),
+            );
+            mount.options.dedup();
+            volume_mounts.push(mount);
         }
         check_host_propagation(&volume_mounts)?;
         if !sc.privileged {
@@ -362,6 +413,27 @@ impl Engine {
 }
 
 impl Engine {
+    /// The CDI edits of the devices a request names (`CDI_devices` and `cdi.k8s.io/`
+    /// annotations); none when it names none. Hooks are refused: berth does not run OCI
+    /// hooks yet.
+    fn cdi_edits(&self, config: &api::ContainerConfig) -> Result<crate::spec::cdi::ContainerEdits> {
+        use crate::spec::cdi;
+        let names = cdi::requested(&config.cdi_devices, &config.annotations);
+        if names.is_empty() {
+            return Ok(Default::default());
+        }
+        let edits = cdi::Registry::load(&self.cfg.cdi_spec_dirs).resolve(&names)?;
+        if let Some(h) = edits.hooks.first() {
+            return Err(Error::InvalidArgument(format!(
+                "CDI devices {}: the spec asks for a {} hook ({}), and berth does not run OCI hooks yet",
+                names.join(", "),
+                h.hook_name,
+                h.path
+            )));
+        }
+        Ok(edits)
+    }
+
     /// Refuses hostPath volumes that expose berth's own root, state or socket (the rule
     /// `[security] protect_runtime_paths`), comparing real paths so that a symlink to them
     /// is caught too.

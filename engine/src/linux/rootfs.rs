@@ -357,6 +357,14 @@ pub(super) fn make_device(root: &Path, d: &crate::spec::devices::DeviceNode) -> 
             makedev(d.major, d.minor),
         ),
     )?;
+    // mknod's mode went through the umask: the node gets exactly the mode asked for.
+    step(
+        || format!("chmod {}", d.path),
+        std::fs::set_permissions(
+            &t,
+            std::os::unix::fs::PermissionsExt::from_mode(d.mode & 0o7777),
+        ),
+    )?;
     step(
         || format!("chown {}", d.path),
         nix::unistd::chown(&t, Some(Uid::from_raw(d.uid)), Some(Gid::from_raw(d.gid))),

@@ -10,6 +10,7 @@
 //! - [`mounts`]: the standard container mounts plus CRI volume mounts.
 
 pub mod apparmor;
+pub mod cdi;
 pub mod devices;
 pub mod metadata;
 pub mod mounts;
