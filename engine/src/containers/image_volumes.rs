@@ -60,13 +60,7 @@ impl Engine {
         let mut out = Vec::new();
         for (i, m) in mounts.iter().enumerate() {
             let field = |f: &str| format!("config.mounts (image volume {i}).{f}");
-            if !m.container_path.starts_with('/') {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: {:?} is not an absolute path",
-                    field("container_path"),
-                    m.container_path
-                )));
-            }
+            crate::spec::mounts::check_path(&m.container_path, &field("container_path"))?;
             let image = self.resolve_image(&m.image)?.ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "{}: image {:?} is not on this node (kubelet pulls it before it creates the container)",

@@ -258,7 +258,6 @@ impl Engine {
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
                 propagation: m.propagation,
-                image: !m.image.is_empty(),
                 recursive_read_only: m.recursive_read_only,
             })
             .collect();

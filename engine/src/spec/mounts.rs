@@ -76,8 +76,6 @@ pub struct VolumeRequest {
     pub readonly: bool,
     /// CRI MountPropagation: 0 private, 1 host-to-container, 2 bidirectional.
     pub propagation: i32,
-    /// The CRI `image` field (image volumes), not supported yet.
-    pub image: bool,
     /// Read-only all the way down: the mounts below the host path too.
     pub recursive_read_only: bool,
 }
@@ -139,7 +137,8 @@ pub fn default_mounts(pod: &PodFiles<'_>, privileged: bool) -> Vec<Mount> {
     m
 }
 
-fn check_path(p: &str, field: &str) -> Result<(), SpecError> {
+/// A mount path: absolute, without `..`.
+pub(crate) fn check_path(p: &str, field: &str) -> Result<(), SpecError> {
     let path = Path::new(p);
     if !path.is_absolute() {
         return Err(SpecError::new(
@@ -153,7 +152,8 @@ fn check_path(p: &str, field: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// CRI volume mounts as bind mounts. `exists` says whether a host path exists (the caller
+/// CRI host-path volume mounts as bind mounts (image volumes are planned apart, in
+/// `containers::image_volumes`). `exists` says whether a host path exists (the caller
 /// checks the host; this module stays pure).
 pub fn volume_mounts(
     vols: &[VolumeRequest],
@@ -162,12 +162,6 @@ pub fn volume_mounts(
     let mut out = Vec::with_capacity(vols.len());
     for (i, v) in vols.iter().enumerate() {
         let field = |f: &str| format!("config.mounts[{i}].{f}");
-        if v.image {
-            return Err(SpecError::new(
-                field("image"),
-                "image volumes are not supported by berth yet",
-            ));
-        }
         check_path(&v.container_path, &field("container_path"))?;
         check_path(&v.host_path, &field("host_path"))?;
         if !exists(Path::new(&v.host_path)) {
@@ -296,7 +290,6 @@ mod tests {
                 host_path: "/srv/data".into(),
                 readonly: true,
                 propagation: 1,
-                image: false,
                 recursive_read_only: false,
             },
             VolumeRequest {
@@ -365,15 +358,6 @@ mod tests {
                 VolumeRequest {
                     container_path: "/a".into(),
                     host_path: "/x".into(),
-                    image: true,
-                    ..Default::default()
-                },
-                "image",
-            ),
-            (
-                VolumeRequest {
-                    container_path: "/a".into(),
-                    host_path: "/x".into(),
                     recursive_read_only: true,
                     ..Default::default()
                 },
@@ -386,7 +370,6 @@ mod tests {
                     readonly: true,
                     recursive_read_only: true,
                     propagation: 1,
-                    ..Default::default()
                 },
                 "recursive_read_only",
             ),
