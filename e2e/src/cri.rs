@@ -291,3 +291,27 @@ pub fn use_host_network(config: &mut cri::PodSandboxConfig) {
         ..Default::default()
     });
 }
+
+/// Gives a pod config a user namespace mapping container ids 0.. to host ids
+/// `host_id`.. (`length` of them), for users and groups alike.
+pub fn with_user_namespace(config: &mut cri::PodSandboxConfig, host_id: u32, length: u32) {
+    let mapping = vec![cri::IdMapping {
+        container_id: 0,
+        host_id,
+        length,
+    }];
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                userns_options: Some(cri::UserNamespace {
+                    mode: cri::NamespaceMode::Pod as i32,
+                    uids: mapping.clone(),
+                    gids: mapping,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}

@@ -1,6 +1,8 @@
 //! The environment most end-to-end tests start from: a local registry holding the busybox
 //! test image, a berthd that has pulled it, a CRI client and a directory for pod logs.
 
+use berth_proto::cri;
+
 use crate::images::catalog;
 use crate::{Cri, Daemon, DaemonOptions, Registry, require};
 
@@ -39,5 +41,35 @@ impl BusyboxEnv {
             image,
             logs: tempfile::tempdir().expect("tempdir"),
         })
+    }
+}
+
+impl BusyboxEnv {
+    /// A pod config with metadata and a log directory of this environment, nothing else.
+    pub fn pod_config(&self, namespace: &str, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: namespace.into(),
+                attempt: 0,
+            }),
+            log_directory: self.logs.path().join(name).display().to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// A busybox container running `cmd`, logging to `<name>.log`.
+    pub fn container_config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(crate::cri::spec(&self.image)),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        }
     }
 }

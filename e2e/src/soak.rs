@@ -89,20 +89,6 @@ impl SoakReport {
     }
 }
 
-fn proc_count(pid: u32, what: &str) -> usize {
-    match what {
-        "fd" => std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        _ => std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0),
-    }
-}
-
 fn blobs(d: &Daemon) -> usize {
     walk_files(&d.root.join("content"))
 }
@@ -177,8 +163,8 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
     // Let the warm-up's blocking threads and drained veths settle.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let start = (
-        proc_count(pid, "fd"),
-        proc_count(pid, "threads"),
+        suite::fd_count(pid),
+        suite::thread_count(pid),
         suite::rss_kib(pid),
         blobs(&d),
     );
@@ -251,8 +237,8 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
     tokio::time::sleep(Duration::from_secs(12)).await;
     let (addresses_leased, host_ports_mapped) = network_holdings(&mut c).await;
     let end = (
-        proc_count(pid, "fd"),
-        proc_count(pid, "threads"),
+        suite::fd_count(pid),
+        suite::thread_count(pid),
         suite::rss_kib(pid),
         blobs(&d),
     );

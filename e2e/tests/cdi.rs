@@ -10,32 +10,6 @@ use berth_e2e::env::BusyboxEnv;
 use berth_proto::cri;
 use tonic::Code;
 
-fn pod(env: &BusyboxEnv, name: &str) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "cdi".into(),
-            attempt: 0,
-        }),
-        log_directory: env.logs.path().join(name).display().to_string(),
-        ..Default::default()
-    }
-}
-
-fn container(env: &BusyboxEnv, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(berth_e2e::cri::spec(&env.image)),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn cdi_devices_from_vendor_specs_are_applied() {
     let specs = tempfile::tempdir().unwrap();
@@ -79,8 +53,8 @@ async fn cdi_devices_from_vendor_specs_are_applied() {
     else {
         return;
     };
-    let p = env.c.run_pod(pod(&env, "devs")).await;
-    let mut c = container(&env, "user", &["sleep", "1000"]);
+    let p = env.c.run_pod(env.pod_config("cdi", "devs")).await;
+    let mut c = env.container_config("user", &["sleep", "1000"]);
     c.cdi_devices = vec![cri::CdiDevice {
         name: "example.com/dev=null0".into(),
     }];
@@ -129,7 +103,7 @@ async fn cdi_devices_from_vendor_specs_are_applied() {
         ("example.com/dev=hooked", "hook"),
         ("not-qualified", "fully qualified"),
     ] {
-        let mut c = container(&env, "bad", &["true"]);
+        let mut c = env.container_config("bad", &["true"]);
         c.cdi_devices = vec![cri::CdiDevice { name: name.into() }];
         let e = env.c.create(&p, c).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");

@@ -11,43 +11,17 @@ use berth_proto::cri;
 use futures_util::StreamExt;
 use tonic::Code;
 
-fn pod(env: &BusyboxEnv, name: &str) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "cri136".into(),
-            attempt: 0,
-        }),
-        log_directory: env.logs.path().join(name).display().to_string(),
-        ..Default::default()
-    }
-}
-
-fn container(env: &BusyboxEnv, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(berth_e2e::cri::spec(&env.image)),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn stream_calls_deliver_what_a_list_cannot_fit() {
     let Some(mut env) = BusyboxEnv::start().await else {
         return;
     };
-    let p = env.c.run_pod(pod(&env, "big")).await;
+    let p = env.c.run_pod(env.pod_config("cri136", "big")).await;
     // 14 containers with 400 KB of annotations each: ListContainers is over 5 MiB, past the
     // 4 MiB a gRPC client receives by default.
     let mut ids = BTreeSet::new();
     for i in 0..14 {
-        let mut c = container(&env, &format!("c{i}"), &["true"]);
+        let mut c = env.container_config(&format!("c{i}"), &["true"]);
         c.annotations = HashMap::from([("bulk".to_string(), "x".repeat(400_000))]);
         ids.insert(env.c.create(&p, c).await.unwrap());
     }
@@ -140,9 +114,9 @@ async fn stop_signals_override_the_image_and_are_reported() {
     let Some(mut env) = BusyboxEnv::start().await else {
         return;
     };
-    let p = env.c.run_pod(pod(&env, "sig")).await;
+    let p = env.c.run_pod(env.pod_config("cri136", "sig")).await;
     let script = "trap 'exit 7' USR1; trap '' TERM; while true; do sleep 0.1; done";
-    let mut c = container(&env, "usr1", &["sh", "-c", script]);
+    let mut c = env.container_config("usr1", &["sh", "-c", script]);
     c.stop_signal = cri::Signal::Sigusr1 as i32;
     let id = env.c.run_container(&p, c).await;
     assert_eq!(
@@ -164,14 +138,14 @@ async fn stop_signals_override_the_image_and_are_reported() {
     // Without one: the image's (none here), so SIGTERM.
     let plain = env
         .c
-        .run_container(&p, container(&env, "plain", &["sleep", "1000"]))
+        .run_container(&p, env.container_config("plain", &["sleep", "1000"]))
         .await;
     assert_eq!(
         env.c.status(&plain).await.stop_signal,
         cri::Signal::Sigterm as i32
     );
     // A real-time signal is refused, and nothing is created.
-    let mut rt = container(&env, "rt", &["true"]);
+    let mut rt = env.container_config("rt", &["true"]);
     rt.stop_signal = cri::Signal::Sigrtminplus3 as i32;
     let e = env.c.create(&p, rt).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -214,9 +188,9 @@ async fn pod_resources_are_applied_to_the_pod_cgroup() {
     if !std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
         return; // the v2 path is exercised in the VM lane
     }
-    let p = env.c.run_pod(pod(&env, "res")).await;
+    let p = env.c.run_pod(env.pod_config("cri136", "res")).await;
     env.c
-        .run_container(&p, container(&env, "main", &["sleep", "1000"]))
+        .run_container(&p, env.container_config("main", &["sleep", "1000"]))
         .await;
     let mem = |bytes: i64| cri::LinuxContainerResources {
         memory_limit_in_bytes: bytes,
@@ -284,12 +258,12 @@ async fn pressure_stall_figures_come_out_where_the_node_has_them() {
     let psi = std::path::Path::new("/proc/pressure/cpu").exists()
         && (std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
             || std::path::Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists());
-    let p = env.c.run_pod(pod(&env, "psi")).await;
+    let p = env.c.run_pod(env.pod_config("cri136", "psi")).await;
     let id = env
         .c
         .run_container(
             &p,
-            container(&env, "busy", &["sh", "-c", "while true; do :; done"]),
+            env.container_config("busy", &["sh", "-c", "while true; do :; done"]),
         )
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -382,7 +356,7 @@ async fn image_volumes_mount_an_image_read_only_whole_or_a_sub_path() {
     env.reg.push_image("data", "v1", &data.build());
     let data_ref = format!("{}/data:v1", env.reg.host());
     env.c.pull(&data_ref, None).await.unwrap();
-    let p = env.c.run_pod(pod(&env, "imgvol")).await;
+    let p = env.c.run_pod(env.pod_config("cri136", "imgvol")).await;
     let vol = |path: &str, image: &str, sub: &str| cri::Mount {
         container_path: path.into(),
         image: Some(berth_e2e::cri::spec(image)),
@@ -390,7 +364,7 @@ async fn image_volumes_mount_an_image_read_only_whole_or_a_sub_path() {
         readonly: true,
         ..Default::default()
     };
-    let mut c = container(&env, "reader", &["sleep", "1000"]);
+    let mut c = env.container_config("reader", &["sleep", "1000"]);
     c.mounts = vec![
         vol("/data", &data_ref, ""),
         vol("/b", &data_ref, "models/b"),
@@ -427,14 +401,14 @@ async fn image_volumes_mount_an_image_read_only_whole_or_a_sub_path() {
     let out = env.c.exec(&id, &["cat", "/b/weights"], 10).await.unwrap();
     assert_eq!(out.stdout, b"second layer\n");
     // Refused before anything is made: an image not on the node, a sub path not in it.
-    let mut c = container(&env, "missing", &["true"]);
+    let mut c = env.container_config("missing", &["true"]);
     c.mounts = vec![vol("/data", &format!("{}/nope:v1", env.reg.host()), "")];
     let e = env.c.create(&p, c).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("not on this node"), "{e:?}");
     env.c.pull(&data_ref, None).await.unwrap();
     for sub in ["models/zzz", "../etc", "models/a/weights"] {
-        let mut c = container(&env, "badsub", &["true"]);
+        let mut c = env.container_config("badsub", &["true"]);
         c.mounts = vec![vol("/data", &data_ref, sub)];
         let e = env.c.create(&p, c).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{sub}: {e:?}");
@@ -442,28 +416,10 @@ async fn image_volumes_mount_an_image_read_only_whole_or_a_sub_path() {
     }
     // In a pod with a user namespace the volume is id-mapped: the image's root-owned
     // files are root's inside.
-    let mut userns = pod(&env, "imgvol-userns");
-    let mapping = vec![cri::IdMapping {
-        container_id: 0,
-        host_id: 1_000_000,
-        length: 65536,
-    }];
-    userns.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                userns_options: Some(cri::UserNamespace {
-                    mode: cri::NamespaceMode::Pod as i32,
-                    uids: mapping.clone(),
-                    gids: mapping,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let mut userns = env.pod_config("cri136", "imgvol-userns");
+    berth_e2e::cri::with_user_namespace(&mut userns, 1_000_000, 65536);
     let up = env.c.run_pod(userns).await;
-    let mut c = container(&env, "mapped", &["sleep", "1000"]);
+    let mut c = env.container_config("mapped", &["sleep", "1000"]);
     c.mounts = vec![vol("/b", &data_ref, "models/b")];
     let id = env.c.run_container(&up, c).await;
     let out = env

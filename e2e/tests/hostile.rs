@@ -14,35 +14,10 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::env::BusyboxEnv;
 use berth_e2e::images::catalog;
+use berth_e2e::suite::{fd_count, rss_kib};
 use berth_e2e::{Daemon, DaemonOptions, require};
 use berth_proto::cri;
 use tonic::Code;
-
-fn pod(env: &BusyboxEnv, name: &str) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "hostile".into(),
-            attempt: 0,
-        }),
-        log_directory: env.logs.path().join(name).display().to_string(),
-        ..Default::default()
-    }
-}
-
-fn container(env: &BusyboxEnv, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(berth_e2e::cri::spec(&env.image)),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
 
 fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
     match r {
@@ -65,17 +40,17 @@ async fn container_logs_never_leave_their_directory() {
     };
     let outside = tempfile::tempdir().unwrap();
     // A relative log directory is refused before anything is made.
-    let mut rel = pod(&env, "rel");
+    let mut rel = env.pod_config("hostile", "rel");
     rel.log_directory = "relative/logs".into();
     assert_code(
         env.c.try_run_pod(rel).await,
         Code::InvalidArgument,
         "log_directory",
     );
-    let p = env.c.run_pod(pod(&env, "logs")).await;
+    let p = env.c.run_pod(env.pod_config("hostile", "logs")).await;
     let logdir = env.logs.path().join("logs");
     for bad in ["../../escape.log", "/tmp/berth-escape.log", "a/../../x.log"] {
-        let mut c = container(&env, "esc", &["true"]);
+        let mut c = env.container_config("esc", &["true"]);
         c.log_path = bad.into();
         assert_code(env.c.create(&p, c).await, Code::InvalidArgument, "log_path");
     }
@@ -94,7 +69,7 @@ async fn container_logs_never_leave_their_directory() {
     std::os::unix::fs::symlink(&victim, logdir.join("b.log")).unwrap();
     let id = env
         .c
-        .create(&p, container(&env, "b", &["echo", "owned"]))
+        .create(&p, env.container_config("b", &["echo", "owned"]))
         .await
         .unwrap();
     let r = env.c.start(&id).await;
@@ -108,8 +83,7 @@ async fn container_logs_never_leave_their_directory() {
         .c
         .run_container(
             &p,
-            container(
-                &env,
+            env.container_config(
                 "r",
                 &["sh", "-c", "while true; do echo tick; sleep 0.1; done"],
             ),
@@ -137,7 +111,7 @@ async fn hostpath_volumes_of_berths_own_state_are_refused() {
     let Some(mut env) = BusyboxEnv::start().await else {
         return;
     };
-    let p = env.c.run_pod(pod(&env, "vols")).await;
+    let p = env.c.run_pod(env.pod_config("hostile", "vols")).await;
     let root = env.d.root.display().to_string();
     let state = env.d.state.display().to_string();
     let socket = env.d.socket.display().to_string();
@@ -149,7 +123,7 @@ async fn hostpath_volumes_of_berths_own_state_are_refused() {
         ("/", false),
     ];
     for (i, (host, readonly)) in cases.iter().enumerate() {
-        let mut c = container(&env, &format!("v{i}"), &["true"]);
+        let mut c = env.container_config(&format!("v{i}"), &["true"]);
         c.mounts = vec![cri::Mount {
             container_path: "/host".into(),
             host_path: host.to_string(),
@@ -163,7 +137,7 @@ async fn hostpath_volumes_of_berths_own_state_are_refused() {
         );
     }
     // The node's root read-only (node exporters do this) is fine.
-    let mut c = container(&env, "ro-root", &["true"]);
+    let mut c = env.container_config("ro-root", &["true"]);
     c.mounts = vec![cri::Mount {
         container_path: "/host".into(),
         host_path: "/".into(),
@@ -180,7 +154,7 @@ async fn metadata_text_and_resources_out_of_range_are_refused() {
         return;
     };
     // 4 MB of annotations on one pod.
-    let mut big = pod(&env, "big");
+    let mut big = env.pod_config("hostile", "big");
     big.annotations = HashMap::from([("a".to_string(), "x".repeat(4 << 20))]);
     assert_code(
         env.c.try_run_pod(big).await,
@@ -188,21 +162,21 @@ async fn metadata_text_and_resources_out_of_range_are_refused() {
         "annotations",
     );
     // Text that would add lines to the pod's files.
-    let mut nl = pod(&env, "nl");
+    let mut nl = env.pod_config("hostile", "nl");
     nl.hostname = "web\nevil".into();
     assert_code(
         env.c.try_run_pod(nl).await,
         Code::InvalidArgument,
         "hostname",
     );
-    let mut long = pod(&env, "long");
+    let mut long = env.pod_config("hostile", "long");
     long.hostname = "h".repeat(65536);
     assert_code(
         env.c.try_run_pod(long).await,
         Code::InvalidArgument,
         "hostname",
     );
-    let mut dns = pod(&env, "dns");
+    let mut dns = env.pod_config("hostile", "dns");
     dns.dns_config = Some(cri::DnsConfig {
         servers: vec!["10.0.0.1".into()],
         searches: vec![],
@@ -213,7 +187,7 @@ async fn metadata_text_and_resources_out_of_range_are_refused() {
         Code::InvalidArgument,
         "dns_config.options",
     );
-    let mut dns = pod(&env, "dns2");
+    let mut dns = env.pod_config("hostile", "dns2");
     dns.dns_config = Some(cri::DnsConfig {
         servers: vec!["10.0.0.1\nsearch evil".into()],
         ..Default::default()
@@ -234,7 +208,7 @@ async fn metadata_text_and_resources_out_of_range_are_refused() {
         .items;
     assert!(pods.is_empty(), "{pods:?}");
     // Negative resources are not "unlimited".
-    let p = env.c.run_pod(pod(&env, "res")).await;
+    let p = env.c.run_pod(env.pod_config("hostile", "res")).await;
     for (field, r) in [
         (
             "memory_limit_in_bytes",
@@ -251,7 +225,7 @@ async fn metadata_text_and_resources_out_of_range_are_refused() {
             },
         ),
     ] {
-        let mut c = container(&env, "neg", &["true"]);
+        let mut c = env.container_config("neg", &["true"]);
         c.linux = Some(cri::LinuxContainerConfig {
             resources: Some(r),
             ..Default::default()
@@ -266,10 +240,10 @@ async fn exec_sync_output_is_capped_and_timeouts_are_deadline_exceeded() {
     let Some(mut env) = BusyboxEnv::start().await else {
         return;
     };
-    let p = env.c.run_pod(pod(&env, "exec")).await;
+    let p = env.c.run_pod(env.pod_config("hostile", "exec")).await;
     let id = env
         .c
-        .run_container(&p, container(&env, "main", &["sleep", "1000"]))
+        .run_container(&p, env.container_config("main", &["sleep", "1000"]))
         .await;
     // 8 MiB on stdout and 3 MiB on stderr: both cut off, the call succeeds.
     let r = env
@@ -339,7 +313,7 @@ fn serve_hostile(mut conn: TcpStream) {
     let Ok(req) = berth_e2e::http::read_request(&conn) else {
         return;
     };
-    let digest = |n: u8| format!("sha256:{}", hex_of(&[n; 32]));
+    let digest = |n: u8| format!("sha256:{}", hex::encode([n; 32]));
     let ok = |conn: &mut TcpStream, ctype: &str, body: &[u8]| {
         let _ = write!(
             conn,
@@ -399,19 +373,6 @@ fn serve_hostile(mut conn: TcpStream) {
     let _ = conn.flush();
     let mut sink = [0u8; 1024];
     let _ = conn.read(&mut sink);
-}
-
-fn hex_of(b: &[u8]) -> String {
-    hex::encode(b)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -526,10 +487,12 @@ async fn a_full_disk_is_survived_without_a_restart() {
     assert!(d.log().contains("state db reopened"), "{}", d.log());
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+/// Room for this test's own thousands of sockets.
+fn raise_own_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 #[tokio::test]
@@ -537,13 +500,7 @@ async fn slow_clients_cannot_exhaust_descriptors_or_starve_the_cri_socket() {
     if !require::root() {
         return;
     }
-    // This test's own sockets.
-    if let Ok((_, hard)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-    {
-        let _ =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
-    }
+    raise_own_nofile();
     let d = Daemon::start().await;
     let mut c = d.cri().await;
     let pid = d.pid().unwrap().as_raw() as u32;
@@ -591,17 +548,12 @@ async fn memory_is_returned_after_floods_big_outputs_and_hostile_registries() {
     let Some(mut env) = BusyboxEnv::start().await else {
         return;
     };
-    if let Ok((_, hard)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-    {
-        let _ =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
-    }
+    raise_own_nofile();
     let pid = env.d.pid().unwrap().as_raw() as u32;
-    let p = env.c.run_pod(pod(&env, "mem")).await;
+    let p = env.c.run_pod(env.pod_config("hostile", "mem")).await;
     let id = env
         .c
-        .run_container(&p, container(&env, "main", &["sleep", "1000"]))
+        .run_container(&p, env.container_config("main", &["sleep", "1000"]))
         .await;
     env.c.exec(&id, &["true"], 5).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -592,25 +592,7 @@ async fn status_advertises_what_this_node_supports() {
     assert!(s.features.is_some_and(|f| f.supplemental_groups_policy));
     // And what is advertised works: a pod with a user namespace runs.
     let mut config = minimal_pod(&env, "userns");
-    let mapping = vec![cri::IdMapping {
-        container_id: 0,
-        host_id: 1_000_000,
-        length: 65536,
-    }];
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                userns_options: Some(cri::UserNamespace {
-                    mode: cri::NamespaceMode::Pod as i32,
-                    uids: mapping.clone(),
-                    gids: mapping,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    berth_e2e::cri::with_user_namespace(&mut config, 1_000_000, 65536);
     let pod = env.c.run_pod(config).await;
     let id = env
         .c
