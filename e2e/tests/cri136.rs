@@ -414,6 +414,30 @@ async fn image_volumes_mount_an_image_read_only_whole_or_a_sub_path() {
         assert_eq!(e.code(), Code::InvalidArgument, "{sub}: {e:?}");
         assert!(e.message().contains("image_sub_path"), "{e:?}");
     }
+    // An image of many layers: their paths pass a page of mount options together, so
+    // they go to overlayfs one by one, as a container's root does.
+    let deep = TestImage::new(
+        (0..60)
+            .map(|i| Layer::new(vec![Entry::file(&format!("layer{i}"), format!("{i}\n"))]))
+            .collect(),
+    );
+    env.reg.push_image("deep", "v1", &deep.build());
+    let deep_ref = format!("{}/deep:v1", env.reg.host());
+    env.c.pull(&deep_ref, None).await.unwrap();
+    let mut c = env.container_config("deep", &["sleep", "1000"]);
+    c.mounts = vec![vol("/deep", &deep_ref, "")];
+    let id = env.c.run_container(&p, c).await;
+    let out = env
+        .c
+        .exec(&id, &["cat", "/deep/layer0", "/deep/layer59"], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        b"0\n59\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // In a pod with a user namespace the volume is id-mapped: the image's root-owned
     // files are root's inside.
     let mut userns = env.pod_config("cri136", "imgvol-userns");

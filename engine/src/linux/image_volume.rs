@@ -52,16 +52,8 @@ pub fn mount(layers: &[PathBuf], at: &Path, userns: Option<&std::fs::File>) -> s
             )
         }),
         many => {
-            // An overlay without an upper layer is read-only by itself.
-            let lower: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
-            let data = format!("lowerdir={}", lower.join(":"));
-            sys_mount(
-                Some("overlay"),
-                at,
-                Some("overlay"),
-                flags,
-                Some(data.as_str()),
-            )
+            return super::overlay::mount_at(many, None, at, "image volume")
+                .map_err(std::io::Error::other);
         }
     };
     r.map_err(|e| err(&e))

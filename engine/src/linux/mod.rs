@@ -13,6 +13,7 @@ pub mod image_volume;
 pub mod init;
 pub mod mountinfo;
 pub mod namespaces;
+mod overlay;
 pub mod probe;
 pub mod process;
 mod rootfs;

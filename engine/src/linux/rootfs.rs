@@ -67,42 +67,12 @@ pub(super) fn mount_overlay(spec: &LaunchSpec, userns: Option<&fs::File>) -> Ste
         || format!("create {}", r.target.display()),
         fs::create_dir_all(&r.target),
     )?;
-    // One `lowerdir+` per layer where the kernel has it (6.8+): no page limit on layers.
     let lower_paths: Vec<PathBuf> = lower.iter().map(PathBuf::from).collect();
-    match super::sys::overlay_tree(&lower_paths, &r.upperdir, &r.workdir) {
-        Ok(tree) => {
-            return step(
-                || format!("attach overlay root ({} layers)", lower.len()),
-                super::sys::move_mount_to(&tree, &r.target),
-            );
-        }
-        Err(nix::Error::ENOSYS | nix::Error::EINVAL) => {}
-        Err(e) => {
-            return Err(format!("mount overlay root ({} layers): {e}", lower.len()));
-        }
-    }
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        r.upperdir.display(),
-        r.workdir.display()
-    );
-    // mount(2) takes its options in one page.
-    if data.len() >= 4096 {
-        return Err(format!(
-            "mount overlay root: {} layers do not fit in one page of overlay options on this kernel (Linux 6.8+ takes each layer separately)",
-            lower.len()
-        ));
-    }
-    step(
-        || format!("mount overlay root ({} layers)", lower.len()),
-        mount(
-            Some("overlay"),
-            &r.target,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data.as_str()),
-        ),
+    super::overlay::mount_at(
+        &lower_paths,
+        Some((&r.upperdir, &r.workdir)),
+        &r.target,
+        "overlay root",
     )
 }
 

@@ -333,6 +333,8 @@ const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+/// fsmount(2)'s attributes of a read-only volume: ro, nosuid, nodev.
+pub const MOUNT_ATTR_RO_NOSUID_NODEV: u32 = 0x1 | 0x2 | 0x4;
 
 fn cstring(s: &str) -> nix::Result<std::ffi::CString> {
     std::ffi::CString::new(s).map_err(|_| nix::Error::EINVAL)
@@ -357,14 +359,15 @@ fn fsconfig_string(fs: &OwnedFd, key: &str, value: &str) -> nix::Result<()> {
     Ok(())
 }
 
-/// A detached overlay mount of `lower` (top first), `upper` and `work`, each layer given
-/// with its own `lowerdir+` option (Linux 6.8+), so that no page limit on the option
-/// string bounds the number of layers (overlayfs itself takes up to 500). ENOSYS or
-/// EINVAL where the kernel cannot: the caller falls back to mount(2).
+/// A detached overlay mount of `lower` (top first) and, for a writable one, `upper` and
+/// `work` (without them overlayfs is read-only), with mount attributes `attrs`
+/// (`MOUNT_ATTR_*`); each layer given with its own `lowerdir+` option (Linux 6.8+), so that
+/// no page limit on the option string bounds the number of layers (overlayfs itself takes
+/// up to 500). ENOSYS or EINVAL where the kernel cannot: the caller falls back to mount(2).
 pub fn overlay_tree(
     lower: &[std::path::PathBuf],
-    upper: &std::path::Path,
-    work: &std::path::Path,
+    upper_work: Option<(&std::path::Path, &std::path::Path)>,
+    attrs: u32,
 ) -> nix::Result<OwnedFd> {
     let name = cstring("overlay")?;
     // SAFETY: `name` is NUL-terminated and outlives the call; fsopen returns a new fd.
@@ -379,8 +382,10 @@ pub fn overlay_tree(
     for l in lower {
         fsconfig_string(&fs, "lowerdir+", &text(l)?)?;
     }
-    fsconfig_string(&fs, "upperdir", &text(upper)?)?;
-    fsconfig_string(&fs, "workdir", &text(work)?)?;
+    if let Some((upper, work)) = upper_work {
+        fsconfig_string(&fs, "upperdir", &text(upper)?)?;
+        fsconfig_string(&fs, "workdir", &text(work)?)?;
+    }
     // SAFETY: a plain command on the open fs context; no pointers.
     let rc = unsafe {
         libc::syscall(
@@ -396,7 +401,7 @@ pub fn overlay_tree(
         return Err(nix::Error::last());
     }
     // SAFETY: fsmount takes the configured context fd and returns a new mount fd.
-    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
     if m < 0 {
         return Err(nix::Error::last());
     }
