@@ -235,6 +235,20 @@ impl Cri {
             .expect("status")
     }
 
+    /// ContainerStatus's verbose `info` (berth's JSON: pid, cgroup, runtimeSpec …).
+    pub async fn verbose_info(&mut self, id: &str) -> serde_json::Value {
+        let r = self
+            .runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner();
+        serde_json::from_str(&r.info["info"]).expect("verbose info is JSON")
+    }
+
     /// Polls until the container has exited (10 s at most).
     pub async fn wait_exited(&mut self, id: &str) -> cri::ContainerStatus {
         for _ in 0..500 {

@@ -28,7 +28,7 @@ async fn cdi_devices_from_vendor_specs_are_applied() {
                    "mounts":[{{"hostPath":"{}","containerPath":"/etc/example.conf","options":["ro","nosuid","nodev","bind"]}}],
                    "env":["EXAMPLE_VISIBLE=null0"],
                    "additionalGIDs":[4321]}}}},
-                {{"name":"hooked","containerEdits":{{"hooks":[{{"hookName":"createContainer","path":"/usr/bin/true"}}]}}}}
+                {{"name":"other","containerEdits":{{"env":["OTHER=1"]}}}}
               ]}}"#,
             conf.display()
         ),
@@ -41,6 +41,12 @@ async fn cdi_devices_from_vendor_specs_are_applied() {
     )
     .unwrap();
     std::fs::write(runtime_specs.path().join("broken.json"), "{not json").unwrap();
+    // A spec whose hook names no OCI point is refused whole.
+    std::fs::write(
+        runtime_specs.path().join("badhook.json"),
+        r#"{"cdiVersion":"0.6.0","kind":"example.com/badhook","devices":[{"name":"x","containerEdits":{"hooks":[{"hookName":"preStart","path":"/bin/true"}]}}]}"#,
+    )
+    .unwrap();
     let Some(mut env) = BusyboxEnv::start_with(DaemonOptions {
         extra_config: format!(
             "\n[cdi]\nspec_dirs = [{:?}, {:?}]\n",
@@ -97,10 +103,10 @@ async fn cdi_devices_from_vendor_specs_are_applied() {
         .unwrap();
     assert_ne!(w.exit_code, 0);
     // Refused with the name, nothing created: an unknown device (the broken spec is named),
-    // a spec asking for a hook.
+    // a device of a spec refused for its hook.
     for (name, needle) in [
         ("example.com/dev=nope", "broken.json"),
-        ("example.com/dev=hooked", "hook"),
+        ("example.com/badhook=x", "not an OCI hook name"),
         ("not-qualified", "fully qualified"),
     ] {
         let mut c = env.container_config("bad", &["true"]);
@@ -118,5 +124,176 @@ async fn cdi_devices_from_vendor_specs_are_applied() {
         .into_inner()
         .containers;
     assert_eq!(listed.len(), 1);
+    env.c.stop_and_remove_pod(&p).await;
+}
+
+/// A hook that saves the OCI state it reads to `out/<name>.json` (and its environment's
+/// HOOK_ENV to `out/<name>.env`).
+fn saving_hook(point: &str, out: &std::path::Path, name: &str) -> String {
+    format!(
+        r#"{{"hookName":"{point}","path":"/bin/sh","args":["sh","-c","cat > {0}/{name}.json; echo \"$HOOK_ENV\" > {0}/{name}.env"],"env":["HOOK_ENV=from-{name}"],"timeout":10}}"#,
+        out.display()
+    )
+}
+
+#[tokio::test]
+async fn cdi_hooks_run_at_their_oci_points() {
+    let specs = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path();
+    // createContainer as NVIDIA's `nvidia-ctk hook` does it: the state names the bundle,
+    // the bundle's config.json the root, and the hook changes the root before pivot_root.
+    let like_nvidia = specs.path().join("create-symlinks.sh");
+    std::fs::write(
+        &like_nvidia,
+        format!(
+            "#!/bin/sh\nstate=$(cat)\nprintf '%s' \"$state\" > {0}/create-container.json\nbundle=$(printf '%s' \"$state\" | sed -n 's/.*\"bundle\":\"\\([^\"]*\\)\".*/\\1/p')\nroot=$(sed -n 's/.*\"root\":{{\"path\":\"\\([^\"]*\\)\".*/\\1/p' \"$bundle/config.json\")\necho created-by-hook > \"$root/hooked\"\n",
+            o.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &like_nvidia,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let hooks = [
+        saving_hook("createRuntime", o, "create-runtime"),
+        format!(
+            r#"{{"hookName":"createContainer","path":"{}","args":["nvidia-ctk","hook","create-symlinks"]}}"#,
+            like_nvidia.display()
+        ),
+        // Inside the container, after pivot_root: the image's /bin/sh.
+        r#"{"hookName":"startContainer","path":"/bin/sh","args":["sh","-c","cat > /start-state.json"]}"#.to_owned(),
+        saving_hook("poststart", o, "poststart"),
+        saving_hook("poststop", o, "poststop"),
+    ];
+    std::fs::write(
+        specs.path().join("vendor.com-gpu.json"),
+        format!(
+            r#"{{"cdiVersion":"1.0.0","kind":"vendor.com/gpu",
+              "containerEdits":{{"hooks":[{}]}},
+              "devices":[
+                {{"name":"gpu0","containerEdits":{{"deviceNodes":[{{"path":"/dev/vendor-gpu0","hostPath":"/dev/null"}}]}}}},
+                {{"name":"broken","containerEdits":{{"hooks":[{{"hookName":"createContainer","path":"/bin/sh","args":["sh","-c","echo no such GPU >&2; exit 7"]}}]}}}},
+                {{"name":"norun","containerEdits":{{"hooks":[{{"hookName":"createRuntime","path":"/bin/sh","args":["sh","-c","exit 3"]}}]}}}}
+              ]}}"#,
+            hooks.join(",")
+        ),
+    )
+    .unwrap();
+    let Some(mut env) = BusyboxEnv::start_with(DaemonOptions {
+        extra_config: format!(
+            "\n[cdi]\nspec_dirs = [{:?}]\n",
+            specs.path().display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let p = env.c.run_pod(env.pod_config("cdi", "hooks")).await;
+    let mut c = env.container_config("gpu", &["sleep", "1000"]);
+    c.cdi_devices = vec![cri::CdiDevice {
+        name: "vendor.com/gpu=gpu0".into(),
+    }];
+    c.annotations = HashMap::from([("team".to_string(), "ml".to_string())]);
+    let id = env.c.run_container(&p, c).await;
+    let read = |name: &str| -> serde_json::Value {
+        let path = o.join(name);
+        serde_json::from_str(
+            &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap()
+    };
+    let info = env.c.verbose_info(&id).await;
+    let pid = info["pid"].as_u64().unwrap();
+    // createRuntime: the runtime's view, the container's pid, its own environment only.
+    let state = read("create-runtime.json");
+    assert_eq!(state["id"], id.as_str());
+    assert_eq!(state["status"], "creating");
+    assert_eq!(state["pid"].as_u64(), Some(pid));
+    assert_eq!(state["annotations"]["team"], "ml");
+    assert_eq!(
+        std::fs::read_to_string(o.join("create-runtime.env")).unwrap(),
+        "from-create-runtime\n"
+    );
+    // The bundle holds the OCI config.json the hooks read; crictl inspect shows the same.
+    let bundle = std::path::PathBuf::from(state["bundle"].as_str().unwrap());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).unwrap())
+            .unwrap();
+    assert!(
+        config["root"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/rootfs")
+    );
+    assert_eq!(config["hooks"]["poststop"][0]["path"], "/bin/sh");
+    assert_eq!(info["runtimeSpec"]["root"], config["root"]);
+    assert_eq!(read("create-container.json")["status"], "creating");
+    assert_eq!(read("poststart.json")["status"], "running");
+    assert_eq!(read("poststart.json")["pid"].as_u64(), Some(pid));
+    // createContainer changed the root; startContainer ran inside it.
+    let inside = env
+        .c
+        .exec(&id, &["cat", "/hooked", "/start-state.json"], 10)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&inside.stdout);
+    assert_eq!(inside.exit_code, 0, "{text}");
+    let (first, start_state) = text.split_once('\n').unwrap();
+    assert_eq!(first, "created-by-hook");
+    let start_state: serde_json::Value = serde_json::from_str(start_state).unwrap();
+    assert_eq!(start_state["status"], "created");
+    assert!(!o.join("poststop.json").exists());
+    // RemoveContainer stops it first.
+    env.c
+        .runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let stopped = read("poststop.json");
+    assert_eq!(stopped["status"], "stopped");
+    assert!(stopped.get("pid").is_none(), "{stopped}");
+    assert!(!bundle.exists());
+
+    // A failing createContainer or createRuntime hook fails the start, naming the hook
+    // and quoting it; nothing of the container keeps running.
+    for (device, needle) in [
+        (
+            "broken",
+            "createContainer hook /bin/sh: exit status 7: no such GPU",
+        ),
+        ("norun", "createRuntime hook /bin/sh: exit status 3"),
+    ] {
+        let mut c = env.container_config(device, &["sleep", "1000"]);
+        c.cdi_devices = vec![cri::CdiDevice {
+            name: format!("vendor.com/gpu={device}"),
+        }];
+        let id = env.c.create(&p, c).await.unwrap();
+        let e = env.c.start(&id).await.unwrap_err();
+        assert!(e.message().contains(needle), "{needle}: {e:?}");
+        let st = env.c.status(&id).await;
+        assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+        assert_eq!(st.reason, "StartError");
+        let listed = env
+            .c
+            .runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert!(
+            listed
+                .iter()
+                .all(|c| c.state != cri::ContainerState::ContainerRunning as i32),
+            "{listed:?}"
+        );
+    }
     env.c.stop_and_remove_pod(&p).await;
 }

@@ -645,19 +645,7 @@ async fn limits_apply_update_live_and_oom_kills_are_reported() {
         ..Default::default()
     });
     let id = env.c.run_container(&pod, cfg).await;
-    let info: serde_json::Value = serde_json::from_str(
-        &env.c
-            .runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info["info"],
-    )
-    .unwrap();
+    let info = env.c.verbose_info(&id).await;
     if !std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
         require::prerequisite(
             "cgroup v1 memory hierarchy at /sys/fs/cgroup/memory (this test reads v1 files)",

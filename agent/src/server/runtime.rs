@@ -350,6 +350,9 @@ impl RuntimeService for RuntimeHandlers {
             let v = serde_json::json!({
                 "pid": c.pid, "sandboxID": c.pod_id, "cgroup": c.cgroup, "args": c.launch.process.args,
                 "rootfs": c.launch.rootfs, "user": c.launch.process.user,
+                "runtimeSpec": berth_engine::spec::runtime_spec::render(
+                    &c.launch, None, &c.annotations, c.launch.hooks.as_ref(),
+                ),
             });
             info.insert("info".to_owned(), v.to_string());
         }

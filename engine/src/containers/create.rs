@@ -60,6 +60,12 @@ impl Engine {
             )));
         }
         let mut plan = self.plan_container(&pod, config, sandbox_config)?;
+        if plan.hooks.is_some() && pod.monitor_protocol < 3 {
+            return Err(Error::FailedPrecondition(format!(
+                "CDI devices of container {}: their OCI hooks need a pod monitor of protocol 3, and pod {pod_id}'s speaks {} (it was started by an older berthd); recreate the pod",
+                md.name, pod.monitor_protocol
+            )));
+        }
         if plan.load_apparmor {
             tokio::task::spawn_blocking(crate::linux::apparmor::load_default)
                 .await
@@ -152,7 +158,13 @@ impl Engine {
             } else {
                 None
             };
+            let hooks = plan.hooks.take().map(|mut h| {
+                h.bundle = dir.display().to_string();
+                h.annotations = config.annotations.clone().into_iter().collect();
+                h
+            });
             let launch = LaunchSpec {
+                hooks,
                 stdio: plan.stdio,
                 userns: plan.userns.clone(),
                 devices: plan.devices.clone(),
@@ -180,6 +192,22 @@ impl Engine {
                     pod.sysctls.clone()
                 },
             };
+            // The bundle the hooks are told of: an OCI config.json that says what berth
+            // will do (hooks read the root's path from it).
+            if let Some(h) = &launch.hooks {
+                let spec = crate::spec::runtime_spec::render(
+                    &launch,
+                    Some(&pod.hostname)
+                        .filter(|h| !h.is_empty())
+                        .map(String::as_str),
+                    &h.annotations,
+                    Some(h),
+                );
+                crate::durable::write_atomic(
+                    &dir.join("config.json"),
+                    spec.to_string().as_bytes(),
+                )?;
+            }
             let rec = ContainerRecord {
                 schema_version: RECORD_VERSION,
                 id: id.clone(),

@@ -10,7 +10,7 @@ mod create;
 mod exec;
 mod exit;
 pub mod image_volumes;
-mod remove;
+pub(crate) mod remove;
 mod spec;
 mod start;
 mod stop;

@@ -24,6 +24,7 @@ impl Engine {
         };
         // Processes its main process left (it shared a pid namespace) go with it.
         crate::pods::empty_cgroup(&self.cgroup_manager()?, &c.cgroup).await;
+        run_poststop_hooks(&c).await;
         self.remove_container_files(&c)?;
         self.db.container_remove(id)?;
         self.events
@@ -34,6 +35,7 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes a container's cgroup, directories (its bundle among them) and exit record.
     pub(crate) fn remove_container_files(&self, c: &ContainerRecord) -> Result<()> {
         if let Ok(cg) = self.cgroup_manager() {
             cg.remove(&c.cgroup)?;
@@ -50,5 +52,26 @@ impl Engine {
             &c.id,
         );
         Ok(())
+    }
+}
+
+/// The poststop hooks of a container whose start was attempted (hooks of the earlier
+/// points may have run), before its bundle goes; failures are logged, as the OCI spec
+/// has them.
+pub(crate) async fn run_poststop_hooks(c: &ContainerRecord) {
+    let Some(hooks) = c.launch.hooks.clone() else {
+        return;
+    };
+    if hooks.poststop.is_empty() || c.started_at == 0 {
+        return;
+    }
+    let id = c.id.clone();
+    let errors = tokio::task::spawn_blocking(move || {
+        crate::linux::hooks::run_point_all(crate::spec::hooks::Point::Poststop, &hooks, &id, None)
+    })
+    .await
+    .unwrap_or_else(|e| vec![format!("poststop hooks: {e}")]);
+    for e in errors {
+        tracing::warn!(container_id = %c.id, error = %e, "OCI hook failed");
     }
 }

@@ -11,6 +11,7 @@ use crate::Engine;
 use crate::error::{Error, Result};
 use crate::linux::spawn::{ProcessSpec, StdioMode, UserNamespace};
 use crate::spec::devices::{DeviceNode, DevicePolicy};
+use crate::spec::hooks::Hooks;
 use crate::spec::mounts::{self, Mount};
 use crate::spec::resources::{self, Resources};
 use crate::spec::{process, security};
@@ -45,6 +46,8 @@ pub(super) struct Plan {
     pub userns: Option<UserNamespace>,
     pub log_path: String,
     pub stdio: StdioMode,
+    /// OCI hooks its CDI devices asked for (bundle and annotations filled in at create).
+    pub hooks: Option<Hooks>,
 }
 
 impl Engine {
@@ -121,7 +124,7 @@ impl Engine {
         let joins_pod_pid_namespace = pid_mode == 0 && pod.pid != NsMode::Node;
 
         // CDI devices: their edits (environment, device nodes, mounts, groups).
-        let cdi = self.cdi_edits(config)?;
+        let (cdi, hooks) = self.cdi_edits(config)?;
 
         // The process.
         let argv = process::command_line(&image.config, &config.command, &config.args)?;
@@ -402,6 +405,7 @@ impl Engine {
             joins_pod_pid_namespace,
             userns,
             log_path,
+            hooks,
             stdio: crate::linux::spawn::StdioMode {
                 stdin: config.stdin,
                 stdin_once: config.stdin && config.stdin_once,
@@ -413,24 +417,37 @@ impl Engine {
 
 impl Engine {
     /// The CDI edits of the devices a request names (`CDI_devices` and `cdi.k8s.io/`
-    /// annotations); none when it names none. Hooks are refused: berth does not run OCI
-    /// hooks yet.
-    fn cdi_edits(&self, config: &api::ContainerConfig) -> Result<crate::spec::cdi::ContainerEdits> {
+    /// annotations), with their hooks sorted by OCI point; none when it names none.
+    fn cdi_edits(
+        &self,
+        config: &api::ContainerConfig,
+    ) -> Result<(crate::spec::cdi::ContainerEdits, Option<Hooks>)> {
         use crate::spec::cdi;
         let names = cdi::requested(&config.cdi_devices, &config.annotations);
         if names.is_empty() {
             return Ok(Default::default());
         }
         let edits = cdi::Registry::load(&self.cfg.cdi_spec_dirs).resolve(&names)?;
-        if let Some(h) = edits.hooks.first() {
-            return Err(Error::InvalidArgument(format!(
-                "CDI devices {}: the spec asks for a {} hook ({}), and berth does not run OCI hooks yet",
-                names.join(", "),
-                h.hook_name,
-                h.path
-            )));
+        if edits.hooks.is_empty() {
+            return Ok((edits, None));
         }
-        Ok(edits)
+        let mut hooks = Hooks::default();
+        for h in &edits.hooks {
+            hooks
+                .add(
+                    &h.hook_name,
+                    crate::spec::hooks::Hook {
+                        path: h.path.clone(),
+                        args: h.args.clone(),
+                        env: h.env.clone(),
+                        timeout: h.timeout.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
+                    },
+                )
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("CDI devices {}: {e}", names.join(", ")))
+                })?;
+        }
+        Ok((edits, Some(hooks)))
     }
 
     /// Refuses hostPath volumes that expose berth's own root, state or socket (the rule

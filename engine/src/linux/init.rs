@@ -19,7 +19,8 @@ use super::rootfs::{
     make_device, make_parent_mount_private, mask, mount_one, mount_overlay, pivot, readonly,
     remount_bind,
 };
-use super::spawn::{LaunchSpec, Stdio};
+use super::spawn::{HookSync, LaunchSpec, Stdio};
+use crate::spec::hooks::Point;
 use crate::spec::mounts::Propagation;
 use crate::spec::security::ALL_CAPABILITIES;
 
@@ -33,8 +34,8 @@ pub(super) fn step<T, E: std::fmt::Display>(
 }
 
 /// Does everything up to and including exec; returns only with an error message.
-pub fn become_container(spec: &LaunchSpec, stdio: Stdio) -> String {
-    match run(spec, stdio) {
+pub fn become_container(spec: &LaunchSpec, stdio: Stdio, sync: Option<HookSync>) -> String {
+    match run(spec, stdio, sync) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -42,7 +43,10 @@ pub fn become_container(spec: &LaunchSpec, stdio: Stdio) -> String {
 
 enum Never {}
 
-fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
+fn run(spec: &LaunchSpec, stdio: Stdio, mut sync: Option<HookSync>) -> Step<Never> {
+    if let Some(s) = sync.as_mut() {
+        s.close_parent_ends();
+    }
     // Opened first, while the host's paths are visible; entered last.
     let userns = match &spec.userns {
         Some(u) => Some(step(
@@ -114,6 +118,14 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
     for p in &spec.readonly_paths {
         readonly(root, p)?;
     }
+    if let Some(hooks) = &spec.hooks {
+        // The runtime's hooks (prestart, createRuntime) run in the monitor meanwhile.
+        if let Some(s) = sync {
+            wait_for_runtime_hooks(s)?;
+        }
+        // createContainer: in our mount namespace, the host's paths still visible.
+        run_hooks(Point::CreateContainer, hooks, &spec.id)?;
+    }
     pivot(root)?;
     if spec.rootfs.readonly {
         step(
@@ -134,7 +146,31 @@ fn run(spec: &LaunchSpec, stdio: Stdio) -> Step<Never> {
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER),
         )?;
     }
+    if let Some(hooks) = &spec.hooks {
+        // startContainer: inside, as the container's root (in its user namespace when it
+        // has one): the program is looked up in the container's file system.
+        run_hooks(Point::StartContainer, hooks, &spec.id)?;
+    }
     become_process(stdio, &spec.process)
+}
+
+fn run_hooks(point: Point, hooks: &crate::spec::hooks::Hooks, id: &str) -> Step<()> {
+    super::hooks::run_point(point, hooks, id, Some(nix::unistd::getpid().as_raw()))
+}
+
+/// Tells the monitor our namespaces and mounts are made and waits until its hooks have
+/// run; end-of-file instead of its byte means it gave up on us.
+fn wait_for_runtime_hooks(s: HookSync) -> Step<()> {
+    use std::io::{Read, Write};
+    step(
+        || "signal the runtime's hooks".into(),
+        fs::File::from(s.ready).write_all(&[1]),
+    )?;
+    let mut byte = [0u8; 1];
+    match fs::File::from(s.go).read(&mut byte) {
+        Ok(1) => Ok(()),
+        _ => Err("the runtime's createRuntime hooks did not complete".into()),
+    }
 }
 
 /// The steps a container's process and an exec process share: standard streams, working

@@ -9,6 +9,7 @@ pub mod apparmor;
 pub mod beneath;
 pub mod cgroups;
 pub mod devfilter;
+pub mod hooks;
 pub mod image_volume;
 pub mod init;
 pub mod mountinfo;

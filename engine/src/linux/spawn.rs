@@ -58,6 +58,9 @@ pub struct LaunchSpec {
     /// The container's standard streams as CreateContainer asked for them.
     #[serde(default)]
     pub stdio: StdioMode,
+    /// OCI hooks (CDI devices ask for them); see `spec::hooks` for where each point runs.
+    #[serde(default)]
+    pub hooks: Option<crate::spec::hooks::Hooks>,
 }
 
 /// CRI `stdin`, `stdin_once` and `tty` of a container.
@@ -134,6 +137,7 @@ pub fn spawn_in_pid_namespace_of(
 ) -> Result<Pid, SpawnError> {
     let (err_r, err_w) = cloexec_pipe()?;
     let (pid_r, pid_w) = cloexec_pipe()?;
+    let (mut child_sync, parent_sync) = hook_pipes(spec)?;
     let mut stdio = Some(stdio);
     let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
         let path = format!("/proc/{target}/ns/pid");
@@ -148,7 +152,7 @@ pub fn spawn_in_pid_namespace_of(
         let child =
             super::sys::clone_child(CloneFlags::CLONE_PARENT | CloneFlags::CLONE_NEWNS, || {
                 let Some(io) = io.take() else { return 127 };
-                let failure = init::become_container(spec, io);
+                let failure = init::become_container(spec, io, child_sync.take());
                 fail(&err_w, &failure)
             });
         match child {
@@ -165,8 +169,17 @@ pub fn spawn_in_pid_namespace_of(
     drop(err_w);
     drop(pid_w);
     drop(stdio);
+    drop(child_sync);
     let _ = nix::sys::wait::waitpid(intermediate, None);
-    let (pid, msg) = child_report(pid_r, err_r);
+    let pid = read_pid(pid_r);
+    let hooks = match (pid, parent_sync) {
+        (Some(pid), Some(sync)) => sync.run(spec, pid),
+        _ => Ok(()),
+    };
+    let msg = match hooks {
+        Ok(()) => read_error(err_r),
+        Err(e) => e,
+    };
     if let (Some(pid), true) = (pid, msg.is_empty()) {
         return Ok(pid);
     }
@@ -205,6 +218,7 @@ pub fn spawn_in_pid_namespace(
 /// Starts the container process; returns its pid once it has exec'd.
 pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
     let (err_r, err_w) = cloexec_pipe()?;
+    let (mut child_sync, parent_sync) = hook_pipes(spec)?;
     let mut flags = CloneFlags::CLONE_NEWNS;
     if spec.new_pid_namespace {
         flags |= CloneFlags::CLONE_NEWPID;
@@ -212,7 +226,7 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
     let mut stdio = Some(stdio);
     let pid = super::sys::clone_child(flags, || {
         let Some(io) = stdio.take() else { return 127 };
-        let failure = init::become_container(spec, io);
+        let failure = init::become_container(spec, io, child_sync.take());
         // Only reached on failure: report it and die without running any destructor or
         // atexit handler of the monitor's copy.
         fail(&err_w, &failure)
@@ -220,13 +234,115 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
     .map_err(SpawnError::Clone)?;
     drop(err_w);
     drop(stdio);
-    let mut msg = String::new();
-    let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
+    drop(child_sync);
+    let msg = match parent_sync.map_or(Ok(()), |s| s.run(spec, pid)) {
+        Ok(()) => read_error(err_r),
+        Err(e) => e,
+    };
     if msg.is_empty() {
         Ok(pid)
     } else {
         let _ = nix::sys::wait::waitpid(pid, None);
         Err(SpawnError::Child(msg))
+    }
+}
+
+/// The child's ends of the pipes on which it stops for the runtime's `prestart` and
+/// `createRuntime` hooks: it writes one byte to `ready` once its namespaces and mounts
+/// are made, and goes on to pivot_root when it reads one from `go`.
+#[derive(Debug)]
+pub struct HookSync {
+    pub ready: OwnedFd,
+    pub go: OwnedFd,
+    /// The monitor's ends, which the child closes first, so that the monitor's death
+    /// reads as end-of-file on `go`.
+    parent: Option<ParentSync>,
+}
+
+impl HookSync {
+    /// Closes the monitor's ends in the child's copy of the descriptor table.
+    pub fn close_parent_ends(&mut self) {
+        self.parent = None;
+    }
+}
+
+/// The monitor's ends of those pipes.
+#[derive(Debug)]
+struct ParentSync {
+    ready: OwnedFd,
+    go: OwnedFd,
+}
+
+/// The hook pipes, when the container has runtime hooks to run before its pivot_root.
+fn hook_pipes(spec: &LaunchSpec) -> Result<(Option<HookSync>, Option<ParentSync>), SpawnError> {
+    if !spec
+        .hooks
+        .as_ref()
+        .is_some_and(|h| h.runtime_before_pivot())
+    {
+        return Ok((None, None));
+    }
+    let (ready_r, ready_w) = cloexec_pipe()?;
+    let (go_r, go_w) = cloexec_pipe()?;
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone().map_err(|e| {
+            SpawnError::Pipe(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })
+    };
+    let (child_parent_copy_ready, child_parent_copy_go) = (dup(&ready_r)?, dup(&go_w)?);
+    Ok((
+        Some(HookSync {
+            ready: ready_w,
+            go: go_r,
+            parent: Some(ParentSync {
+                ready: child_parent_copy_ready,
+                go: child_parent_copy_go,
+            }),
+        }),
+        Some(ParentSync {
+            ready: ready_r,
+            go: go_w,
+        }),
+    ))
+}
+
+impl ParentSync {
+    /// Waits for the child to be ready, runs the `prestart` and `createRuntime` hooks
+    /// with its pid and lets it go on; a failing hook kills the child and is the error.
+    /// A child that fails before it is ready closes its end: nothing to run then.
+    fn run(self, spec: &LaunchSpec, pid: Pid) -> Result<(), String> {
+        let Some(hooks) = &spec.hooks else {
+            return Ok(());
+        };
+        let mut byte = [0u8; 1];
+        match std::fs::File::from(self.ready).read(&mut byte) {
+            Ok(1) => {}
+            _ => return Ok(()),
+        }
+        let ran = super::hooks::run_point(
+            crate::spec::hooks::Point::Prestart,
+            hooks,
+            &spec.id,
+            Some(pid.as_raw()),
+        )
+        .and_then(|()| {
+            super::hooks::run_point(
+                crate::spec::hooks::Point::CreateRuntime,
+                hooks,
+                &spec.id,
+                Some(pid.as_raw()),
+            )
+        });
+        match ran {
+            Ok(()) => {
+                let _ = std::fs::File::from(self.go).write_all(&[1]);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -354,7 +470,8 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     drop(err_w);
     drop(pid_w);
     drop(stdio);
-    let (pid, msg) = child_report(pid_r, err_r);
+    let pid = read_pid(pid_r);
+    let msg = read_error(err_r);
     if let (Some(pid), true) = (pid, msg.is_empty()) {
         return Ok((intermediate, pid));
     }
@@ -372,17 +489,21 @@ fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)
 }
 
-/// What a child reported: the pid an intermediate wrote (if any) and the error text
-/// (empty when the process exec'd). Blocks until every writer has exec'd or exited.
-fn child_report(pid_r: OwnedFd, err_r: OwnedFd) -> (Option<Pid>, String) {
+/// The pid an intermediate wrote, if it wrote one (blocks until it has or has exited).
+fn read_pid(pid_r: OwnedFd) -> Option<Pid> {
     let mut pid_bytes = [0u8; 4];
-    let pid = std::fs::File::from(pid_r)
+    std::fs::File::from(pid_r)
         .read_exact(&mut pid_bytes)
         .ok()
-        .map(|()| Pid::from_raw(i32::from_le_bytes(pid_bytes)));
+        .map(|()| Pid::from_raw(i32::from_le_bytes(pid_bytes)))
+}
+
+/// The child's error text: empty when it exec'd. Blocks until every writer has exec'd or
+/// exited.
+fn read_error(err_r: OwnedFd) -> String {
     let mut msg = String::new();
     let _ = std::fs::File::from(err_r).read_to_string(&mut msg);
-    (pid, msg)
+    msg
 }
 
 /// In a child: reports a failure on the error pipe and exits.

@@ -89,6 +89,20 @@ pub(super) fn start(
         }
     };
     let pid = spawned.map_err(|e| (crate::ErrorKind::FailedPrecondition, e.to_string()))?;
+    if let Some(hooks) = &spec.hooks {
+        // poststart: the command runs; a failing hook is logged and changes nothing (OCI).
+        for e in crate::linux::hooks::run_point_all(
+            crate::spec::hooks::Point::Poststart,
+            hooks,
+            &spec.id,
+            Some(pid.as_raw()),
+        ) {
+            super::entry::log(
+                &state.borrow().dir,
+                &format!("container {}: {e}", s.container_id),
+            );
+        }
+    }
     let streams = pending.finish(pid, 0, 0)?;
     let started_at = now_nanos();
     if let Some(want) = spec.oom_score_adj {

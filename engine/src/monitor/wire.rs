@@ -13,6 +13,7 @@ use berth_proto::prost::Message;
 use crate::error::ErrorKind;
 use crate::linux::spawn::{ExecSpec, LaunchSpec, ProcessSpec, Rootfs, StdioMode, UserNamespace};
 use crate::spec::devices::DeviceNode;
+use crate::spec::hooks::{Hook, Hooks};
 use crate::spec::mounts::{Mount, Propagation};
 use crate::spec::process::User;
 use crate::spec::seccomp::Filter;
@@ -277,6 +278,57 @@ impl From<&LaunchSpec> for proto::LaunchSpec {
                 stdin_once: l.stdio.stdin_once,
                 tty: l.stdio.tty,
             }),
+            hooks: l.hooks.as_ref().map(Into::into),
+        }
+    }
+}
+
+impl From<&Hooks> for proto::Hooks {
+    fn from(h: &Hooks) -> Self {
+        let list = |v: &[Hook]| {
+            v.iter()
+                .map(|h| proto::Hook {
+                    path: h.path.clone(),
+                    args: h.args.clone(),
+                    env: h.env.clone(),
+                    timeout_seconds: h.timeout,
+                })
+                .collect()
+        };
+        proto::Hooks {
+            prestart: list(&h.prestart),
+            create_runtime: list(&h.create_runtime),
+            create_container: list(&h.create_container),
+            start_container: list(&h.start_container),
+            poststart: list(&h.poststart),
+            poststop: list(&h.poststop),
+            bundle: h.bundle.clone(),
+            annotations: h.annotations.clone().into_iter().collect(),
+        }
+    }
+}
+
+impl From<proto::Hooks> for Hooks {
+    fn from(h: proto::Hooks) -> Self {
+        let list = |v: Vec<proto::Hook>| {
+            v.into_iter()
+                .map(|h| Hook {
+                    path: h.path,
+                    args: h.args,
+                    env: h.env,
+                    timeout: h.timeout_seconds,
+                })
+                .collect()
+        };
+        Hooks {
+            prestart: list(h.prestart),
+            create_runtime: list(h.create_runtime),
+            create_container: list(h.create_container),
+            start_container: list(h.start_container),
+            poststart: list(h.poststart),
+            poststop: list(h.poststop),
+            bundle: h.bundle,
+            annotations: h.annotations.into_iter().collect(),
         }
     }
 }
@@ -333,6 +385,7 @@ impl TryFrom<proto::LaunchSpec> for LaunchSpec {
                 stdin_once: stdio.stdin_once,
                 tty: stdio.tty,
             },
+            hooks: l.hooks.map(Into::into),
             id: l.id,
         })
     }
@@ -626,6 +679,21 @@ mod tests {
                 stdin_once: true,
                 tty: false,
             },
+            hooks: Some(Hooks {
+                create_container: vec![Hook {
+                    path: "/usr/bin/nvidia-ctk".into(),
+                    args: vec!["nvidia-ctk".into(), "hook".into(), "update-ldcache".into()],
+                    env: vec!["A=b".into()],
+                    timeout: Some(5),
+                }],
+                poststop: vec![Hook {
+                    path: "/bin/true".into(),
+                    ..Default::default()
+                }],
+                bundle: "/var/lib/berth/containers/c1".into(),
+                annotations: [("k".to_owned(), "v".to_owned())].into(),
+                ..Default::default()
+            }),
         }
     }
 

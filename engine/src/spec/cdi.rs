@@ -204,6 +204,15 @@ pub fn parse_spec(text: &str, yaml: bool) -> std::result::Result<Spec, String> {
             if !h.path.starts_with('/') {
                 return Err(format!("hook path {:?} is not absolute", h.path));
             }
+            if super::hooks::Point::parse(&h.hook_name).is_none() {
+                return Err(format!(
+                    "hook {}: {:?} is not an OCI hook name",
+                    h.path, h.hook_name
+                ));
+            }
+            if h.timeout.is_some_and(|t| t <= 0) {
+                return Err(format!("hook {}: timeout must be positive", h.path));
+            }
         }
         for v in &e.env {
             if !v.contains('=') {
@@ -436,6 +445,14 @@ mod tests {
             (
                 r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x","containerEdits":{"env":["NOVALUE"]}}]}"#,
                 "NAME=value",
+            ),
+            (
+                r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x"}],"containerEdits":{"hooks":[{"hookName":"onStart","path":"/bin/x"}]}}"#,
+                "not an OCI hook name",
+            ),
+            (
+                r#"{"cdiVersion":"0.6.0","kind":"a.com/b","devices":[{"name":"x"}],"containerEdits":{"hooks":[{"hookName":"poststop","path":"/bin/x","timeout":0}]}}"#,
+                "timeout must be positive",
             ),
         ] {
             let e = parse_spec(text, false).unwrap_err();

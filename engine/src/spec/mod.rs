@@ -12,11 +12,13 @@
 pub mod apparmor;
 pub mod cdi;
 pub mod devices;
+pub mod hooks;
 pub mod metadata;
 pub mod mounts;
 pub mod pod;
 pub mod process;
 pub mod resources;
+pub mod runtime_spec;
 pub mod seccomp;
 mod seccomp_default;
 pub mod security;
