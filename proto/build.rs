@@ -5,7 +5,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cri = "cri/v1.36/api.proto";
     let protos = ["berth/monitor.proto"];
-    for p in protos.iter().chain([&cri]) {
+    let services = ["berth/images.proto"];
+    for p in protos.iter().chain(&services).chain([&cri]) {
         println!("cargo:rerun-if-changed={p}");
     }
     // Debian 12's protoc (3.21) predates the `debug_redact` field option (protobuf 22) that
@@ -23,5 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_protos(&[out.join("api.proto")], &[out])?;
     prost_build::Config::new().compile_protos(&protos, &["berth/"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&services, &["berth/"])?;
     Ok(())
 }

@@ -9,6 +9,8 @@
 
 use berth_agent::{config, metrics_http, server, shutdown, streaming, telemetry};
 
+mod image_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,6 +59,11 @@ enum Command {
     },
     /// Check that this node has what berth needs; exits non-zero if a required check fails.
     Check,
+    /// Image archives, through the running daemon (for nodes without a registry).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// The per-pod monitor (started by berthd itself; not for interactive use).
     #[command(hide = true)]
     Monitor {
@@ -76,6 +83,25 @@ enum Command {
         uid_map: Vec<berth_engine::spec::userns::IdRange>,
         #[arg(long, value_parser = berth_engine::spec::userns::IdMappings::parse_arg)]
         gid_map: Vec<berth_engine::spec::userns::IdRange>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout or `docker save` archive (tar or tar.gz; `-`: stdin).
+    /// Every digest is checked; the layers are unpacked as a pull unpacks them.
+    Import {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Name for an image the archive leaves unnamed (or an extra name for its one image).
+        #[arg(long, value_name = "REF")]
+        tag: Option<String>,
+    },
+    /// Export images as one OCI image layout archive (also readable by `docker load`).
+    Export {
+        /// The images (names, ids or repo digests), then the file to write (`-`: stdout).
+        #[arg(value_name = "IMAGE... FILE", num_args = 2.., required = true)]
+        args: Vec<String>,
     },
 }
 
@@ -108,6 +134,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Check) => check(cli.config.as_deref(), &overrides),
+        Some(Command::Image { command }) => image(cli.config.as_deref(), &overrides, command),
         Some(Command::Monitor {
             pod,
             dir,
@@ -147,6 +174,28 @@ fn load(
         eprintln!("berthd: {e}");
         ExitCode::from(exit::USAGE)
     })
+}
+
+fn image(path: Option<&std::path::Path>, overrides: &Overrides, cmd: ImageCommand) -> ExitCode {
+    let (cfg, _) = match load(path, overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let socket = cfg.grpc.listen.clone();
+    let done = match cmd {
+        ImageCommand::Import { file, tag } => image_cmd::import(&socket, &file, tag),
+        ImageCommand::Export { mut args } => {
+            let file = PathBuf::from(args.pop().unwrap_or_default());
+            image_cmd::export(&socket, args, &file)
+        }
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: {e:#}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+    }
 }
 
 fn check(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {

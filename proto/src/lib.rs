@@ -3,6 +3,7 @@
 //! - [`cri`]: the Kubernetes CRI v1 messages and tonic services, generated from the CRI
 //!   1.36 `api.proto` vendored in `cri/v1.36/` ([`CRI_API_VERSION`]), so that every berth
 //!   crate names one version of them.
+//! - [`images`]: berth's own image service (archive import and export) on the CRI socket.
 //! - [`monitor`]: berth's own protocol between `berthd` and its per-pod monitors, generated
 //!   from `berth/monitor.proto`, with its framing constants.
 #![forbid(unsafe_code)]
@@ -22,6 +23,18 @@ pub const CRI_API_VERSION: &str = "v1.36";
 )]
 pub mod cri {
     include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+}
+
+/// berth's own image service (`berth/images.proto`): import and export of image archives,
+/// on the CRI socket.
+#[allow(
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    rustdoc::all
+)]
+pub mod images {
+    include!(concat!(env!("OUT_DIR"), "/berth.images.v1.rs"));
 }
 
 /// berthd <-> per-pod monitor protocol (`berth/monitor.proto`).

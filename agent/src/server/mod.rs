@@ -1,5 +1,6 @@
 //! The CRI gRPC server on a unix socket.
 
+pub mod archive;
 pub mod convert;
 mod events;
 pub mod image;
@@ -94,6 +95,9 @@ pub async fn serve(
     ))
     .max_decoding_message_size(16 << 20)
     .max_encoding_message_size(16 << 20);
+    let archive = berth_proto::images::images_server::ImagesServer::new(
+        archive::ArchiveHandlers::new(engine.clone()),
+    );
     let image = ImageServiceServer::new(image::ImageHandlers::new(engine))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
@@ -109,6 +113,7 @@ pub async fn serve(
         .layer(layer::RpcLayer { metrics })
         .add_service(runtime)
         .add_service(image)
+        .add_service(archive)
         .serve_with_incoming_shutdown(crate::http_guard::unix_incoming(listener), async {
             let _ = stop_rx.await;
         });

@@ -180,6 +180,60 @@ impl ContentStore {
         w.commit()
     }
 
+    /// Writes a blob whose digest is only known from its content (a `docker save` layer or
+    /// config, named by a legacy id): hashed as it streams in, never more than `limit`
+    /// bytes, fsynced and made visible under the digest it has. Returns the digest and size.
+    /// `before_visible` is told the digest before the blob appears (to lease it).
+    pub fn put_reader(
+        &self,
+        r: &mut impl Read,
+        limit: u64,
+        before_visible: impl FnOnce(&Digest),
+    ) -> Result<(Digest, u64), ContentError> {
+        let n = self.next_ingest.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .root
+            .join("ingest")
+            .join(format!("unnamed-{}-{n}", std::process::id()));
+        durable::create_dir_all(&dir, 0o700)?;
+        let cleanup = Cleanup(&dir);
+        let path = dir.join("data");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .at("create", &path)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut written = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let got = r.read(&mut buf).at("read", &path)?;
+            if got == 0 {
+                break;
+            }
+            written += got as u64;
+            if written > limit {
+                let actual = Digest::from_sha256(hasher.finalize().into());
+                return Err(ContentError::TooLarge {
+                    digest: actual,
+                    limit,
+                });
+            }
+            hasher.update(&buf[..got]);
+            file.write_all(&buf[..got]).at("write", &path)?;
+        }
+        let digest = Digest::from_sha256(hasher.finalize().into());
+        before_visible(&digest);
+        if !self.exists(&digest) {
+            file.sync_all().at("fsync", &path)?;
+            let target = self.blob_path(&digest);
+            fs::rename(&path, &target).at("commit blob", &target)?;
+            durable::fsync_dir(target.parent().unwrap_or(Path::new("/")))?;
+        }
+        drop(cleanup);
+        Ok((digest, written))
+    }
+
     /// Removes a blob; a missing one is not an error.
     pub fn delete(&self, d: &Digest) -> Result<(), ContentError> {
         let p = self.blob_path(d);
@@ -203,6 +257,15 @@ impl ContentStore {
             out.push((d, len));
         }
         Ok(out)
+    }
+}
+
+/// Removes an ingest directory when dropped.
+struct Cleanup<'a>(&'a Path);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.0);
     }
 }
 

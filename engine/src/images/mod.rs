@@ -1,5 +1,6 @@
 //! Images: references, registries, manifests, pulls and image records.
 
+pub mod archive;
 pub mod lease;
 pub mod manifest;
 pub mod pull;

@@ -38,6 +38,7 @@ use crate::state::StateError;
 use crate::state::records::{ImageRecord, LayerRecord, RECORD_VERSION, SnapshotRecord};
 
 mod layers;
+pub use layers::ChannelReader;
 
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
@@ -320,20 +321,10 @@ impl Puller {
         };
         let config = manifest::parse_config(&config_bytes, manifest.layers.len())?;
         crate::fail_point!("pull.blobs_fetched");
-        let chain = manifest::chain_ids(&config.diff_ids);
-
-        let mut layers = Vec::with_capacity(manifest.layers.len());
-        for (i, l) in manifest.layers.iter().enumerate() {
-            layers.push(LayerRecord {
-                digest: l.blob.digest.clone(),
-                size: l.blob.size,
-                media_type: l.blob.media_type.clone(),
-                compression: l.compression,
-                diff_id: config.diff_ids[i].clone(),
-                chain_id: chain[i].clone(),
-            });
-            lease.add(l.blob.digest.to_string());
-            lease.add(chain[i].to_string());
+        let layers = layer_records(&manifest, &config.diff_ids);
+        for l in &layers {
+            lease.add(l.digest.to_string());
+            lease.add(l.chain_id.to_string());
         }
         progress
             .total
@@ -380,23 +371,14 @@ impl Puller {
         crate::fail_point!("pull.layers_unpacked");
 
         let repo_digest = reference.with_digest(index_digest.as_ref().unwrap_or(&manifest_digest));
-        let rec = ImageRecord {
-            schema_version: RECORD_VERSION,
-            id: cdesc.digest.clone(),
-            repo_tags: reference.tagged().into_iter().collect(),
-            repo_digests: vec![repo_digest],
+        let rec = image_record(
+            reference.tagged().into_iter().collect(),
+            vec![repo_digest],
             index_digest,
-            manifest_digest,
-            manifest_media_type: manifest.media_type.clone(),
-            manifest_size: manifest_bytes.len() as u64,
-            config_size: cdesc.size,
+            (manifest_digest, &manifest, manifest_bytes.len() as u64),
             layers,
-            os: config.os.clone(),
-            architecture: config.architecture.clone(),
-            variant: config.variant.clone(),
-            config: config.config.clone(),
-            pulled_at: now_nanos(),
-        };
+            &config,
+        );
         crate::fail_point!("pull.before_record");
         let db = self.db.clone();
         Ok(blocking(move || db.image_put(rec)).await??)
@@ -430,6 +412,52 @@ impl Puller {
             });
         }
         Ok((bytes.to_vec(), actual))
+    }
+}
+
+/// The layer records of a manifest whose config lists `diff_ids` (one per layer, checked
+/// by `manifest::parse_config`).
+pub(crate) fn layer_records(m: &manifest::Manifest, diff_ids: &[Digest]) -> Vec<LayerRecord> {
+    let chain = manifest::chain_ids(diff_ids);
+    m.layers
+        .iter()
+        .zip(diff_ids.iter().zip(chain))
+        .map(|(l, (diff_id, chain_id))| LayerRecord {
+            digest: l.blob.digest.clone(),
+            size: l.blob.size,
+            media_type: l.blob.media_type.clone(),
+            compression: l.compression,
+            diff_id: diff_id.clone(),
+            chain_id,
+        })
+        .collect()
+}
+
+/// The record of an image whose blobs and layers are all in place.
+pub(crate) fn image_record(
+    repo_tags: Vec<String>,
+    repo_digests: Vec<String>,
+    index_digest: Option<Digest>,
+    (manifest_digest, m, manifest_size): (Digest, &manifest::Manifest, u64),
+    layers: Vec<LayerRecord>,
+    config: &manifest::ImageConfig,
+) -> ImageRecord {
+    ImageRecord {
+        schema_version: RECORD_VERSION,
+        id: m.config.digest.clone(),
+        repo_tags,
+        repo_digests,
+        index_digest,
+        manifest_digest,
+        manifest_media_type: m.media_type.clone(),
+        manifest_size,
+        config_size: m.config.size,
+        layers,
+        os: config.os.clone(),
+        architecture: config.architecture.clone(),
+        variant: config.variant.clone(),
+        config: config.config.clone(),
+        pulled_at: now_nanos(),
     }
 }
 

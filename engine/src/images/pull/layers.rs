@@ -33,19 +33,43 @@ impl Puller {
         };
         let unpack = (!have_snapshot).then(|| (layer.clone(), parent));
         if have_blob {
-            // Unpack from the local blob.
-            let this = self.clone();
-            return blocking(move || {
-                let Some((layer, parent)) = unpack else {
-                    return Ok(());
-                };
-                let file = this.content.open_blob(&desc.digest)?;
-                let tmp = this.apply_layer(io::BufReader::new(file), &layer)?;
-                this.commit_layer(tmp, &layer, parent)
-            })
-            .await?;
+            let Some((layer, parent)) = unpack else {
+                return Ok(());
+            };
+            return self.unpack_from_store(layer, parent).await;
         }
         self.fetch_blob(ep, oref, &desc, unpack, progress).await
+    }
+
+    /// Makes sure the snapshot of a layer whose blob is in the content store exists (an
+    /// imported archive's layers).
+    pub(crate) async fn ensure_local_layer(
+        &self,
+        layer: &LayerRecord,
+        parent: Option<Digest>,
+    ) -> Result<(), PullError> {
+        let _guard = self.inflight.lock(layer.chain_id.as_str()).await;
+        if self.snapshots.exists(&layer.chain_id)
+            && self.db.snapshot_get(&layer.chain_id)?.is_some()
+        {
+            return Ok(());
+        }
+        self.unpack_from_store(layer.clone(), parent).await
+    }
+
+    /// Unpacks a layer from its local blob (the caller holds the layer's in-flight lock).
+    async fn unpack_from_store(
+        &self,
+        layer: LayerRecord,
+        parent: Option<Digest>,
+    ) -> Result<(), PullError> {
+        let this = self.clone();
+        blocking(move || {
+            let file = this.content.open_blob(&layer.digest)?;
+            let tmp = this.apply_layer(io::BufReader::new(file), &layer)?;
+            this.commit_layer(tmp, &layer, parent)
+        })
+        .await?
     }
 
     /// Streams a blob from the registry into the content store, unpacking it on the way
@@ -73,10 +97,7 @@ impl Puller {
         let this = self.clone();
         let d = desc.clone();
         let worker = tokio::task::spawn_blocking(move || {
-            let reader = ChannelReader {
-                rx,
-                buf: bytes::Bytes::new(),
-            };
+            let reader = ChannelReader::new(rx);
             this.store_and_unpack(reader, &d, unpack)
         });
         let size = desc.size;
@@ -219,10 +240,20 @@ impl Puller {
     }
 }
 
-/// Reads bytes sent by the async download side.
-struct ChannelReader {
+/// A blocking reader of bytes an async side sends (a download, a streamed upload).
+#[derive(Debug)]
+pub struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
     buf: bytes::Bytes,
+}
+
+impl ChannelReader {
+    pub fn new(rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            buf: bytes::Bytes::new(),
+        }
+    }
 }
 
 impl Read for ChannelReader {
