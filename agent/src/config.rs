@@ -137,6 +137,8 @@ pub struct ImagesConfig {
     pub max_concurrent_downloads: usize,
     pub pinned: Vec<ImageName>,
     pub sync_layers: bool,
+    /// Image archives imported at start-up and when they appear (empty: none).
+    pub preload_dir: Option<PathBuf>,
 }
 
 impl Default for ImagesConfig {
@@ -145,6 +147,7 @@ impl Default for ImagesConfig {
             max_concurrent_downloads: 3,
             pinned: Vec::new(),
             sync_layers: true,
+            preload_dir: None,
         }
     }
 }
@@ -505,6 +508,13 @@ impl Config {
             if !p.is_absolute() {
                 return Err(err(format!("{key} = {p:?}: must be an absolute path")));
             }
+        }
+        if let Some(d) = &self.images.preload_dir
+            && !d.is_absolute()
+        {
+            return Err(err(format!(
+                "images.preload_dir = {d:?}: must be an absolute path"
+            )));
         }
         if self.images.max_concurrent_downloads == 0 || self.images.max_concurrent_downloads > 64 {
             return Err(err(format!(

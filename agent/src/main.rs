@@ -57,8 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Check that this node has what berth needs; exits non-zero if a required check fails.
-    Check,
+    /// Check that this node has what berth needs, saying how to fix what it lacks; exits
+    /// non-zero only if something berth cannot run without is missing.
+    Check {
+        /// Print the checks as JSON (for automation).
+        #[arg(long)]
+        json: bool,
+    },
     /// Image archives, through the running daemon (for nodes without a registry).
     Image {
         #[command(subcommand)]
@@ -133,7 +138,7 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULT_TOML);
             ExitCode::SUCCESS
         }
-        Some(Command::Check) => check(cli.config.as_deref(), &overrides),
+        Some(Command::Check { json }) => check(cli.config.as_deref(), &overrides, json),
         Some(Command::Image { command }) => image(cli.config.as_deref(), &overrides, command),
         Some(Command::Monitor {
             pod,
@@ -198,12 +203,11 @@ fn image(path: Option<&std::path::Path>, overrides: &Overrides, cmd: ImageComman
     }
 }
 
-fn check(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
+fn check(path: Option<&std::path::Path>, overrides: &Overrides, json: bool) -> ExitCode {
     let (cfg, origin) = match load(path, overrides) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    println!("config: {origin}");
     let checks = berth_engine::linux::probe::run(&berth_engine::linux::probe::ProbeInput {
         root: cfg.root.clone(),
         state: cfg.state.clone(),
@@ -216,18 +220,30 @@ fn check(path: Option<&std::path::Path>, overrides: &Overrides) -> ExitCode {
                 timeout: Duration::from_secs(60),
             }
         }),
+        // Still single-threaded here, as the probe's clone needs.
+        kernel: Some(berth_engine::linux::probe::kernel_features(&cfg.root)),
     });
-    let mut failed = false;
-    for c in &checks {
-        let tag = match (c.ok, c.required) {
-            (true, _) => "ok  ",
-            (false, true) => {
-                failed = true;
-                "FAIL"
+    let failed = checks.iter().any(|c| c.required && !c.ok);
+    if json {
+        let v = serde_json::json!({
+            "config": origin,
+            "ok": !failed,
+            "checks": checks,
+        });
+        println!("{v:#}");
+    } else {
+        println!("config: {origin}");
+        for c in &checks {
+            let tag = match (c.ok, c.required) {
+                (true, _) => "ok  ",
+                (false, true) => "FAIL",
+                (false, false) => "warn",
+            };
+            println!("{tag} {:<12} {}", c.name, c.detail);
+            if let Some(f) = &c.fix {
+                println!("     {:<12} fix: {f}", "");
             }
-            (false, false) => "warn",
-        };
-        println!("{tag} {:<12} {}", c.name, c.detail);
+        }
     }
     if failed {
         ExitCode::from(exit::CHECK_FAILED)
@@ -370,6 +386,9 @@ async fn run(
         }
     })?;
     tracing::info!(socket = %cfg.grpc.listen.display(), "CRI server listening");
+    if let Some(dir) = cfg.images.preload_dir.clone() {
+        tokio::spawn(berth_engine::images::preload::run(engine.clone(), dir));
+    }
     let config_json = serde_json::to_string(&cfg)
         .context("serialize config")
         .map_err(fail(exit::SOFTWARE))?;

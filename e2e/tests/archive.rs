@@ -326,3 +326,79 @@ async fn hostile_archives_are_refused_and_leave_nothing() {
     );
     assert_eq!(blobs(&env), blobs_before);
 }
+
+/// Waits until `name` is an image of the daemon (`secs` at most).
+async fn wait_image(env: &mut BusyboxEnv, name: &str, secs: u64) -> Option<String> {
+    for _ in 0..secs * 10 {
+        if let Some(id) = image_id(env, name).await {
+            return Some(id);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_preload_directory_is_imported_at_start_and_when_archives_appear() {
+    let preload = tempfile::tempdir().unwrap();
+    let Some(mut env) = BusyboxEnv::start_with(berth_e2e::DaemonOptions {
+        extra_config: format!(
+            "\n[images]\npreload_dir = {:?}\n",
+            preload.path().display().to_string()
+        ),
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    if require::need_binary("skopeo", "skopeo").is_none() {
+        return;
+    }
+    let src = format!("docker://{}:latest", env.image);
+    let make = |name: &str, file: &str| {
+        // Written under a dot name, then renamed in: never read half-written.
+        let tmp = preload.path().join(format!(".{file}"));
+        skopeo(&[
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            &src,
+            &format!("oci-archive:{}:{name}", tmp.display()),
+        ]);
+        std::fs::rename(&tmp, preload.path().join(file)).unwrap();
+    };
+    // At start-up.
+    make("example.com/pre/busybox:boot", "boot.tar");
+    std::fs::write(preload.path().join("junk.tar"), b"not an archive").unwrap();
+    env.d.restart().await;
+    env.c = env.d.cri().await;
+    let id = wait_image(&mut env, "example.com/pre/busybox:boot", 10)
+        .await
+        .expect("preloaded at start-up");
+    // While running: a new archive appears.
+    make("example.com/pre/busybox:later", "later.tar");
+    assert_eq!(
+        wait_image(&mut env, "example.com/pre/busybox:later", 30).await,
+        Some(id)
+    );
+    // Each file was read once; the junk is remembered as refused, not retried.
+    let seen: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.d.root.join("preload.json")).unwrap()).unwrap();
+    assert!(
+        seen["boot.tar"]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("imported"),
+        "{seen}"
+    );
+    assert!(
+        seen["junk.tar"]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused"),
+        "{seen}"
+    );
+    let log = env.d.log();
+    assert_eq!(log.matches("preloaded images").count(), 2, "{log}");
+}

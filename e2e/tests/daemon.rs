@@ -379,7 +379,51 @@ fn config_default_and_check_commands() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL root dir"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL root dir"), "{text}");
+    assert!(
+        text.contains("fix: run berthd as root, and point `root`"),
+        "{text}"
+    );
+    // The same as JSON, for automation: every check with its fix.
+    let out = Command::new(berthd_binary())
+        .args([
+            "check",
+            "--json",
+            "--root",
+            "/proc/berth-cannot-exist",
+            "--state",
+        ])
+        .arg(t.path().join("run"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let root = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "root dir")
+        .unwrap();
+    assert_eq!(
+        (root["ok"].clone(), root["required"].clone()),
+        (false.into(), true.into())
+    );
+    assert!(
+        root["fix"]
+            .as_str()
+            .unwrap()
+            .contains("writable local directory")
+    );
+    assert!(
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["ok"] == true || c["fix"].is_string()),
+        "{v}"
+    );
 }
 
 /// The workspace's Python venv (made by scripts/deps.sh), or $BERTH_PYTHON.

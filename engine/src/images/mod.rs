@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod lease;
 pub mod manifest;
+pub mod preload;
 pub mod pull;
 pub mod reference;
 pub mod registry;

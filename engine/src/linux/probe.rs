@@ -16,6 +16,18 @@ pub struct Check {
     pub required: bool,
     pub ok: bool,
     pub detail: String,
+    /// For a failed check: what to do about it (a package, a sysctl, a kernel option).
+    pub fix: Option<String>,
+}
+
+impl Check {
+    /// Says what fixes this check when it failed.
+    fn fix(mut self, how: impl Into<String>) -> Check {
+        if !self.ok {
+            self.fix = Some(how.into());
+        }
+        self
+    }
 }
 
 /// What the checks need to know about the configured node.
@@ -27,6 +39,8 @@ pub struct ProbeInput {
     pub builtin_network: bool,
     /// CNI mode's directories, when CNI mode is configured.
     pub cni: Option<berth_cni::plugin::CniSettings>,
+    /// The kernel features found by [`kernel_features`], to report.
+    pub kernel: Option<KernelFeatures>,
 }
 
 /// Runs every check, in a stable order.
@@ -40,12 +54,50 @@ pub fn run(input: &ProbeInput) -> Vec<Check> {
         out.push(cni(c));
     }
     out.push(seccomp());
-    out.push(check("apparmor", false, super::apparmor::describe()));
+    out.push(
+        check("apparmor", false, super::apparmor::describe())
+            .fix("apt-get install apparmor (it provides apparmor_parser)"),
+    );
     out.push(device_control());
+    out.push(user_namespaces());
+    if let Some(f) = &input.kernel {
+        out.push(
+            check(
+                "idmap mounts",
+                false,
+                if f.idmapped_mounts {
+                    Ok(format!("{} can be id-mapped: pods with user namespaces run", input.root.display()))
+                } else {
+                    Err(format!("{} cannot be id-mapped: pods with user namespaces are refused", input.root.display()))
+                },
+            )
+            .fix("Linux 5.19 or newer with berth's root on ext4, xfs, btrfs or tmpfs (6.3+); overlayfs layers need 5.19 for id-mapped lower layers"),
+        );
+    }
     for (what, dir) in [("root", &input.root), ("state", &input.state)] {
         out.push(writable_dir(what, dir));
     }
     out
+}
+
+fn user_namespaces() -> Check {
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    check(
+        "userns",
+        false,
+        match max {
+            Some(0) => {
+                Err("user.max_user_namespaces is 0: pods with user namespaces cannot start".into())
+            }
+            Some(n) => Ok(format!(
+                "user namespaces allowed (user.max_user_namespaces = {n})"
+            )),
+            None => Err("the kernel has no user namespaces (CONFIG_USER_NS)".into()),
+        },
+    )
+    .fix("sysctl -w user.max_user_namespaces=28633, and keep it in /etc/sysctl.d/99-berth.conf")
 }
 
 /// What the kernel lets berth offer to pods, beyond what it needs to run at all: read once
@@ -123,6 +175,7 @@ fn ip_forward() -> Check {
             Err("net.ipv4.ip_forward is 0: pods reach the node and each other, nothing beyond it (Kubernetes requires 1)".into())
         },
     )
+    .fix("sysctl -w net.ipv4.ip_forward=1, and keep it in /etc/sysctl.d/99-kubernetes.conf")
 }
 
 fn cni(settings: &berth_cni::plugin::CniSettings) -> Check {
@@ -144,6 +197,11 @@ fn cni(settings: &berth_cni::plugin::CniSettings) -> Check {
             })
             .map_err(|e| e.to_string()),
     )
+    .fix(format!(
+        "install the CNI plugins (Debian: containernetworking-plugins) into one of {:?} and write a .conflist into {}, or use [network] mode = \"builtin\"",
+        settings.bin_dirs,
+        settings.conf_dir.display()
+    ))
 }
 
 fn seccomp() -> Check {
@@ -158,6 +216,7 @@ fn seccomp() -> Check {
             Err("the kernel offers no seccomp filters (CONFIG_SECCOMP_FILTER): RuntimeDefault profiles cannot be applied".into())
         },
     )
+    .fix("a kernel built with CONFIG_SECCOMP and CONFIG_SECCOMP_FILTER (every Debian kernel is)")
 }
 
 fn device_control() -> Check {
@@ -180,6 +239,7 @@ fn device_control() -> Check {
             ),
         },
     )
+    .fix("mount the v1 devices controller, or boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1)")
 }
 
 fn check(name: &str, required: bool, result: Result<String, String>) -> Check {
@@ -192,6 +252,7 @@ fn check(name: &str, required: bool, result: Result<String, String>) -> Check {
         required,
         ok,
         detail,
+        fix: None,
     }
 }
 
@@ -203,10 +264,11 @@ fn overlayfs() -> Check {
         {
             Ok("overlay filesystem available".into())
         }
-        Ok(_) => Err("overlay is not in /proc/filesystems (try `modprobe overlay`)".into()),
+        Ok(_) => Err("overlay is not in /proc/filesystems".into()),
         Err(e) => Err(format!("read /proc/filesystems: {e}")),
     };
     check("overlayfs", true, r)
+        .fix("modprobe overlay, and list it in /etc/modules-load.d/berth.conf (kernel: CONFIG_OVERLAY_FS)")
 }
 
 fn namespaces() -> Check {
@@ -221,6 +283,7 @@ fn namespaces() -> Check {
         Err(format!("kernel lacks namespaces: {missing:?}"))
     };
     check("namespaces", true, r)
+        .fix("a kernel built with CONFIG_NAMESPACES and each of UTS, IPC, USER, PID, NET and CGROUP namespaces")
 }
 
 fn cgroups() -> Check {
@@ -256,7 +319,9 @@ fn cgroups() -> Check {
         }
         Err(e) => Err(format!("read /proc/self/mountinfo: {e}")),
     };
-    check("cgroups", true, r)
+    check("cgroups", true, r).fix(
+        "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1 on the kernel command line) and enable the cpu, memory, pids and io controllers in cgroup.subtree_control, or mount each v1 controller under /sys/fs/cgroup",
+    )
 }
 
 fn netlink() -> Check {
@@ -264,7 +329,7 @@ fn netlink() -> Check {
         Ok(_) => Ok("netlink sockets available".into()),
         Err(e) => Err(format!("read /proc/net/netlink: {e}")),
     };
-    check("netlink", true, r)
+    check("netlink", true, r).fix("mount /proc (berthd needs the host's)")
 }
 
 fn nftables(required: bool) -> Check {
@@ -278,11 +343,11 @@ fn nftables(required: bool) -> Check {
             "`nft list tables` failed: {}",
             String::from_utf8_lossy(&o.stderr).trim()
         )),
-        Err(e) => Err(format!(
-            "cannot run `nft` ({e}); install Debian's nftables package"
-        )),
+        Err(e) => Err(format!("cannot run `nft` ({e})")),
     };
-    check("nftables", required, r)
+    check("nftables", required, r).fix(
+        "apt-get install nftables; if it is installed, modprobe nf_tables (kernel: CONFIG_NF_TABLES)",
+    )
 }
 
 fn writable_dir(what: &str, dir: &Path) -> Check {
@@ -293,7 +358,9 @@ fn writable_dir(what: &str, dir: &Path) -> Check {
         std::fs::remove_file(&probe).map_err(|e| format!("remove {}: {e}", probe.display()))?;
         Ok(format!("{} is writable", dir.display()))
     })();
-    check(&format!("{what} dir"), true, r)
+    check(&format!("{what} dir"), true, r).fix(format!(
+        "run berthd as root, and point `{what}` (config or --{what}) at a writable local directory"
+    ))
 }
 
 #[cfg(test)]
