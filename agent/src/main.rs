@@ -64,6 +64,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), as the Debian package installs it.
+    #[command(hide = true)]
+    Manpage,
     /// Image archives, through the running daemon (for nodes without a registry).
     Image {
         #[command(subcommand)]
@@ -137,6 +145,26 @@ fn main() -> ExitCode {
         }) => {
             print!("{}", config::DEFAULT_TOML);
             ExitCode::SUCCESS
+        }
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "berthd", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Manpage) => {
+            use clap::CommandFactory;
+            let cmd = Cli::command();
+            match clap_mangen::Man::new(cmd)
+                .section("8")
+                .manual("berth")
+                .render(&mut std::io::stdout())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berthd: write the man page: {e}");
+                    ExitCode::from(exit::SOFTWARE)
+                }
+            }
         }
         Some(Command::Check { json }) => check(cli.config.as_deref(), &overrides, json),
         Some(Command::Image { command }) => image(cli.config.as_deref(), &overrides, command),
