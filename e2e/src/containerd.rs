@@ -39,6 +39,31 @@ fn outside_paths() -> Vec<PathBuf> {
     v
 }
 
+/// A static pause program for containerd's sandboxes (berth needs none: its monitor
+/// holds a pod's namespaces), compiled with the machine's gcc in `dir`.
+pub fn pause_image(dir: &std::path::Path) -> crate::images::TestImage {
+    use crate::images::{Entry, Layer, RunConfig, TestImage};
+    let src = dir.join("pause.c");
+    std::fs::write(
+        &src,
+        "#include <signal.h>\n#include <unistd.h>\n#include <stdlib.h>\nstatic void bye(int s) { (void)s; _exit(0); }\nint main(void) { signal(SIGINT, bye); signal(SIGTERM, bye); for (;;) pause(); }\n",
+    )
+    .expect("write pause.c");
+    let bin = dir.join("pause");
+    let ok = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("gcc (apt install gcc libc6-dev)");
+    assert!(ok.success(), "gcc failed to build pause");
+    let bytes = std::fs::read(&bin).expect("read pause");
+    TestImage::new(vec![Layer::new(vec![Entry::exe("pause", bytes)])]).with_config(RunConfig {
+        entrypoint: vec!["/pause".into()],
+        ..Default::default()
+    })
+}
+
 /// containerd's version line, if it is installed.
 pub fn version() -> Option<String> {
     let out = Command::new("containerd").arg("--version").output().ok()?;

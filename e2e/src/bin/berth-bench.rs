@@ -671,32 +671,6 @@ async fn bench_stats(runs: usize) {
 /// Cold pulls per image and runtime in `compare`.
 const PULL_RUNS: usize = 5;
 
-/// A static pause program for containerd's sandboxes (berth needs none: its monitor
-/// holds a pod's namespaces), compiled with the machine's gcc.
-fn pause_image(dir: &std::path::Path) -> TestImage {
-    let src = dir.join("pause.c");
-    std::fs::write(
-        &src,
-        "#include <signal.h>\n#include <unistd.h>\n#include <stdlib.h>\nstatic void bye(int s) { (void)s; _exit(0); }\nint main(void) { signal(SIGINT, bye); signal(SIGTERM, bye); for (;;) pause(); }\n",
-    )
-    .expect("write pause.c");
-    let bin = dir.join("pause");
-    let ok = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("gcc (apt install gcc libc6-dev)");
-    assert!(ok.success(), "gcc failed to build pause");
-    let bytes = std::fs::read(&bin).expect("read pause");
-    TestImage::new(vec![Layer::new(vec![Entry::exe("pause", bytes)])]).with_config(
-        berth_e2e::images::RunConfig {
-            entrypoint: vec!["/pause".into()],
-            ..Default::default()
-        },
-    )
-}
-
 /// berth and containerd side by side: the same suite, images and configs against each,
 /// one after the other; a table, JSON, and with `--out FILE` a markdown report (and an
 /// SVG chart beside it).
@@ -706,7 +680,11 @@ async fn bench_compare(runs: usize, burst: usize, loaded: usize, out: Option<std
     let tmp = tempfile::tempdir().expect("tempdir");
     let reg = Registry::start().expect("docker-registry is needed");
     reg.push_image("busybox", "latest", &catalog::busybox().build());
-    reg.push_image("pause", "3.9", &pause_image(tmp.path()).build());
+    reg.push_image(
+        "pause",
+        "3.9",
+        &berth_e2e::containerd::pause_image(tmp.path()).build(),
+    );
     let image = format!("{}/busybox:latest", reg.host());
     reg.push_image("multilayer", "latest", &multilayer().build());
     reg.push_image("smallfiles", "latest", &smallfiles().build());
