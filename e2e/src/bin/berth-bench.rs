@@ -6,6 +6,10 @@
 //! - `multilayer`: 6 layers, 250 MB uncompressed, half of each layer incompressible;
 //! - `smallfiles`: one layer of 20,000 small files.
 //!
+//! `berth-bench import [--runs N]` writes the multilayer image as an OCI archive (skopeo)
+//! and times `berthd image import` of it N times (the image removed between runs), and an
+//! export.
+//!
 //! `berth-bench lifecycle [--runs N]` runs N full pod lifecycles (run pod, create, start,
 //! stop, remove container, stop and remove pod) and reports p50/p90/p99 per step and in
 //! total, then the memory (PSS) of one pod's monitor with one running container and the
@@ -99,6 +103,70 @@ fn smallfiles() -> TestImage {
         }
     }
     TestImage::new(vec![Layer::new(entries).compressed(Compression::Gzip)])
+}
+
+/// `berthd image import` of the 250 MB multilayer image as an OCI archive, cold.
+async fn bench_import(runs: usize) {
+    let reg = Registry::start().expect("docker-registry is needed");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    reg.push_image("multilayer", "latest", &multilayer().build());
+    let archive = tmp.path().join("multilayer.tar");
+    let ok = std::process::Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/multilayer:latest", reg.host()))
+        .arg(format!(
+            "oci-archive:{}:bench/multilayer:1",
+            archive.display()
+        ))
+        .status()
+        .expect("skopeo is needed");
+    assert!(ok.success(), "skopeo copy");
+    let size = std::fs::metadata(&archive).expect("archive").len();
+    let d = Daemon::start().await;
+    let mut cri = d.cri().await;
+    let berthd = |args: &[&str]| {
+        let out = std::process::Command::new(berth_e2e::daemon::berthd_binary())
+            .arg("--config")
+            .arg(&d.config)
+            .args(args)
+            .output()
+            .expect("run berthd");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut secs = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        berthd(&["image", "import", archive.to_str().unwrap()]);
+        secs.push(t.elapsed().as_secs_f64());
+        cri.remove_image("bench/multilayer:1")
+            .await
+            .expect("remove");
+    }
+    berthd(&["image", "import", archive.to_str().unwrap()]);
+    let out = tmp.path().join("export.tar");
+    let t = Instant::now();
+    berthd(&[
+        "image",
+        "export",
+        "bench/multilayer:1",
+        out.to_str().unwrap(),
+    ]);
+    let export = t.elapsed().as_secs_f64();
+    secs.sort_by(f64::total_cmp);
+    let p50 = percentile(&secs, 0.5);
+    println!(
+        "import of a {:.1} MB OCI archive (6 gzip layers, 250 MB unpacked): p50 {p50:.3} s, max {:.3} s over {runs} runs; export {export:.3} s",
+        size as f64 / 1e6,
+        secs.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "import", "archive_bytes": size, "runs": runs, "p50_s": p50, "max_s": secs.last(), "export_s": export})
+    );
 }
 
 async fn bench_pull(runs: usize) {
@@ -1007,6 +1075,10 @@ fn main() -> std::process::ExitCode {
     match args.first().map(String::as_str) {
         Some("pull") => {
             rt.block_on(bench_pull(runs));
+            std::process::ExitCode::SUCCESS
+        }
+        Some("import") => {
+            rt.block_on(bench_import(runs));
             std::process::ExitCode::SUCCESS
         }
         Some("lifecycle") => {
