@@ -303,7 +303,27 @@ impl Engine {
                 message,
             },
         };
-        vec![runtime, network]
+        let mut all = vec![runtime, network];
+        // Only where the kernel runs AppArmor: whether RuntimeDefault can confine.
+        match crate::linux::apparmor::host_state() {
+            crate::spec::security::HostAppArmor::Off => {}
+            crate::spec::security::HostAppArmor::On => all.push(Condition {
+                kind: "AppArmorDefaultProfile",
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            }),
+            crate::spec::security::HostAppArmor::NoParser => all.push(Condition {
+                kind: "AppArmorDefaultProfile",
+                status: false,
+                reason: "ApparmorParserMissing".into(),
+                message: format!(
+                    "AppArmor is enabled but apparmor_parser is missing: containers that choose no profile run unconfined, RuntimeDefault is refused; install the apparmor package ({} is then loaded)",
+                    crate::spec::apparmor::DEFAULT_PROFILE
+                ),
+            }),
+        }
+        all
     }
 
     fn runtime_health(&self) -> std::result::Result<(), (String, String)> {

@@ -180,12 +180,20 @@ impl Engine {
         let apparmor = if sc.privileged {
             security::AppArmor::Unconfined
         } else {
-            security::apparmor_profile(
+            let host = crate::linux::apparmor::host_state();
+            let a = security::apparmor_profile(
                 sc.apparmor.as_ref(),
                 legacy_apparmor,
-                security::host_apparmor(),
+                host,
                 security::apparmor_loaded,
-            )?
+            )?;
+            if host == security::HostAppArmor::NoParser && a == security::AppArmor::Unconfined {
+                tracing::warn!(
+                    container = %config.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or(""),
+                    "AppArmor is enabled but apparmor_parser is missing: the container runs unconfined (install the apparmor package)"
+                );
+            }
+            a
         };
         let load_apparmor = apparmor == security::AppArmor::Default
             && !security::apparmor_loaded(crate::spec::apparmor::DEFAULT_PROFILE);

@@ -15,6 +15,19 @@ fn parser() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// What the node's AppArmor offers: off, on, or on without a way to load berth's
+/// default profile (not loaded, no apparmor_parser).
+pub fn host_state() -> crate::spec::security::HostAppArmor {
+    use crate::spec::security::{HostAppArmor, apparmor_loaded, host_apparmor};
+    if !host_apparmor() {
+        HostAppArmor::Off
+    } else if parser().is_some() || apparmor_loaded(DEFAULT_PROFILE) {
+        HostAppArmor::On
+    } else {
+        HostAppArmor::NoParser
+    }
+}
+
 /// Compiles and loads (or replaces) the default profile. Blocks for the parser's run.
 pub fn load_default() -> Result<(), String> {
     let exe = parser().ok_or_else(|| {

@@ -471,31 +471,52 @@ impl AppArmor {
     }
 }
 
+/// What the node's AppArmor offers a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAppArmor {
+    /// Not enabled in the kernel.
+    Off,
+    /// Enabled; berth's default profile is loaded or can be (apparmor_parser is there).
+    On,
+    /// Enabled, but the default profile is not loaded and no apparmor_parser can load it.
+    NoParser,
+}
+
 /// The AppArmor profile for a container. On a node running AppArmor, `RuntimeDefault` and
 /// no choice at all mean berth's default profile (as containerd, after kubernetes#51746);
 /// a named (localhost) profile must be loaded already. Where the node has no AppArmor,
-/// the default means unconfined and a named profile is refused rather than ignored.
+/// the default means unconfined and a named profile is refused rather than ignored. Where
+/// the kernel has AppArmor but the default profile cannot be loaded (no apparmor_parser),
+/// a container that made no choice runs unconfined (as containerd does; berth warns and
+/// says so in Status), and one that asked for RuntimeDefault is refused.
 pub fn apparmor_profile(
     profile: Option<&api::SecurityProfile>,
     legacy: &str,
-    host_has_apparmor: bool,
+    host: HostAppArmor,
     loaded: impl Fn(&str) -> bool,
 ) -> Result<AppArmor, SpecError> {
     let field = "security_context.apparmor";
-    let default = if host_has_apparmor {
-        AppArmor::Default
-    } else {
-        AppArmor::Unconfined
+    let runtime_default = || match host {
+        HostAppArmor::On => Ok(AppArmor::Default),
+        HostAppArmor::Off => Ok(AppArmor::Unconfined),
+        HostAppArmor::NoParser => Err(SpecError::new(
+            field,
+            format!(
+                "RuntimeDefault: AppArmor is enabled on this node but apparmor_parser is missing, so berth's default profile {} cannot be loaded; install the apparmor package, or ask for Unconfined",
+                super::apparmor::DEFAULT_PROFILE
+            ),
+        )),
     };
     let name = match profile {
         Some(p) => match p.profile_type {
-            0 => return Ok(default),
+            0 => return runtime_default(),
             1 => return Ok(AppArmor::Unconfined),
             2 => p.localhost_ref.clone(),
             t => return Err(SpecError::new(field, format!("unknown profile type {t}"))),
         },
         None => match legacy {
-            "" | "runtime/default" => return Ok(default),
+            "" if host == HostAppArmor::NoParser => return Ok(AppArmor::Unconfined),
+            "" | "runtime/default" => return runtime_default(),
             "unconfined" => return Ok(AppArmor::Unconfined),
             l => match l.strip_prefix("localhost/") {
                 Some(n) if !n.is_empty() => n.to_owned(),
@@ -510,7 +531,7 @@ pub fn apparmor_profile(
             },
         },
     };
-    if !host_has_apparmor {
+    if host == HostAppArmor::Off {
         return Err(SpecError::new(
             field,
             format!(
@@ -596,34 +617,34 @@ mod lsm_tests {
         };
         let un = AppArmor::Unconfined;
         // Without AppArmor: the default is unconfined, a named profile is refused.
-        assert_eq!(apparmor_profile(None, "", false, |_| false).unwrap(), un);
+        assert_eq!(apparmor_profile(None, "", HostAppArmor::Off, |_| false).unwrap(), un);
         assert_eq!(
-            apparmor_profile(Some(&p(0, "")), "", false, |_| false).unwrap(),
+            apparmor_profile(Some(&p(0, "")), "", HostAppArmor::Off, |_| false).unwrap(),
             un
         );
         assert_eq!(
-            apparmor_profile(None, "unconfined", false, |_| false).unwrap(),
+            apparmor_profile(None, "unconfined", HostAppArmor::Off, |_| false).unwrap(),
             un
         );
-        let e = apparmor_profile(Some(&p(2, "my-profile")), "", false, |_| true).unwrap_err();
+        let e = apparmor_profile(Some(&p(2, "my-profile")), "", HostAppArmor::Off, |_| true).unwrap_err();
         assert!(e.to_string().contains("not enabled"), "{e}");
-        assert!(apparmor_profile(None, "localhost/x", false, |_| true).is_err());
+        assert!(apparmor_profile(None, "localhost/x", HostAppArmor::Off, |_| true).is_err());
         // With it: the default profile unless unconfined is asked for.
-        assert!(apparmor_profile(None, "bogus", true, |_| true).is_err());
+        assert!(apparmor_profile(None, "bogus", HostAppArmor::On, |_| true).is_err());
         assert_eq!(
-            apparmor_profile(None, "", true, |_| false).unwrap(),
+            apparmor_profile(None, "", HostAppArmor::On, |_| false).unwrap(),
             AppArmor::Default
         );
         assert_eq!(
-            apparmor_profile(None, "runtime/default", true, |_| false).unwrap(),
+            apparmor_profile(None, "runtime/default", HostAppArmor::On, |_| false).unwrap(),
             AppArmor::Default
         );
         assert_eq!(
-            apparmor_profile(Some(&p(0, "")), "", true, |_| false).unwrap(),
+            apparmor_profile(Some(&p(0, "")), "", HostAppArmor::On, |_| false).unwrap(),
             AppArmor::Default
         );
         assert_eq!(
-            apparmor_profile(Some(&p(1, "")), "", true, |_| false).unwrap(),
+            apparmor_profile(Some(&p(1, "")), "", HostAppArmor::On, |_| false).unwrap(),
             un
         );
         assert_eq!(
@@ -631,10 +652,26 @@ mod lsm_tests {
             Some(crate::spec::apparmor::DEFAULT_PROFILE)
         );
         assert_eq!(
-            apparmor_profile(None, "localhost/x", true, |n| n == "x").unwrap(),
+            apparmor_profile(None, "localhost/x", HostAppArmor::On, |n| n == "x").unwrap(),
             AppArmor::Named("x".into())
         );
-        assert!(apparmor_profile(None, "localhost/y", true, |n| n == "x").is_err());
+        assert!(apparmor_profile(None, "localhost/y", HostAppArmor::On, |n| n == "x").is_err());
+        // AppArmor on but no parser: no choice runs unconfined, RuntimeDefault is refused
+        // with the fix, Unconfined and loaded Localhost profiles still work.
+        let np = HostAppArmor::NoParser;
+        assert_eq!(apparmor_profile(None, "", np, |_| false).unwrap(), un);
+        for (profile, legacy) in [(Some(p(0, "")), ""), (None, "runtime/default")] {
+            let e = apparmor_profile(profile.as_ref(), legacy, np, |_| false).unwrap_err();
+            assert!(e.message.contains("install the apparmor package"), "{e}");
+        }
+        assert_eq!(
+            apparmor_profile(Some(&p(1, "")), "", np, |_| false).unwrap(),
+            un
+        );
+        assert_eq!(
+            apparmor_profile(None, "localhost/x", np, |n| n == "x").unwrap(),
+            AppArmor::Named("x".into())
+        );
     }
 
     #[test]
