@@ -4,8 +4,37 @@
 //! (read-only).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::{MsFlags, mount};
+
+/// Whether `lowerdir+` is worth trying: false on kernels before 6.8 (which log an
+/// "unrecognized mount option" line for every attempt) and once a kernel has refused it.
+static APPEND_WORKS: AtomicBool = AtomicBool::new(true);
+
+fn append_supported() -> bool {
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if !kernel_at_least(&release, (6, 8)) {
+            APPEND_WORKS.store(false, Ordering::Relaxed);
+        }
+    });
+    APPEND_WORKS.load(Ordering::Relaxed)
+}
+
+/// Whether a kernel release string (`6.1.0-28-cloud-amd64`) is at least `(major, minor)`;
+/// an unreadable one counts as new enough (the attempt decides then).
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => true,
+    }
+}
 
 /// Mounts an overlay of `lower` (top first; paths, or names relative to the working
 /// directory) at `target`: writable with `upper_work`, read-only (and nosuid, nodev)
@@ -22,13 +51,17 @@ pub fn mount_at(
     } else {
         super::sys::MOUNT_ATTR_RO_NOSUID_NODEV
     };
-    match super::sys::overlay_tree(lower, upper_work, attrs) {
-        Ok(tree) => {
-            return super::sys::move_mount_to(&tree, target)
-                .map_err(|e| format!("attach {what} ({n} layers): {e}"));
+    if append_supported() {
+        match super::sys::overlay_tree(lower, upper_work, attrs) {
+            Ok(tree) => {
+                return super::sys::move_mount_to(&tree, target)
+                    .map_err(|e| format!("attach {what} ({n} layers): {e}"));
+            }
+            Err(nix::Error::ENOSYS | nix::Error::EINVAL) => {
+                APPEND_WORKS.store(false, Ordering::Relaxed);
+            }
+            Err(e) => return Err(format!("mount {what} ({n} layers): {e}")),
         }
-        Err(nix::Error::ENOSYS | nix::Error::EINVAL) => {}
-        Err(e) => return Err(format!("mount {what} ({n} layers): {e}")),
     }
     let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
     let (data, flags) = match upper_work {
@@ -60,4 +93,19 @@ pub fn mount_at(
         Some(data.as_str()),
     )
     .map_err(|e| format!("mount {what} ({n} layers): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(!kernel_at_least("6.1.0-28-cloud-amd64", (6, 8)));
+        assert!(kernel_at_least("6.8.0", (6, 8)));
+        assert!(kernel_at_least("6.18.2-arch1", (6, 8)));
+        assert!(kernel_at_least("7.0", (6, 8)));
+        assert!(!kernel_at_least("5.19.17", (6, 8)));
+        assert!(kernel_at_least("weird", (6, 8)));
+    }
 }

@@ -617,7 +617,10 @@ mod lsm_tests {
         };
         let un = AppArmor::Unconfined;
         // Without AppArmor: the default is unconfined, a named profile is refused.
-        assert_eq!(apparmor_profile(None, "", HostAppArmor::Off, |_| false).unwrap(), un);
+        assert_eq!(
+            apparmor_profile(None, "", HostAppArmor::Off, |_| false).unwrap(),
+            un
+        );
         assert_eq!(
             apparmor_profile(Some(&p(0, "")), "", HostAppArmor::Off, |_| false).unwrap(),
             un
@@ -626,7 +629,8 @@ mod lsm_tests {
             apparmor_profile(None, "unconfined", HostAppArmor::Off, |_| false).unwrap(),
             un
         );
-        let e = apparmor_profile(Some(&p(2, "my-profile")), "", HostAppArmor::Off, |_| true).unwrap_err();
+        let e = apparmor_profile(Some(&p(2, "my-profile")), "", HostAppArmor::Off, |_| true)
+            .unwrap_err();
         assert!(e.to_string().contains("not enabled"), "{e}");
         assert!(apparmor_profile(None, "localhost/x", HostAppArmor::Off, |_| true).is_err());
         // With it: the default profile unless unconfined is asked for.
