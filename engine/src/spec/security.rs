@@ -511,7 +511,13 @@ pub fn apparmor_profile(
         Some(p) => match p.profile_type {
             0 => return runtime_default(),
             1 => return Ok(AppArmor::Unconfined),
-            2 => p.localhost_ref.clone(),
+            // kubelet sends the name with the annotation's prefix (`localhost/<name>`), as
+            // critest does; containerd strips it too.
+            2 => p
+                .localhost_ref
+                .strip_prefix("localhost/")
+                .unwrap_or(&p.localhost_ref)
+                .to_owned(),
             t => return Err(SpecError::new(field, format!("unknown profile type {t}"))),
         },
         None => match legacy {
@@ -662,6 +668,13 @@ mod lsm_tests {
         assert!(apparmor_profile(None, "localhost/y", HostAppArmor::On, |n| n == "x").is_err());
         // AppArmor on but no parser: no choice runs unconfined, RuntimeDefault is refused
         // with the fix, Unconfined and loaded Localhost profiles still work.
+        // The new field's localhost_ref, as kubelet sends it: with the `localhost/` prefix.
+        assert_eq!(
+            apparmor_profile(Some(&p(2, "localhost/x")), "", HostAppArmor::On, |n| n
+                == "x")
+            .unwrap(),
+            AppArmor::Named("x".into())
+        );
         let np = HostAppArmor::NoParser;
         assert_eq!(apparmor_profile(None, "", np, |_| false).unwrap(), un);
         for (profile, legacy) in [(Some(p(0, "")), ""), (None, "runtime/default")] {
