@@ -60,6 +60,7 @@ pub fn run(input: &ProbeInput) -> Vec<Check> {
     );
     out.push(device_control());
     out.push(user_namespaces());
+    out.push(criu());
     if let Some(f) = &input.kernel {
         out.push(
             check(
@@ -78,6 +79,52 @@ pub fn run(input: &ProbeInput) -> Vec<Check> {
         out.push(writable_dir(what, dir));
     }
     out
+}
+
+/// CRIU, for CheckpointContainer: installed, and able to run on this kernel.
+fn criu() -> Check {
+    let run = |args: &[&str]| {
+        std::process::Command::new("criu")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+    let r = match run(&["--version"]) {
+        Err(_) => Err("criu is not installed: containers cannot be checkpointed".to_owned()),
+        Ok(v) => {
+            let version = String::from_utf8_lossy(&v.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("Version: "))
+                .unwrap_or("?")
+                .trim()
+                .to_owned();
+            match run(&["check"]) {
+                Ok(o) if o.status.success() => Ok(format!("criu {version}: `criu check` passes")),
+                Ok(o) => {
+                    let text = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    let first = text
+                        .lines()
+                        .find(|l| l.contains("Error"))
+                        .or_else(|| text.lines().next())
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    Err(format!("criu {version} cannot run on this kernel: {first}"))
+                }
+                Err(e) => Err(format!("run criu check: {e}")),
+            }
+        }
+    };
+    let fix = if r.as_ref().is_err_and(|e| e.contains("not installed")) {
+        "apt-get install criu (needed only for container checkpoints)"
+    } else {
+        "a newer CRIU (Debian 12's 3.17 does not know this kernel's vDSO layout); needed only for container checkpoints"
+    };
+    check("criu", false, r).fix(fix)
 }
 
 fn user_namespaces() -> Check {
