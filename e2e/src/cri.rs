@@ -249,6 +249,16 @@ impl Cri {
         serde_json::from_str(&r.info["info"]).expect("verbose info is JSON")
     }
 
+    /// ListContainers without a filter.
+    pub async fn containers(&mut self) -> Vec<cri::Container> {
+        self.runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+    }
+
     /// Polls until the container has exited (10 s at most).
     pub async fn wait_exited(&mut self, id: &str) -> cri::ContainerStatus {
         for _ in 0..500 {
@@ -293,6 +303,21 @@ impl Cri {
 }
 
 /// Puts a pod config in the node's network namespace (hostNetwork).
+/// A pod config with metadata and a log directory under `logs`, nothing else (what crictl's
+/// minimal pod file has).
+pub fn pod_config(namespace: &str, name: &str, logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
+        log_directory: logs.join(name).display().to_string(),
+        ..Default::default()
+    }
+}
+
 pub fn use_host_network(config: &mut cri::PodSandboxConfig) {
     config.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {

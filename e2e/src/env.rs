@@ -47,16 +47,7 @@ impl BusyboxEnv {
 impl BusyboxEnv {
     /// A pod config with metadata and a log directory of this environment, nothing else.
     pub fn pod_config(&self, namespace: &str, name: &str) -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: namespace.into(),
-                attempt: 0,
-            }),
-            log_directory: self.logs.path().join(name).display().to_string(),
-            ..Default::default()
-        }
+        crate::cri::pod_config(namespace, name, self.logs.path())
     }
 
     /// A busybox container running `cmd`, logging to `<name>.log`.

@@ -115,15 +115,7 @@ async fn cdi_devices_from_vendor_specs_are_applied() {
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains(needle), "{needle}: {e:?}");
     }
-    let listed = env
-        .c
-        .runtime
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
-    assert_eq!(listed.len(), 1);
+    assert_eq!(env.c.containers().await.len(), 1);
     env.c.stop_and_remove_pod(&p).await;
 }
 
@@ -280,14 +272,7 @@ async fn cdi_hooks_run_at_their_oci_points() {
         let st = env.c.status(&id).await;
         assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
         assert_eq!(st.reason, "StartError");
-        let listed = env
-            .c
-            .runtime
-            .list_containers(cri::ListContainersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
+        let listed = env.c.containers().await;
         assert!(
             listed
                 .iter()

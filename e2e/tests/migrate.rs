@@ -14,16 +14,7 @@ use berth_e2e::{Cri, Daemon, Registry, require};
 use berth_proto::cri;
 
 fn pod(name: &str, logs: &std::path::Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "migrate".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.join(name).display().to_string(),
-        ..Default::default()
-    }
+    berth_e2e::cri::pod_config("migrate", name, logs)
 }
 
 fn container(image: &str) -> cri::ContainerConfig {
