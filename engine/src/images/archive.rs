@@ -98,8 +98,14 @@ fn is_hex64(s: &str) -> bool {
 }
 
 /// Reads the archive into the content store (blocking). A gzip-compressed archive is
-/// recognised by its magic number.
-fn stage(content: &ContentStore, lease: &Lease, reader: impl Read) -> Result<Staged> {
+/// recognised by its magic number. No blob may exceed `max_blob` (a pull's limit on a
+/// layer's uncompressed bytes).
+fn stage(
+    content: &ContentStore,
+    lease: &Lease,
+    reader: impl Read,
+    max_blob: u64,
+) -> Result<Staged> {
     let mut buffered = BufReader::with_capacity(1 << 16, reader);
     let magic = buffered.fill_buf().map_err(|e| bad(format!("read: {e}")))?;
     let gz = magic.starts_with(&[0x1f, 0x8b]);
@@ -155,6 +161,9 @@ fn stage(content: &ContentStore, lease: &Lease, reader: impl Read) -> Result<Sta
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
             ["blobs", "sha256", hex] if is_hex64(hex) => {
+                if size > max_blob {
+                    return Err(bad(format!("{path} is {size} bytes, more than {max_blob}")));
+                }
                 let d: Digest = format!("sha256:{hex}")
                     .parse()
                     .map_err(|_| bad(format!("{path}: not a digest")))?;
@@ -194,7 +203,7 @@ fn stage(content: &ContentStore, lease: &Lease, reader: impl Read) -> Result<Sta
             }
             [name] | [_, name] if name.ends_with(".tar") => {
                 let (d, _) = content
-                    .put_reader(&mut entry, u64::MAX, |d| lease.add(d.to_string()))
+                    .put_reader(&mut entry, max_blob, |d| lease.add(d.to_string()))
                     .map_err(|e| blob_error(&path, e))?;
                 staged.blobs.insert(path, d);
             }
@@ -310,7 +319,8 @@ impl Engine {
         let staged = {
             let content = self.content.clone();
             let lease = lease.clone();
-            tokio::task::spawn_blocking(move || stage(&content, &lease, reader))
+            let max_blob = self.puller.limits.max_bytes;
+            tokio::task::spawn_blocking(move || stage(&content, &lease, reader, max_blob))
                 .await
                 .map_err(|e| Error::Internal(format!("import task: {e}")))??
         };
@@ -729,7 +739,17 @@ mod tests {
         b.append_link(&mut h, "ef41/layer.tar", "../8a02.tar")
             .unwrap();
         let bytes = b.into_inner().unwrap();
-        let staged = stage(&content, &lease, bytes.as_slice()).unwrap();
+        let staged = stage(&content, &lease, bytes.as_slice(), 1 << 20).unwrap();
+        // A blob over the limit is refused.
+        let big = {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(64);
+            b.append_data(&mut h, "big.tar", &[0u8; 64][..]).unwrap();
+            b.into_inner().unwrap()
+        };
+        let e = stage(&content, &lease, big.as_slice(), 32).unwrap_err();
+        assert!(e.to_string().contains("more than 32"), "{e}");
         let layer = staged.blob("8a02.tar").expect("layer staged");
         assert_eq!(staged.blob("ef41/layer.tar"), Some(layer));
         assert_eq!(content.read(layer, 100).unwrap(), b"layer bytes");
