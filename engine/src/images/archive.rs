@@ -325,7 +325,7 @@ impl Engine {
                 .map_err(|e| Error::Internal(format!("import task: {e}")))??
         };
         let found = if let Some(index) = &staged.index_json {
-            self.found_in_layout(index, &staged, tag.as_ref())?
+            self.found_in_layout(index, tag.as_ref())?
         } else if let Some(m) = &staged.manifest_json {
             self.found_in_docker(m, &staged, lease, tag.as_ref())?
         } else {
@@ -355,12 +355,7 @@ impl Engine {
         Ok(out)
     }
 
-    fn found_in_layout(
-        &self,
-        index: &[u8],
-        staged: &Staged,
-        tag: Option<&ImageRef>,
-    ) -> Result<Vec<Found>> {
+    fn found_in_layout(&self, index: &[u8], tag: Option<&ImageRef>) -> Result<Vec<Found>> {
         let index: LayoutIndex =
             serde_json::from_slice(index).map_err(|e| bad(format!("index.json: {e}")))?;
         let mut out = Vec::new();
@@ -369,7 +364,7 @@ impl Engine {
                 .digest
                 .parse()
                 .map_err(|_| bad(format!("index.json: {:?} is not a digest", e.digest)))?;
-            let bytes = self.archive_blob(staged, &digest, e.size, MAX_MANIFEST, "manifest")?;
+            let bytes = self.archive_blob(&digest, e.size, MAX_MANIFEST, "manifest")?;
             let names = layout_names(e, tag)?;
             match manifest::parse_document(&bytes, None).map_err(|e| bad(e.to_string()))? {
                 Document::Manifest(_) => out.push(Found {
@@ -382,7 +377,6 @@ impl Engine {
                     let desc = manifest::select_platform(&idx, &self.puller.platform)
                         .map_err(|e| bad(format!("index {digest}: {e}")))?;
                     let m = self.archive_blob(
-                        staged,
                         &desc.digest,
                         desc.size,
                         MAX_MANIFEST,
@@ -484,22 +478,15 @@ impl Engine {
         Ok(f.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b])
     }
 
-    /// A manifest-sized blob of the archive, its size as its descriptor says.
-    fn archive_blob(
-        &self,
-        staged: &Staged,
-        d: &Digest,
-        size: u64,
-        limit: u64,
-        what: &str,
-    ) -> Result<Vec<u8>> {
+    /// A manifest- or config-sized blob of the archive (in the content store since it was
+    /// staged), its size as its descriptor says.
+    fn archive_blob(&self, d: &Digest, size: u64, limit: u64, what: &str) -> Result<Vec<u8>> {
         if size > limit {
             return Err(bad(format!(
                 "{what} {d} is {size} bytes, more than {limit}"
             )));
         }
-        let stored = staged.blobs.values().any(|b| b == d) || self.content.exists(d);
-        if !stored {
+        if !self.content.exists(d) {
             return Err(bad(format!("the archive lacks {what} {d}")));
         }
         let bytes = self.content.read(d, limit)?;
@@ -520,24 +507,8 @@ impl Engine {
             Document::Manifest(m) => m,
             Document::Index(_) => return Err(bad("an index entry points at another index")),
         };
-        let config_bytes = {
-            if m.config.size > MAX_CONFIG {
-                return Err(bad(format!(
-                    "config {} is {} bytes, more than {MAX_CONFIG}",
-                    m.config.digest, m.config.size
-                )));
-            }
-            if !self.content.exists(&m.config.digest) {
-                return Err(bad(format!("the archive lacks config {}", m.config.digest)));
-            }
-            self.content.read(&m.config.digest, MAX_CONFIG)?
-        };
-        if config_bytes.len() as u64 != m.config.size {
-            return Err(bad(format!(
-                "config {} has the wrong size",
-                m.config.digest
-            )));
-        }
+        let config_bytes =
+            self.archive_blob(&m.config.digest, m.config.size, MAX_CONFIG, "config")?;
         let config = manifest::parse_config(&config_bytes, m.layers.len())
             .map_err(|e| bad(format!("config {}: {e}", m.config.digest)))?;
         for l in &m.layers {
