@@ -441,19 +441,9 @@ impl Engine {
         }
         let mut hooks = Hooks::default();
         for h in &edits.hooks {
-            hooks
-                .add(
-                    &h.hook_name,
-                    crate::spec::hooks::Hook {
-                        path: h.path.clone(),
-                        args: h.args.clone(),
-                        env: h.env.clone(),
-                        timeout: h.timeout.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
-                    },
-                )
-                .map_err(|e| {
-                    Error::InvalidArgument(format!("CDI devices {}: {e}", names.join(", ")))
-                })?;
+            hooks.add(&h.hook_name, h.hook.clone()).map_err(|e| {
+                Error::InvalidArgument(format!("CDI devices {}: {e}", names.join(", ")))
+            })?;
         }
         Ok((edits, Some(hooks)))
     }

@@ -93,18 +93,14 @@ pub struct CdiMount {
     pub options: Vec<String>,
 }
 
-/// An OCI hook to run.
+/// An OCI hook to run at the point `hookName` names (path, args, env and timeout as the
+/// OCI runtime spec has them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hook {
     pub hook_name: String,
-    pub path: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: Vec<String>,
-    #[serde(default)]
-    pub timeout: Option<i64>,
+    #[serde(flatten)]
+    pub hook: super::hooks::Hook,
 }
 
 impl ContainerEdits {
@@ -200,18 +196,18 @@ pub fn parse_spec(text: &str, yaml: bool) -> std::result::Result<Spec, String> {
                 ));
             }
         }
-        for h in &e.hooks {
-            if !h.path.starts_with('/') {
-                return Err(format!("hook path {:?} is not absolute", h.path));
+        for Hook { hook_name, hook } in &e.hooks {
+            if !hook.path.starts_with('/') {
+                return Err(format!("hook path {:?} is not absolute", hook.path));
             }
-            if super::hooks::Point::parse(&h.hook_name).is_none() {
+            if super::hooks::Point::parse(hook_name).is_none() {
                 return Err(format!(
-                    "hook {}: {:?} is not an OCI hook name",
-                    h.path, h.hook_name
+                    "hook {}: {hook_name:?} is not an OCI hook name",
+                    hook.path
                 ));
             }
-            if h.timeout.is_some_and(|t| t <= 0) {
-                return Err(format!("hook {}: timeout must be positive", h.path));
+            if hook.timeout == Some(0) {
+                return Err(format!("hook {}: timeout must be positive", hook.path));
             }
         }
         for v in &e.env {
