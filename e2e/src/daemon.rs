@@ -206,6 +206,25 @@ impl Daemon {
         cmd
     }
 
+    /// Runs `berthd --config <this daemon's config> ARGS` as a client of this daemon (the
+    /// `image` commands), with `stdin` (None: /dev/null); its output, captured.
+    pub fn cli<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: &[S],
+        stdin: Option<&Path>,
+    ) -> std::process::Output {
+        Command::new(berthd_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(match stdin {
+                Some(p) => Stdio::from(File::open(p).expect("open stdin file")),
+                None => Stdio::null(),
+            })
+            .output()
+            .expect("run berthd")
+    }
+
     /// The temporary directory holding everything of this daemon.
     pub fn dir(&self) -> &Path {
         self.dir.path()

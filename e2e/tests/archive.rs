@@ -7,21 +7,14 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use berth_e2e::daemon::berthd_binary;
 use berth_e2e::env::BusyboxEnv;
 use berth_e2e::require;
 
 /// `berthd --config <the daemon's> ARGS`, its output captured; `stdin` fed when given.
 fn berthd(env: &BusyboxEnv, args: &[&str], stdin: Option<&Path>) -> Output {
-    let mut cmd = Command::new(berthd_binary());
-    cmd.arg("--config").arg(&env.d.config).args(args);
-    cmd.stdin(match stdin {
-        Some(p) => Stdio::from(std::fs::File::open(p).unwrap()),
-        None => Stdio::null(),
-    });
-    cmd.output().expect("run berthd")
+    env.d.cli(args, stdin)
 }
 
 fn text(o: &Output) -> String {

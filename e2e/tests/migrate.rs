@@ -8,7 +8,6 @@
 use std::process::Command;
 
 use berth_e2e::containerd::{Containerd, pause_image};
-use berth_e2e::daemon::berthd_binary;
 use berth_e2e::images::catalog;
 use berth_e2e::{Cri, Daemon, Registry, require};
 use berth_proto::cri;
@@ -104,13 +103,10 @@ async fn a_node_moves_from_containerd_to_berth_with_its_images() {
 
     // Steps 4-5: berth starts and imports the node's images.
     let d = Daemon::start().await;
-    let out = Command::new(berthd_binary())
-        .arg("--config")
-        .arg(&d.config)
-        .args(["image", "import"])
-        .arg(&archive)
-        .output()
-        .unwrap();
+    let out = d.cli(
+        &["image".as_ref(), "import".as_ref(), archive.as_os_str()],
+        None,
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -131,13 +127,15 @@ async fn a_node_moves_from_containerd_to_berth_with_its_images() {
 
     // Switching back: berth's export imports into containerd as the same image.
     let back = tmp.path().join("back.tar");
-    let out = Command::new(berthd_binary())
-        .arg("--config")
-        .arg(&d.config)
-        .args(["image", "export", &image])
-        .arg(&back)
-        .output()
-        .unwrap();
+    let out = d.cli(
+        &[
+            "image".as_ref(),
+            "export".as_ref(),
+            image.as_ref(),
+            back.as_os_str(),
+        ],
+        None,
+    );
     assert!(
         out.status.success(),
         "{}",

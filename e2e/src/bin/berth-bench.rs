@@ -125,12 +125,7 @@ async fn bench_import(runs: usize) {
     let d = Daemon::start().await;
     let mut cri = d.cri().await;
     let berthd = |args: &[&str]| {
-        let out = std::process::Command::new(berth_e2e::daemon::berthd_binary())
-            .arg("--config")
-            .arg(&d.config)
-            .args(args)
-            .output()
-            .expect("run berthd");
+        let out = d.cli(args, None);
         assert!(
             out.status.success(),
             "{}",
