@@ -251,6 +251,10 @@ fn check(path: Option<&std::path::Path>, overrides: &Overrides, json: bool) -> E
         // Still single-threaded here, as the probe's clone needs.
         kernel: Some(berth_engine::linux::probe::kernel_features(&cfg.root)),
     });
+    let mut checks = checks;
+    if cfg.cgroup.driver == berth_engine::CgroupDriver::Systemd {
+        checks.push(systemd_check());
+    }
     let failed = checks.iter().any(|c| c.required && !c.ok);
     if json {
         let v = serde_json::json!({
@@ -277,6 +281,35 @@ fn check(path: Option<&std::path::Path>, overrides: &Overrides, json: bool) -> E
         ExitCode::from(exit::CHECK_FAILED)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// The systemd cgroup driver's check: systemd answers on the system bus.
+fn systemd_check() -> berth_engine::linux::probe::Check {
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let sd = berth_engine::systemd::Systemd::connect().await?;
+                sd.version().await
+            })
+            .map_err(|e| e.to_string())
+        });
+    let ok = answer.is_ok();
+    berth_engine::linux::probe::Check {
+        name: "systemd".into(),
+        required: true,
+        ok,
+        detail: match answer {
+            Ok(v) => format!("cgroup driver systemd: systemd {v} answers on the system bus"),
+            Err(e) => e,
+        },
+        fix: (!ok).then(|| {
+            "boot with systemd as PID 1 and install dbus, or set [cgroup] driver = \"cgroupfs\""
+                .to_owned()
+        }),
     }
 }
 
@@ -358,6 +391,18 @@ async fn run(
             });
         }
     };
+    if engine.cgroup_driver() == berth_engine::CgroupDriver::Systemd {
+        // The driver cannot work without systemd: say so now, not at the first pod.
+        match engine.systemd_version().await {
+            Ok(v) => tracing::info!(systemd = %v, "cgroup driver systemd: connected to systemd"),
+            Err(e) => {
+                return Err(Failure {
+                    code: exit::UNAVAILABLE,
+                    error: anyhow::Error::new(e).context("cgroup driver systemd"),
+                });
+            }
+        }
+    }
     if let Err(e) = engine.recover_pods().await {
         tracing::error!(error = %e, "pod recovery failed; continuing with what could be read");
     }

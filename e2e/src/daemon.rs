@@ -33,6 +33,9 @@ pub struct DaemonOptions {
     pub root_tmpfs: Option<String>,
 }
 
+/// The environment variable that sets the cgroup driver of every daemon under test.
+pub const CGROUP_DRIVER_ENV: &str = "BERTH_E2E_CGROUP_DRIVER";
+
 /// A running berthd under test.
 #[derive(Debug)]
 pub struct Daemon {
@@ -153,8 +156,14 @@ impl Daemon {
         } else {
             socket.display().to_string()
         };
+        // The cgroup driver of the node the tests run on (the VM lane runs them with
+        // `systemd` too); berth's default otherwise.
+        let driver = match std::env::var(CGROUP_DRIVER_ENV).ok().as_deref() {
+            Some(d @ ("systemd" | "cgroupfs")) => format!("driver = {d:?}\n"),
+            _ => String::new(),
+        };
         let text = format!(
-            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {listen:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\nparent = {cgroup_parent:?}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[network]\n{}\n{}",
+            "root = {root:?}\nstate = {state:?}\n\n[grpc]\nlisten = {listen:?}\nshutdown_grace_seconds = 5\n\n[log]\nlevel = \"debug\"\n\n[cgroup]\n{driver}parent = {cgroup_parent:?}\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[network]\n{}\n{}",
             net.config, opts.extra_config
         );
         std::fs::write(&config, text).expect("write config");

@@ -102,6 +102,8 @@ pub enum Error {
     Cgroup(#[from] crate::linux::cgroups::manager::CgroupError),
     #[error(transparent)]
     Monitor(#[from] crate::monitor::client::MonitorError),
+    #[error(transparent)]
+    Systemd(Box<crate::systemd::SystemdError>),
     #[error("{0}")]
     Internal(String),
     #[error("{0}")]
@@ -148,9 +150,19 @@ impl Error {
             Error::Spec(e) => e.kind(),
             Error::Cgroup(e) => e.kind(),
             Error::Monitor(e) => e.kind(),
+            Error::Systemd(e) => match **e {
+                crate::systemd::SystemdError::Connect(_) => ErrorKind::FailedPrecondition,
+                _ => ErrorKind::Internal,
+            },
             Error::Internal(_) => ErrorKind::Internal,
             Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
         }
+    }
+}
+
+impl From<crate::systemd::SystemdError> for Error {
+    fn from(e: crate::systemd::SystemdError) -> Error {
+        Error::Systemd(Box::new(e))
     }
 }
 

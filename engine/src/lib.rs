@@ -31,6 +31,7 @@ pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod streams;
+pub mod systemd;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -126,6 +127,8 @@ pub struct Engine {
     events: events::Events,
     /// Serialises the recording of container exits (check-then-write on the record).
     exit_record: std::sync::Mutex<()>,
+    /// The connection to systemd (driver `systemd`), made at first use.
+    systemd: tokio::sync::OnceCell<systemd::Systemd>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
     _lock: File,
@@ -214,6 +217,7 @@ impl Engine {
             metrics,
             events: events::Events::default(),
             exit_record: std::sync::Mutex::new(()),
+            systemd: tokio::sync::OnceCell::new(),
             started: SystemTime::now(),
             _lock: lock,
         })

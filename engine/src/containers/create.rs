@@ -80,7 +80,16 @@ impl Engine {
         let cg = self.cgroup_manager()?;
         let id = new_id()?;
         let dir = self.cfg.root.join("containers").join(&id);
-        let cgroup = format!("{}/{id}", pod.cgroup);
+        // With the systemd driver, a container is a scope made at its start (with its
+        // first process in it), for pods whose monitor can wait for that (protocol 4).
+        let scoped = self.cfg.cgroup_driver == crate::CgroupDriver::Systemd
+            && pod.monitor_protocol >= 4
+            && pod.cgroup.ends_with(".slice");
+        let cgroup = if scoped {
+            format!("{}/{}", pod.cgroup, crate::systemd::container_scope(&id))
+        } else {
+            format!("{}/{id}", pod.cgroup)
+        };
         let mut undo = Rollback::new();
         let made = async {
             {
@@ -135,9 +144,11 @@ impl Engine {
                     let _ = cg.remove(&c);
                 });
             }
-            cg.create(&cgroup)?;
-            cg.apply(&cgroup, &plan.res)?;
-            cg.set_devices(&cgroup, &plan.device_policy)?;
+            if !scoped {
+                cg.create(&cgroup)?;
+                cg.apply(&cgroup, &plan.res)?;
+                cg.set_devices(&cgroup, &plan.device_policy)?;
+            }
             crate::fail_point!("create_container.cgroup_made");
             let cgroup_dirs = cg.dirs(&cgroup)?;
             let oom_file = cg
@@ -183,6 +194,7 @@ impl Engine {
                 readonly_paths: plan.readonly_paths.clone(),
                 cgroup_dirs: cgroup_dirs.iter().map(|(_, d)| d.clone()).collect(),
                 cgroup_view: cgroup_dirs,
+                cgroup_park: scoped.then(|| self.park_socket(&id)),
                 new_pid_namespace: plan.new_pid_namespace,
                 pid_target: plan.pid_target.clone(),
                 pod_pid_namespace,
@@ -233,6 +245,7 @@ impl Engine {
                 stop_signal: plan.stop_signal.clone(),
                 mounts: plan.volume_mounts.clone(),
                 resources: plan.res.clone(),
+                device_policy: scoped.then(|| plan.device_policy.clone()),
                 image_volume_layers: plan
                     .image_volumes
                     .iter()

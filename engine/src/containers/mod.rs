@@ -11,6 +11,7 @@ mod exec;
 mod exit;
 pub mod image_volumes;
 pub(crate) mod remove;
+pub(crate) mod scope;
 mod spec;
 mod start;
 mod stop;

@@ -25,7 +25,7 @@ impl Engine {
         // Processes its main process left (it shared a pid namespace) go with it.
         crate::pods::empty_cgroup(&self.cgroup_manager()?, &c.cgroup).await;
         run_poststop_hooks(&c).await;
-        self.remove_container_files(&c)?;
+        self.remove_container_files(&c).await?;
         self.db.container_remove(id)?;
         self.events
             .emit(id, &c.pod_id, EventKind::Deleted, now_nanos());
@@ -36,8 +36,10 @@ impl Engine {
     }
 
     /// Removes a container's cgroup, directories (its bundle among them) and exit record.
-    pub(crate) fn remove_container_files(&self, c: &ContainerRecord) -> Result<()> {
-        if let Ok(cg) = self.cgroup_manager() {
+    pub(crate) async fn remove_container_files(&self, c: &ContainerRecord) -> Result<()> {
+        if super::scope::is_scope(&c.cgroup) {
+            self.remove_scope(&c.cgroup).await?;
+        } else if let Ok(cg) = self.cgroup_manager() {
             cg.remove(&c.cgroup)?;
         }
         crate::linux::image_volume::unmount_all(&c.dir);

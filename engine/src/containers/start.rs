@@ -37,7 +37,11 @@ impl Engine {
         )
         .map_err(|e| Error::Internal(e.to_string()))?;
         crate::fail_point!("start_container.before_monitor");
-        let r = client::request(&pod.dir, Body::Start(start)).await;
+        let r = if super::scope::is_scope(&c.cgroup) {
+            self.start_in_scope(&c, &pod.dir, start).await
+        } else {
+            client::request(&pod.dir, Body::Start(start)).await
+        };
         match r {
             Ok(Body::Started(s)) => {
                 crate::fail_point!("start_container.started");
@@ -63,5 +67,56 @@ impl Engine {
                 )))
             }
         }
+    }
+}
+
+impl Engine {
+    /// Start with the systemd driver: while the monitor spawns the container, its child
+    /// waits on berthd's socket until its scope is made; then it goes on. A scope that
+    /// cannot be made fails the start with systemd's reason (the child reads end of file
+    /// and fails too).
+    async fn start_in_scope(
+        &self,
+        c: &crate::state::records::ContainerRecord,
+        pod_dir: &std::path::Path,
+        start: berth_proto::monitor::Start,
+    ) -> std::result::Result<Body, crate::monitor::client::MonitorError> {
+        let listener = match self.park_listen(c) {
+            Ok(l) => l,
+            Err(e) => {
+                return Err(crate::monitor::client::MonitorError::Remote {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let req = client::request(pod_dir, Body::Start(start));
+        tokio::pin!(req);
+        let placed = tokio::select! {
+            r = &mut req => {
+                // The monitor answered before the child reached us: it failed early.
+                cleanup_park(c);
+                return r;
+            }
+            p = self.place_in_scope(c, listener) => p,
+        };
+        let r = req.await;
+        cleanup_park(c);
+        match placed {
+            Ok(()) => r,
+            Err(e) => {
+                tracing::warn!(container_id = %c.id, error = %e, "cannot place the container in its systemd scope");
+                Err(crate::monitor::client::MonitorError::Remote {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+fn cleanup_park(c: &crate::state::records::ContainerRecord) {
+    if let Some(p) = &c.launch.cgroup_park {
+        let _ = std::fs::remove_file(p);
     }
 }

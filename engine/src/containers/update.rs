@@ -26,7 +26,16 @@ impl Engine {
             )));
         }
         let res = resources::resources(&resource_request(r))?;
-        self.cgroup_manager()?.apply(&c.cgroup, &res)?;
+        if super::scope::is_scope(&c.cgroup) {
+            // A scope exists from the start on; before, the record's limits are what the
+            // start will make it with.
+            if c.state == ContainerState::Running {
+                self.set_unit_resources(&c.cgroup, &res).await?;
+                self.cgroup_manager()?.apply(&c.cgroup, &res)?;
+            }
+        } else {
+            self.cgroup_manager()?.apply(&c.cgroup, &res)?;
+        }
         c.launch.oom_score_adj = res.oom_score_adj;
         // Unset fields keep their previous values, as in the cgroup.
         let old = std::mem::take(&mut c.resources);

@@ -43,6 +43,20 @@ pub fn become_container(spec: &LaunchSpec, stdio: Stdio, sync: Option<HookSync>)
 
 enum Never {}
 
+/// Connects to the runtime's socket (which learns our pid from the connection) and waits
+/// for its one byte: the runtime has put us in our systemd scope and set its limits.
+fn wait_for_placement(park: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(park)?;
+    let mut b = [0u8; 1];
+    match s.read(&mut b)? {
+        1 => Ok(()),
+        _ => Err(std::io::Error::other(
+            "the runtime closed the connection without placing the container",
+        )),
+    }
+}
+
 fn run(spec: &LaunchSpec, stdio: Stdio, mut sync: Option<HookSync>) -> Step<Never> {
     if let Some(s) = sync.as_mut() {
         s.close_parent_ends();
@@ -55,6 +69,17 @@ fn run(spec: &LaunchSpec, stdio: Stdio, mut sync: Option<HookSync>) -> Step<Neve
         )?),
         None => None,
     };
+    if let Some(park) = &spec.cgroup_park {
+        step(
+            || {
+                format!(
+                    "wait for the runtime to place the container in its cgroup ({})",
+                    park.display()
+                )
+            },
+            wait_for_placement(park),
+        )?;
+    }
     for dir in &spec.cgroup_dirs {
         let f = dir.join("cgroup.procs");
         step(

@@ -40,6 +40,10 @@ pub struct LaunchSpec {
     pub cgroup_dirs: Vec<PathBuf>,
     /// What /sys/fs/cgroup shows inside: (name, host directory) bind-mounted read-only.
     pub cgroup_view: Vec<(String, PathBuf)>,
+    /// The runtime's socket the child connects to and waits on before joining
+    /// `cgroup_dirs` (systemd driver: berthd makes the container's scope meanwhile).
+    #[serde(default)]
+    pub cgroup_park: Option<PathBuf>,
     /// Give the container its own pid namespace (CRI pid mode CONTAINER).
     pub new_pid_namespace: bool,
     /// Join the pid namespace of this container of the pod instead (CRI pid mode TARGET).

@@ -145,6 +145,11 @@ pub(super) struct Running {
     pub(super) started_at: i64,
     pub(super) oom_file: String,
     pub(super) oom_before: u64,
+    /// The highest `oom_kill` count seen while it ran (a systemd scope's cgroup may be
+    /// gone by the time its exit is reaped).
+    pub(super) oom_seen: Rc<std::cell::Cell<u64>>,
+    /// Dropped with this record: ends the watch of the OOM counter.
+    pub(super) _oom_watch: tokio::sync::oneshot::Sender<()>,
     pub(super) log: Option<Rc<RefCell<CriLogFile>>>,
     /// Its standard streams, for attach sessions.
     pub(super) io: Rc<super::session::ContainerIo>,

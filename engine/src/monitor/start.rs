@@ -120,6 +120,15 @@ pub(super) fn start(
             );
         }
     }
+    let oom_seen = Rc::new(std::cell::Cell::new(oom_before));
+    let (oom_watch, running_ended) = tokio::sync::oneshot::channel();
+    if !s.oom_file.is_empty() {
+        tokio::task::spawn_local(watch_oom(
+            s.oom_file.clone(),
+            oom_seen.clone(),
+            running_ended,
+        ));
+    }
     let outputs = u8::try_from(streams.outputs.len()).unwrap_or(2);
     let io = Rc::new(ContainerIo::new(
         streams.stdin,
@@ -142,6 +151,8 @@ pub(super) fn start(
             started_at,
             oom_file: s.oom_file,
             oom_before,
+            oom_seen,
+            _oom_watch: oom_watch,
             log,
             io,
             shared_pid_cgroups: if spec.new_pid_namespace {
@@ -152,6 +163,67 @@ pub(super) fn start(
         },
     );
     Ok((pid, started_at))
+}
+
+/// Follows a container's OOM kill counter while it runs (inotify on the file the kernel
+/// notifies at each OOM event), so that a kill is known even when the cgroup is gone by
+/// the time the exit is reaped: systemd removes a scope's cgroup once it is empty. Ends
+/// when the file goes or the container's exit has been handled (`ended`'s sender, kept
+/// with the running container, is dropped).
+async fn watch_oom(
+    file: String,
+    seen: Rc<std::cell::Cell<u64>>,
+    mut ended: tokio::sync::oneshot::Receiver<()>,
+) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let Ok(ino) = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) else {
+        return;
+    };
+    if ino
+        .add_watch(file.as_str(), AddWatchFlags::IN_MODIFY)
+        .is_err()
+    {
+        return;
+    }
+    let Ok(afd) = crate::linux::sys::async_fd(std::os::fd::OwnedFd::from(ino)) else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut guard = tokio::select! {
+            r = afd.readable() => match r {
+                Ok(g) => g,
+                Err(_) => return,
+            },
+            _ = &mut ended => return,
+        };
+        match nix::unistd::read(afd.get_ref(), &mut buf) {
+            Ok(n) => {
+                seen.set(seen.get().max(oom_count(&file)));
+                if inotify_ignored(&buf[..n]) {
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Whether a buffer of inotify events holds IN_IGNORED (the watched file is gone).
+fn inotify_ignored(mut events: &[u8]) -> bool {
+    // struct inotify_event: wd i32, mask u32, cookie u32, len u32, then len bytes of name.
+    while events.len() >= 16 {
+        let word = |at: usize| {
+            u32::from_ne_bytes([events[at], events[at + 1], events[at + 2], events[at + 3]])
+        };
+        if word(4) & libc::IN_IGNORED != 0 {
+            return true;
+        }
+        let next = 16 + word(12) as usize;
+        events = events.get(next..).unwrap_or_default();
+    }
+    false
 }
 
 /// Copies one output stream of a container into its CRI log until end of file, and to the
@@ -210,4 +282,27 @@ fn open_log(log_directory: &str, log_path: &str) -> std::io::Result<CriLogFile> 
         (dir, rel)
     };
     CriLogFile::open(dir, rel, DEFAULT_MAX_LINE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(mask: u32, name_len: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [1u32, mask, 0, name_len] {
+            v.extend_from_slice(&w.to_ne_bytes());
+        }
+        v.extend(std::iter::repeat_n(0u8, name_len as usize));
+        v
+    }
+
+    #[test]
+    fn inotify_ignored_is_found_among_events() {
+        let mut buf = event(libc::IN_MODIFY, 16);
+        assert!(!inotify_ignored(&buf));
+        buf.extend(event(libc::IN_IGNORED, 0));
+        assert!(inotify_ignored(&buf));
+        assert!(!inotify_ignored(&buf[..10]));
+    }
 }

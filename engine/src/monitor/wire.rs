@@ -279,6 +279,7 @@ impl From<&LaunchSpec> for proto::LaunchSpec {
                 tty: l.stdio.tty,
             }),
             hooks: l.hooks.as_ref().map(Into::into),
+            cgroup_park: l.cgroup_park.as_deref().map(path).unwrap_or_default(),
         }
     }
 }
@@ -386,6 +387,7 @@ impl TryFrom<proto::LaunchSpec> for LaunchSpec {
                 tty: stdio.tty,
             },
             hooks: l.hooks.map(Into::into),
+            cgroup_park: (!l.cgroup_park.is_empty()).then(|| PathBuf::from(l.cgroup_park)),
             id: l.id,
         })
     }
@@ -665,6 +667,7 @@ mod tests {
             readonly_paths: vec!["/proc/sys".into()],
             cgroup_dirs: vec!["/sys/fs/cgroup/memory/p/c1".into()],
             cgroup_view: vec![("memory".into(), "/sys/fs/cgroup/memory/p/c1".into())],
+            cgroup_park: Some("/run/berth/park/0123456789abcdef".into()),
             new_pid_namespace: false,
             pid_target: None,
             pod_pid_namespace: Some(vec!["/sys/fs/cgroup/cpu/p/pod-init".into()]),

@@ -206,12 +206,21 @@ impl Engine {
         };
         for pod in self.db.pod_list()? {
             for child in cg.children(&pod.cgroup).unwrap_or_default() {
-                // Container cgroups are named by their 64-hex-digit ids.
-                let is_id = child.len() == 64 && child.bytes().all(|b| b.is_ascii_hexdigit());
-                if is_id && !known.contains(&child) {
+                // Container cgroups are named by their 64-hex-digit ids, or are their
+                // systemd scopes, `berth-<id>.scope`.
+                let scope = child
+                    .strip_prefix("berth-")
+                    .and_then(|c| c.strip_suffix(".scope"));
+                let id = scope.unwrap_or(&child);
+                let is_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+                if is_id && !known.contains(id) {
                     let rel = format!("{}/{child}", pod.cgroup);
                     super::empty_cgroup(&cg, &rel).await;
-                    cg.remove(&rel)?;
+                    if scope.is_some() {
+                        self.remove_scope(&rel).await?;
+                    } else {
+                        cg.remove(&rel)?;
+                    }
                 }
             }
         }

@@ -24,7 +24,7 @@ impl Engine {
                 // Processes its main process left (it shared a pid namespace) go with it.
                 super::empty_cgroup(&cg, &c.cgroup).await;
                 crate::containers::remove::run_poststop_hooks(&c).await;
-                self.remove_container_files(&c)?;
+                self.remove_container_files(&c).await?;
                 self.db.container_remove(&c.id)?;
                 self.events.emit(&c.id, id, EventKind::Deleted, now_nanos());
             }

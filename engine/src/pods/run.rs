@@ -96,8 +96,16 @@ impl Engine {
 
         let id = new_id()?;
         // The pod cgroup: kubelet's when it names one, else ours under the configured parent.
+        let systemd = self.cfg.cgroup_driver == crate::CgroupDriver::Systemd;
         let (cgroup, cgroup_owned) = if linux.cgroup_parent.is_empty() {
-            (format!("{}/pod-{id}", self.cfg.cgroup_parent), true)
+            if systemd {
+                (
+                    crate::spec::pod::own_pod_slice(&self.cfg.cgroup_parent, &id)?,
+                    true,
+                )
+            } else {
+                (format!("{}/pod-{id}", self.cfg.cgroup_parent), true)
+            }
         } else {
             (
                 cgroup_parent_path(self.cfg.cgroup_driver, &linux.cgroup_parent)?,
@@ -172,6 +180,17 @@ impl Engine {
             )
             .map_err(|e| Error::Internal(format!("write resolv.conf: {e}")))?;
             crate::fail_point!("run_pod.dir_made");
+            if systemd && pod.cgroup.ends_with(".slice") {
+                // Kubelet's slice exists (it makes it before RunPodSandbox); ours, or one a
+                // client named without making it, is made as a transient slice.
+                self.systemd()
+                    .await?
+                    .ensure_slice(
+                        crate::systemd::unit_of(&pod.cgroup),
+                        format!("berth pod {}/{} ({id})", md.namespace, md.name),
+                    )
+                    .await?;
+            }
             cg.create(&pod.cgroup)?;
             crate::fail_point!("run_pod.cgroup_made");
             let args = MonitorArgs {

@@ -71,6 +71,10 @@ impl Engine {
                 .map(Option::unwrap_or_default)
         };
         let total = pod_level(&check(res, "resources")?, &check(overhead, "overhead")?);
+        if pod.cgroup_owned && pod.cgroup.ends_with(".slice") {
+            // Our own slice: systemd keeps the limits too (kubelet sets its own slices').
+            self.set_unit_resources(&pod.cgroup, &total).await?;
+        }
         if let Err(e) = self.cgroup_manager()?.apply(&pod.cgroup, &total) {
             return Err(Error::InvalidArgument(format!(
                 "pod sandbox {id}: the pod cgroup {} refused the resources ({e}); a memory limit below what the pod uses now is refused by the kernel",

@@ -46,6 +46,34 @@ pub fn cgroup_parent_path(driver: CgroupDriver, parent: &str) -> Result<String> 
     Ok(p.to_owned())
 }
 
+/// The slice of a pod berth places itself (no cgroup parent from kubelet) with the systemd
+/// driver: `<parent>-pod<id>.slice`, under the configured parent taken as a slice prefix
+/// (`berth` or `berth.slice` → `berth-pod<id>.slice`, in `berth.slice`), as the relative
+/// cgroupfs path of its nested slices. Characters a unit name cannot hold become `_`.
+pub fn own_pod_slice(parent: &str, pod_id: &str) -> Result<String> {
+    let stem: String = parent
+        .trim_matches('/')
+        .trim_end_matches(".slice")
+        .chars()
+        .map(|c| match c {
+            '/' => '-',
+            c if c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-') => c,
+            _ => '_',
+        })
+        .collect();
+    let stem = stem
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let name = if stem.is_empty() {
+        format!("pod{pod_id}.slice")
+    } else {
+        format!("{stem}-pod{pod_id}.slice")
+    };
+    cgroup_parent_path(CgroupDriver::Systemd, &name)
+}
+
 /// The kernel's limit on a host name (HOST_NAME_MAX).
 const HOST_NAME_MAX: usize = 64;
 
@@ -179,6 +207,22 @@ pub fn hosts_file(hostname: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_pod_slices_nest_under_the_configured_parent() {
+        assert_eq!(
+            own_pod_slice("berth", "ab").unwrap(),
+            "berth.slice/berth-podab.slice"
+        );
+        assert_eq!(
+            own_pod_slice("/berth.slice", "ab").unwrap(),
+            "berth.slice/berth-podab.slice"
+        );
+        assert_eq!(
+            own_pod_slice("kube/berth-e2e-x y", "ab").unwrap(),
+            "kube.slice/kube-berth.slice/kube-berth-e2e.slice/kube-berth-e2e-x_y.slice/kube-berth-e2e-x_y-podab.slice"
+        );
+    }
 
     #[test]
     fn systemd_slices_nest_by_dashes() {

@@ -184,10 +184,20 @@ pub fn resources(req: &ResourceRequest) -> Result<Resources, SpecError> {
     Ok(r)
 }
 
-/// cgroup v2 `cpu.weight` for v1 `cpu.shares` (the conversion runc, crun and systemd use).
+/// cgroup v2 `cpu.weight` for v1 `cpu.shares`: the conversion runc, crun and Kubernetes
+/// moved to in 2025 (opencontainers/cgroups#20), a quadratic in log2(shares) that maps the
+/// default 1024 shares to the default weight 100 (the old linear one gave 39) and keeps
+/// 2 → 1 and 262144 → 10000.
 pub fn shares_to_weight(shares: u64) -> u64 {
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
+    if shares <= 2 {
+        return 1;
+    }
+    if shares >= 262_144 {
+        return 10_000;
+    }
+    let l = (shares as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
 }
 
 #[cfg(test)]
@@ -331,7 +341,11 @@ mod tests {
     #[test]
     fn shares_to_weight_matches_runc() {
         assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(3), 2);
+        assert_eq!(shares_to_weight(512), 59);
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(2048), 174);
+        assert_eq!(shares_to_weight(262_143), 10_000);
         assert_eq!(shares_to_weight(262_144), 10_000);
     }
 }

@@ -168,6 +168,7 @@ mod tests {
             readonly_paths: vec![],
             cgroup_dirs: vec!["/sys/fs/cgroup/memory/berth/p/c1".into()],
             cgroup_view: vec![],
+            cgroup_park: None,
             new_pid_namespace: false,
             pid_target: None,
             pod_pid_namespace: None,

@@ -250,6 +250,9 @@ pub struct ContainerRecord {
     /// The limits in force (as created, or as last updated).
     #[serde(default)]
     pub resources: crate::spec::resources::Resources,
+    /// The devices it may use, kept for a cgroup made at its start (a systemd scope).
+    #[serde(default)]
+    pub device_policy: Option<crate::spec::devices::DevicePolicy>,
     /// The layers of the container's image volumes (GC roots while it exists).
     #[serde(default)]
     pub image_volume_layers: Vec<std::path::PathBuf>,

@@ -634,7 +634,7 @@ mod tests {
         )
         .unwrap();
         let c = |f: &str| read(t.path().join("berth/p/c").join(f));
-        assert_eq!(c("cpu.weight"), "20");
+        assert_eq!(c("cpu.weight"), "59");
         assert_eq!(c("cpu.max"), "50000 100000");
         assert_eq!(c("memory.max"), (64u64 << 20).to_string());
         assert_eq!(c("memory.swap.max"), (32u64 << 20).to_string());

@@ -1,0 +1,242 @@
+//! The systemd cgroup driver on a systemd node with cgroup v2 (the VM lane runs these with
+//! `BERTH_E2E_CGROUP_DRIVER=systemd`: `scripts/vm --driver systemd e2e:systemd`): each
+//! container is a transient scope in its pod's slice, with its limits as unit properties
+//! and in its cgroup, and the scopes (and berth's own slices) go when the pods go. Not
+//! applicable on a node without that driver: they say so and pass.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::process::Command;
+
+use berth_e2e::daemon::CGROUP_DRIVER_ENV;
+use berth_e2e::env::BusyboxEnv;
+use berth_e2e::require;
+use berth_proto::cri;
+
+fn systemd_driver() -> bool {
+    if std::env::var(CGROUP_DRIVER_ENV).ok().as_deref() != Some("systemd") {
+        eprintln!(
+            "not applicable: {CGROUP_DRIVER_ENV} is not \"systemd\" (the VM lane runs this: scripts/vm --driver systemd e2e:systemd)"
+        );
+        return false;
+    }
+    require::prerequisite(
+        "systemd as PID 1 and cgroup v2 (the systemd cgroup driver's node)",
+        std::path::Path::new("/run/systemd/system").is_dir()
+            && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").is_file(),
+    )
+}
+
+/// `systemctl show -P <property> <unit>`.
+fn show(unit: &str, property: &str) -> String {
+    let out = Command::new("systemctl")
+        .args(["show", "-P", property, unit])
+        .output()
+        .expect("systemctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The loaded units matching a pattern (`systemctl list-units --all`).
+fn units(pattern: &str) -> Vec<String> {
+    let out = Command::new("systemctl")
+        .args(["list-units", "--all", "--plain", "--no-legend", pattern])
+        .output()
+        .expect("systemctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+fn cgroup_file(cgroup: &str, file: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{cgroup}/{file}"))
+        .unwrap_or_else(|e| panic!("read {cgroup}/{file}: {e}"))
+        .trim()
+        .to_owned()
+}
+
+fn container(
+    image: &str,
+    name: &str,
+    cmd: &[&str],
+    res: cri::LinuxContainerResources,
+) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(berth_e2e::cri::spec(image)),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(res),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_are_scopes_in_kubelets_slices_with_their_limits_and_go_with_them() {
+    if !systemd_driver() {
+        return;
+    }
+    let Some(BusyboxEnv {
+        d: _d,
+        reg: _reg,
+        mut c,
+        image,
+        logs,
+    }) = BusyboxEnv::start().await
+    else {
+        return;
+    };
+    // The expanded slice path kubelet sends with the systemd driver (its pod slice made
+    // by kubelet before RunPodSandbox; here berth makes it, as runc's driver would).
+    let uid = format!("e2e{}", std::process::id());
+    let slice = format!("kubepods-burstable-pod{uid}.slice");
+    let parent = format!("/kubepods.slice/kubepods-burstable.slice/{slice}");
+    let mut config = berth_e2e::cri::pod_config("systemd", "kubelet-shaped", logs.path());
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        cgroup_parent: parent.clone(),
+        ..Default::default()
+    });
+    let pod = c.run_pod(config).await;
+    let id = c
+        .run_container(
+            &pod,
+            container(
+                &image,
+                "capped",
+                &["sleep", "1000"],
+                cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    cpu_shares: 1024,
+                    cpu_quota: 50_000,
+                    cpu_period: 100_000,
+                    unified: [("memory.high".to_owned(), (48u64 << 20).to_string())].into(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+    let scope = format!("berth-{id}.scope");
+    assert_eq!(show(&scope, "ActiveState"), "active");
+    assert_eq!(show(&scope, "Slice"), slice);
+    assert_eq!(show(&scope, "Delegate"), "yes");
+    assert_eq!(show(&scope, "MemoryMax"), (64u64 << 20).to_string());
+    assert_eq!(show(&scope, "MemoryHigh"), (48u64 << 20).to_string());
+    assert_eq!(show(&scope, "CPUWeight"), "100");
+    assert_eq!(show(&scope, "CPUQuotaPerSecUSec"), "500ms");
+    assert!(units("berth-*.scope").contains(&scope));
+    // The container's process is in it, and the cgroup says the same as the unit.
+    let info = c.verbose_info(&id).await;
+    let pid = info["pid"].as_u64().unwrap();
+    let cg = format!("{}/{scope}", parent.trim_start_matches('/'));
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .trim(),
+        format!("0::/{cg}")
+    );
+    assert_eq!(cgroup_file(&cg, "memory.max"), (64u64 << 20).to_string());
+    assert_eq!(cgroup_file(&cg, "memory.high"), (48u64 << 20).to_string());
+    assert_eq!(cgroup_file(&cg, "cpu.weight"), "100");
+    assert_eq!(cgroup_file(&cg, "cpu.max"), "50000 100000");
+    // Live update: the unit and the cgroup both.
+    c.runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 128 << 20,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(show(&scope, "MemoryMax"), (128u64 << 20).to_string());
+    assert_eq!(cgroup_file(&cg, "memory.max"), (128u64 << 20).to_string());
+    assert_eq!(show(&scope, "CPUWeight"), "59");
+    assert_eq!(cgroup_file(&cg, "cpu.weight"), "59");
+    // Exec'd processes join the scope.
+    let out = c
+        .exec(&id, &["cat", "/proc/self/cgroup"], 10)
+        .await
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        seen == "0::/" || seen.ends_with(&format!("/{scope}")),
+        "{seen}"
+    );
+    // A container that outgrows its limit is OOMKilled, though systemd takes its emptied
+    // scope away.
+    let hog = c
+        .run_container(
+            &pod,
+            container(
+                &image,
+                "hog",
+                &[
+                    "sh",
+                    "-c",
+                    "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+                ],
+                cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 32 << 20,
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+    let s = c.wait_exited(&hog).await;
+    assert_eq!(s.reason, "OOMKilled", "{s:?}");
+    // Stopped and removed: no scope is left; kubelet's slice stays (kubelet's to remove).
+    c.stop_and_remove_pod(&pod).await;
+    let left = units("berth-*.scope");
+    assert!(
+        !left.contains(&scope) && !left.contains(&format!("berth-{hog}.scope")),
+        "{left:?}"
+    );
+    assert_eq!(show(&slice, "ActiveState"), "active");
+    let _ = Command::new("systemctl").args(["stop", &slice]).status();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_without_a_cgroup_parent_gets_a_slice_of_berths_that_goes_with_it() {
+    if !systemd_driver() {
+        return;
+    }
+    let Some(BusyboxEnv {
+        d: _d,
+        reg: _reg,
+        mut c,
+        image,
+        logs,
+    }) = BusyboxEnv::start().await
+    else {
+        return;
+    };
+    let pod = c
+        .run_pod(berth_e2e::cri::pod_config(
+            "systemd",
+            "minimal",
+            logs.path(),
+        ))
+        .await;
+    let id = c
+        .run_container(
+            &pod,
+            container(&image, "plain", &["sleep", "1000"], Default::default()),
+        )
+        .await;
+    let scope = format!("berth-{id}.scope");
+    let slice = show(&scope, "Slice");
+    assert!(slice.ends_with(&format!("-pod{pod}.slice")), "{slice}");
+    assert_eq!(show(&slice, "ActiveState"), "active");
+    c.stop_and_remove_pod(&pod).await;
+    assert!(!units("berth-*.scope").contains(&scope));
+    assert!(!units(&slice).contains(&slice), "{slice} is left");
+}
