@@ -8,6 +8,7 @@
 # calls, stops everything it started and writes docs/benchmarks.md (+ .svg).
 #
 #   bench/compare.sh [--runs N] [--burst C] [--loaded P]
+#   bench/compare.sh --scale [--pods 110,250] [--steady SECONDS] [--soak [SECONDS]]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
@@ -30,4 +31,9 @@ fi
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release -p berth-agent -p berth-e2e
 mkdir -p docs
+if [ "${1:-}" = --scale ]; then
+  # A full node: 110 and 250 pods, kubelet's polling, restarts (docs/benchmarks-scale.md).
+  shift
+  exec target/release/berth-bench compare --scale --runs 50 --out docs/benchmarks-scale.md "$@"
+fi
 exec target/release/berth-bench compare --runs 50 --burst 50 --loaded 50 --out docs/benchmarks.md "$@"

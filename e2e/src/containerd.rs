@@ -75,6 +75,11 @@ impl Containerd {
     /// HTTP) and using `pause_image` as the sandbox image; None when containerd or runc is
     /// not installed.
     pub fn start(registry: &str, pause_image: &str) -> Option<Containerd> {
+        Self::start_with_range(registry, pause_image, false)
+    }
+
+    /// As [`Containerd::start`], with a pod range of a /22 when `large` (a full node).
+    pub fn start_with_range(registry: &str, pause_image: &str, large: bool) -> Option<Containerd> {
         version()?;
         Command::new("runc").arg("--version").output().ok()?;
         let nat = net::HostNatGuard::new();
@@ -89,7 +94,11 @@ impl Containerd {
         let d = dir.path();
         let socket = d.join("containerd.sock");
         let bridge = format!("bcd{}", std::process::id() % 100_000);
-        let cidr = format!("{}/24", net::free_slash24([10, 213]));
+        let cidr = if large {
+            format!("{}/22", net::free_slash22([10, 213]))
+        } else {
+            format!("{}/24", net::free_slash24([10, 213]))
+        };
         net::write_bridge_conflist(
             &d.join("net.d"),
             "containerd-bench",
@@ -152,16 +161,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             conf_dir = d.join("net.d"),
         );
         std::fs::write(d.join("config.toml"), config).ok()?;
-        let log = std::fs::File::create(d.join("containerd.log")).ok()?;
-        let child = Command::new("setsid")
-            .arg("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().ok()?)
-            .stderr(log)
-            .spawn()
-            .ok()?;
+        let child = spawn_daemon(d)?;
         let c = Containerd {
             dir,
             socket,
@@ -178,6 +178,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(c)
+    }
+
+    /// Sends `sig` to containerd, waits for it to exit (SIGKILL after 30 s), and starts it
+    /// again on the same state without waiting for it to answer (shims live on).
+    pub fn kill_and_spawn(&mut self, sig: Signal) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(i32::try_from(child.id()).unwrap_or(0)), sig);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.child = spawn_daemon(self.dir.path());
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -253,6 +268,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             }
         }
     }
+}
+
+/// `setsid containerd --config <dir>/config.toml`, its output appended to its log.
+fn spawn_daemon(d: &std::path::Path) -> Option<Child> {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(d.join("containerd.log"))
+        .ok()?;
+    Command::new("setsid")
+        .arg("containerd")
+        .arg("--config")
+        .arg(d.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().ok()?)
+        .stderr(log)
+        .spawn()
+        .ok()
 }
 
 impl Drop for Containerd {

@@ -295,6 +295,17 @@ impl Daemon {
         }
     }
 
+    /// Sends `sig`, waits for berthd to exit (SIGKILL after 30 s), and starts it again on
+    /// the same root, run dir and config without waiting for it to answer.
+    pub fn kill_and_spawn(&mut self, sig: Signal) {
+        self.signal(sig);
+        if self.wait_exit(Duration::from_secs(30)).is_none() {
+            self.signal(Signal::SIGKILL);
+            let _ = self.wait_exit(Duration::from_secs(5));
+        }
+        self.child = Some(self.command(&[]).spawn().expect("spawn berthd"));
+    }
+
     /// SIGTERM and wait (SIGKILL after 15 s); returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(Signal::SIGTERM);

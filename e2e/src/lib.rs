@@ -21,6 +21,7 @@ pub mod net;
 pub mod proxy;
 pub mod registry;
 pub mod require;
+pub mod scale;
 pub mod soak;
 pub mod stream;
 pub mod suite;

@@ -56,6 +56,31 @@ pub fn free_slash24(base: [u8; 2]) -> Ipv4Addr {
     panic!("no free /24 in {}.{}.0.0/16", base[0], base[1]);
 }
 
+/// A /22 (four /24s, aligned) in `base`.0.0/16 that no route covers and no fixture of this
+/// process took: for a node of hundreds of pods.
+pub fn free_slash22(base: [u8; 2]) -> Ipv4Addr {
+    let routed = routed_networks();
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let start = (std::process::id().wrapping_mul(37) % 64) * 4;
+    for i in 0..64u32 {
+        let first = (start + i * 4) % 256;
+        let keys: Vec<u32> = (first..first + 4)
+            .map(|third| (u32::from(base[0]) << 8 | u32::from(base[1])) << 8 | third)
+            .collect();
+        let free = (first..first + 4).all(|third| {
+            let net = Ipv4Addr::new(base[0], base[1], u8::try_from(third).unwrap_or(0), 0);
+            !routed.contains(&u32::from(net))
+        }) && keys.iter().all(|k| !taken.contains(k));
+        if free {
+            taken.extend(keys);
+            return Ipv4Addr::new(base[0], base[1], u8::try_from(first).unwrap_or(0), 0);
+        }
+    }
+    panic!("no free /22 in {}.{}.0.0/16", base[0], base[1]);
+}
+
 impl DaemonNetwork {
     /// Names from the fixture's random suffix; `lines` (the test's own `[network]` lines)
     /// win over the fixture's choices.

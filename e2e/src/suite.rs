@@ -167,6 +167,11 @@ impl CpuCgroup {
         Some(CpuCgroup { dir, v2 })
     }
 
+    /// Moves one more process in (a helper the daemon started before it was adopted).
+    pub fn add(&self, pid: u32) {
+        let _ = std::fs::write(self.dir.join("cgroup.procs"), pid.to_string());
+    }
+
     /// CPU time used in the cgroup so far, in nanoseconds.
     pub fn usage_ns(&self) -> u64 {
         if self.v2 {

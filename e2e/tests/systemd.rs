@@ -115,7 +115,16 @@ async fn containers_are_scopes_in_kubelets_slices_with_their_limits_and_go_with_
                     cpu_shares: 1024,
                     cpu_quota: 50_000,
                     cpu_period: 100_000,
-                    unified: [("memory.high".to_owned(), (48u64 << 20).to_string())].into(),
+                    // cgroup v2's own knobs through the unified map: memory.high and
+                    // io.weight become unit properties too; memory.min and cpu.max.burst
+                    // (no property on systemd 252) are written into the scope.
+                    unified: [
+                        ("memory.high".to_owned(), (48u64 << 20).to_string()),
+                        ("memory.min".to_owned(), (8u64 << 20).to_string()),
+                        ("io.weight".to_owned(), "default 300".to_owned()),
+                        ("cpu.max.burst".to_owned(), "20000".to_owned()),
+                    ]
+                    .into(),
                     ..Default::default()
                 },
             ),
@@ -144,6 +153,11 @@ async fn containers_are_scopes_in_kubelets_slices_with_their_limits_and_go_with_
     assert_eq!(cgroup_file(&cg, "memory.high"), (48u64 << 20).to_string());
     assert_eq!(cgroup_file(&cg, "cpu.weight"), "100");
     assert_eq!(cgroup_file(&cg, "cpu.max"), "50000 100000");
+    assert_eq!(show(&scope, "IOWeight"), "300");
+    assert_eq!(show(&scope, "MemoryMin"), (8u64 << 20).to_string());
+    assert_eq!(cgroup_file(&cg, "io.weight"), "default 300");
+    assert_eq!(cgroup_file(&cg, "memory.min"), (8u64 << 20).to_string());
+    assert_eq!(cgroup_file(&cg, "cpu.max.burst"), "20000");
     // Live update: the unit and the cgroup both.
     c.runtime
         .update_container_resources(cri::UpdateContainerResourcesRequest {

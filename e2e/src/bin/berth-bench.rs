@@ -841,6 +841,365 @@ async fn bench_compare(runs: usize, burst: usize, loaded: usize, out: Option<std
     }
 }
 
+/// A full node, berth then containerd (`compare --scale`).
+async fn bench_scale(mut plan: berth_e2e::scale::ScalePlan, out: Option<std::path::PathBuf>) {
+    use berth_e2e::scale;
+    assert!(catalog::available(), "busybox-static is needed");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let reg = Registry::start().expect("docker-registry is needed");
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    reg.push_image(
+        "pause",
+        "3.9",
+        &berth_e2e::containerd::pause_image(tmp.path()).build(),
+    );
+    plan.image = format!("{}/busybox:latest", reg.host());
+    let mut reports = Vec::new();
+    {
+        // Logging as a node runs it (the fixture's default is debug).
+        let mut d = Daemon::start_with(DaemonOptions {
+            network: format!("pod_cidr = \"{}/22\"", net::free_slash22([10, 213])),
+            env: vec![("RUST_LOG".into(), "info".into())],
+            ..Default::default()
+        })
+        .await;
+        d.cri().await.pull(&plan.image, None).await.expect("pull");
+        let pid = scale::Node::daemon_pid(&d);
+        eprintln!("berth: filling to {:?} pods", plan.sizes);
+        let r = scale::run(
+            "berth",
+            &mut d,
+            || suite::CpuCgroup::adopt("berth-scale", pid),
+            &plan,
+        )
+        .await;
+        reports.push(r);
+    }
+    let containerd_version = berth_e2e::containerd::version();
+    match berth_e2e::containerd::Containerd::start_with_range(
+        &reg.host(),
+        &format!("{}/pause:3.9", reg.host()),
+        true,
+    ) {
+        Some(mut ctd) => {
+            let mut c = berth_e2e::Cri::connect(&ctd.socket)
+                .await
+                .expect("connect to containerd");
+            c.pull(&plan.image, None).await.expect("containerd pull");
+            let pid = ctd.pid().unwrap_or(0);
+            eprintln!("containerd: filling to {:?} pods", plan.sizes);
+            let r = scale::run(
+                "containerd",
+                &mut ctd,
+                || suite::CpuCgroup::adopt("containerd-scale", pid),
+                &plan,
+            )
+            .await;
+            reports.push(r);
+        }
+        None => eprintln!(
+            "containerd or runc is not installed (apt install containerd runc): berth only"
+        ),
+    }
+    let text = scale_report(&reports, &plan, containerd_version.as_deref());
+    println!("{text}");
+    println!(
+        "{}",
+        serde_json::json!({"bench": "compare-scale", "reports": reports})
+    );
+    if let Some(path) = out {
+        std::fs::write(&path, &text).expect("write the report");
+        let svg = path.with_extension("svg");
+        std::fs::write(&svg, scale_svg(&reports)).expect("write the chart");
+        eprintln!("wrote {} and {}", path.display(), svg.display());
+    }
+}
+
+/// The rows of the scale report: (metric, berth, containerd, target as a ratio, target as
+/// an absolute bound on berth's figure).
+type ScaleRow = (String, f64, Option<f64>, Option<f64>, Option<f64>);
+
+fn scale_rows(reports: &[berth_e2e::scale::ScaleReport]) -> Vec<ScaleRow> {
+    use berth_e2e::scale::ScaleReport;
+    let b = &reports[0];
+    let c = reports.get(1);
+    let mut rows: Vec<ScaleRow> = Vec::new();
+    let mut row = |name: String,
+                   f: &dyn Fn(&ScaleReport) -> Option<f64>,
+                   ratio: Option<f64>,
+                   abs: Option<f64>| {
+        if let Some(v) = f(b) {
+            rows.push((name, v, c.and_then(f), ratio, abs));
+        }
+    };
+    for fill in &b.fills {
+        let n = fill.pods;
+        row(
+            format!("fill {n} pods, 16 clients: all running (s)"),
+            &|r| r.fills.iter().find(|f| f.pods == n).map(|f| f.up_s),
+            None,
+            None,
+        );
+        row(
+            format!("fill {n} pods: all removed (s)"),
+            &|r| r.fills.iter().find(|f| f.pods == n).map(|f| f.down_s),
+            None,
+            None,
+        );
+    }
+    let n = b.steady.pods;
+    row(
+        format!("steady state, {n} pods: runtime CPU (% of one core)"),
+        &|r| Some(r.steady.cpu_pct),
+        Some(0.1),
+        Some(2.0),
+    );
+    for (name, _) in &b.steady.calls {
+        let lists = name.starts_with("List") && !name.ends_with("Stats");
+        let bound = if lists {
+            Some(5.0)
+        } else if name == "stats round" {
+            Some(30.0)
+        } else {
+            None
+        };
+        for (q, pick) in [("p50", 0usize), ("p99", 2)] {
+            let name = name.clone();
+            row(
+                format!("steady state: {name} {q} (ms)"),
+                &move |r| {
+                    r.steady
+                        .calls
+                        .iter()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, p)| match pick {
+                            0 => p.p50,
+                            _ => p.p99,
+                        })
+                },
+                None,
+                if pick == 2 { bound } else { None },
+            );
+        }
+    }
+    for m in &b.memory {
+        let n = m.pods;
+        row(
+            format!("daemon RSS, {n} pods (MiB)"),
+            &|r| {
+                r.memory
+                    .iter()
+                    .find(|x| x.pods == n)
+                    .map(|x| x.daemon_rss_kib as f64 / 1024.0)
+            },
+            None,
+            None,
+        );
+        let ratio = (n == b.memory.iter().map(|x| x.pods).max().unwrap_or(0)).then_some(0.15);
+        row(
+            format!("runtime memory, {n} pods: daemon + per-pod processes, PSS (MiB)"),
+            &|r| {
+                r.memory
+                    .iter()
+                    .find(|x| x.pods == n)
+                    .map(|x| x.node_pss_kib as f64 / 1024.0)
+            },
+            ratio,
+            None,
+        );
+    }
+    for step in ["total", "run_pod", "create", "start", "stop", "stop_pod"] {
+        for (q, pick) in [("p50", 0usize), ("p99", 2)] {
+            row(
+                format!("new pod on the full node under load: {step} {q} (ms)"),
+                &move |r| {
+                    r.new_pod
+                        .iter()
+                        .find(|(s, _)| s == step)
+                        .map(|(_, p)| match pick {
+                            0 => p.p50,
+                            _ => p.p99,
+                        })
+                },
+                None,
+                (step == "total" && pick == 0).then_some(10.0),
+            );
+        }
+    }
+    for (k, rs) in b.restarts.iter().enumerate() {
+        let sig = rs.signal.clone();
+        row(
+            format!("restart ({sig}), {n} pods: socket answers (s)"),
+            &|r| r.restarts.get(k).map(|x| x.answer_s),
+            None,
+            None,
+        );
+        row(
+            format!("restart ({sig}): container list complete (s)"),
+            &|r| r.restarts.get(k).map(|x| x.complete_s),
+            None,
+            Some(0.5),
+        );
+    }
+    if b.soak.is_some() {
+        row(
+            "soak: daemon RSS at start (MiB)".into(),
+            &|r| r.soak.as_ref().map(|s| s.rss_kib.0 as f64 / 1024.0),
+            None,
+            None,
+        );
+        row(
+            "soak: daemon RSS at end (MiB)".into(),
+            &|r| r.soak.as_ref().map(|s| s.rss_kib.1 as f64 / 1024.0),
+            None,
+            None,
+        );
+        row(
+            "soak: descriptors at start".into(),
+            &|r| r.soak.as_ref().map(|s| s.fds.0 as f64),
+            None,
+            None,
+        );
+        row(
+            "soak: descriptors at end".into(),
+            &|r| r.soak.as_ref().map(|s| s.fds.1 as f64),
+            None,
+            None,
+        );
+        row(
+            "soak: threads at start".into(),
+            &|r| r.soak.as_ref().map(|s| s.threads.0 as f64),
+            None,
+            None,
+        );
+        row(
+            "soak: threads at end".into(),
+            &|r| r.soak.as_ref().map(|s| s.threads.1 as f64),
+            None,
+            None,
+        );
+        row(
+            "soak: runtime CPU (% of one core)".into(),
+            &|r| r.soak.as_ref().map(|s| s.cpu_pct),
+            None,
+            None,
+        );
+    }
+    rows
+}
+
+fn scale_report(
+    reports: &[berth_e2e::scale::ScaleReport],
+    plan: &berth_e2e::scale::ScalePlan,
+    containerd: Option<&str>,
+) -> String {
+    let rows = scale_rows(reports);
+    let mut t = String::from("# A full node: berth and containerd side by side\n\n");
+    t.push_str(&format!(
+        "Machine: {}. berth {} (built-in networking, log level info); {}.\n\n",
+        machine(),
+        env!("CARGO_PKG_VERSION"),
+        containerd.map_or("containerd not installed".to_owned(), |v| format!(
+            "containerd {v} with runc and Debian's CNI bridge plugin (log level warn)"
+        ))
+    ));
+    t.push_str(&format!(
+        "Command: `cargo build --release -p berth-agent -p berth-e2e && target/release/berth-bench compare --scale --runs {} --out docs/benchmarks-scale.md` (or `bench/compare.sh --scale`). One runtime at a time, same image, configs and pod range (a /22). Fill: pods with one container each over {} clients, to {:?} pods. Steady state: {} s of kubelet's polling with the node full — every 1 s ListPodSandbox, ListContainers and ContainerStatus of each container whose state changed; every 10 s ListPodSandboxStats, ListContainerStats and ImageFsInfo (their sum: \"stats round\"); {} ExecSync probes per second spread over the pods. Runtime CPU: the daemon and the processes it runs per pod (berth's monitors; containerd's shims and pause processes), in a cpuacct cgroup of the bench's. Memory: the daemon's RSS, and the summed PSS of the daemon and its per-pod processes. New pod: {} lifecycles (after 2 warm-up runs) while the same polling runs. Restart: the daemon killed (SIGKILL) or stopped (SIGTERM) with every pod running and started again: until Version answers, and until ListContainers shows every container running.\n\n",
+        plan.lifecycles,
+        plan.concurrency,
+        plan.sizes,
+        plan.steady.as_secs(),
+        plan.exec_rate,
+        plan.lifecycles,
+    ));
+    t.push_str("| metric | berth | containerd | berth / containerd | target |\n|---|---:|---:|---:|---:|\n");
+    let mut missed = Vec::new();
+    for (name, b, c, ratio_target, abs_target) in &rows {
+        let ratio = c.filter(|c| *c > 0.0).map(|c| b / c);
+        let mut target = Vec::new();
+        if let Some(r) = ratio_target {
+            target.push(format!("<= {r}x"));
+            if ratio.is_some_and(|x| x > *r) {
+                missed.push(format!(
+                    "{name}: {:.2}x containerd's, target {r}x",
+                    ratio.unwrap_or(0.0)
+                ));
+            }
+        }
+        if let Some(a) = abs_target {
+            target.push(format!("<= {a}"));
+            if b > a {
+                missed.push(format!("{name}: {b:.2}, target {a}"));
+            }
+        }
+        t.push_str(&format!(
+            "| {name} | {b:.2} | {} | {} | {} |\n",
+            c.map_or("-".into(), |c| format!("{c:.2}")),
+            ratio.map_or("-".into(), |r| format!("{r:.2}")),
+            target.join(", ")
+        ));
+    }
+    t.push_str("\n![a full node](benchmarks-scale.svg)\n\n## Targets missed in this run\n\n");
+    if missed.is_empty() {
+        t.push_str("None.\n");
+    }
+    for m in missed {
+        t.push_str(&format!("- {m}\n"));
+    }
+    for r in reports {
+        if !r.steady.errors.is_empty() {
+            t.push_str(&format!(
+                "\n{} call errors in the steady state (first {}):\n\n",
+                r.runtime,
+                r.steady.errors.len()
+            ));
+            for e in &r.steady.errors {
+                t.push_str(&format!("- `{e}`\n"));
+            }
+        }
+    }
+    t
+}
+
+/// Bars of each runtime's figures that share a unit (seconds), one group per metric.
+fn scale_svg(reports: &[berth_e2e::scale::ScaleReport]) -> String {
+    let rows: Vec<ScaleRow> = scale_rows(reports)
+        .into_iter()
+        .filter(|(n, ..)| n.ends_with("(s)"))
+        .collect();
+    let max = rows
+        .iter()
+        .flat_map(|(_, b, c, ..)| [*b, c.unwrap_or(0.0)])
+        .fold(0.001_f64, f64::max);
+    let (w, left, bar) = (860.0, 330.0, 9.0);
+    let h = 40.0 + rows.len() as f64 * (bar * 2.0 + 8.0);
+    let colors = ["#2b7bb9", "#d95f02"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"10\" y=\"16\">a full node: times (s); berth blue, containerd orange</text>\n"
+    );
+    for (k, (name, b, c, ..)) in rows.iter().enumerate() {
+        let y0 = 30.0 + k as f64 * (bar * 2.0 + 8.0);
+        s.push_str(&format!(
+            "<text x=\"10\" y=\"{:.1}\">{name}</text>\n",
+            y0 + bar + 3.0
+        ));
+        for (i, v) in [Some(*b), *c].into_iter().enumerate() {
+            let Some(v) = v else { continue };
+            let len = (w - left - 60.0) * v / max;
+            let y = y0 + i as f64 * bar;
+            s.push_str(&format!(
+                "<rect x=\"{left}\" y=\"{y:.1}\" width=\"{len:.1}\" height=\"{:.1}\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{v:.2}</text>\n",
+                bar - 1.0,
+                colors[i],
+                left + len + 4.0,
+                y + bar - 1.0
+            ));
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 fn machine() -> String {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let model = read("/proc/cpuinfo")
@@ -1180,6 +1539,31 @@ fn main() -> std::process::ExitCode {
                 .position(|a| a == "--out")
                 .and_then(|i| args.get(i + 1))
                 .map(std::path::PathBuf::from);
+            if args.iter().any(|a| a == "--scale") {
+                let sizes: Vec<usize> = args
+                    .iter()
+                    .position(|a| a == "--pods")
+                    .and_then(|i| args.get(i + 1))
+                    .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                    .unwrap_or_else(|| vec![110, 250]);
+                let soak = args
+                    .iter()
+                    .position(|a| a == "--soak")
+                    .map(|i| args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(600));
+                rt.block_on(bench_scale(
+                    berth_e2e::scale::ScalePlan {
+                        image: String::new(),
+                        sizes,
+                        concurrency: opt("--concurrency", 16),
+                        steady: std::time::Duration::from_secs(opt("--steady", 60) as u64),
+                        exec_rate: u32::try_from(opt("--exec-rate", 50)).unwrap_or(50),
+                        lifecycles: runs,
+                        soak: soak.map(std::time::Duration::from_secs),
+                    },
+                    out,
+                ));
+                return std::process::ExitCode::SUCCESS;
+            }
             rt.block_on(bench_compare(
                 runs,
                 opt("--burst", 50),
@@ -1190,7 +1574,7 @@ fn main() -> std::process::ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: berth-bench pull|lifecycle|network|stats|streams|compare|soak|lists [--runs N] [--containers N] [--burst C] [--loaded P] [--out FILE] [--lifecycles N --pulls N --execs N --concurrency C --rss-bound-kib K]"
+                "usage: berth-bench pull|lifecycle|network|stats|streams|compare|soak|lists [--runs N] [--containers N] [--burst C] [--loaded P] [--out FILE] [--lifecycles N --pulls N --execs N --concurrency C --rss-bound-kib K]\n       berth-bench compare --scale [--pods 110,250] [--concurrency 16] [--steady SECONDS] [--exec-rate N] [--runs N] [--soak [SECONDS]] [--out FILE]"
             );
             std::process::ExitCode::from(2)
         }
