@@ -842,7 +842,11 @@ async fn bench_compare(runs: usize, burst: usize, loaded: usize, out: Option<std
 }
 
 /// A full node, berth then containerd (`compare --scale`).
-async fn bench_scale(mut plan: berth_e2e::scale::ScalePlan, out: Option<std::path::PathBuf>) {
+async fn bench_scale(
+    berth_only: bool,
+    mut plan: berth_e2e::scale::ScalePlan,
+    out: Option<std::path::PathBuf>,
+) {
     use berth_e2e::scale;
     assert!(catalog::available(), "busybox-static is needed");
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -875,12 +879,21 @@ async fn bench_scale(mut plan: berth_e2e::scale::ScalePlan, out: Option<std::pat
         .await;
         reports.push(r);
     }
-    let containerd_version = berth_e2e::containerd::version();
-    match berth_e2e::containerd::Containerd::start_with_range(
-        &reg.host(),
-        &format!("{}/pause:3.9", reg.host()),
-        true,
-    ) {
+    let containerd_version = if berth_only {
+        None
+    } else {
+        berth_e2e::containerd::version()
+    };
+    let containerd = if berth_only {
+        None
+    } else {
+        berth_e2e::containerd::Containerd::start_with_range(
+            &reg.host(),
+            &format!("{}/pause:3.9", reg.host()),
+            true,
+        )
+    };
+    match containerd {
         Some(mut ctd) => {
             let mut c = berth_e2e::Cri::connect(&ctd.socket)
                 .await
@@ -1550,7 +1563,9 @@ fn main() -> std::process::ExitCode {
                     .iter()
                     .position(|a| a == "--soak")
                     .map(|i| args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(600));
+                let berth_only = args.iter().any(|a| a == "--berth-only");
                 rt.block_on(bench_scale(
+                    berth_only,
                     berth_e2e::scale::ScalePlan {
                         image: String::new(),
                         sizes,
@@ -1574,7 +1589,7 @@ fn main() -> std::process::ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: berth-bench pull|lifecycle|network|stats|streams|compare|soak|lists [--runs N] [--containers N] [--burst C] [--loaded P] [--out FILE] [--lifecycles N --pulls N --execs N --concurrency C --rss-bound-kib K]\n       berth-bench compare --scale [--pods 110,250] [--concurrency 16] [--steady SECONDS] [--exec-rate N] [--runs N] [--soak [SECONDS]] [--out FILE]"
+                "usage: berth-bench pull|lifecycle|network|stats|streams|compare|soak|lists [--runs N] [--containers N] [--burst C] [--loaded P] [--out FILE] [--lifecycles N --pulls N --execs N --concurrency C --rss-bound-kib K]\n       berth-bench compare --scale [--berth-only] [--pods 110,250] [--concurrency 16] [--steady SECONDS] [--exec-rate N] [--runs N] [--soak [SECONDS]] [--out FILE]"
             );
             std::process::ExitCode::from(2)
         }

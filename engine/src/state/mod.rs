@@ -71,6 +71,30 @@ pub struct StateDb {
     path: PathBuf,
     /// The I/O failure of the last write, until a write succeeds again.
     failure: std::sync::Mutex<Option<String>>,
+    /// Pod and container records as decoded, beside the db: kubelet lists them every
+    /// second, and decoding every record each time (JSON, launch specs) was most of a
+    /// list's cost at a few hundred containers.
+    pods: RecordCache<records::PodRecord>,
+    containers: RecordCache<records::ContainerRecord>,
+}
+
+/// Decoded records of one table, filled from the db at the first list and kept equal to
+/// it: every write goes through [`StateDb`]'s put and remove, which update the cache after
+/// their commit while holding `writing` (so two writes of one key cannot land in the db and
+/// the cache in different orders); readers take only `map`, never waiting for a commit.
+#[derive(Debug)]
+struct RecordCache<T> {
+    map: std::sync::RwLock<Option<std::collections::BTreeMap<String, T>>>,
+    writing: std::sync::Mutex<()>,
+}
+
+impl<T> Default for RecordCache<T> {
+    fn default() -> Self {
+        RecordCache {
+            map: std::sync::RwLock::new(None),
+            writing: std::sync::Mutex::new(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for StateDb {
@@ -109,6 +133,8 @@ impl StateDb {
             db: std::sync::RwLock::new(Some(db)),
             path: path.to_owned(),
             failure: std::sync::Mutex::new(None),
+            pods: RecordCache::default(),
+            containers: RecordCache::default(),
         };
         state.migrate()?;
         Ok(state)
@@ -500,21 +526,6 @@ impl StateDb {
         })
     }
 
-    fn json_get<T: serde::de::DeserializeOwned>(
-        &self,
-        table: redb::TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<T>, StateError> {
-        self.with_db(false, |db| {
-            let txn = db.begin_read().map_err(StateError::db)?;
-            let t = txn.open_table(table).map_err(StateError::db)?;
-            t.get(key)
-                .map_err(StateError::db)?
-                .map(|v| decode(v.value()))
-                .transpose()
-        })
-    }
-
     fn json_list<T: serde::de::DeserializeOwned>(
         &self,
         table: redb::TableDefinition<&str, &[u8]>,
@@ -563,36 +574,136 @@ impl StateDb {
         })
     }
 
+    /// The cached records of `table`, loaded from the db the first time.
+    fn cached<T, R>(
+        &self,
+        cache: &RecordCache<T>,
+        table: redb::TableDefinition<&str, &[u8]>,
+        id_of: impl Fn(&T) -> String,
+        read: impl FnOnce(&std::collections::BTreeMap<String, T>) -> R,
+    ) -> Result<R, StateError>
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        {
+            let g = cache
+                .map
+                .read()
+                .map_err(|_| StateError::db("lock poisoned"))?;
+            if let Some(m) = g.as_ref() {
+                return Ok(read(m));
+            }
+        }
+        // Loaded under `writing`, so that no write lands between the read and the fill.
+        let _w = cache
+            .writing
+            .lock()
+            .map_err(|_| StateError::db("lock poisoned"))?;
+        let mut g = cache
+            .map
+            .write()
+            .map_err(|_| StateError::db("lock poisoned"))?;
+        if g.is_none() {
+            let all: Vec<T> = self.json_list(table)?;
+            *g = Some(all.into_iter().map(|r| (id_of(&r), r)).collect());
+        }
+        Ok(read(g.as_ref().unwrap_or(&Default::default())))
+    }
+
+    /// Writes (Some) or removes (None) a record in the db, then in the cache.
+    fn cached_write<T>(
+        &self,
+        cache: &RecordCache<T>,
+        table: redb::TableDefinition<&str, &[u8]>,
+        key: &str,
+        v: Option<&T>,
+    ) -> Result<(), StateError>
+    where
+        T: serde::Serialize + Clone,
+    {
+        let _w = cache
+            .writing
+            .lock()
+            .map_err(|_| StateError::db("lock poisoned"))?;
+        match v {
+            Some(v) => self.json_put(table, key, v)?,
+            None => self.json_remove(table, key)?,
+        }
+        let mut g = cache
+            .map
+            .write()
+            .map_err(|_| StateError::db("lock poisoned"))?;
+        if let Some(m) = g.as_mut() {
+            match v {
+                Some(v) => {
+                    m.insert(key.to_owned(), v.clone());
+                }
+                None => {
+                    m.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn pod_get(&self, id: &str) -> Result<Option<records::PodRecord>, StateError> {
-        self.json_get(PODS, id)
+        self.cached(&self.pods, PODS, |p| p.id.clone(), |m| m.get(id).cloned())
     }
 
     pub fn pod_list(&self) -> Result<Vec<records::PodRecord>, StateError> {
-        self.json_list(PODS)
+        self.cached(
+            &self.pods,
+            PODS,
+            |p| p.id.clone(),
+            |m| m.values().cloned().collect(),
+        )
     }
 
     pub fn pod_put(&self, p: &records::PodRecord) -> Result<(), StateError> {
-        self.json_put(PODS, &p.id, p)
+        self.cached_write(&self.pods, PODS, &p.id, Some(p))
     }
 
     pub fn pod_remove(&self, id: &str) -> Result<(), StateError> {
-        self.json_remove(PODS, id)
+        self.cached_write::<records::PodRecord>(&self.pods, PODS, id, None)
     }
 
     pub fn container_get(&self, id: &str) -> Result<Option<records::ContainerRecord>, StateError> {
-        self.json_get(CONTAINERS, id)
+        self.cached(
+            &self.containers,
+            CONTAINERS,
+            |c| c.id.clone(),
+            |m| m.get(id).cloned(),
+        )
     }
 
     pub fn container_list(&self) -> Result<Vec<records::ContainerRecord>, StateError> {
-        self.json_list(CONTAINERS)
+        self.cached(
+            &self.containers,
+            CONTAINERS,
+            |c| c.id.clone(),
+            |m| m.values().cloned().collect(),
+        )
+    }
+
+    /// The containers of one pod (without copying the others).
+    pub fn containers_of_pod(
+        &self,
+        pod_id: &str,
+    ) -> Result<Vec<records::ContainerRecord>, StateError> {
+        self.cached(
+            &self.containers,
+            CONTAINERS,
+            |c| c.id.clone(),
+            |m| m.values().filter(|c| c.pod_id == pod_id).cloned().collect(),
+        )
     }
 
     pub fn container_put(&self, c: &records::ContainerRecord) -> Result<(), StateError> {
-        self.json_put(CONTAINERS, &c.id, c)
+        self.cached_write(&self.containers, CONTAINERS, &c.id, Some(c))
     }
 
     pub fn container_remove(&self, id: &str) -> Result<(), StateError> {
-        self.json_remove(CONTAINERS, id)
+        self.cached_write::<records::ContainerRecord>(&self.containers, CONTAINERS, id, None)
     }
 
     /// Sets the stored schema version; only for tests of the too-new refusal.
