@@ -127,8 +127,6 @@ pub struct Engine {
     events: events::Events,
     /// Serialises the recording of container exits (check-then-write on the record).
     exit_record: std::sync::Mutex<()>,
-    /// Pods whose monitor's exit events berthd follows (see `exits_followed`).
-    followed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The connection to systemd (driver `systemd`), made at first use.
     systemd: tokio::sync::OnceCell<systemd::Systemd>,
     started: SystemTime,
@@ -219,7 +217,6 @@ impl Engine {
             metrics,
             events: events::Events::default(),
             exit_record: std::sync::Mutex::new(()),
-            followed: Default::default(),
             systemd: tokio::sync::OnceCell::new(),
             started: SystemTime::now(),
             _lock: lock,

@@ -168,17 +168,8 @@ impl Engine {
     /// ListContainers.
     pub fn list_containers(&self) -> Result<Vec<ContainerRecord>> {
         let mut out = Vec::new();
-        // Exits of followed pods come as events; only the others' are looked for on disk.
-        let followed = self
-            .followed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
         for c in self.db.container_list()? {
-            if c.state == ContainerState::Running
-                && !followed.contains(&c.pod_id)
-                && self.apply_exit_file(&c)?
-            {
+            if c.state == ContainerState::Running && self.apply_exit_file(&c)? {
                 out.push(self.container(&c.id)?);
             } else {
                 out.push(c);

@@ -18,6 +18,9 @@ use crate::systemd::{Systemd, unit_of};
 /// answer reports.
 const PARK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long berthd may take to make a container's scope (connecting to the bus included).
+const PLACE_TIMEOUT: Duration = Duration::from_secs(40);
+
 /// Whether a container's cgroup is a systemd scope made at its start.
 pub(crate) fn is_scope(cgroup: &str) -> bool {
     cgroup.ends_with(".scope")
@@ -83,16 +86,29 @@ impl Engine {
             .rsplit_once('/')
             .ok_or_else(|| Error::Internal(format!("scope {} has no slice", c.cgroup)))?;
         let slice = unit_of(slice_path);
-        self.systemd()
-            .await?
-            .start_scope(
-                scope,
-                slice,
-                pid,
-                format!("berth container {} ({})", c.name, c.id),
-                &c.resources,
-            )
-            .await?;
+        // The pod's monitor waits for its child meanwhile: bounded, even if the bus does
+        // not answer at all (the job itself has its own 30 s).
+        let made = tokio::time::timeout(PLACE_TIMEOUT, async {
+            self.systemd()
+                .await?
+                .start_scope(
+                    scope,
+                    slice,
+                    pid,
+                    format!("berth container {} ({})", c.name, c.id),
+                    &c.resources,
+                )
+                .await
+                .map_err(Error::from)
+        })
+        .await
+        .map_err(|_| {
+            Error::DeadlineExceeded(format!(
+                "container {}: systemd did not make its scope {scope} within {PLACE_TIMEOUT:?}",
+                c.id
+            ))
+        })?;
+        made?;
         // Directories in the hierarchies systemd does not manage (v1 cpuset, hugetlb…),
         // then every limit written as it is meant (systemd rounds some), and the devices.
         let cg = self.cgroup_manager()?;

@@ -196,13 +196,7 @@ pub async fn request(dir: &Path, body: Body) -> Result<Body, MonitorError> {
 }
 
 /// Follows a monitor's exit events until its connection ends (the monitor exited or died).
-/// Follows a monitor's exit events: `connected` runs once the monitor knows of this
-/// watcher (every later exit comes as an event), then `on_exit` for each exit.
-pub async fn watch(
-    dir: &Path,
-    connected: impl FnOnce(),
-    mut on_exit: impl FnMut(proto::Exited),
-) -> Result<(), MonitorError> {
+pub async fn watch(dir: &Path, mut on_exit: impl FnMut(proto::Exited)) -> Result<(), MonitorError> {
     let mut s = connect(dir).await?;
     let socket = socket_path(dir);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -223,7 +217,6 @@ pub async fn watch(
         socket: socket.clone(),
         message: e.to_string(),
     })?;
-    connected();
     while let Ok(Some(f)) = frame::read(&mut s).await {
         if let Some(Body::Exited(e)) = f.body {
             on_exit(e);

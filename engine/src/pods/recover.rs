@@ -20,18 +20,13 @@ impl Engine {
         let dir = pod.dir.clone();
         let pod_id = pod.id.clone();
         tokio::spawn(async move {
-            let (e2, e3, id2) = (engine.clone(), engine.clone(), pod_id.clone());
-            let r = client::watch(&dir, move || e3.exits_followed(&id2), move |ev| {
+            let e2 = engine.clone();
+            let r = client::watch(&dir, move |ev| {
                 if let Err(err) = e2.record_exit(&ev.container_id, ev.exit_code, ev.signal, ev.finished_at, ev.oom_killed) {
                     tracing::warn!(container_id = %ev.container_id, error = %err, "cannot record exit");
                 }
             })
             .await;
-            engine
-                .followed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&pod_id);
             if let Err(e) = r {
                 tracing::debug!(pod_id = %pod_id, error = %e, "monitor watch ended");
             }
@@ -39,23 +34,6 @@ impl Engine {
                 .monitor_gone(&pod_id, "the pod's monitor process died")
                 .await;
         });
-    }
-
-    /// A pod's monitor now sends every exit as an event: the exits it recorded on disk
-    /// before (while berthd was away) are applied once, and from here on lists need not
-    /// look for exit files of its containers.
-    fn exits_followed(&self, pod_id: &str) {
-        for c in self.db.containers_of_pod(pod_id).unwrap_or_default() {
-            if c.state == ContainerState::Running
-                && let Err(e) = self.apply_exit_file(&c)
-            {
-                tracing::warn!(container_id = %c.id, error = %e, "cannot apply a recorded exit");
-            }
-        }
-        self.followed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(pod_id.to_owned());
     }
 
     /// The monitor of a ready pod is gone (it died, or was gone when berthd started): its

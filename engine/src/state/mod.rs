@@ -685,19 +685,6 @@ impl StateDb {
         )
     }
 
-    /// The containers of one pod (without copying the others).
-    pub fn containers_of_pod(
-        &self,
-        pod_id: &str,
-    ) -> Result<Vec<records::ContainerRecord>, StateError> {
-        self.cached(
-            &self.containers,
-            CONTAINERS,
-            |c| c.id.clone(),
-            |m| m.values().filter(|c| c.pod_id == pod_id).cloned().collect(),
-        )
-    }
-
     pub fn container_put(&self, c: &records::ContainerRecord) -> Result<(), StateError> {
         self.cached_write(&self.containers, CONTAINERS, &c.id, Some(c))
     }
