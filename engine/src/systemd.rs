@@ -79,6 +79,11 @@ impl Prop {
 /// Named properties, in the order they are sent.
 pub type Props = Vec<(&'static str, Prop)>;
 
+/// Properties as D-Bus `a(sv)`.
+fn values(props: &Props) -> Vec<(&'static str, Value<'_>)> {
+    props.iter().map(|(k, v)| (*k, v.value())).collect()
+}
+
 /// systemd's "infinity".
 const INFINITY: u64 = u64::MAX;
 
@@ -319,7 +324,7 @@ impl Systemd {
     ) -> Result<(), SystemdError> {
         let mut props = scope_props(description, slice, pid);
         props.extend(resource_props(resources));
-        let values: Vec<(&str, Value<'_>)> = props.iter().map(|(k, v)| (*k, v.value())).collect();
+        let values = values(&props);
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
         let body = (unit, "fail", &values, &aux);
         const EXISTS: &str = "org.freedesktop.systemd1.UnitExists";
@@ -345,7 +350,7 @@ impl Systemd {
             ("TasksAccounting", Prop::Bool(true)),
             ("DefaultDependencies", Prop::Bool(false)),
         ];
-        let values: Vec<(&str, Value<'_>)> = props.iter().map(|(k, v)| (*k, v.value())).collect();
+        let values = values(&props);
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
         self.job(
             "StartTransientUnit",
@@ -362,7 +367,7 @@ impl Systemd {
         if props.is_empty() {
             return Ok(());
         }
-        let values: Vec<(&str, Value<'_>)> = props.iter().map(|(k, v)| (*k, v.value())).collect();
+        let values = values(props);
         self.manager
             .call_method("SetUnitProperties", &(unit, true, &values))
             .await

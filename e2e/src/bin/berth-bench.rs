@@ -775,20 +775,7 @@ async fn bench_compare(runs: usize, burst: usize, loaded: usize, out: Option<std
         let d = Daemon::start().await;
         let mut c = d.cri().await;
         c.pull(&image, None).await.expect("pull");
-        let dir = d.dir().to_string_lossy().into_owned();
-        let monitors = move || -> Vec<u32> {
-            std::fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                    (cmd.contains(" monitor ") && cmd.contains(&dir)).then_some(pid)
-                })
-                .collect()
-        };
+        let monitors = || berth_e2e::scale::Node::overhead_pids(&d);
         let pid = d
             .pid()
             .map(|p| u32::try_from(p.as_raw()).unwrap_or(0))

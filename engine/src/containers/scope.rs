@@ -128,17 +128,18 @@ impl Engine {
     pub(crate) async fn remove_scope(&self, cgroup: &str) -> Result<()> {
         // Its processes were killed already; a systemd that cannot be asked leaves only the
         // unit's name behind, and the directories below say whether anything is left.
-        let stopped = match self.systemd().await {
-            Ok(sd) => sd.stop_unit(unit_of(cgroup)).await.map_err(Error::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = stopped {
+        if let Err(e) = self.stop_unit_of(cgroup).await {
             tracing::warn!(cgroup, error = %e, "cannot stop the container's systemd scope");
         }
         if let Ok(cg) = self.cgroup_manager() {
             cg.remove(cgroup)?;
         }
         Ok(())
+    }
+
+    /// Stops the unit at the end of an expanded cgroup path (a scope or a slice of ours).
+    pub(crate) async fn stop_unit_of(&self, cgroup: &str) -> Result<()> {
+        Ok(self.systemd().await?.stop_unit(unit_of(cgroup)).await?)
     }
 
     /// Sets a scope's (or slice's) limits as unit properties, before the cgroup writes.

@@ -64,14 +64,7 @@ impl Engine {
                 if scope == Scope::Remove {
                     if pod.cgroup_owned && pod.cgroup.ends_with(".slice") {
                         // Our own slice (systemd driver): its unit goes first.
-                        let stopped = match self.systemd().await {
-                            Ok(sd) => sd
-                                .stop_unit(crate::systemd::unit_of(&pod.cgroup))
-                                .await
-                                .map_err(Into::into),
-                            Err(e) => Err(e),
-                        };
-                        note("slice", stopped);
+                        note("slice", self.stop_unit_of(&pod.cgroup).await);
                     }
                     // Kubelet's cgroup stays; the init's, under it, is ours.
                     let ours = if pod.cgroup_owned { &pod.cgroup } else { &init };
