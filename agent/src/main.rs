@@ -133,6 +133,14 @@ fn main() -> ExitCode {
     {
         berth_engine::monitor::podinit::pod_init();
     }
+    // The sleeper that keeps berth's own delegated scope alive (cgroupfs on systemd).
+    if std::env::args_os().next().as_deref()
+        == Some(std::ffi::OsStr::new(
+            berth_engine::pods::own_scope::KEEPER_NAME,
+        ))
+    {
+        berth_engine::pods::own_scope::keeper();
+    }
     let cli = Cli::parse();
     let overrides = Overrides {
         root: cli.root.clone(),
@@ -252,8 +260,16 @@ fn check(path: Option<&std::path::Path>, overrides: &Overrides, json: bool) -> E
         kernel: Some(berth_engine::linux::probe::kernel_features(&cfg.root)),
     });
     let mut checks = checks;
-    if cfg.cgroup.driver == berth_engine::CgroupDriver::Systemd {
-        checks.push(systemd_check());
+    // The systemd driver talks to systemd; so does cgroupfs on a node systemd manages, to
+    // make the delegated scope berth's own pods go under.
+    if cfg.cgroup.driver == berth_engine::CgroupDriver::Systemd
+        || berth_engine::pods::own_scope::systemd_manages_cgroups(
+            berth_engine::linux::cgroups::CgroupLayout::detect()
+                .ok()
+                .as_ref(),
+        )
+    {
+        checks.push(systemd_check(cfg.cgroup.driver));
     }
     let failed = checks.iter().any(|c| c.required && !c.ok);
     if json {
@@ -284,8 +300,15 @@ fn check(path: Option<&std::path::Path>, overrides: &Overrides, json: bool) -> E
     }
 }
 
-/// The systemd cgroup driver's check: systemd answers on the system bus.
-fn systemd_check() -> berth_engine::linux::probe::Check {
+/// systemd answers on the system bus (the systemd driver's scopes, or with cgroupfs the
+/// delegated scope of berth's own pods).
+fn systemd_check(driver: berth_engine::CgroupDriver) -> berth_engine::linux::probe::Check {
+    let what = match driver {
+        berth_engine::CgroupDriver::Systemd => "cgroup driver systemd",
+        berth_engine::CgroupDriver::Cgroupfs => {
+            "cgroup driver cgroupfs on a systemd node (berth's own pods in a delegated scope)"
+        }
+    };
     let answer = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -303,7 +326,7 @@ fn systemd_check() -> berth_engine::linux::probe::Check {
         required: true,
         ok,
         detail: match answer {
-            Ok(v) => format!("cgroup driver systemd: systemd {v} answers on the system bus"),
+            Ok(v) => format!("{what}: systemd {v} answers on the system bus"),
             Err(e) => e,
         },
         fix: (!ok).then(|| {

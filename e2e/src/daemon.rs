@@ -319,6 +319,11 @@ impl Daemon {
         }
     }
 
+    /// This daemon's configured cgroup parent (unique per fixture).
+    pub fn cgroup_parent(&self) -> String {
+        cgroup_parent_of(self.dir.path())
+    }
+
     /// This daemon's cgroup parent (unique per fixture) in every hierarchy.
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
         let parent = cgroup_parent_of(self.dir.path());

@@ -1,8 +1,10 @@
 //! The systemd cgroup driver on a systemd node with cgroup v2 (the VM lane runs these with
 //! `BERTH_E2E_CGROUP_DRIVER=systemd`: `scripts/vm --driver systemd e2e:systemd`): each
 //! container is a transient scope in its pod's slice, with its limits as unit properties
-//! and in its cgroup, and the scopes (and berth's own slices) go when the pods go. Not
-//! applicable on a node without that driver: they say so and pass.
+//! and in its cgroup, and the scopes (and berth's own slices) go when the pods go. And the
+//! cgroupfs driver on the same node (`scripts/vm --driver cgroupfs e2e:systemd`): berth's
+//! own pods go under a delegated scope of berth's, never at the root. Not applicable on a
+//! node without that driver: they say so and pass.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -14,9 +16,14 @@ use berth_e2e::require;
 use berth_proto::cri;
 
 fn systemd_driver() -> bool {
-    if std::env::var(CGROUP_DRIVER_ENV).ok().as_deref() != Some("systemd") {
+    driver_on_systemd("systemd")
+}
+
+/// Whether the tests run with `driver` on a node whose cgroups systemd manages.
+fn driver_on_systemd(driver: &str) -> bool {
+    if std::env::var(CGROUP_DRIVER_ENV).ok().as_deref() != Some(driver) {
         eprintln!(
-            "not applicable: {CGROUP_DRIVER_ENV} is not \"systemd\" (the VM lane runs this: scripts/vm --driver systemd e2e:systemd)"
+            "not applicable: {CGROUP_DRIVER_ENV} is not {driver:?} (the VM lane runs this: scripts/vm --driver {driver} e2e:systemd)"
         );
         return false;
     }
@@ -253,4 +260,120 @@ async fn a_pod_without_a_cgroup_parent_gets_a_slice_of_berths_that_goes_with_it(
     c.stop_and_remove_pod(&pod).await;
     assert!(!units("berth-*.scope").contains(&scope));
     assert!(!units(&slice).contains(&slice), "{slice} is left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cgroupfs_driver_keeps_own_pods_in_a_delegated_scope_that_outlives_a_restart() {
+    if !driver_on_systemd("cgroupfs") {
+        return;
+    }
+    let Some(BusyboxEnv {
+        mut d,
+        reg: _reg,
+        mut c,
+        image,
+        logs,
+    }) = BusyboxEnv::start().await
+    else {
+        return;
+    };
+    let pod = c
+        .run_pod(berth_e2e::cri::pod_config(
+            "cgroupfs",
+            "minimal",
+            logs.path(),
+        ))
+        .await;
+    let id = c
+        .run_container(
+            &pod,
+            container(
+                &image,
+                "plain",
+                &["sleep", "1000"],
+                cri::LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+    let pid = c.verbose_info(&id).await["pid"].as_u64().unwrap();
+    let cgroup_of = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .trim()
+            .trim_start_matches("0::/")
+            .to_owned()
+    };
+    // berth-e2e-<x> as the configured parent: <x>'s slice, and the scope in it.
+    let cg = cgroup_of(pid);
+    let parts: Vec<&str> = cg.split('/').collect();
+    let scope_at = parts
+        .iter()
+        .position(|p| p.ends_with("-pods.scope"))
+        .unwrap_or_else(|| panic!("the container is not under berth's scope: {cg}"));
+    let scope = parts[scope_at].to_owned();
+    let scope_cg = parts[..=scope_at].join("/");
+    assert!(parts[0] == "berth.slice", "{cg}");
+    assert_eq!(parts[scope_at + 1], format!("pod-{pod}"), "{cg}");
+    assert_eq!(show(&scope, "ActiveState"), "active");
+    assert_eq!(show(&scope, "Delegate"), "yes");
+    // Its limit is written in berth's subtree, and nothing of berth's is at the root.
+    assert_eq!(cgroup_file(&cg, "memory.max"), (64u64 << 20).to_string());
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup")
+            .join(d.cgroup_parent())
+            .exists(),
+        "a cgroup at the root"
+    );
+    // The keeper holds the scope from its own leaf.
+    let keeper = cgroup_file(&format!("{scope_cg}/keeper"), "cgroup.procs");
+    assert!(!keeper.is_empty(), "no keeper");
+    // berthd goes and comes back (as `systemctl restart` would): the scope, its pod and
+    // its container stay, and the new berthd uses them.
+    d.restart().await;
+    c = d.cri().await;
+    assert_eq!(show(&scope, "ActiveState"), "active");
+    assert_eq!(
+        c.status(&id).await.state(),
+        cri::ContainerState::ContainerRunning
+    );
+    assert_eq!(cgroup_of(pid), cg);
+    let second = c
+        .run_pod(berth_e2e::cri::pod_config(
+            "cgroupfs",
+            "second",
+            logs.path(),
+        ))
+        .await;
+    assert!(
+        std::path::Path::new("/sys/fs/cgroup")
+            .join(&scope_cg)
+            .join(format!("pod-{second}"))
+            .is_dir()
+    );
+    assert_eq!(
+        cgroup_file(&format!("{scope_cg}/keeper"), "cgroup.procs"),
+        keeper,
+        "a second keeper"
+    );
+    // The scope goes with the last of berth's pods, its keeper with it.
+    c.stop_and_remove_pod(&pod).await;
+    assert_eq!(show(&scope, "ActiveState"), "active");
+    c.stop_and_remove_pod(&second).await;
+    assert!(!units(&scope).contains(&scope), "{scope} is left");
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup")
+            .join(&scope_cg)
+            .exists()
+    );
+    let keeper_pid: u32 = keeper.lines().next().unwrap().parse().unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{keeper_pid}")).exists() || {
+            // A zombie until its parent (this berthd) reaps it.
+            std::fs::read_to_string(format!("/proc/{keeper_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+        }
+    );
 }

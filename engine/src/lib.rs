@@ -129,6 +129,9 @@ pub struct Engine {
     exit_record: std::sync::Mutex<()>,
     /// The connection to systemd (driver `systemd`), made at first use.
     systemd: tokio::sync::OnceCell<systemd::Systemd>,
+    /// Serialises making and stopping the delegated scope of berth's own pods
+    /// (`pods::own_scope`) against the making of their cgroups.
+    own_scope_lock: tokio::sync::Mutex<()>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
     _lock: File,
@@ -218,6 +221,7 @@ impl Engine {
             events: events::Events::default(),
             exit_record: std::sync::Mutex::new(()),
             systemd: tokio::sync::OnceCell::new(),
+            own_scope_lock: tokio::sync::Mutex::new(()),
             started: SystemTime::now(),
             _lock: lock,
         })

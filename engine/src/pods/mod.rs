@@ -15,6 +15,7 @@
 //! - `stop`, `remove`: StopPodSandbox and RemovePodSandbox;
 //! - `recover`: following monitors, their deaths, and start-up recovery.
 
+pub mod own_scope;
 mod recover;
 mod remove;
 mod run;

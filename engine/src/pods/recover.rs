@@ -113,6 +113,10 @@ impl Engine {
             }
         }
         self.recover_network()?;
+        // A delegated scope of own pods left holding none (berthd died as the last went).
+        if let Err(e) = self.release_own_scope().await {
+            tracing::warn!(error = %e, "cannot stop the emptied scope of berth's own pods");
+        }
         Ok(())
     }
 
@@ -250,7 +254,12 @@ impl Engine {
             ipc: NsMode::Pod,
             netns: netns.exists().then_some(netns),
             dir: self.pod_dir(id),
-            cgroup: format!("{}/pod-{id}", self.cfg.cgroup_parent),
+            cgroup: if self.cfg.cgroup_driver == crate::CgroupDriver::Systemd {
+                crate::spec::pod::own_pod_slice(&self.cfg.cgroup_parent, id)
+                    .unwrap_or_else(|_| format!("{}/pod-{id}", self.cfg.cgroup_parent))
+            } else {
+                format!("{}/pod-{id}", self.own_pods_parent())
+            },
             cgroup_owned: true,
             monitor_pid: 0,
             sysctls: Default::default(),

@@ -104,7 +104,7 @@ impl Engine {
                     true,
                 )
             } else {
-                (format!("{}/pod-{id}", self.cfg.cgroup_parent), true)
+                (format!("{}/pod-{id}", self.own_pods_parent()), true)
             }
         } else {
             (
@@ -191,7 +191,15 @@ impl Engine {
                     )
                     .await?;
             }
-            cg.create(&pod.cgroup)?;
+            {
+                // Under the delegated scope (cgroupfs on a systemd node), made if it is not.
+                let _scope = if pod.cgroup_owned && !systemd {
+                    Some(self.hold_own_scope().await?)
+                } else {
+                    None
+                };
+                cg.create(&pod.cgroup)?;
+            }
             crate::fail_point!("run_pod.cgroup_made");
             let args = MonitorArgs {
                 pod_id: id.clone(),

@@ -69,6 +69,9 @@ impl Engine {
                     // Kubelet's cgroup stays; the init's, under it, is ours.
                     let ours = if pod.cgroup_owned { &pod.cgroup } else { &init };
                     note("cgroups", cg.remove(ours).map_err(Into::into));
+                    if pod.cgroup_owned && !pod.cgroup.ends_with(".slice") {
+                        note("own pods' scope", self.release_own_scope().await);
+                    }
                 }
             }
             Err(e) => note("cgroups", Err(e)),

@@ -51,6 +51,19 @@ pub fn cgroup_parent_path(driver: CgroupDriver, parent: &str) -> Result<String> 
 /// (`berth` or `berth.slice` → `berth-pod<id>.slice`, in `berth.slice`), as the relative
 /// cgroupfs path of its nested slices. Characters a unit name cannot hold become `_`.
 pub fn own_pod_slice(parent: &str, pod_id: &str) -> Result<String> {
+    let stem = slice_stem(parent);
+    let name = if stem.is_empty() {
+        format!("pod{pod_id}.slice")
+    } else {
+        format!("{stem}-pod{pod_id}.slice")
+    };
+    cgroup_parent_path(CgroupDriver::Systemd, &name)
+}
+
+/// The configured cgroup parent as the dash-joined stem of a unit name (`berth.slice` →
+/// `berth`, `a/b c` → `a-b_c`): characters a unit name cannot hold become `_`, and empty
+/// dash parts go.
+pub fn slice_stem(parent: &str) -> String {
     let stem: String = parent
         .trim_matches('/')
         .trim_end_matches(".slice")
@@ -61,17 +74,10 @@ pub fn own_pod_slice(parent: &str, pod_id: &str) -> Result<String> {
             _ => '_',
         })
         .collect();
-    let stem = stem
-        .split('-')
+    stem.split('-')
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
-        .join("-");
-    let name = if stem.is_empty() {
-        format!("pod{pod_id}.slice")
-    } else {
-        format!("{stem}-pod{pod_id}.slice")
-    };
-    cgroup_parent_path(CgroupDriver::Systemd, &name)
+        .join("-")
 }
 
 /// The kernel's limit on a host name (HOST_NAME_MAX).
