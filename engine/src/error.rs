@@ -114,6 +114,9 @@ pub enum Error {
     /// A node-wide budget is used up (metadata of all pods, ExecSync output).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Something this node cannot do at all (CRIU missing or unable to run on its kernel).
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl Error {
@@ -147,6 +150,7 @@ impl Error {
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
+            Error::Unimplemented(_) => ErrorKind::Unimplemented,
             Error::Spec(e) => e.kind(),
             Error::Cgroup(e) => e.kind(),
             Error::Monitor(e) => e.kind(),

@@ -132,6 +132,8 @@ pub struct Engine {
     /// Serialises making and stopping the delegated scope of berth's own pods
     /// (`pods::own_scope`) against the making of their cgroups.
     own_scope_lock: tokio::sync::Mutex<()>,
+    /// Whether CRIU can checkpoint on this node (asked at the first checkpoint).
+    criu: tokio::sync::OnceCell<std::result::Result<String, String>>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
     _lock: File,
@@ -222,6 +224,7 @@ impl Engine {
             exit_record: std::sync::Mutex::new(()),
             systemd: tokio::sync::OnceCell::new(),
             own_scope_lock: tokio::sync::Mutex::new(()),
+            criu: tokio::sync::OnceCell::new(),
             started: SystemTime::now(),
             _lock: lock,
         })

@@ -8,7 +8,7 @@ use berth_proto::cri::runtime_service_server::RuntimeService;
 use berth_proto::cri::*;
 use tonic::{Request, Response, Status};
 
-use super::status::{to_status, unimplemented};
+use super::status::to_status;
 use super::{convert, lists, stats};
 
 /// A required id field, or InvalidArgument naming it.
@@ -553,9 +553,14 @@ impl RuntimeService for RuntimeHandlers {
 
     async fn checkpoint_container(
         &self,
-        _req: Request<CheckpointContainerRequest>,
+        req: Request<CheckpointContainerRequest>,
     ) -> Result<Response<CheckpointContainerResponse>, Status> {
-        Err(unimplemented("CheckpointContainer"))
+        let r = req.into_inner();
+        self.engine
+            .checkpoint_container(&r.container_id, &r.location, r.timeout)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(CheckpointContainerResponse {}))
     }
     async fn get_container_events(
         &self,

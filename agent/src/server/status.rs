@@ -25,11 +25,6 @@ pub fn to_status(e: Error) -> Status {
     Status::new(code(e.kind()), e.to_string())
 }
 
-/// The answer for an RPC that this build does not implement.
-pub fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not implemented by this berth build"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,8 +59,8 @@ mod tests {
         let s = to_status(Error::InvalidArgument("pod_cidr: bad".into()));
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("pod_cidr"));
-        let u = unimplemented("RunPodSandbox");
+        let u = to_status(Error::Unimplemented("no criu".into()));
         assert_eq!(u.code(), Code::Unimplemented);
-        assert!(u.message().contains("RunPodSandbox"));
+        assert!(u.message().contains("no criu"));
     }
 }

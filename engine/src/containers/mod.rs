@@ -6,6 +6,7 @@
 //! which creates the process. The life cycle is drawn on [`ContainerState`]; every state
 //! change goes through [`Engine::transition_container`].
 
+pub(crate) mod checkpoint;
 mod create;
 mod exec;
 mod exit;

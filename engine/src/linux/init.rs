@@ -214,6 +214,10 @@ fn become_process(stdio: Stdio, p: &super::spawn::ProcessSpec) -> Step<Never> {
     } = p;
     let (no_new_privs, apparmor, selinux_label) =
         (*no_new_privs, apparmor.as_deref(), selinux_label.as_deref());
+    // A session of its own (a terminal's setup makes one too): the container's process is
+    // not in its monitor's session, which CRIU refuses to dump ("a session leader … is
+    // outside of its pid namespace"), and a signal to the monitor's group misses it.
+    let _ = nix::unistd::setsid();
     redirect(stdio, user)?;
     super::sys::reset_signals();
     step(|| format!("chdir {cwd}"), nix::unistd::chdir(cwd.as_str()))?;

@@ -83,13 +83,24 @@ pub fn run(input: &ProbeInput) -> Vec<Check> {
 
 /// CRIU, for CheckpointContainer: installed, and able to run on this kernel.
 fn criu() -> Check {
+    let r = criu_usable();
+    let fix = if r.as_ref().is_err_and(|e| e.contains("not installed")) {
+        "apt-get install criu (needed only for container checkpoints)"
+    } else {
+        "a newer CRIU (Debian 12's 3.17 does not know this kernel's vDSO layout); needed only for container checkpoints"
+    };
+    check("criu", false, r).fix(fix)
+}
+
+/// Whether CRIU can checkpoint here: its version and `criu check` passing, or why not.
+pub fn criu_usable() -> Result<String, String> {
     let run = |args: &[&str]| {
         std::process::Command::new("criu")
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()
     };
-    let r = match run(&["--version"]) {
+    match run(&["--version"]) {
         Err(_) => Err("criu is not installed: containers cannot be checkpointed".to_owned()),
         Ok(v) => {
             let version = String::from_utf8_lossy(&v.stdout)
@@ -118,13 +129,7 @@ fn criu() -> Check {
                 Err(e) => Err(format!("run criu check: {e}")),
             }
         }
-    };
-    let fix = if r.as_ref().is_err_and(|e| e.contains("not installed")) {
-        "apt-get install criu (needed only for container checkpoints)"
-    } else {
-        "a newer CRIU (Debian 12's 3.17 does not know this kernel's vDSO layout); needed only for container checkpoints"
-    };
-    check("criu", false, r).fix(fix)
+    }
 }
 
 fn user_namespaces() -> Check {
