@@ -53,7 +53,7 @@ fn own_pid() -> cri::NamespaceOption {
 }
 
 /// A pod as kubelet makes one: containers get their own pid namespaces.
-fn pod(name: &str, logs: &Path) -> cri::PodSandboxConfig {
+fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
     let mut config = berth_e2e::cri::pod_config("checkpoint", name, logs);
     config.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -133,7 +133,7 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     else {
         return;
     };
-    let pod = c.run_pod(pod("counting", logs.path())).await;
+    let pod = c.run_pod(pod_config("counting", logs.path())).await;
     let id = c.run_container(&pod, counter(&image, "counter")).await;
     let out = tempfile::tempdir().unwrap();
     let location = out.path().join("counter.tar");
@@ -245,5 +245,166 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     let again = out.path().join("again.tar");
     checkpoint(&mut c, &id, &again).await.unwrap();
     assert!(again.is_file());
+    let at_checkpoint: u64 = String::from_utf8_lossy(&{
+        let diff = entry(&location, "rootfs-diff.tar");
+        let mut v = Vec::new();
+        for e in tar::Archive::new(&diff[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().to_str() == Some("count") {
+                e.read_to_end(&mut v).unwrap();
+            }
+        }
+        v
+    })
+    .trim()
+    .parse()
+    .unwrap();
+    c.stop_and_remove_pod(&pod).await;
+
+    // Restored into a new pod, from the first archive: the counter goes on from where it
+    // was, with its file, and writes to the new container's log.
+    let pod2 = c.run_pod(pod_config("restored", logs.path())).await;
+    let mut config = counter(&image, "counter");
+    config.image = Some(berth_e2e::cri::spec(location.to_str().unwrap()));
+    config.command = Vec::new();
+    let t = Instant::now();
+    let restored = c.run_container(&pod2, config).await;
+    let restore_took = t.elapsed();
+    let s = c.status(&restored).await;
+    assert_eq!(
+        s.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{s:?}"
+    );
+    let now = count(&mut c, &restored).await;
+    assert!(
+        now >= at_checkpoint,
+        "the restored counter is at {now}, below {at_checkpoint} where it was checkpointed"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = count(&mut c, &restored).await;
+    assert!(
+        later > now,
+        "the restored counter does not count ({now}, {later})"
+    );
+    let started = c.exec(&restored, &["cat", "/started"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&started.stdout).trim(), "start");
+    let log = std::fs::read_to_string(logs.path().join("restored").join("counter.log")).unwrap();
+    assert!(
+        log.lines()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .any(|n| n > at_checkpoint),
+        "no new count in the restored container's log:\n{log}"
+    );
+    eprintln!("restore into a new pod: {restore_took:?} (create and start)");
+    // And the restored container can be checkpointed in turn.
+    let third = out.path().join("restored.tar");
+    checkpoint(&mut c, &restored, &third).await.unwrap();
+    assert!(third.is_file());
+    c.stop_and_remove_pod(&pod2).await;
+}
+
+/// A tar of `entries` (name, bytes) at `path`.
+fn archive(path: &Path, entries: &[(&str, Vec<u8>)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_checkpoint_or_one_of_a_missing_image_creates_nothing() {
+    let Some(BusyboxEnv {
+        d: _d,
+        reg: _reg,
+        mut c,
+        image,
+        logs,
+    }) = BusyboxEnv::start().await
+    else {
+        return;
+    };
+    let pod = c.run_pod(pod_config("broken", logs.path())).await;
+    let out = tempfile::tempdir().unwrap();
+    let create = |archive: &Path| {
+        let mut config = counter(&image, "restored");
+        config.image = Some(berth_e2e::cri::spec(archive.to_str().unwrap()));
+        cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: None,
+        }
+    };
+    // Not a tar at all, and a tar that is no checkpoint.
+    let junk = out.path().join("junk.tar");
+    std::fs::write(&junk, b"this is not a checkpoint").unwrap();
+    let e = c.runtime.create_container(create(&junk)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let other = out.path().join("other.tar");
+    archive(&other, &[("hello.txt", b"hi".to_vec())]);
+    let e = c
+        .runtime
+        .create_container(create(&other))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("not a container checkpoint"), "{e:?}");
+    // A checkpoint of an image this node lacks: named.
+    let config = serde_json::json!({
+        "id": "x", "name": "counter",
+        "rootfsImage": "example.com/gone:1",
+        "rootfsImageRef": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "rootfsImageName": "example.com/gone:1",
+    });
+    let spec = serde_json::json!({"process": {"args": ["sh"]}, "annotations": {}});
+    let entries = |config: &serde_json::Value| {
+        vec![
+            ("checkpoint/inventory.img", b"not really".to_vec()),
+            ("config.dump", serde_json::to_vec(config).unwrap()),
+            ("spec.dump", serde_json::to_vec(&spec).unwrap()),
+            ("rootfs-diff.tar", {
+                let mut b = tar::Builder::new(Vec::new());
+                b.finish().unwrap();
+                b.into_inner().unwrap()
+            }),
+            ("deleted.files", b"[]".to_vec()),
+        ]
+    };
+    let gone = out.path().join("gone.tar");
+    archive(&gone, &entries(&config));
+    let e = c.runtime.create_container(create(&gone)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("example.com/gone:1"), "{e:?}");
+    assert!(c.containers().await.is_empty());
+    // Nothing is left of the unpacked archives.
+    let restores = _d.root.join("restores");
+    let left: Vec<_> = std::fs::read_dir(&restores)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    if !criu_expected() {
+        // Where CRIU cannot run, a good archive makes a container whose start says so.
+        let mut ok = config.clone();
+        ok["rootfsImageRef"] = serde_json::Value::String(String::new());
+        ok["rootfsImageName"] = serde_json::Value::String(image.clone());
+        let good = out.path().join("good.tar");
+        archive(&good, &entries(&ok));
+        let id = c
+            .runtime
+            .create_container(create(&good))
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        let e = c.start(&id).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    }
     c.stop_and_remove_pod(&pod).await;
 }

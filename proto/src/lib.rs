@@ -43,7 +43,7 @@ pub mod monitor {
     include!(concat!(env!("OUT_DIR"), "/berth.monitor.v1.rs"));
 
     /// Protocol version spoken by this build (monitor.proto says what each adds).
-    pub const PROTOCOL_VERSION: u32 = 4;
+    pub const PROTOCOL_VERSION: u32 = 5;
     /// Largest frame either end accepts (length prefix excluded).
     pub const MAX_FRAME: usize = 4 << 20;
 }

@@ -242,7 +242,7 @@ impl Engine {
     }
 
     /// Whether CRIU can run here, asked once.
-    async fn criu(&self) -> Result<()> {
+    pub(crate) async fn criu(&self) -> Result<()> {
         let usable = self
             .criu
             .get_or_init(|| async {

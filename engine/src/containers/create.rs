@@ -59,7 +59,45 @@ impl Engine {
                 md.name, md.attempt, c.id
             )));
         }
+        // A checkpoint archive as the image: the container is made of the checkpoint's
+        // image and writable layer, and its start restores the checkpointed processes.
+        let restore = self.restore_source(&config.image)?;
+        let _staged = Staged(restore.as_ref().map(|r| r.dir.clone()));
+        let restored_config;
+        let config = match &restore {
+            Some(r) => {
+                restored_config = r.config(config);
+                &restored_config
+            }
+            None => config,
+        };
         let mut plan = self.plan_container(&pod, config, sandbox_config)?;
+        if let Some(r) = &restore {
+            let refuse = |why: &str| {
+                Err(Error::FailedPrecondition(format!(
+                    "cannot restore checkpoint {} as container {}: {why}",
+                    r.dir.display(),
+                    md.name
+                )))
+            };
+            if pod.monitor_protocol < 5 {
+                return refuse(&format!(
+                    "pod {pod_id}'s monitor speaks protocol {} (started by an older berthd), and restoring needs 5; recreate the pod",
+                    pod.monitor_protocol
+                ));
+            }
+            if plan.stdio.tty {
+                return refuse("a restored container cannot have a terminal (tty)");
+            }
+            if plan.userns.is_some() {
+                return refuse("the pod has a user namespace (hostUsers: false)");
+            }
+            if !plan.new_pid_namespace {
+                return refuse(
+                    "the container would share a pid namespace; a restored one has its own",
+                );
+            }
+        }
         if plan.hooks.is_some() && pod.monitor_protocol < 3 {
             return Err(Error::FailedPrecondition(format!(
                 "CDI devices of container {}: their OCI hooks need a pod monitor of protocol 3, and pod {pod_id}'s speaks {} (it was started by an older berthd); recreate the pod",
@@ -100,6 +138,12 @@ impl Engine {
             }
             for d in ["upper", "work"] {
                 crate::durable::create_dir_all(&dir.join(d), 0o755)?;
+            }
+            if let Some(r) = &restore {
+                r.apply_rootfs_diff(&dir.join("upper"))?;
+                std::fs::rename(&r.dir, dir.join(super::restore::CHECKPOINT_DIR)).map_err(|e| {
+                    Error::Internal(format!("keep the checkpoint in {}: {e}", dir.display()))
+                })?;
             }
             crate::fail_point!("create_container.layer_made");
             // Image volumes: each image's layers read-only in the container's directory
@@ -204,6 +248,14 @@ impl Engine {
                     pod.sysctls.clone()
                 },
             };
+            if let Some(r) = &restore {
+                let missing = r.missing_mounts(&launch);
+                if !missing.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "the checkpointed container had mounts from the node at {missing:?}; the new container must ask for them too"
+                    )));
+                }
+            }
             // The bundle the hooks are told of: an OCI config.json that says what berth
             // will do (hooks read the root's path from it).
             if let Some(h) = &launch.hooks {
@@ -252,6 +304,9 @@ impl Engine {
                     .flat_map(|v| v.layers.iter().cloned())
                     .collect(),
                 launch,
+                restore_from: restore
+                    .as_ref()
+                    .map(|_| dir.join(super::restore::CHECKPOINT_DIR)),
             };
             self.db.container_put(&rec)?;
             crate::fail_point!("create_container.recorded");
@@ -270,5 +325,17 @@ impl Engine {
             .emit(&id, pod_id, EventKind::Created, rec.created_at);
         tracing::info!(container_id = %id, pod_id, name = %rec.name, "container created");
         Ok(id)
+    }
+}
+
+/// An unpacked checkpoint not (yet) moved into its container's directory: removed when
+/// the create ends, whichever way.
+struct Staged(Option<PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

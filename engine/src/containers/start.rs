@@ -28,7 +28,7 @@ impl Engine {
                 pod.id
             )));
         }
-        let start = wire::start_request(
+        let mut start = wire::start_request(
             pod.monitor_protocol,
             &c.launch,
             pod.log_directory.clone(),
@@ -36,6 +36,13 @@ impl Engine {
             c.oom_file.clone(),
         )
         .map_err(|e| Error::Internal(e.to_string()))?;
+        if let Some(checkpoint) = &c.restore_from {
+            self.criu().await?;
+            start.restore = Some((&self.restore_spec(&c, &pod, checkpoint)?).into());
+        }
+        // CRIU's images hold every page of the checkpointed memory: gone once used, and
+        // whatever the start's outcome (CRIU's restore.log stays, beside the metadata).
+        let _used = UsedCheckpoint(c.restore_from.clone());
         crate::fail_point!("start_container.before_monitor");
         let r = if super::scope::is_scope(&c.cgroup) {
             self.start_in_scope(&c, &pod.dir, start).await
@@ -118,5 +125,17 @@ impl Engine {
 fn cleanup_park(c: &crate::state::records::ContainerRecord) {
     if let Some(p) = &c.launch.cgroup_park {
         let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Removes a restored container's CRIU images and writable-layer diff when dropped.
+struct UsedCheckpoint(Option<std::path::PathBuf>);
+
+impl Drop for UsedCheckpoint {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d.join(super::checkpoint::IMAGES_DIR));
+            let _ = std::fs::remove_file(d.join(super::checkpoint::ROOTFS_DIFF));
+        }
     }
 }

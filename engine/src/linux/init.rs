@@ -57,18 +57,9 @@ fn wait_for_placement(park: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-fn run(spec: &LaunchSpec, stdio: Stdio, mut sync: Option<HookSync>) -> Step<Never> {
-    if let Some(s) = sync.as_mut() {
-        s.close_parent_ends();
-    }
-    // Opened first, while the host's paths are visible; entered last.
-    let userns = match &spec.userns {
-        Some(u) => Some(step(
-            || format!("open the pod's user namespace {}", u.path.display()),
-            fs::File::open(&u.path),
-        )?),
-        None => None,
-    };
+/// Waits for the runtime to make the container's systemd scope (when it does), then joins
+/// the container's cgroups.
+pub(super) fn place_in_cgroups(spec: &LaunchSpec) -> Step<()> {
     if let Some(park) = &spec.cgroup_park {
         step(
             || {
@@ -87,6 +78,22 @@ fn run(spec: &LaunchSpec, stdio: Stdio, mut sync: Option<HookSync>) -> Step<Neve
             fs::write(&f, "0"),
         )?;
     }
+    Ok(())
+}
+
+fn run(spec: &LaunchSpec, stdio: Stdio, mut sync: Option<HookSync>) -> Step<Never> {
+    if let Some(s) = sync.as_mut() {
+        s.close_parent_ends();
+    }
+    // Opened first, while the host's paths are visible; entered last.
+    let userns = match &spec.userns {
+        Some(u) => Some(step(
+            || format!("open the pod's user namespace {}", u.path.display()),
+            fs::File::open(&u.path),
+        )?),
+        None => None,
+    };
+    place_in_cgroups(spec)?;
     let root = &spec.rootfs.target;
     // Slave, not private: nothing we mount leaks to the host, and host mounts still reach
     // volumes that ask for host-to-container propagation (runc's default too). A

@@ -17,6 +17,12 @@ pub mod namespaces;
 mod overlay;
 pub mod probe;
 pub mod process;
+pub mod restore;
 mod rootfs;
 pub mod spawn;
 pub mod sys;
+
+/// The host's device nodes bound into every container's /dev (by name).
+pub fn rootfs_dev_binds() -> &'static [&'static str] {
+    &rootfs::DEV_BINDS
+}

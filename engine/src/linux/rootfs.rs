@@ -129,6 +129,18 @@ fn inside(root: &Path, dest: &str) -> Step<PathBuf> {
     Ok(cur)
 }
 
+/// Makes sure the mount point `dest` exists beneath `root` (a directory, or an empty
+/// file), without following a symlink out of it: for mounts made by someone else there
+/// (CRIU's restore of a checkpoint's external mounts).
+pub(super) fn ensure_mount_point(root: &Path, dest: &str, as_dir: bool) -> Step<()> {
+    let rel = relative_destination(dest)?;
+    let fd = step(
+        || format!("open {}", root.display()),
+        beneath::open_dir(root),
+    )?;
+    ensure_target(&fd, &rel, dest, as_dir, None)
+}
+
 /// Creates a mount point that does not exist yet (a directory, or an empty file) beneath
 /// the root held by `root`, owned by `owner` (the mapped root of a user-namespaced pod:
 /// made by us, root of the host, it would show as nobody inside). Every step resolves
@@ -343,8 +355,11 @@ pub(super) fn make_device(root: &Path, d: &crate::spec::devices::DeviceNode) -> 
 
 /// The standard device nodes (bind-mounted from the host, which works in every namespace)
 /// and the usual /dev symlinks.
+/// The host's device nodes bound into every container's /dev.
+pub const DEV_BINDS: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
 fn populate_dev(dev_fd: &OwnedFd, dev: &Path) -> Step<()> {
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+    for name in DEV_BINDS {
         let t = dev.join(name);
         ensure_target(dev_fd, Path::new(name), "/dev", false, None)?;
         let src = format!("/dev/{name}");

@@ -511,7 +511,7 @@ fn read_error(err_r: OwnedFd) -> String {
 }
 
 /// In a child: reports a failure on the error pipe and exits.
-fn fail(err_w: &OwnedFd, msg: &str) -> ! {
+pub(super) fn fail(err_w: &OwnedFd, msg: &str) -> ! {
     if let Ok(fd) = err_w.try_clone() {
         let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
     }

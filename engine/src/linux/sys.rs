@@ -440,6 +440,30 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }
 
+/// A copy of descriptor `fd` numbered `min` or above (close-on-exec), so that moving
+/// descriptors onto small fixed numbers cannot overwrite one still to be moved.
+pub fn dup_above(fd: i32, min: i32) -> nix::Result<i32> {
+    // SAFETY: F_DUPFD_CLOEXEC only makes a new descriptor of this process; `fd` is one the
+    // caller holds open for the call's duration.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    nix::errno::Errno::result(r)
+}
+
+/// Makes descriptor `to` a copy of `from`, inherited across exec (dup2 clears
+/// close-on-exec); whatever `to` was is closed. For a child about to exec.
+pub fn dup_onto(from: i32, to: i32) -> nix::Result<()> {
+    if from == to {
+        // dup2 would keep close-on-exec set.
+        // SAFETY: F_SETFD on a descriptor the caller holds; it changes only its flags.
+        let r = unsafe { libc::fcntl(from, libc::F_SETFD, 0) };
+        return nix::errno::Errno::result(r).map(drop);
+    }
+    // SAFETY: dup2 acts only on this process's descriptor table; `from` is open, and the
+    // caller means to replace `to` (a cloned child's own table, about to exec).
+    let r = unsafe { libc::dup2(from, to) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
 /// Closes every descriptor from `first` up, as a forked helper must that keeps running
 /// without exec'ing: otherwise its copies hold pipes (a container's stdin, another
 /// session's terminal) open after their owner closed them.

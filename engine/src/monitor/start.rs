@@ -67,8 +67,15 @@ pub(super) fn start(
     } else {
         oom_count(&s.oom_file)
     };
+    let restore = s
+        .restore
+        .as_ref()
+        .map(crate::linux::restore::RestoreSpec::from);
     let spawned = match (&spec.pid_target, &spec.pod_pid_namespace) {
-        (None, None) => spawn::spawn(&spec, stdio),
+        (None, None) => match &restore {
+            Some(r) => crate::linux::restore::restore(&spec, stdio, r),
+            None => spawn::spawn(&spec, stdio),
+        },
         (None, Some(cgroups)) => {
             let mut st = state.borrow_mut();
             let init = match &mut st.pod_init {

@@ -458,7 +458,49 @@ pub fn start_request(
         oom_file,
         launch_spec,
         log_directory,
+        restore: None,
     })
+}
+
+impl From<&crate::linux::restore::RestoreSpec> for proto::Restore {
+    fn from(r: &crate::linux::restore::RestoreSpec) -> Self {
+        proto::Restore {
+            criu: r.criu.display().to_string(),
+            images_dir: r.images_dir.display().to_string(),
+            work_dir: r.work_dir.display().to_string(),
+            external_mounts: r
+                .external_mounts
+                .iter()
+                .map(|(name, source)| proto::ExternalMount {
+                    name: name.clone(),
+                    source: source.display().to_string(),
+                })
+                .collect(),
+            stdio: r.stdio.clone(),
+            netns: r
+                .netns
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&proto::Restore> for crate::linux::restore::RestoreSpec {
+    fn from(r: &proto::Restore) -> Self {
+        crate::linux::restore::RestoreSpec {
+            criu: PathBuf::from(&r.criu),
+            images_dir: PathBuf::from(&r.images_dir),
+            work_dir: PathBuf::from(&r.work_dir),
+            external_mounts: r
+                .external_mounts
+                .iter()
+                .map(|m| (m.name.clone(), PathBuf::from(&m.source)))
+                .collect(),
+            stdio: r.stdio.clone(),
+            netns: (!r.netns.is_empty()).then(|| PathBuf::from(&r.netns)),
+        }
+    }
 }
 
 /// An exec spec for a monitor speaking `protocol`: (typed, JSON).

@@ -259,6 +259,9 @@ pub struct ContainerRecord {
     /// What its monitor starts (stored encoded, see the module's docs).
     #[serde(with = "launch_record")]
     pub launch: crate::linux::spawn::LaunchSpec,
+    /// A container made from a checkpoint: the unpacked checkpoint its start restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<std::path::PathBuf>,
 }
 
 /// A container's launch spec in its record: base64 of the encoded
