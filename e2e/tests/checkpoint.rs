@@ -55,6 +55,7 @@ fn own_pid() -> cri::NamespaceOption {
 /// A pod as kubelet makes one: containers get their own pid namespaces.
 fn pod_config(name: &str, logs: &Path) -> cri::PodSandboxConfig {
     let mut config = berth_e2e::cri::pod_config("checkpoint", name, logs);
+    config.hostname = name.into();
     config.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {
             namespace_options: Some(own_pid()),
@@ -241,6 +242,23 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
         took,
         meta.len() / 1024
     );
+    // With an exec'd process running in it: that process is not the container's (it is
+    // not in its tree); the checkpoint either leaves it out or says why it cannot.
+    let mut side = c.clone();
+    let id2 = id.clone();
+    let exec = tokio::spawn(async move { side.exec(&id2, &["sleep", "4"], 20).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let with_exec = out.path().join("with-exec.tar");
+    match checkpoint(&mut c, &id, &with_exec).await {
+        Ok(()) => assert!(with_exec.is_file()),
+        Err(e) => {
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+            assert!(e.message().contains("exec"), "{e:?}");
+            assert!(!with_exec.exists());
+        }
+    }
+    exec.await.unwrap().unwrap();
+    let _ = std::fs::remove_file(&with_exec);
     // Once more: a container can be checkpointed again.
     let again = out.path().join("again.tar");
     checkpoint(&mut c, &id, &again).await.unwrap();
@@ -289,6 +307,9 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     );
     let started = c.exec(&restored, &["cat", "/started"], 10).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&started.stdout).trim(), "start");
+    // It is in its new pod: the pod's host name, not the checkpointed pod's.
+    let host = c.exec(&restored, &["hostname"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), "restored");
     let log = std::fs::read_to_string(logs.path().join("restored").join("counter.log")).unwrap();
     assert!(
         log.lines()
@@ -407,4 +428,169 @@ async fn a_broken_checkpoint_or_one_of_a_missing_image_creates_nothing() {
         assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
     }
     c.stop_and_remove_pod(&pod).await;
+}
+
+/// A container of `image` running `script` in `pod`.
+fn shell(image: &str, name: &str, script: &str) -> cri::ContainerConfig {
+    let mut c = counter(image, name);
+    c.command = vec!["sh".into(), "-c".into(), script.into()];
+    c
+}
+
+/// Polls `cmd` in the container until its output contains `want` (30 s at most).
+async fn wait_output(c: &mut berth_e2e::cri::Cri, id: &str, cmd: &[&str], want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = c.exec(id, cmd, 10).await.unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{cmd:?} never showed {want:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_to_another_pod_and_a_large_memory_are_checkpointed_and_restored() {
+    if !criu_expected() {
+        eprintln!("not applicable: CRIU runs in the VM lane (BERTH_E2E_CRIU=1)");
+        return;
+    }
+    let Some(BusyboxEnv {
+        d: _d,
+        reg: _reg,
+        mut c,
+        image,
+        logs,
+    }) = BusyboxEnv::start().await
+    else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    // A server pod, and a client holding a TCP connection to it.
+    let server_pod = c.run_pod(pod_config("server", logs.path())).await;
+    let ip = c.pod_ips(&server_pod).await.remove(0);
+    let server = c
+        .run_container(
+            &server_pod,
+            shell(
+                &image,
+                "server",
+                "sleep 100000 | nc -l -p 8080 > /received; echo ended > /ended; sleep 100000",
+            ),
+        )
+        .await;
+    let client_pod = c.run_pod(pod_config("client", logs.path())).await;
+    let client = c
+        .run_container(
+            &client_pod,
+            shell(
+                &image,
+                "client",
+                &format!(
+                    "(echo hello; sleep 100000) | nc {ip} 8080; echo closed > /closed; sleep 100000"
+                ),
+            ),
+        )
+        .await;
+    wait_output(&mut c, &server, &["cat", "/received"], "hello").await;
+    // ESTABLISHED (01) to port 8080 (1F90), in the client's /proc/net/tcp.
+    let established = |o: &cri::ExecSyncResponse| {
+        String::from_utf8_lossy(&o.stdout).lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2).is_some_and(|r| r.ends_with(":1F90")) && f.get(3) == Some(&"01")
+        })
+    };
+    let tcp = c
+        .exec(&client, &["cat", "/proc/net/tcp"], 10)
+        .await
+        .unwrap();
+    assert!(established(&tcp), "no connection: {tcp:?}");
+    let connection = out.path().join("connected.tar");
+    checkpoint(&mut c, &client, &connection)
+        .await
+        .expect("a container with an established connection is checkpointed");
+    // The original keeps its connection: still established, and the server still has it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let tcp = c
+        .exec(&client, &["cat", "/proc/net/tcp"], 10)
+        .await
+        .unwrap();
+    assert!(
+        established(&tcp),
+        "the original lost its connection: {tcp:?}"
+    );
+    let ended = c.exec(&server, &["cat", "/ended"], 10).await.unwrap();
+    assert!(ended.exit_code != 0, "the server's connection ended");
+    // Restored elsewhere, the connection comes back closed (the pod's address is new):
+    // the restored process runs, without it.
+    let third_pod = c.run_pod(pod_config("reconnected", logs.path())).await;
+    let mut config = shell(&image, "client", "true");
+    config.image = Some(berth_e2e::cri::spec(connection.to_str().unwrap()));
+    config.command = Vec::new();
+    let restored = c.run_container(&third_pod, config).await;
+    assert_eq!(
+        c.status(&restored).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let tcp = c
+        .exec(&restored, &["cat", "/proc/net/tcp"], 10)
+        .await
+        .unwrap();
+    assert!(!established(&tcp), "a connection from the new pod: {tcp:?}");
+    let ps = c.exec(&restored, &["ps"], 10).await.unwrap();
+    eprintln!(
+        "restored with its connection closed; its processes:\n{}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    for p in [&server_pod, &client_pod, &third_pod] {
+        c.stop_and_remove_pod(p).await;
+    }
+
+    // 100 MB resident: the figures of the issue.
+    let big_pod = c.run_pod(pod_config("big", logs.path())).await;
+    let big = c
+        .run_container(
+            &big_pod,
+            shell(
+                &image,
+                "big",
+                "x=$(yes | head -c 100000000); echo ready > /ready; while :; do sleep 1000; done",
+            ),
+        )
+        .await;
+    wait_output(&mut c, &big, &["cat", "/ready"], "ready").await;
+    let rss = c
+        .exec(&big, &["sh", "-c", "grep VmRSS /proc/1/status"], 10)
+        .await
+        .unwrap();
+    let archive = out.path().join("big.tar");
+    let t = Instant::now();
+    checkpoint(&mut c, &big, &archive).await.unwrap();
+    let dumped = t.elapsed();
+    let size = std::fs::metadata(&archive).unwrap().len();
+    c.stop_and_remove_pod(&big_pod).await;
+    let again_pod = c.run_pod(pod_config("big-again", logs.path())).await;
+    let mut config = shell(&image, "big", "true");
+    config.image = Some(berth_e2e::cri::spec(archive.to_str().unwrap()));
+    config.command = Vec::new();
+    let t = Instant::now();
+    let back = c.run_container(&again_pod, config).await;
+    let restored_in = t.elapsed();
+    let rss_back = c
+        .exec(&back, &["sh", "-c", "grep VmRSS /proc/1/status"], 10)
+        .await
+        .unwrap();
+    assert!(
+        size > 100_000_000,
+        "archive of {size} bytes for {}",
+        String::from_utf8_lossy(&rss.stdout).trim()
+    );
+    eprintln!(
+        "100 MB resident ({}): checkpoint {dumped:?}, archive {} MiB; restore (create and start) {restored_in:?}, then {}",
+        String::from_utf8_lossy(&rss.stdout).trim(),
+        size >> 20,
+        String::from_utf8_lossy(&rss_back.stdout).trim()
+    );
+    c.stop_and_remove_pod(&again_pod).await;
 }

@@ -48,6 +48,10 @@ pub fn restore(spec: &LaunchSpec, stdio: Stdio, r: &RestoreSpec) -> Result<Pid, 
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
     let pidfile = r.work_dir.join("restored.pid");
     let _ = std::fs::remove_file(&pidfile);
+    // CRIU gives the pod's UTS namespace the checkpointed pod's host name: the pod's own
+    // is put back once it is done.
+    let hostname = nix::unistd::gethostname().ok();
+    let own_uts = !same_file("/proc/self/ns/uts", "/proc/1/ns/uts");
     let mut stdio = Some(stdio);
     let pid = super::sys::clone_child(CloneFlags::CLONE_NEWNS, || {
         let Some(io) = stdio.take() else { return 127 };
@@ -63,6 +67,9 @@ pub fn restore(spec: &LaunchSpec, stdio: Stdio, r: &RestoreSpec) -> Result<Pid, 
     let mut msg = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(err_r), &mut msg);
     let status = nix::sys::wait::waitpid(pid, None);
+    if own_uts && let Some(h) = &hostname {
+        let _ = nix::unistd::sethostname(h);
+    }
     if !msg.is_empty() {
         return Err(SpawnError::Child(msg));
     }
@@ -82,6 +89,15 @@ pub fn restore(spec: &LaunchSpec, stdio: Stdio, r: &RestoreSpec) -> Result<Pid, 
             pidfile.display()
         ))
     })
+}
+
+/// Whether two paths are the same file (two namespace links naming one namespace).
+fn same_file(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 /// The last error lines of a CRIU log.
@@ -166,10 +182,16 @@ fn child(
         "nftables".into(),
         "--file-locks".into(),
     ];
+    // Into the pod's UTS and IPC namespaces — the monitor's —, unless those are the node's:
+    // CRIU sets the checkpoint's host name in a namespace it joins.
     let parent = nix::unistd::getppid();
     for ns in ["uts", "ipc"] {
+        let own = format!("/proc/{parent}/ns/{ns}");
+        if same_file(&own, &format!("/proc/1/ns/{ns}")) {
+            continue;
+        }
         args.push("--join-ns".into());
-        args.push(format!("{ns}:/proc/{parent}/ns/{ns}"));
+        args.push(format!("{ns}:{own}"));
     }
     for (i, (_, key)) in inherit.iter().enumerate() {
         args.push("--inherit-fd".into());
