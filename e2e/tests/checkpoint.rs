@@ -322,7 +322,58 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     let third = out.path().join("restored.tar");
     checkpoint(&mut c, &restored, &third).await.unwrap();
     assert!(third.is_file());
+    let at_second: u64 = {
+        let out = c.exec(&restored, &["cat", "/count"], 10).await.unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
     c.stop_and_remove_pod(&pod2).await;
+
+    // The Kubernetes way: the archive as an image (one layer of its files, annotated as
+    // `checkpointctl build` does), pulled, and named by a new pod's container.
+    let mut layer = Vec::new();
+    let mut a = tar::Archive::new(std::fs::File::open(&third).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        if e.header().entry_type() == tar::EntryType::Directory {
+            layer.push(berth_e2e::images::Entry::dir(&name));
+        } else {
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            layer.push(berth_e2e::images::Entry::file(&name, data));
+        }
+    }
+    let built =
+        berth_e2e::images::TestImage::new(vec![berth_e2e::images::Layer::new(layer)]).build();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&built.manifest).unwrap();
+    manifest["annotations"] = serde_json::json!({
+        "org.criu.checkpoint.container.name": "counter",
+        "org.criu.checkpoint.rootfsImageName": image,
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    for (_, bytes) in &built.blobs {
+        _reg.push_blob("checkpoints/counter", bytes);
+    }
+    _reg.push_blob("checkpoints/counter", &built.config);
+    _reg.push_manifest(
+        "checkpoints/counter",
+        "1",
+        built.manifest_media_type,
+        &manifest,
+    );
+    let checkpoint_image = format!("{}/checkpoints/counter:1", _reg.host());
+    c.pull(&checkpoint_image, None).await.unwrap();
+    let pod3 = c.run_pod(pod_config("from-image", logs.path())).await;
+    let mut config = counter(&image, "counter");
+    config.image = Some(berth_e2e::cri::spec(&checkpoint_image));
+    config.command = Vec::new();
+    let from_image = c.run_container(&pod3, config).await;
+    let now = count(&mut c, &from_image).await;
+    assert!(
+        now >= at_second.saturating_sub(20) && now > at_checkpoint,
+        "restored from the image at {now}; checkpointed near {at_second}"
+    );
+    c.stop_and_remove_pod(&pod3).await;
 }
 
 /// A tar of `entries` (name, bytes) at `path`.

@@ -39,85 +39,47 @@ pub(crate) struct RestoreSource {
 
 impl Engine {
     /// The checkpoint a CreateContainer names as its image: a file on the node (an image
-    /// reference never names one). None for an ordinary image.
+    /// reference never names one), or a local image made of one (`checkpointctl build`, or
+    /// buildah with CRI-O's annotation): one layer holding the archive's files, and the
+    /// annotation naming the checkpointed container. None for an ordinary image.
     pub(crate) fn restore_source(&self, image: &str) -> Result<Option<RestoreSource>> {
         let path = Path::new(image);
-        if !path.is_absolute() || !path.is_file() {
-            return Ok(None);
-        }
-        let bad =
-            |why: String| Error::InvalidArgument(format!("checkpoint archive {image}: {why}"));
+        let from_file = path.is_absolute() && path.is_file();
+        let from_image = if from_file {
+            None
+        } else {
+            match self.resolve_image(image) {
+                Ok(Some(rec)) if self.is_checkpoint_image(&rec) => Some(rec),
+                _ => return Ok(None),
+            }
+        };
+        let bad = |why: String| Error::InvalidArgument(format!("checkpoint {image}: {why}"));
         let staging = self.cfg.root.join("restores").join(crate::pods::new_id()?);
         crate::durable::create_dir_all(&staging, 0o700)?;
         let unpacked = (|| {
-            let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-            crate::snapshots::apply::apply(
-                std::io::BufReader::new(file),
-                &staging,
-                crate::snapshots::apply::Limits::default(),
-            )
-            .map_err(|e| bad(format!("not a readable tar archive: {e}")))?;
-            for need in [CONFIG_DUMP, SPEC_DUMP, ROOTFS_DIFF] {
-                if !staging.join(need).is_file() {
-                    return Err(bad(format!("no {need}: not a container checkpoint")));
+            match &from_image {
+                None => {
+                    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+                    crate::snapshots::apply::apply(
+                        std::io::BufReader::new(file),
+                        &staging,
+                        crate::snapshots::apply::Limits::default(),
+                    )
+                    .map_err(|e| bad(format!("not a readable tar archive: {e}")))?;
+                }
+                Some(rec) => {
+                    let [layer] = rec.layers.as_slice() else {
+                        return Err(bad(format!(
+                            "a checkpoint image has one layer, this one {}",
+                            rec.layers.len()
+                        )));
+                    };
+                    // A copy: CRIU writes beside its images, and the layer is shared.
+                    copy_tree(&self.snapshot_dir(&layer.chain_id), &staging)
+                        .map_err(|e| bad(format!("copy its layer: {e}")))?;
                 }
             }
-            if !staging.join(IMAGES_DIR).join("inventory.img").is_file() {
-                return Err(bad(format!(
-                    "no {IMAGES_DIR}/inventory.img: not a CRIU checkpoint"
-                )));
-            }
-            let json = |name: &str| -> Result<serde_json::Value> {
-                serde_json::from_slice(
-                    &std::fs::read(staging.join(name)).map_err(|e| bad(format!("{name}: {e}")))?,
-                )
-                .map_err(|e| bad(format!("{name}: {e}")))
-            };
-            let config = json(CONFIG_DUMP)?;
-            let spec = json(SPEC_DUMP)?;
-            let field = |k: &str| config[k].as_str().unwrap_or_default().to_owned();
-            let (image_ref, image_name) = (field("rootfsImageRef"), field("rootfsImageName"));
-            let found = [&image_ref, &image_name, &field("rootfsImage")]
-                .into_iter()
-                .filter(|r| !r.is_empty())
-                .find_map(|r| self.resolve_image(r).ok().flatten());
-            let Some(found) = found else {
-                return Err(Error::FailedPrecondition(format!(
-                    "the image of checkpoint {image}, {} ({image_ref}), is not on this node; pull it first",
-                    if image_name.is_empty() {
-                        "unnamed"
-                    } else {
-                        &image_name
-                    }
-                )));
-            };
-            let strings = |v: &serde_json::Value| -> Vec<String> {
-                v.as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|s| s.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            // berth names the external mounts; another runtime's archive has its bind
-            // mounts.
-            let mut external_mounts = strings(&spec["berth"]["externalMounts"]);
-            if spec["berth"].is_null() {
-                external_mounts = spec["mounts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|m| m["type"] == "bind")
-                    .filter_map(|m| m["destination"].as_str().map(str::to_owned))
-                    .collect();
-            }
-            Ok(RestoreSource {
-                dir: staging.clone(),
-                image_id: found.id.to_string(),
-                args: strings(&spec["process"]["args"]),
-                external_mounts,
-            })
+            self.read_checkpoint(&staging, image)
         })();
         match unpacked {
             Ok(r) => Ok(Some(r)),
@@ -127,6 +89,110 @@ impl Engine {
             }
         }
     }
+
+    /// Whether a local image is a checkpoint: its manifest carries CRI-O's or
+    /// checkpointctl's annotation naming the checkpointed container.
+    fn is_checkpoint_image(&self, rec: &crate::state::records::ImageRecord) -> bool {
+        let Ok(bytes) = self.content.read(&rec.manifest_digest, 4 << 20) else {
+            return false;
+        };
+        let Ok(m) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return false;
+        };
+        CHECKPOINT_ANNOTATIONS
+            .iter()
+            .any(|k| m["annotations"][k].as_str().is_some_and(|v| !v.is_empty()))
+    }
+
+    /// Checks an unpacked checkpoint and reads what the create needs of it.
+    fn read_checkpoint(&self, staging: &Path, image: &str) -> Result<RestoreSource> {
+        let bad = |why: String| Error::InvalidArgument(format!("checkpoint {image}: {why}"));
+        for need in [CONFIG_DUMP, SPEC_DUMP, ROOTFS_DIFF] {
+            if !staging.join(need).is_file() {
+                return Err(bad(format!("no {need}: not a container checkpoint")));
+            }
+        }
+        if !staging.join(IMAGES_DIR).join("inventory.img").is_file() {
+            return Err(bad(format!(
+                "no {IMAGES_DIR}/inventory.img: not a CRIU checkpoint"
+            )));
+        }
+        let json = |name: &str| -> Result<serde_json::Value> {
+            serde_json::from_slice(
+                &std::fs::read(staging.join(name)).map_err(|e| bad(format!("{name}: {e}")))?,
+            )
+            .map_err(|e| bad(format!("{name}: {e}")))
+        };
+        let config = json(CONFIG_DUMP)?;
+        let spec = json(SPEC_DUMP)?;
+        let field = |k: &str| config[k].as_str().unwrap_or_default().to_owned();
+        let (image_ref, image_name) = (field("rootfsImageRef"), field("rootfsImageName"));
+        let found = [&image_ref, &image_name, &field("rootfsImage")]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .find_map(|r| self.resolve_image(r).ok().flatten());
+        let Some(found) = found else {
+            return Err(Error::FailedPrecondition(format!(
+                "the image of checkpoint {image}, {} ({image_ref}), is not on this node; pull it first",
+                if image_name.is_empty() {
+                    "unnamed"
+                } else {
+                    &image_name
+                }
+            )));
+        };
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // berth names the external mounts; another runtime's archive has its bind mounts.
+        let external_mounts = if spec["berth"].is_null() {
+            spec["mounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["type"] == "bind")
+                .filter_map(|m| m["destination"].as_str().map(str::to_owned))
+                .collect()
+        } else {
+            strings(&spec["berth"]["externalMounts"])
+        };
+        Ok(RestoreSource {
+            dir: staging.to_owned(),
+            image_id: found.id.to_string(),
+            args: strings(&spec["process"]["args"]),
+            external_mounts,
+        })
+    }
+}
+
+/// The manifest annotations that make an image a checkpoint (CRI-O's, checkpointctl's).
+pub(crate) const CHECKPOINT_ANNOTATIONS: [&str; 2] = [
+    "io.kubernetes.cri-o.annotations.checkpoint.name",
+    "org.criu.checkpoint.container.name",
+];
+
+/// Copies a directory tree of files, directories and symlinks.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let t = e.file_type()?;
+        if t.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if t.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if t.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 impl RestoreSource {
