@@ -556,10 +556,19 @@ impl RuntimeService for RuntimeHandlers {
         req: Request<CheckpointContainerRequest>,
     ) -> Result<Response<CheckpointContainerResponse>, Status> {
         let r = req.into_inner();
-        self.engine
-            .checkpoint_container(&r.container_id, &r.location, r.timeout)
-            .await
-            .map_err(to_status)?;
+        required(&r.container_id, "container_id")?;
+        // Its own task: a client that gives up (kubelet's deadline is the checkpoint's
+        // timeout) must not cut the dump short, with the container frozen or CRIU killed
+        // half way; the engine cleans up after itself as it ends.
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            engine
+                .checkpoint_container(&r.container_id, &r.location, r.timeout)
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("checkpoint: {e}")))?
+        .map_err(to_status)?;
         Ok(Response::new(CheckpointContainerResponse {}))
     }
     async fn get_container_events(

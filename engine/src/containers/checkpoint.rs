@@ -36,7 +36,11 @@ use crate::state::records::{ContainerRecord, ContainerState};
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The key of the pod's network namespace among CRIU's externals (runc's and crun's).
-pub(crate) const NET_NS_KEY: &str = "extRootNetNS";
+pub(crate) const NET_NS_KEY: &str = crate::linux::restore::NET_NS_KEY;
+
+/// Where checkpoints are made, under berth's root: what a berthd that died left there is
+/// removed at start-up.
+pub(crate) const WORK_DIR: &str = "checkpoints";
 
 /// The archive's entries.
 pub(crate) const IMAGES_DIR: &str = "checkpoint";
@@ -180,6 +184,11 @@ impl Engine {
         location: &str,
         timeout_seconds: i64,
     ) -> Result<()> {
+        if id.is_empty() {
+            return Err(Error::InvalidArgument(
+                "container_id is required: name the container to checkpoint".into(),
+            ));
+        }
         let c = self.container(id)?;
         let _pg = self.locks.lock(&c.pod_id).await;
         let _g = self.locks.lock(id).await;
@@ -209,33 +218,50 @@ impl Engine {
             Ok(0) | Err(_) => DEFAULT_TIMEOUT,
             Ok(s) => Duration::from_secs(s),
         };
-        let dir = location.parent().unwrap_or(Path::new("/"));
+        let dir = location.parent().unwrap_or(Path::new("/")).to_owned();
         let name = location
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let work =
-            WorkDir::new(dir.join(format!(".{name}.berth-work-{}", crate::clock::now_nanos())))?;
+        // CRIU's images and the other entries, under berth's root (swept at start-up).
+        let stamp = crate::clock::now_nanos();
+        let work = WorkDir::new(self.cfg.root.join(WORK_DIR).join(format!("{id}-{stamp}")))?;
         let started = std::time::Instant::now();
-        let made = tokio::time::timeout(timeout, self.dump_into(&c, &cgroup, work.path())).await;
-        let made = match made {
-            Ok(r) => r,
-            Err(_) => Err(Error::DeadlineExceeded(format!(
-                "checkpoint of container {id} did not finish within {timeout:?}"
-            ))),
+        let made = {
+            // Thawed however this ends (an error, the timeout, a panic).
+            let _frozen = Frozen(cgroup.clone());
+            match tokio::time::timeout(timeout, self.dump_into(&c, &cgroup, work.path())).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::DeadlineExceeded(format!(
+                    "checkpoint of container {id} did not finish within {timeout:?}"
+                ))),
+            }
         };
-        // A dump that did not finish leaves the cgroup as it was.
-        let _ = thaw(&cgroup);
         made?;
-        let tmp = dir.join(format!(".{name}.berth-archive-{}", std::process::id()));
-        let written = write_archive(work.path(), &tmp).and_then(|()| {
-            std::fs::rename(&tmp, &location)
-                .map_err(|e| Error::Internal(format!("rename {} into place: {e}", tmp.display())))
+        // Written beside the location under a name of its own, then linked into place,
+        // which fails rather than replace an archive made there meanwhile.
+        let tmp = dir.join(format!(".{name}.berth-{stamp}.tmp"));
+        let (from, to) = (work.path().to_owned(), tmp.clone());
+        let written = tokio::task::spawn_blocking(move || write_archive(&from, &to))
+            .await
+            .map_err(|e| Error::Internal(format!("write the archive: {e}")))?;
+        let placed = written.and_then(|()| {
+            std::fs::hard_link(&tmp, &location).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::InvalidArgument(format!(
+                        "location {}: made by someone else during the checkpoint",
+                        location.display()
+                    ))
+                } else {
+                    Error::Internal(format!("put the archive at {}: {e}", location.display()))
+                }
+            })
         });
-        if let Err(e) = written {
+        if tmp.exists() {
+            // Ours: made with create_new under a name no one else uses.
             let _ = std::fs::remove_file(&tmp);
-            return Err(e);
         }
+        placed?;
         let size = std::fs::metadata(&location).map(|m| m.len()).unwrap_or(0);
         tracing::info!(container_id = %id, location = %location.display(), bytes = size, ms = started.elapsed().as_millis() as u64, "container checkpointed");
         Ok(())
@@ -281,6 +307,14 @@ impl Engine {
         let netns = ns_inode(&proc.join("ns/net"))?;
         let own_netns = ns_inode(Path::new("/proc/self/ns/net"))?;
         freeze(cgroup).await?;
+        // Still the container's process (not a pid reused after it exited)?
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        if !procs.lines().any(|l| l.trim() == pid.to_string()) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} exited during the checkpoint",
+                c.id
+            )));
+        }
         let mut args: Vec<String> = vec![
             "dump".into(),
             "--tree".into(),
@@ -313,7 +347,10 @@ impl Engine {
         }
         run_criu(&args, &work.join("dump.log")).await?;
         // The writable layer's changes, and what berth knows of the container.
-        diff_upper(&c.launch.rootfs.upperdir, work)?;
+        let (upper, to) = (c.launch.rootfs.upperdir.clone(), work.to_owned());
+        tokio::task::spawn_blocking(move || diff_upper(&upper, &to))
+            .await
+            .map_err(|e| Error::Internal(format!("copy the writable layer: {e}")))??;
         let image = c
             .image_id
             .parse::<crate::id::Digest>()
@@ -423,6 +460,7 @@ impl WorkDir {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .mode(0o700)
+            .recursive(true)
             .create(&path)
             .map_err(|e| {
                 Error::Internal(format!("make the work directory {}: {e}", path.display()))
@@ -484,8 +522,16 @@ fn chrono_now() -> String {
 
 /// Freezes a cgroup v2 and waits until the kernel says it is frozen.
 async fn freeze(cgroup: &Path) -> Result<()> {
-    std::fs::write(cgroup.join("cgroup.freeze"), "1")
-        .map_err(|e| Error::Internal(format!("freeze {}: {e}", cgroup.display())))?;
+    std::fs::write(cgroup.join("cgroup.freeze"), "1").map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::FailedPrecondition(format!(
+                "the container's cgroup {} is gone: it exited",
+                cgroup.display()
+            ))
+        } else {
+            Error::Internal(format!("freeze {}: {e}", cgroup.display()))
+        }
+    })?;
     for _ in 0..500 {
         let events = std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
         if events.lines().any(|l| l.trim() == "frozen 1") {
@@ -494,14 +540,29 @@ async fn freeze(cgroup: &Path) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = thaw(cgroup);
-    Err(Error::DeadlineExceeded(format!(
-        "the container's cgroup {} did not freeze within 5 s",
+    Err(Error::FailedPrecondition(format!(
+        "the container's cgroup {} did not freeze within 5 s (a process stuck in the kernel?)",
         cgroup.display()
     )))
 }
 
 fn thaw(cgroup: &Path) -> std::io::Result<()> {
     std::fs::write(cgroup.join("cgroup.freeze"), "0")
+}
+
+/// Thaws the container's cgroup when dropped, and says so if it cannot.
+struct Frozen(PathBuf);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        match thaw(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(cgroup = %self.0.display(), error = %e, "cannot thaw a container after its checkpoint; it stays frozen");
+            }
+        }
+    }
 }
 
 /// Runs criu with `args`; a failure names the last errors of its log.

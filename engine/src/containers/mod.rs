@@ -12,7 +12,7 @@ mod exec;
 mod exit;
 pub mod image_volumes;
 pub(crate) mod remove;
-mod restore;
+pub(crate) mod restore;
 pub(crate) mod scope;
 mod spec;
 mod start;

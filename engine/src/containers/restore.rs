@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 use crate::linux::spawn::LaunchSpec;
 use crate::state::records::{ContainerRecord, PodRecord};
 
+/// Where archives are unpacked for a CreateContainer, under berth's root (swept at
+/// start-up).
+pub(crate) const STAGING_DIR: &str = "restores";
+
 /// Where a restored container keeps the unpacked checkpoint, in its directory.
 pub(crate) const CHECKPOINT_DIR: &str = "checkpoint";
 
@@ -150,24 +154,36 @@ impl Engine {
                 })
                 .unwrap_or_default()
         };
-        // berth names the external mounts; another runtime's archive has its bind mounts.
-        let external_mounts = if spec["berth"].is_null() {
-            spec["mounts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|m| m["type"] == "bind")
-                .filter_map(|m| m["destination"].as_str().map(str::to_owned))
-                .collect()
-        } else {
-            strings(&spec["berth"]["externalMounts"])
-        };
+        let external_mounts = external_mounts_of(&spec);
         Ok(RestoreSource {
             dir: staging.to_owned(),
             image_id: found.id.to_string(),
             args: strings(&spec["process"]["args"]),
             external_mounts,
         })
+    }
+}
+
+/// The mounts a checkpoint took as external, from its `spec.dump`: berth names them;
+/// another runtime's archive has its bind mounts.
+fn external_mounts_of(spec: &serde_json::Value) -> Vec<String> {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    if spec["berth"].is_null() {
+        spec["mounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["type"] == "bind")
+            .filter_map(|m| m["destination"].as_str().map(str::to_owned))
+            .collect()
+    } else {
+        strings(&spec["berth"]["externalMounts"])
     }
 }
 
@@ -294,14 +310,8 @@ impl Engine {
                 .map_err(|e| Error::Internal(format!("{SPEC_DUMP}: {e}")))?,
         )
         .map_err(|e| Error::Internal(format!("{SPEC_DUMP}: {e}")))?;
-        let externals: Vec<String> = spec["berth"]["externalMounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
         let mut external_mounts = Vec::new();
-        for name in externals {
+        for name in external_mounts_of(&spec) {
             let Some(source) = external_source(&c.launch, &name) else {
                 return Err(Error::FailedPrecondition(format!(
                     "the checkpoint of container {} has a mount at {name} that it lacks",

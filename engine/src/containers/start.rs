@@ -40,15 +40,20 @@ impl Engine {
             self.criu().await?;
             start.restore = Some((&self.restore_spec(&c, &pod, checkpoint)?).into());
         }
-        // CRIU's images hold every page of the checkpointed memory: gone once used, and
-        // whatever the start's outcome (CRIU's restore.log stays, beside the metadata).
-        let _used = UsedCheckpoint(c.restore_from.clone());
+
         crate::fail_point!("start_container.before_monitor");
         let r = if super::scope::is_scope(&c.cgroup) {
             self.start_in_scope(&c, &pod.dir, start).await
         } else {
             client::request(&pod.dir, Body::Start(start)).await
         };
+        if let Some(d) = &c.restore_from {
+            // CRIU's images hold every page of the checkpointed memory: gone once the
+            // monitor has answered, whatever it said (CRIU's restore.log stays, beside the
+            // metadata). A start cut short keeps them until the container is removed.
+            let _ = std::fs::remove_dir_all(d.join(super::checkpoint::IMAGES_DIR));
+            let _ = std::fs::remove_file(d.join(super::checkpoint::ROOTFS_DIFF));
+        }
         match r {
             Ok(Body::Started(s)) => {
                 crate::fail_point!("start_container.started");
@@ -125,17 +130,5 @@ impl Engine {
 fn cleanup_park(c: &crate::state::records::ContainerRecord) {
     if let Some(p) = &c.launch.cgroup_park {
         let _ = std::fs::remove_file(p);
-    }
-}
-
-/// Removes a restored container's CRIU images and writable-layer diff when dropped.
-struct UsedCheckpoint(Option<std::path::PathBuf>);
-
-impl Drop for UsedCheckpoint {
-    fn drop(&mut self) {
-        if let Some(d) = &self.0 {
-            let _ = std::fs::remove_dir_all(d.join(super::checkpoint::IMAGES_DIR));
-            let _ = std::fs::remove_file(d.join(super::checkpoint::ROOTFS_DIFF));
-        }
     }
 }

@@ -51,11 +51,11 @@ pub fn restore(spec: &LaunchSpec, stdio: Stdio, r: &RestoreSpec) -> Result<Pid, 
     // CRIU gives the pod's UTS namespace the checkpointed pod's host name: the pod's own
     // is put back once it is done.
     let hostname = nix::unistd::gethostname().ok();
-    let own_uts = !same_file("/proc/self/ns/uts", "/proc/1/ns/uts");
+    let own_uts = pods_own("/proc/self/ns/uts", "/proc/1/ns/uts");
     let mut stdio = Some(stdio);
     let pid = super::sys::clone_child(CloneFlags::CLONE_NEWNS, || {
         let Some(io) = stdio.take() else { return 127 };
-        let failure = match child(spec, io, r, &pidfile) {
+        let failure = match child(spec, io, r, &pidfile, &err_w) {
             Ok(never) => match never {},
             Err(e) => e,
         };
@@ -91,11 +91,12 @@ pub fn restore(spec: &LaunchSpec, stdio: Stdio, r: &RestoreSpec) -> Result<Pid, 
     })
 }
 
-/// Whether two paths are the same file (two namespace links naming one namespace).
-fn same_file(a: &str, b: &str) -> bool {
+/// Whether the namespace `pod` is known to be another than the node's `node`: false
+/// when either cannot be read, so that nothing of the node's is ever joined or changed.
+fn pods_own(pod: &str, node: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+    match (std::fs::metadata(pod), std::fs::metadata(node)) {
+        (Ok(x), Ok(y)) => x.dev() != y.dev() || x.ino() != y.ino(),
         _ => false,
     }
 }
@@ -118,6 +119,7 @@ fn child(
     stdio: Stdio,
     r: &RestoreSpec,
     pidfile: &std::path::Path,
+    err_w: &OwnedFd,
 ) -> Step<Never> {
     super::init::place_in_cgroups(spec)?;
     step(
@@ -187,7 +189,7 @@ fn child(
     let parent = nix::unistd::getppid();
     for ns in ["uts", "ipc"] {
         let own = format!("/proc/{parent}/ns/{ns}");
-        if same_file(&own, &format!("/proc/1/ns/{ns}")) {
+        if !pods_own(&own, &format!("/proc/1/ns/{ns}")) {
             continue;
         }
         args.push("--join-ns".into());
@@ -213,11 +215,27 @@ fn child(
         super::sys::dup_onto(null.as_raw_fd(), target)
             .map_err(|e| format!("stdio of criu: {e}"))?;
     }
+    // The error pipe goes right after them (close-on-exec again), where nothing else
+    // lands: a failure from here on is still reported there, not into a container's pipe.
+    let err_at = FIRST_FD + raw.len() as i32;
+    let err_copy = super::sys::dup_above(err_w.as_raw_fd(), 100)
+        .map_err(|e| format!("move the error pipe: {e}"))?;
     for (i, fd) in raw.iter().enumerate() {
         super::sys::dup_onto(*fd, FIRST_FD + i as i32)
             .map_err(|e| format!("hand descriptor {i} to criu: {e}"))?;
     }
-    super::sys::close_from(FIRST_FD + raw.len() as i32);
+    super::sys::dup_onto(err_copy, err_at).map_err(|e| format!("move the error pipe: {e}"))?;
+    super::sys::set_cloexec(err_at).map_err(|e| format!("move the error pipe: {e}"))?;
+    super::sys::close_from(err_at + 1);
+    // `err_w`'s number may be one of criu's now, and the descriptors dropped on a return
+    // are closed already: a failed exec is reported here, on the moved copy, and the child
+    // ends without returning.
+    let e = exec_criu(r, &args);
+    super::sys::write_and_exit(err_at, &e)
+}
+
+/// Execs criu with `args`; returns only with why it could not.
+fn exec_criu(r: &RestoreSpec, args: &[String]) -> String {
     let argv: Vec<CString> = args
         .iter()
         .map(|a| CString::new(a.as_str()).unwrap_or_default())
@@ -235,5 +253,5 @@ fn child(
     env.push(c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned());
     let exe = CString::new(r.criu.as_os_str().as_encoded_bytes()).unwrap_or_default();
     let e = nix::unistd::execve(&exe, &argv, &env).err();
-    Err(format!("exec {}: {e:?}", r.criu.display()))
+    format!("exec {}: {e:?}", r.criu.display())
 }

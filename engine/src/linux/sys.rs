@@ -464,6 +464,22 @@ pub fn dup_onto(from: i32, to: i32) -> nix::Result<()> {
     nix::errno::Errno::result(r).map(drop)
 }
 
+/// Sets close-on-exec on descriptor `fd`.
+pub fn set_cloexec(fd: i32) -> nix::Result<()> {
+    // SAFETY: F_SETFD on a descriptor of this process changes only its flags.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// In a cloned child: writes `msg` to descriptor `fd` (its error pipe) and exits at once.
+pub fn write_and_exit(fd: i32, msg: &str) -> ! {
+    // SAFETY: `fd` is open in this child's table for the rest of its short life; the
+    // borrow ends before exit.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = nix::unistd::write(borrowed, msg.as_bytes());
+    exit_now(127)
+}
+
 /// Closes every descriptor from `first` up, as a forked helper must that keeps running
 /// without exec'ing: otherwise its copies hold pipes (a container's stdin, another
 /// session's terminal) open after their owner closed them.

@@ -184,12 +184,22 @@ impl Engine {
         };
         let _guard = self.own_scope_lock.lock().await;
         let dir = self.unified_dir(&s.path)?;
-        if !dir.is_dir() || subdirs(&dir).iter().any(|d| d != KEEPER_CGROUP) {
-            return Ok(());
+        // Stopping the scope kills all in it: only when it is known to hold no pod.
+        match subdirs(&dir) {
+            Ok(d) if d.iter().all(|d| d == KEEPER_CGROUP) => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "read {} (the scope is kept): {e}",
+                    dir.display()
+                )));
+            }
         }
         self.stop_unit_of(&s.path).await?;
-        let slice_dir = dir.parent().map(PathBuf::from);
-        if slice_dir.is_some_and(|d| subdirs(&d).is_empty()) {
+        if let Some(slice_dir) = dir.parent()
+            && subdirs(slice_dir).is_ok_and(|d| d.is_empty())
+        {
             self.stop_unit_of(&s.slice).await?;
         }
         tracing::info!(unit = %s.unit, "stopped the delegated scope of berth's own pods: none is left");
@@ -208,14 +218,15 @@ impl Engine {
 }
 
 /// The names of the directories in `dir`.
-fn subdirs(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
+fn subdirs(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

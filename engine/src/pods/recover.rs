@@ -95,6 +95,19 @@ impl Engine {
         {
             tracing::warn!(error = %e, "cannot load berth's default AppArmor profile; containers asking for it will be refused");
         }
+        // Checkpoints being made and archives being unpacked for a restore when berthd
+        // last stopped: unfinished, and holding containers' memory.
+        for d in [
+            crate::containers::checkpoint::WORK_DIR,
+            crate::containers::restore::STAGING_DIR,
+        ] {
+            let dir = self.cfg.root.join(d);
+            if dir.exists()
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove unfinished checkpoints");
+            }
+        }
         self.sweep_unrecorded_pods().await?;
         self.sweep_unrecorded_containers().await?;
         for pod in self.db.pod_list()? {
