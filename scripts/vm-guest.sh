@@ -80,7 +80,7 @@ for suite in $(cat "$P/suites"); do
       t=$(date +%s)
       # As on the host, against the debug berthd; the guest lacks some hosts' extras
       # (Python and Node clients), whose tests skip.
-      (cd /tmp && BERTH_BIN=$P/berthd BERTH_E2E_CGROUP_DRIVER=$driver BERTH_E2E_CRIU=1 RUST_BACKTRACE=1 "$P/e2e/$test" ${filter:+"$filter"} --test-threads 1 --show-output) \
+      (cd /tmp && BERTH_BIN=$P/berthd BERTH_E2E_CGROUP_DRIVER=$driver BERTH_E2E_CRIU=1 BERTH_E2E_CRICTL=$P/crictl RUST_BACKTRACE=1 "$P/e2e/$test" ${filter:+"$filter"} --test-threads 1 --show-output) \
         >"$R/e2e-$test.log" 2>&1
       rc=$?
       report "== e2e $test${filter:+ ($filter)}, $(( $(date +%s) - t )) s:"

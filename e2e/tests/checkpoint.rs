@@ -259,10 +259,30 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     }
     exec.await.unwrap().unwrap();
     let _ = std::fs::remove_file(&with_exec);
-    // Once more: a container can be checkpointed again.
+    // Once more, with crictl (cri-tools' client, as an operator types it) where the run
+    // has one: a container can be checkpointed again.
     let again = out.path().join("again.tar");
-    checkpoint(&mut c, &id, &again).await.unwrap();
+    match std::env::var_os("BERTH_E2E_CRICTL") {
+        Some(crictl) => {
+            let o = std::process::Command::new(crictl)
+                .arg("--runtime-endpoint")
+                .arg(format!("unix://{}", _d.socket.display()))
+                .args(["checkpoint", "--export"])
+                .arg(&again)
+                .arg(&id)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "crictl checkpoint: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        None => checkpoint(&mut c, &id, &again).await.unwrap(),
+    }
     assert!(again.is_file());
+    assert!(entries(&again).contains_key("checkpoint/inventory.img"));
     let at_checkpoint: u64 = String::from_utf8_lossy(&{
         let diff = entry(&location, "rootfs-diff.tar");
         let mut v = Vec::new();
