@@ -45,6 +45,14 @@ fn counter(image: &str, name: &str) -> cri::ContainerConfig {
     }
 }
 
+/// A container made from the checkpoint `checkpoint` (an archive's path or an image): its
+/// command is the checkpoint's.
+fn restoring(name: &str, checkpoint: &str) -> cri::ContainerConfig {
+    let mut config = counter(checkpoint, name);
+    config.command = Vec::new();
+    config
+}
+
 fn own_pid() -> cri::NamespaceOption {
     cri::NamespaceOption {
         pid: cri::NamespaceMode::Container as i32,
@@ -302,9 +310,7 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     // Restored into a new pod, from the first archive: the counter goes on from where it
     // was, with its file, and writes to the new container's log.
     let pod2 = c.run_pod(pod_config("restored", logs.path())).await;
-    let mut config = counter(&image, "counter");
-    config.image = Some(berth_e2e::cri::spec(location.to_str().unwrap()));
-    config.command = Vec::new();
+    let config = restoring("counter", location.to_str().unwrap());
     let t = Instant::now();
     let restored = c.run_container(&pod2, config).await;
     let restore_took = t.elapsed();
@@ -384,9 +390,7 @@ async fn a_running_container_is_checkpointed_and_keeps_running() {
     let checkpoint_image = format!("{}/checkpoints/counter:1", _reg.host());
     c.pull(&checkpoint_image, None).await.unwrap();
     let pod3 = c.run_pod(pod_config("from-image", logs.path())).await;
-    let mut config = counter(&image, "counter");
-    config.image = Some(berth_e2e::cri::spec(&checkpoint_image));
-    config.command = Vec::new();
+    let config = restoring("counter", &checkpoint_image);
     let from_image = c.run_container(&pod3, config).await;
     let now = count(&mut c, &from_image).await;
     assert!(
@@ -596,9 +600,7 @@ async fn a_connection_to_another_pod_and_a_large_memory_are_checkpointed_and_res
     // Restored elsewhere, the connection comes back closed (the pod's address is new):
     // the restored process runs, without it.
     let third_pod = c.run_pod(pod_config("reconnected", logs.path())).await;
-    let mut config = shell(&image, "client", "true");
-    config.image = Some(berth_e2e::cri::spec(connection.to_str().unwrap()));
-    config.command = Vec::new();
+    let config = restoring("client", connection.to_str().unwrap());
     let restored = c.run_container(&third_pod, config).await;
     assert_eq!(
         c.status(&restored).await.state,
@@ -642,9 +644,7 @@ async fn a_connection_to_another_pod_and_a_large_memory_are_checkpointed_and_res
     let size = std::fs::metadata(&archive).unwrap().len();
     c.stop_and_remove_pod(&big_pod).await;
     let again_pod = c.run_pod(pod_config("big-again", logs.path())).await;
-    let mut config = shell(&image, "big", "true");
-    config.image = Some(berth_e2e::cri::spec(archive.to_str().unwrap()));
-    config.command = Vec::new();
+    let config = restoring("big", archive.to_str().unwrap());
     let t = Instant::now();
     let back = c.run_container(&again_pod, config).await;
     let restored_in = t.elapsed();

@@ -201,13 +201,7 @@ impl Engine {
         let unified = self
             .cgroups
             .as_ref()
-            .filter(|l| {
-                matches!(
-                    l.controllers.get("memory"),
-                    Some(crate::linux::cgroups::Hierarchy::V2 { .. })
-                )
-            })
-            .and_then(|l| l.unified.clone())
+            .and_then(|l| l.v2_root())
             .ok_or_else(|| {
                 Error::FailedPrecondition(
                     "checkpoints need cgroup v2 (this node keeps its controllers on v1)".into(),
@@ -493,27 +487,10 @@ fn ns_inode(path: &Path) -> Result<u64> {
         .map_err(|e| Error::FailedPrecondition(format!("{}: {e}", path.display())))
 }
 
-/// RFC 3339 (UTC, nanoseconds) of nanoseconds since the epoch.
+/// RFC 3339 (UTC, nanoseconds) of nanoseconds since the epoch, as the CRI log writes it.
 pub(crate) fn rfc3339(nanos: i64) -> String {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let sub = nanos.rem_euclid(1_000_000_000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{sub:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let since = Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
+    crate::monitor::cri_log::timestamp(std::time::UNIX_EPOCH + since)
 }
 
 fn chrono_now() -> String {
@@ -577,16 +554,8 @@ pub(crate) async fn run_criu(args: &[String], log: &Path) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let errors: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("Error") || l.contains("error"))
-        .collect();
-    let tail = if errors.is_empty() {
-        String::from_utf8_lossy(&out.stderr).trim().to_owned()
-    } else {
-        errors[errors.len().saturating_sub(4)..].join("; ")
-    };
+    let tail = crate::linux::restore::last_errors(log)
+        .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned());
     Err(Error::FailedPrecondition(format!(
         "criu {} failed ({}): {tail}",
         args.first().map(String::as_str).unwrap_or(""),

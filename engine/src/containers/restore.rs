@@ -145,15 +145,6 @@ impl Engine {
                 }
             )));
         };
-        let strings = |v: &serde_json::Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let external_mounts = external_mounts_of(&spec);
         Ok(RestoreSource {
             dir: staging.to_owned(),
@@ -164,16 +155,18 @@ impl Engine {
     }
 }
 
+/// The strings of a JSON array (none for anything else).
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The mounts a checkpoint took as external, from its `spec.dump`: berth names them;
 /// another runtime's archive has its bind mounts.
 fn external_mounts_of(spec: &serde_json::Value) -> Vec<String> {
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().map(str::to_owned))
-            .collect()
-    };
     if spec["berth"].is_null() {
         spec["mounts"]
             .as_array()

@@ -78,7 +78,8 @@ pub fn restore(spec: &LaunchSpec, stdio: Stdio, r: &RestoreSpec) -> Result<Pid, 
         other => {
             return Err(SpawnError::Child(format!(
                 "criu restore failed ({other:?}): {}",
-                log_errors(&r.work_dir.join("restore.log"))
+                last_errors(&r.work_dir.join("restore.log"))
+                    .unwrap_or_else(|| format!("see {}", r.work_dir.join("restore.log").display()))
             )));
         }
     }
@@ -101,15 +102,11 @@ fn pods_own(pod: &str, node: &str) -> bool {
     }
 }
 
-/// The last error lines of a CRIU log.
-pub fn log_errors(log: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+/// The last error lines of a CRIU log, if it has any.
+pub fn last_errors(log: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
     let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
-    if errors.is_empty() {
-        format!("see {}", log.display())
-    } else {
-        errors[errors.len().saturating_sub(4)..].join("; ")
-    }
+    (!errors.is_empty()).then(|| errors[errors.len().saturating_sub(4)..].join("; "))
 }
 
 enum Never {}

@@ -67,9 +67,8 @@ impl OwnScope {
 /// Whether systemd manages this node's cgroup tree: it runs as PID 1 (sd_booted's test) and
 /// the memory controller is on cgroup2 (the unified layout systemd 252 defaults to).
 pub fn systemd_manages_cgroups(layout: Option<&crate::linux::cgroups::CgroupLayout>) -> bool {
-    use crate::linux::cgroups::Hierarchy;
     std::path::Path::new("/run/systemd/system").is_dir()
-        && layout.is_some_and(|l| matches!(l.controllers.get("memory"), Some(Hierarchy::V2 { .. })))
+        && layout.and_then(|l| l.v2_root()).is_some()
 }
 
 impl Engine {
@@ -211,7 +210,7 @@ impl Engine {
         let root = self
             .cgroups
             .as_ref()
-            .and_then(|l| l.unified.clone())
+            .and_then(|l| l.v2_root())
             .ok_or_else(|| Error::FailedPrecondition("the node has no cgroup2 mount".into()))?;
         Ok(root.join(rel))
     }

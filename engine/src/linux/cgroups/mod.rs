@@ -116,6 +116,15 @@ impl CgroupLayout {
         Ok(Self::from_mountinfo(&mountinfo, &v2))
     }
 
+    /// The cgroup2 mount when it is the primary hierarchy (it holds the memory
+    /// controller): what freezing, systemd's delegation and checkpoints need.
+    pub fn v2_root(&self) -> Option<PathBuf> {
+        match self.controllers.get("memory") {
+            Some(Hierarchy::V2 { mountpoint }) => Some(mountpoint.clone()),
+            _ => None,
+        }
+    }
+
     /// A short name for the layout: "unified", "hybrid" or "legacy".
     pub fn kind(&self) -> &'static str {
         let any_v1 = self
