@@ -127,6 +127,8 @@ pub struct Engine {
     events: events::Events,
     /// Serialises the recording of container exits (check-then-write on the record).
     exit_record: std::sync::Mutex<()>,
+    /// Pods whose monitor's exit events berthd follows (see `exits_followed`).
+    followed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The connection to systemd (driver `systemd`), made at first use.
     systemd: tokio::sync::OnceCell<systemd::Systemd>,
     /// Serialises making and stopping the delegated scope of berth's own pods
@@ -222,6 +224,7 @@ impl Engine {
             metrics,
             events: events::Events::default(),
             exit_record: std::sync::Mutex::new(()),
+            followed: Default::default(),
             systemd: tokio::sync::OnceCell::new(),
             own_scope_lock: tokio::sync::Mutex::new(()),
             criu: tokio::sync::OnceCell::new(),

@@ -3,7 +3,7 @@
 //! process spawned. The Prometheus endpoint reads the same figures.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::Engine;
@@ -16,14 +16,33 @@ use crate::state::records::{ContainerRecord, ContainerState, NsMode, PodRecord, 
 /// How long a writable layer's measured size is reused (a walk of the upper directory).
 const LAYER_USAGE_TTL: Duration = Duration::from_secs(2);
 
+/// How long a container's cgroup figures read by one list call serve the next list call.
+/// kubelet asks ListPodSandboxStats (which holds every container's figures) and
+/// ListContainerStats back to back each round: the second reuses what the first read a
+/// moment before, where reading again would double a round's cost at a few hundred
+/// containers and give a CPU rate over a few milliseconds. Calls about one container
+/// (ContainerStats, PodSandboxStats) always read afresh.
+const ROUND_TTL: Duration = Duration::from_secs(1);
+
 /// What the stats calls remember between calls.
 #[derive(Debug, Default)]
 pub(crate) struct StatsCache {
     /// The previous CPU sample of each cgroup: (timestamp ns, cumulative usage ns).
     cpu: Mutex<HashMap<String, (i64, u64)>>,
     layers: Mutex<HashMap<String, (Instant, Usage)>>,
+    /// Each container's last cgroup figures, for the next list call of the round.
+    recent: Mutex<HashMap<String, Recent>>,
     /// When samples of removed containers and pods were last dropped.
     swept: Mutex<Option<Instant>>,
+}
+
+/// A container's cgroup figures as read at `at` (timestamp `ts`).
+#[derive(Debug, Clone)]
+struct Recent {
+    at: Instant,
+    ts: i64,
+    cgroup: CgroupStats,
+    nano_cores: Option<u64>,
 }
 
 /// How often the samples of removed containers and pods are dropped.
@@ -32,7 +51,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// One container's figures, as both CRI and Prometheus use them.
 #[derive(Debug, Clone)]
 pub struct ContainerFigures {
-    pub container: ContainerRecord,
+    pub container: Arc<ContainerRecord>,
     pub timestamp: i64,
     pub cgroup: CgroupStats,
     /// CPU use over the time since the previous sample, in nanocores.
@@ -43,7 +62,7 @@ pub struct ContainerFigures {
 /// One pod's figures.
 #[derive(Debug, Clone)]
 pub struct PodFigures {
-    pub pod: PodRecord,
+    pub pod: Arc<PodRecord>,
     pub timestamp: i64,
     pub cgroup: CgroupStats,
     pub nano_cores: Option<u64>,
@@ -83,19 +102,51 @@ impl Engine {
         u
     }
 
-    fn container_figures(&self, c: ContainerRecord) -> ContainerFigures {
-        let ts = now_nanos();
-        let running = c.state == ContainerState::Running;
-        let cgroup = match (running, self.cgroup_manager()) {
-            (true, Ok(cg)) => cg.stats(&c.cgroup),
-            _ => CgroupStats::default(),
-        };
-        let nano_cores = if running {
-            self.cpu_rate(&c.id, ts, cgroup.cpu_usage_ns)
-        } else {
-            None
-        };
+    /// A container's figures: read afresh, or (`listed`) reused from the round's previous
+    /// list call if it read them within [`ROUND_TTL`].
+    fn container_figures(&self, c: Arc<ContainerRecord>, listed: bool) -> ContainerFigures {
         let layer = self.layer_usage(&c);
+        if c.state != ContainerState::Running {
+            return ContainerFigures {
+                container: c,
+                timestamp: now_nanos(),
+                cgroup: CgroupStats::default(),
+                nano_cores: None,
+                layer,
+            };
+        }
+        let lock = || {
+            self.stats
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if listed
+            && let Some(r) = lock().get(&c.id).filter(|r| r.at.elapsed() < ROUND_TTL)
+        {
+            return ContainerFigures {
+                timestamp: r.ts,
+                cgroup: r.cgroup.clone(),
+                nano_cores: r.nano_cores,
+                container: c,
+                layer,
+            };
+        }
+        let (at, ts) = (Instant::now(), now_nanos());
+        let cgroup = match self.cgroup_manager() {
+            Ok(cg) => cg.stats(&c.cgroup),
+            Err(_) => CgroupStats::default(),
+        };
+        let nano_cores = self.cpu_rate(&c.id, ts, cgroup.cpu_usage_ns);
+        lock().insert(
+            c.id.clone(),
+            Recent {
+                at,
+                ts,
+                cgroup: cgroup.clone(),
+                nano_cores,
+            },
+        );
         ContainerFigures {
             container: c,
             timestamp: ts,
@@ -111,24 +162,20 @@ impl Engine {
         &self,
         filter: Option<&crate::api::ContainerStatsFilter>,
     ) -> Result<Vec<ContainerFigures>> {
-        let mut out = Vec::new();
-        for c in self.db.container_list()? {
-            if let Some(f) = filter {
-                if !f.id.is_empty() && !c.id.starts_with(&f.id) {
-                    continue;
-                }
-                if !f.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&f.pod_sandbox_id) {
-                    continue;
-                }
-                if !crate::api::labels_match(&c.labels, &f.label_selector) {
-                    continue;
-                }
-            }
-            if c.state != ContainerState::Running {
-                continue;
-            }
-            out.push(self.container_figures(c));
-        }
+        let listed: Vec<Arc<ContainerRecord>> = self
+            .db
+            .container_list()?
+            .into_iter()
+            .filter(|c| {
+                filter.is_none_or(|f| {
+                    (f.id.is_empty() || c.id.starts_with(&f.id))
+                        && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+                        && crate::api::labels_match(&c.labels, &f.label_selector)
+                })
+            })
+            .filter(|c| c.state == ContainerState::Running)
+            .collect();
+        let out = parallel(listed, |c| self.container_figures(c, true));
         // Forget samples of containers that are gone.
         self.forget_gone_samples()?;
         Ok(out)
@@ -149,9 +196,9 @@ impl Engine {
         let live: std::collections::HashSet<String> = self
             .db
             .container_list()?
-            .into_iter()
-            .map(|c| c.id)
-            .chain(self.db.pod_list()?.into_iter().map(|p| p.id))
+            .iter()
+            .map(|c| c.id.clone())
+            .chain(self.db.pod_list()?.iter().map(|p| p.id.clone()))
             .collect();
         self.stats
             .cpu
@@ -163,16 +210,28 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|k, _| live.contains(k));
+        self.stats
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k, _| live.contains(k));
         Ok(())
     }
 
     /// ContainerStats: one container's figures, running or not.
     pub fn container_stats(&self, id: &str) -> Result<ContainerFigures> {
         let c = self.container_status(id)?;
-        Ok(self.container_figures(c))
+        Ok(self.container_figures(Arc::new(c), false))
     }
 
-    fn pod_figures(&self, pod: PodRecord, containers: &[ContainerRecord]) -> PodFigures {
+    /// A pod's figures, with those of its running `containers` (reused from the round's
+    /// previous list call when `listed`).
+    fn pod_figures(
+        &self,
+        pod: Arc<PodRecord>,
+        containers: &[&Arc<ContainerRecord>],
+        listed: bool,
+    ) -> PodFigures {
         let ts = now_nanos();
         let ready = pod.state == PodState::Ready;
         let cgroup = match (ready, self.cgroup_manager()) {
@@ -191,8 +250,8 @@ impl Engine {
         };
         let containers = containers
             .iter()
-            .filter(|c| c.pod_id == pod.id && c.state == ContainerState::Running)
-            .map(|c| self.container_figures(c.clone()))
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| self.container_figures(Arc::clone(c), listed))
             .collect();
         PodFigures {
             pod,
@@ -218,33 +277,37 @@ impl Engine {
     /// The figures of the ready `pods` that pass the filter.
     fn pod_figures_of(
         &self,
-        pods: Vec<PodRecord>,
-        containers: &[ContainerRecord],
+        pods: Vec<Arc<PodRecord>>,
+        containers: &[Arc<ContainerRecord>],
         filter: Option<&crate::api::PodSandboxStatsFilter>,
     ) -> Vec<PodFigures> {
-        let mut out = Vec::new();
-        for p in pods {
-            if let Some(f) = filter {
-                if !f.id.is_empty() && !p.id.starts_with(&f.id) {
-                    continue;
-                }
-                if !crate::api::labels_match(&p.labels, &f.label_selector) {
-                    continue;
-                }
-            }
-            if p.state != PodState::Ready {
-                continue;
-            }
-            out.push(self.pod_figures(p, containers));
+        let mut by_pod: HashMap<&str, Vec<&Arc<ContainerRecord>>> = HashMap::new();
+        for c in containers {
+            by_pod.entry(c.pod_id.as_str()).or_default().push(c);
         }
-        out
+        let pods: Vec<Arc<PodRecord>> = pods
+            .into_iter()
+            .filter(|p| {
+                filter.is_none_or(|f| {
+                    (f.id.is_empty() || p.id.starts_with(&f.id))
+                        && crate::api::labels_match(&p.labels, &f.label_selector)
+                })
+            })
+            .filter(|p| p.state == PodState::Ready)
+            .collect();
+        parallel(pods, |p| {
+            let mine = by_pod.get(p.id.as_str()).map_or(&[][..], Vec::as_slice);
+            self.pod_figures(p, mine, true)
+        })
     }
 
     /// PodSandboxStats: one pod's figures, ready or not.
     pub fn pod_stats(&self, id: &str) -> Result<PodFigures> {
-        let pod = self.pod(id)?;
+        let pod = Arc::new(self.pod(id)?);
         let containers = self.db.container_list()?;
-        Ok(self.pod_figures(pod, &containers))
+        let mine: Vec<&Arc<ContainerRecord>> =
+            containers.iter().filter(|c| c.pod_id == pod.id).collect();
+        Ok(self.pod_figures(pod, &mine, false))
     }
 
     /// How many processes the kernel's OOM killer killed in a container's cgroup.
@@ -352,3 +415,39 @@ impl Engine {
         Ok(snap)
     }
 }
+
+/// `f` over `items` on up to as many threads as the machine has cores, in order: the
+/// figures are file reads of a few tens of microseconds each, and a node of a few hundred
+/// pods has as many of them per call.
+fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(items.len().div_ceil(PER_THREAD));
+    if threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let mut chunks = Vec::with_capacity(threads);
+    let mut items = items.into_iter();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(per).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| s.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// Fewer items than this per thread are read on the calling thread.
+const PER_THREAD: usize = 32;

@@ -63,7 +63,7 @@ fn event_response(
         .unwrap_or_default()
         .iter()
         .filter(|c| c.pod_id == ev.pod_id)
-        .map(convert::container_status)
+        .map(|c| convert::container_status(c))
         .collect();
     ContainerEventResponse {
         container_id: ev.container_id.clone(),

@@ -65,7 +65,7 @@ pub fn pods(
                 .is_none_or(|s| convert::pod_state(p.state) == s.state)
         })
         .filter(|p| convert::labels_match(&p.labels, &filter.label_selector))
-        .map(convert::pod_sandbox)
+        .map(|p| convert::pod_sandbox(p))
         .collect())
 }
 
@@ -90,7 +90,7 @@ pub fn containers(
                 .is_none_or(|s| convert::container_state(c.state) == s.state)
         })
         .filter(|c| convert::labels_match(&c.labels, &filter.label_selector))
-        .map(convert::container)
+        .map(|c| convert::container(c))
         .collect())
 }
 

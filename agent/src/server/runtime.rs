@@ -233,7 +233,7 @@ impl RuntimeService for RuntimeHandlers {
             .map_err(to_status)?
             .iter()
             .filter(|c| c.pod_id == p.id)
-            .map(convert::container_status)
+            .map(|c| convert::container_status(c))
             .collect();
         Ok(Response::new(PodSandboxStatusResponse {
             status: Some(convert::pod_status(&p)),

@@ -20,6 +20,7 @@ mod stop;
 mod update;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::api;
 
@@ -168,11 +169,20 @@ impl Engine {
     }
 
     /// ListContainers.
-    pub fn list_containers(&self) -> Result<Vec<ContainerRecord>> {
+    pub fn list_containers(&self) -> Result<Vec<Arc<ContainerRecord>>> {
         let mut out = Vec::new();
+        // Exits of followed pods come as events; only the others' are looked for on disk.
+        let followed = self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         for c in self.db.container_list()? {
-            if c.state == ContainerState::Running && self.apply_exit_file(&c)? {
-                out.push(self.container(&c.id)?);
+            if c.state == ContainerState::Running
+                && !followed.contains(&c.pod_id)
+                && self.apply_exit_file(&c)?
+            {
+                out.push(Arc::new(self.container(&c.id)?));
             } else {
                 out.push(c);
             }

@@ -60,6 +60,12 @@ impl Engine {
                 c.pid = s.pid;
                 self.transition_container(&mut c, ContainerState::Running, s.started_at)?;
                 tracing::info!(container_id = %id, pid = s.pid, "container started");
+                // An exit the monitor reported before Running was written found the
+                // container Created and was not recorded; its exit record was written
+                // before the report, so it is on disk now.
+                if let Err(e) = self.apply_exit_file(&c) {
+                    tracing::warn!(container_id = %id, error = %e, "cannot read the container's exit record");
+                }
                 Ok(())
             }
             Ok(other) => Err(Error::Internal(format!(

@@ -196,7 +196,14 @@ pub async fn request(dir: &Path, body: Body) -> Result<Body, MonitorError> {
 }
 
 /// Follows a monitor's exit events until its connection ends (the monitor exited or died).
-pub async fn watch(dir: &Path, mut on_exit: impl FnMut(proto::Exited)) -> Result<(), MonitorError> {
+/// `connected` runs once the monitor has answered the greeting: it counts this watcher
+/// among its clients from before its answer, so every exit after that comes as an event
+/// and every one before it is in its exit records already (written before any event).
+pub async fn watch(
+    dir: &Path,
+    connected: impl FnOnce(),
+    mut on_exit: impl FnMut(proto::Exited),
+) -> Result<(), MonitorError> {
     let mut s = connect(dir).await?;
     let socket = socket_path(dir);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -217,9 +224,16 @@ pub async fn watch(dir: &Path, mut on_exit: impl FnMut(proto::Exited)) -> Result
         socket: socket.clone(),
         message: e.to_string(),
     })?;
+    let mut connected = Some(connected);
     while let Ok(Some(f)) = frame::read(&mut s).await {
-        if let Some(Body::Exited(e)) = f.body {
-            on_exit(e);
+        match f.body {
+            Some(Body::Exited(e)) => on_exit(e),
+            Some(Body::Hello(_)) if f.id == id => {
+                if let Some(c) = connected.take() {
+                    c();
+                }
+            }
+            _ => {}
         }
     }
     Ok(())

@@ -82,7 +82,7 @@ impl Engine {
     }
 
     /// ListPodSandbox.
-    pub fn list_pods(&self) -> Result<Vec<PodRecord>> {
+    pub fn list_pods(&self) -> Result<Vec<std::sync::Arc<PodRecord>>> {
         Ok(self.db.pod_list()?)
     }
 

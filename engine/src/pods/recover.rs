@@ -20,13 +20,16 @@ impl Engine {
         let dir = pod.dir.clone();
         let pod_id = pod.id.clone();
         tokio::spawn(async move {
-            let e2 = engine.clone();
-            let r = client::watch(&dir, move |ev| {
+            let (e2, e3, id2, id3) = (engine.clone(), engine.clone(), pod_id.clone(), pod_id.clone());
+            let r = client::watch(&dir, move || e3.exits_followed(&id2), move |ev| {
                 if let Err(err) = e2.record_exit(&ev.container_id, ev.exit_code, ev.signal, ev.finished_at, ev.oom_killed) {
                     tracing::warn!(container_id = %ev.container_id, error = %err, "cannot record exit");
+                    // Not recorded: lists look for its exit record on disk again.
+                    e2.follow(&id3, false);
                 }
             })
             .await;
+            engine.follow(&pod_id, false);
             if let Err(e) = r {
                 tracing::debug!(pod_id = %pod_id, error = %e, "monitor watch ended");
             }
@@ -34,6 +37,38 @@ impl Engine {
                 .monitor_gone(&pod_id, "the pod's monitor process died")
                 .await;
         });
+    }
+
+    /// A pod's monitor now sends every exit as an event: the exits it recorded on disk
+    /// before (while berthd was away, or before the watch began) are applied once, and from
+    /// here on lists need not look for exit records of its containers. (An exit reported
+    /// while its container's start is still being recorded is caught by StartContainer,
+    /// which looks for the exit record once it has written Running.)
+    fn exits_followed(&self, pod_id: &str) {
+        for c in self.db.container_list().unwrap_or_default() {
+            if c.pod_id == pod_id
+                && c.state == ContainerState::Running
+                && let Err(e) = self.apply_exit_file(&c)
+            {
+                tracing::warn!(container_id = %c.id, error = %e, "cannot apply a recorded exit");
+                return;
+            }
+        }
+        self.follow(pod_id, true);
+    }
+
+    /// Marks whether the exits of `pod_id` come as events (lists then skip its exit
+    /// records) or must be looked for on disk.
+    fn follow(&self, pod_id: &str, followed: bool) {
+        let mut f = self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if followed {
+            f.insert(pod_id.to_owned());
+        } else {
+            f.remove(pod_id);
+        }
     }
 
     /// The monitor of a ready pod is gone (it died, or was gone when berthd started): its
@@ -66,10 +101,11 @@ impl Engine {
     /// exited, with the exit recorded on disk when the monitor had written one.
     pub(crate) async fn reap_orphaned_containers(&self, pod: &PodRecord, why: &str) {
         let cg = self.cgroup_manager().ok();
-        for mut c in self.db.container_list().unwrap_or_default() {
+        for c in self.db.container_list().unwrap_or_default() {
             if c.pod_id != pod.id || c.state != ContainerState::Running {
                 continue;
             }
+            let mut c = Arc::unwrap_or_clone(c);
             if self.apply_exit_file(&c).unwrap_or(false) {
                 continue;
             }
@@ -150,10 +186,11 @@ impl Engine {
                 Vec::new()
             }
         };
-        for mut c in self.db.container_list()? {
+        for c in self.db.container_list()? {
             if c.pod_id != pod.id {
                 continue;
             }
+            let mut c = Arc::unwrap_or_clone(c);
             match c.state {
                 ContainerState::Running => {
                     let _ = self.apply_exit_file(&c);
@@ -175,7 +212,7 @@ impl Engine {
     /// namespace mount and a cgroup, but no record, so nothing can refer to them. Torn down
     /// before anything else happens, so that their addresses are free for new pods.
     async fn sweep_unrecorded_pods(&self) -> Result<()> {
-        let known: BTreeSet<String> = self.db.pod_list()?.into_iter().map(|p| p.id).collect();
+        let known: BTreeSet<String> = self.db.pod_list()?.iter().map(|p| p.id.clone()).collect();
         let mut orphans = BTreeSet::new();
         for d in [self.cfg.state.join("pods"), self.cfg.state.join("netns")] {
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -200,8 +237,8 @@ impl Engine {
         let known: BTreeSet<String> = self
             .db
             .container_list()?
-            .into_iter()
-            .map(|c| c.id)
+            .iter()
+            .map(|c| c.id.clone())
             .collect();
         for d in [
             self.cfg.root.join("containers"),

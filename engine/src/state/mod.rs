@@ -10,6 +10,7 @@ pub mod schema;
 mod migrate;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -84,7 +85,7 @@ pub struct StateDb {
 /// the cache in different orders); readers take only `map`, never waiting for a commit.
 #[derive(Debug)]
 struct RecordCache<T> {
-    map: std::sync::RwLock<Option<std::collections::BTreeMap<String, T>>>,
+    map: std::sync::RwLock<Option<std::collections::BTreeMap<String, Arc<T>>>>,
     writing: std::sync::Mutex<()>,
 }
 
@@ -580,7 +581,7 @@ impl StateDb {
         cache: &RecordCache<T>,
         table: redb::TableDefinition<&str, &[u8]>,
         id_of: impl Fn(&T) -> String,
-        read: impl FnOnce(&std::collections::BTreeMap<String, T>) -> R,
+        read: impl FnOnce(&std::collections::BTreeMap<String, Arc<T>>) -> R,
     ) -> Result<R, StateError>
     where
         T: serde::de::DeserializeOwned,
@@ -605,7 +606,7 @@ impl StateDb {
             .map_err(|_| StateError::db("lock poisoned"))?;
         if g.is_none() {
             let all: Vec<T> = self.json_list(table)?;
-            *g = Some(all.into_iter().map(|r| (id_of(&r), r)).collect());
+            *g = Some(all.into_iter().map(|r| (id_of(&r), Arc::new(r))).collect());
         }
         Ok(read(g.as_ref().unwrap_or(&Default::default())))
     }
@@ -636,7 +637,7 @@ impl StateDb {
         if let Some(m) = g.as_mut() {
             match v {
                 Some(v) => {
-                    m.insert(key.to_owned(), v.clone());
+                    m.insert(key.to_owned(), Arc::new(v.clone()));
                 }
                 None => {
                     m.remove(key);
@@ -647,10 +648,13 @@ impl StateDb {
     }
 
     pub fn pod_get(&self, id: &str) -> Result<Option<records::PodRecord>, StateError> {
-        self.cached(&self.pods, PODS, |p| p.id.clone(), |m| m.get(id).cloned())
+        self.cached(&self.pods, PODS, |p| p.id.clone(), |m| {
+            m.get(id).map(|p| p.as_ref().clone())
+        })
     }
 
-    pub fn pod_list(&self) -> Result<Vec<records::PodRecord>, StateError> {
+    /// Every pod record, shared with the cache (a list copies pointers, not records).
+    pub fn pod_list(&self) -> Result<Vec<Arc<records::PodRecord>>, StateError> {
         self.cached(
             &self.pods,
             PODS,
@@ -672,11 +676,12 @@ impl StateDb {
             &self.containers,
             CONTAINERS,
             |c| c.id.clone(),
-            |m| m.get(id).cloned(),
+            |m| m.get(id).map(|c| c.as_ref().clone()),
         )
     }
 
-    pub fn container_list(&self) -> Result<Vec<records::ContainerRecord>, StateError> {
+    /// Every container record, shared with the cache (a list copies pointers, not records).
+    pub fn container_list(&self) -> Result<Vec<Arc<records::ContainerRecord>>, StateError> {
         self.cached(
             &self.containers,
             CONTAINERS,
