@@ -121,9 +121,7 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        if listed
-            && let Some(r) = lock().get(&c.id).filter(|r| r.at.elapsed() < ROUND_TTL)
-        {
+        if listed && let Some(r) = lock().get(&c.id).filter(|r| r.at.elapsed() < ROUND_TTL) {
             return ContainerFigures {
                 timestamp: r.ts,
                 cgroup: r.cgroup.clone(),

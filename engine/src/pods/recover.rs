@@ -20,7 +20,12 @@ impl Engine {
         let dir = pod.dir.clone();
         let pod_id = pod.id.clone();
         tokio::spawn(async move {
-            let (e2, e3, id2, id3) = (engine.clone(), engine.clone(), pod_id.clone(), pod_id.clone());
+            let (e2, e3, id2, id3) = (
+                engine.clone(),
+                engine.clone(),
+                pod_id.clone(),
+                pod_id.clone(),
+            );
             let r = client::watch(&dir, move || e3.exits_followed(&id2), move |ev| {
                 if let Err(err) = e2.record_exit(&ev.container_id, ev.exit_code, ev.signal, ev.finished_at, ev.oom_killed) {
                     tracing::warn!(container_id = %ev.container_id, error = %err, "cannot record exit");

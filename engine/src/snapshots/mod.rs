@@ -179,20 +179,37 @@ impl SnapshotStore {
 pub fn usage(root: &Path) -> Result<Usage, IoError> {
     let mut seen = std::collections::HashSet::new();
     let mut u = Usage::default();
+    let m = match fs::symlink_metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(u),
+        Err(e) => return Err(Err(e).at("stat", root)?),
+    };
+    u.bytes += m.blocks() * 512;
+    u.inodes += 1;
+    if !m.is_dir() {
+        return Ok(u);
+    }
+    // Entries are looked at through their directory (fstatat on the open directory), not
+    // by their whole path: a layer or a node's worth of writable layers is many entries.
     let mut stack = vec![root.to_owned()];
-    while let Some(p) = stack.pop() {
-        let m = match fs::symlink_metadata(&p) {
-            Ok(m) => m,
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Err(e).at("stat", &p)?),
+            Err(e) => return Err(Err(e).at("read dir", &dir)?),
         };
-        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            continue;
-        }
-        u.bytes += m.blocks() * 512;
-        u.inodes += 1;
-        if m.is_dir() {
-            for e in fs::read_dir(&p).at("read dir", &p)?.flatten() {
+        for e in entries.flatten() {
+            let m = match e.metadata() {
+                Ok(m) => m,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(Err(err).at("stat", &e.path())?),
+            };
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            u.bytes += m.blocks() * 512;
+            u.inodes += 1;
+            if m.is_dir() {
                 stack.push(e.path());
             }
         }

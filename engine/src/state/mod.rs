@@ -648,9 +648,12 @@ impl StateDb {
     }
 
     pub fn pod_get(&self, id: &str) -> Result<Option<records::PodRecord>, StateError> {
-        self.cached(&self.pods, PODS, |p| p.id.clone(), |m| {
-            m.get(id).map(|p| p.as_ref().clone())
-        })
+        self.cached(
+            &self.pods,
+            PODS,
+            |p| p.id.clone(),
+            |m| m.get(id).map(|p| p.as_ref().clone()),
+        )
     }
 
     /// Every pod record, shared with the cache (a list copies pointers, not records).

@@ -73,8 +73,78 @@ pub fn parse_pressure(text: &str) -> Option<Pressure> {
     })
 }
 
-fn read_pressure(dir: &Path, file: &str) -> Option<Pressure> {
-    parse_pressure(&fs::read_to_string(dir.join(file)).ok()?)
+/// Reads the small files of one cgroup directory. The directory is opened once (O_PATH)
+/// and each file relative to it, so the kernel resolves one name per file rather than the
+/// whole cgroup path, and each file is read into one reused buffer with as few reads as
+/// it takes (cgroup files are seq files: a read shorter than asked is their end). At a few
+/// hundred cgroups per stats call, path walks and probe reads were most of the time.
+struct DirReader {
+    dir: Option<std::os::fd::OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl DirReader {
+    fn open(dir: &Path) -> DirReader {
+        use nix::fcntl::{OFlag, open};
+        let dir = open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok();
+        DirReader {
+            dir,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// The text of file `name`, None if it cannot be read.
+    fn read(&mut self, name: &str) -> Option<&str> {
+        use nix::fcntl::{OFlag, openat};
+        use std::io::Read;
+        let fd = openat(
+            self.dir.as_ref()?,
+            name,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        let mut f = fs::File::from(fd);
+        self.buf.clear();
+        loop {
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(4096);
+            }
+            let len = self.buf.len();
+            let room = self.buf.capacity() - len;
+            self.buf.resize(len + room, 0);
+            match f.read(&mut self.buf[len..]) {
+                Ok(n) => {
+                    self.buf.truncate(len + n);
+                    if n == 0 || n < room {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    self.buf.truncate(len);
+                }
+                Err(_) => return None,
+            }
+        }
+        std::str::from_utf8(&self.buf).ok()
+    }
+
+    fn u64(&mut self, name: &str) -> Option<u64> {
+        self.read(name)?.trim().parse().ok()
+    }
+
+    fn limit(&mut self, name: &str) -> Option<u64> {
+        parse_limit(self.read(name)?)
+    }
+
+    fn pressure(&mut self, name: &str) -> Option<Pressure> {
+        parse_pressure(self.read(name)?)
+    }
 }
 
 /// `key value` lines (memory.stat, cpu.stat) as a map.
@@ -96,64 +166,64 @@ pub fn parse_limit(text: &str) -> Option<u64> {
     t.parse::<u64>().ok().filter(|v| *v < (1 << 62))
 }
 
-fn read_u64(p: &Path) -> Option<u64> {
-    fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
 /// v1 files of a cgroup (cpuacct, memory and pids directories) into stats.
 pub fn v1_stats(cpuacct: Option<&Path>, memory: Option<&Path>, pids: Option<&Path>) -> CgroupStats {
     let mut s = CgroupStats {
-        cpu_usage_ns: cpuacct.and_then(|d| read_u64(&d.join("cpuacct.usage"))),
-        pids: pids.and_then(|d| read_u64(&d.join("pids.current"))),
+        cpu_usage_ns: cpuacct.and_then(|d| DirReader::open(d).u64("cpuacct.usage")),
+        pids: pids.and_then(|d| DirReader::open(d).u64("pids.current")),
         ..CgroupStats::default()
     };
     if let Some(d) = memory {
-        let stat = fs::read_to_string(d.join("memory.stat")).unwrap_or_default();
-        let m = parse_flat_keyed(&stat);
-        s.memory_usage = read_u64(&d.join("memory.usage_in_bytes"));
+        let mut r = DirReader::open(d);
+        s.memory_usage = r.u64("memory.usage_in_bytes");
+        s.memory_limit = r.limit("memory.limit_in_bytes");
+        s.swap_limit = r.limit("memory.memsw.limit_in_bytes");
+        let m = parse_flat_keyed(r.read("memory.stat").unwrap_or_default());
         let inactive = m.get("total_inactive_file").copied().unwrap_or(0);
         s.working_set = s.memory_usage.map(|u| u.saturating_sub(inactive));
         s.rss = m.get("total_rss").copied();
         s.page_faults = m.get("total_pgfault").copied();
         s.major_page_faults = m.get("total_pgmajfault").copied();
         s.swap_usage = m.get("total_swap").copied();
-        s.memory_limit = fs::read_to_string(d.join("memory.limit_in_bytes"))
-            .ok()
-            .and_then(|t| parse_limit(&t));
-        s.swap_limit = fs::read_to_string(d.join("memory.memsw.limit_in_bytes"))
-            .ok()
-            .and_then(|t| parse_limit(&t));
     }
     s
 }
 
 /// v2 files of a cgroup directory into stats.
 pub fn v2_stats(dir: &Path) -> CgroupStats {
-    let cpu = fs::read_to_string(dir.join("cpu.stat")).unwrap_or_default();
-    let cpu = parse_flat_keyed(&cpu);
-    let stat = fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
-    let m = parse_flat_keyed(&stat);
-    let usage = read_u64(&dir.join("memory.current"));
-    let inactive = m.get("inactive_file").copied().unwrap_or(0);
-    CgroupStats {
-        cpu_usage_ns: cpu.get("usage_usec").map(|u| u.saturating_mul(1000)),
+    let mut r = DirReader::open(dir);
+    let usage = r.u64("memory.current");
+    let mut s = CgroupStats {
         memory_usage: usage,
-        working_set: usage.map(|u| u.saturating_sub(inactive)),
-        rss: m.get("anon").copied(),
-        page_faults: m.get("pgfault").copied(),
-        major_page_faults: m.get("pgmajfault").copied(),
-        swap_usage: read_u64(&dir.join("memory.swap.current")),
-        memory_limit: fs::read_to_string(dir.join("memory.max"))
-            .ok()
-            .and_then(|t| parse_limit(&t)),
-        swap_limit: fs::read_to_string(dir.join("memory.swap.max"))
-            .ok()
-            .and_then(|t| parse_limit(&t)),
-        pids: read_u64(&dir.join("pids.current")),
-        cpu_pressure: read_pressure(dir, "cpu.pressure"),
-        memory_pressure: read_pressure(dir, "memory.pressure"),
-        io_pressure: read_pressure(dir, "io.pressure"),
-    }
+        swap_usage: r.u64("memory.swap.current"),
+        memory_limit: r.limit("memory.max"),
+        swap_limit: r.limit("memory.swap.max"),
+        pids: r.u64("pids.current"),
+        cpu_pressure: r.pressure("cpu.pressure"),
+        memory_pressure: r.pressure("memory.pressure"),
+        io_pressure: r.pressure("io.pressure"),
+        ..CgroupStats::default()
+    };
+    s.cpu_usage_ns = parse_flat_keyed(r.read("cpu.stat").unwrap_or_default())
+        .get("usage_usec")
+        .map(|u| u.saturating_mul(1000));
+    let m = parse_flat_keyed(r.read("memory.stat").unwrap_or_default());
+    let inactive = m.get("inactive_file").copied().unwrap_or(0);
+    s.working_set = usage.map(|u| u.saturating_sub(inactive));
+    s.rss = m.get("anon").copied();
+    s.page_faults = m.get("pgfault").copied();
+    s.major_page_faults = m.get("pgmajfault").copied();
+    s
+}
+
+/// The pressure files of a cgroup2 directory.
+fn pressures(dir: &Path) -> [Option<Pressure>; 3] {
+    let mut r = DirReader::open(dir);
+    [
+        r.pressure("cpu.pressure"),
+        r.pressure("memory.pressure"),
+        r.pressure("io.pressure"),
+    ]
 }
 
 impl CgroupManager {
@@ -185,9 +255,7 @@ impl CgroupManager {
             .or_else(|| self.layout().unified.as_ref().map(|u| u.join(relp)));
         let with_psi = |mut s: CgroupStats| {
             if let Some(d) = &psi_dir {
-                s.cpu_pressure = read_pressure(d, "cpu.pressure");
-                s.memory_pressure = read_pressure(d, "memory.pressure");
-                s.io_pressure = read_pressure(d, "io.pressure");
+                [s.cpu_pressure, s.memory_pressure, s.io_pressure] = pressures(d);
             }
             s
         };
