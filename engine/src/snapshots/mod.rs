@@ -202,7 +202,7 @@ pub fn usage(root: &Path) -> Result<Usage, IoError> {
             let m = match e.metadata() {
                 Ok(m) => m,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(err) => return Err(Err(err).at("stat", &e.path())?),
+                Err(err) => return Err(Err(err).at("stat", e.path())?),
             };
             if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
                 continue;
