@@ -117,6 +117,24 @@ async fn stats_of_a_busy_container_come_out_in_range() {
         "writable layer {used_bytes}"
     );
     assert!(layer.inodes_used.unwrap().value >= 2);
+    // ImageFsInfo's container filesystem holds that writable layer: with the layer's
+    // figure just measured (taken as it is) and once it is stale (walked again).
+    for wait in [0, 2500] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let r = c
+            .image
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let fs = r.container_filesystems.first().cloned().unwrap_or_default();
+        let bytes = fs.used_bytes.unwrap().value;
+        assert!(
+            (used_bytes..used_bytes + 4 * MIB).contains(&bytes),
+            "container filesystem {bytes} bytes, the one writable layer {used_bytes}"
+        );
+        assert!(fs.inodes_used.unwrap().value >= 4);
+    }
     assert!(
         layer
             .fs_id

@@ -102,6 +102,48 @@ impl Engine {
         u
     }
 
+    /// Bytes and inodes under `dir` (the containers' directories, for ImageFsInfo): each
+    /// container's directory is walked, except a writable layer measured within
+    /// [`LAYER_USAGE_TTL`] (kubelet's stats calls come just before ImageFsInfo in a round),
+    /// whose figure is taken as it is.
+    pub(crate) fn containers_usage(&self, dir: &std::path::Path) -> Result<Usage> {
+        let fresh: HashMap<String, Usage> = self
+            .stats
+            .layers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() < LAYER_USAGE_TTL)
+            .map(|(id, (_, u))| (id.clone(), *u))
+            .collect();
+        let mut total = crate::snapshots::usage_of_entry(dir)?;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(total),
+            Err(e) => {
+                return Err(crate::Error::Internal(format!(
+                    "read {}: {e}",
+                    dir.display()
+                )));
+            }
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(layer) = e.file_name().to_str().and_then(|id| fresh.get(id)) else {
+                total += crate::snapshots::usage(&path)?;
+                continue;
+            };
+            total += crate::snapshots::usage_of_entry(&path)?;
+            total += *layer;
+            for child in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                if child.file_name() != "upper" {
+                    total += crate::snapshots::usage(&child.path())?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// A container's figures: read afresh, or (`listed`) reused from the round's previous
     /// list call if it read them within [`ROUND_TTL`].
     fn container_figures(&self, c: Arc<ContainerRecord>, listed: bool) -> ContainerFigures {

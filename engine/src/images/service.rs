@@ -161,7 +161,7 @@ impl Engine {
         image.inodes += 3;
         let containers_dir = self.cfg.root.join("containers");
         crate::durable::create_dir_all(&containers_dir, 0o700)?;
-        let container = snapshots::usage(&containers_dir)?;
+        let container = self.containers_usage(&containers_dir)?;
         Ok(FsInfo {
             image: FsUsage {
                 mountpoint: self.cfg.root.clone(),

@@ -433,6 +433,23 @@ pub fn take_controlling_terminal() -> nix::Result<()> {
     unsafe { tiocsctty(0, 0) }.map(|_| ())
 }
 
+/// A pidfd of process `pid` (Linux 5.3): it turns readable when the process exits, child
+/// of ours or not. Check that `pid` is still the process meant after opening it.
+pub fn pidfd_open(pid: u32) -> nix::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or(nix::Error::ESRCH)?;
+    // SAFETY: pidfd_open takes a pid and flags by value and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    let fd = i32::try_from(fd).map_err(|_| nix::Error::EBADF)?;
+    // SAFETY: pidfd_open returned a new fd that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 /// Registers an owned descriptor (a terminal master, say) with the tokio reactor.
 pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open and owned for its whole life, and its as_raw_fd always

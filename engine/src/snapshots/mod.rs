@@ -174,6 +174,18 @@ impl SnapshotStore {
     }
 }
 
+/// Bytes and inodes of `path` itself (one inode, not what a directory holds).
+pub fn usage_of_entry(path: &Path) -> Result<Usage, IoError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Usage {
+            bytes: m.blocks() * 512,
+            inodes: 1,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Usage::default()),
+        Err(e) => Err(Err(e).at("stat", path)?),
+    }
+}
+
 /// Bytes (allocated blocks) and inodes used by a tree, without following symlinks or
 /// counting a hard-linked inode twice.
 pub fn usage(root: &Path) -> Result<Usage, IoError> {
