@@ -31,6 +31,9 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// Put berth's root on a tmpfs of this size (e.g. "64m"), to fill it in tests.
     pub root_tmpfs: Option<String>,
+    /// Put berth's root on a fresh ext4 of this size (e.g. "4G", a sparse file on a loop
+    /// device), for figures on a fresh file system.
+    pub root_ext4: Option<String>,
 }
 
 /// The environment variable that sets the cgroup driver of every daemon under test.
@@ -53,8 +56,8 @@ pub struct Daemon {
     pub pod_cidr: String,
     /// Extra environment berthd is started with (changed by [`Daemon::set_env`]).
     env: Vec<(String, String)>,
-    /// The root is a tmpfs the fixture mounted (not a leftover of berthd's).
-    root_tmpfs: bool,
+    /// The root is a file system the fixture mounted (not a leftover of berthd's).
+    root_mounted: bool,
 }
 
 /// The berthd binary under test: `$BERTH_BIN`, else `berthd` of the same cargo profile as
@@ -176,6 +179,27 @@ impl Daemon {
                 .is_ok_and(|s| s.success());
             assert!(ok, "mount a tmpfs on {}", root.display());
         }
+        if let Some(size) = &opts.root_ext4 {
+            std::fs::create_dir_all(&root).expect("create root");
+            let img = dir.path().join("root.ext4");
+            let ok = Command::new("truncate")
+                .args(["-s", size])
+                .arg(&img)
+                .status()
+                .is_ok_and(|s| s.success())
+                && Command::new("mkfs.ext4")
+                    .args(["-q", "-F"])
+                    .arg(&img)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                && Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&img)
+                    .arg(&root)
+                    .status()
+                    .is_ok_and(|s| s.success());
+            assert!(ok, "make and mount a fresh ext4 on {}", root.display());
+        }
         let mut d = Daemon {
             dir,
             root,
@@ -188,7 +212,7 @@ impl Daemon {
             nft_table: net.nft_table,
             pod_cidr: net.pod_cidr,
             env: opts.env.clone(),
-            root_tmpfs: opts.root_tmpfs.is_some(),
+            root_mounted: opts.root_tmpfs.is_some() || opts.root_ext4.is_some(),
         };
         let child = d.command(&opts.args).spawn().expect("spawn berthd");
         d.child = Some(child);
@@ -368,7 +392,10 @@ impl Daemon {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own_root = format!(" {} ", self.root.display());
         for line in mountinfo.lines() {
-            if self.root_tmpfs && line.contains(&own_root) && line.contains(" - tmpfs ") {
+            if self.root_mounted
+                && line.contains(&own_root)
+                && (line.contains(" - tmpfs ") || line.contains(" - ext4 "))
+            {
                 continue;
             }
             if line.contains(&needle) {

@@ -5,6 +5,8 @@
 //! between runs):
 //! - `multilayer`: 6 layers, 250 MB uncompressed, half of each layer incompressible;
 //! - `smallfiles`: one layer of 20,000 small files.
+//! With `--fresh-fs`, each pull goes into a daemon of its own whose root is a fresh ext4
+//! (a sparse file on a loop device).
 //!
 //! `berth-bench import [--runs N]` writes the multilayer image as an OCI archive (skopeo)
 //! and times `berthd image import` of it N times (the image removed between runs), and an
@@ -164,10 +166,18 @@ async fn bench_import(runs: usize) {
     );
 }
 
-async fn bench_pull(runs: usize) {
+/// `fresh_fs`: every pull into a daemon of its own whose root is a fresh ext4 (the issue's
+/// "on a fresh file system"); otherwise one daemon, the image removed between pulls.
+async fn bench_pull(runs: usize, fresh_fs: bool) {
     assert!(catalog::available(), "busybox-static is needed");
     let reg = Registry::start().expect("docker-registry is needed");
-    let d = Daemon::start().await;
+    let fresh = || {
+        Daemon::start_with(berth_e2e::daemon::DaemonOptions {
+            root_ext4: fresh_fs.then(|| "4G".to_owned()),
+            ..Default::default()
+        })
+    };
+    let mut d = fresh().await;
     let mut cri = d.cri().await;
     println!(
         "{:<12} {:>6} {:>10} {:>10} {:>9} {:>9} {:>11}",
@@ -186,6 +196,12 @@ async fn bench_pull(runs: usize) {
         let reference = format!("{}/{name}:latest", reg.host());
         let mut secs = Vec::new();
         for _ in 0..runs {
+            if fresh_fs {
+                drop(cri);
+                drop(d);
+                d = fresh().await;
+                cri = d.cri().await;
+            }
             let start = Instant::now();
             cri.pull(&reference, None).await.expect("pull");
             secs.push(start.elapsed().as_secs_f64());
@@ -1428,7 +1444,7 @@ fn main() -> std::process::ExitCode {
         .expect("runtime");
     match args.first().map(String::as_str) {
         Some("pull") => {
-            rt.block_on(bench_pull(runs));
+            rt.block_on(bench_pull(runs, args.iter().any(|a| a == "--fresh-fs")));
             std::process::ExitCode::SUCCESS
         }
         Some("import") => {
