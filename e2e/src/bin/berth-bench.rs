@@ -5,6 +5,7 @@
 //! between runs):
 //! - `multilayer`: 6 layers, 250 MB uncompressed, half of each layer incompressible;
 //! - `smallfiles`: one layer of 20,000 small files.
+//!
 //! With `--fresh-fs`, each pull goes into a daemon of its own whose root is a fresh ext4
 //! (a sparse file on a loop device).
 //!
