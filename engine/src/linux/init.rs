@@ -34,8 +34,13 @@ pub(super) fn step<T, E: std::fmt::Display>(
 }
 
 /// Does everything up to and including exec; returns only with an error message.
-pub fn become_container(spec: &LaunchSpec, stdio: Stdio, sync: Option<HookSync>) -> String {
-    match run(spec, stdio, sync) {
+pub fn become_container(
+    spec: &LaunchSpec,
+    stdio: Stdio,
+    sync: Option<HookSync>,
+    born_in_cgroup: bool,
+) -> String {
+    match run(spec, stdio, sync, born_in_cgroup) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -81,7 +86,13 @@ pub(super) fn place_in_cgroups(spec: &LaunchSpec) -> Step<()> {
     Ok(())
 }
 
-fn run(spec: &LaunchSpec, stdio: Stdio, mut sync: Option<HookSync>) -> Step<Never> {
+/// `born_in_cgroup`: the process was cloned into its cgroup and joins none.
+fn run(
+    spec: &LaunchSpec,
+    stdio: Stdio,
+    mut sync: Option<HookSync>,
+    born_in_cgroup: bool,
+) -> Step<Never> {
     if let Some(s) = sync.as_mut() {
         s.close_parent_ends();
     }
@@ -93,7 +104,9 @@ fn run(spec: &LaunchSpec, stdio: Stdio, mut sync: Option<HookSync>) -> Step<Neve
         )?),
         None => None,
     };
-    place_in_cgroups(spec)?;
+    if !born_in_cgroup {
+        place_in_cgroups(spec)?;
+    }
     let root = &spec.rootfs.target;
     // Slave, not private: nothing we mount leaks to the host, and host mounts still reach
     // volumes that ask for host-to-container propagation (runc's default too). A

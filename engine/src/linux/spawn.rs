@@ -156,7 +156,7 @@ pub fn spawn_in_pid_namespace_of(
         let child =
             super::sys::clone_child(CloneFlags::CLONE_PARENT | CloneFlags::CLONE_NEWNS, || {
                 let Some(io) = io.take() else { return 127 };
-                let failure = init::become_container(spec, io, child_sync.take());
+                let failure = init::become_container(spec, io, child_sync.take(), false);
                 fail(&err_w, &failure)
             });
         match child {
@@ -228,14 +228,28 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         flags |= CloneFlags::CLONE_NEWPID;
     }
     let mut stdio = Some(stdio);
-    let pid = super::sys::clone_child(flags, || {
+    let mut child = |born_in_cgroup: bool| {
         let Some(io) = stdio.take() else { return 127 };
-        let failure = init::become_container(spec, io, child_sync.take());
+        let failure = init::become_container(spec, io, child_sync.take(), born_in_cgroup);
         // Only reached on failure: report it and die without running any destructor or
         // atexit handler of the monitor's copy.
         fail(&err_w, &failure)
-    })
-    .map_err(SpawnError::Clone)?;
+    };
+    // Born in its cgroup where the kernel allows (one cgroup v2 directory, no systemd
+    // scope to wait for); else cloned, then joining its cgroups.
+    let into = if spec.cgroup_park.is_none() {
+        single_v2_cgroup(&spec.cgroup_dirs)
+    } else {
+        None
+    };
+    let cloned = match into {
+        Some(dir) => super::sys::clone_child_into(flags, &dir, || child(true)),
+        None => Err(nix::Error::ENOSYS),
+    };
+    let pid = match cloned {
+        Ok(pid) => pid,
+        Err(_) => super::sys::clone_child(flags, || child(false)).map_err(SpawnError::Clone)?,
+    };
     drop(err_w);
     drop(stdio);
     drop(child_sync);
@@ -249,6 +263,23 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         let _ = nix::sys::wait::waitpid(pid, None);
         Err(SpawnError::Child(msg))
     }
+}
+
+/// A container's cgroup, opened, when it is a single cgroup v2 directory (a process can be
+/// cloned into it).
+fn single_v2_cgroup(dirs: &[PathBuf]) -> Option<OwnedFd> {
+    use nix::fcntl::{OFlag, open};
+    let [dir] = dirs else {
+        return None;
+    };
+    let fd = open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let fs = nix::sys::statfs::fstatfs(&fd).ok()?;
+    (fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC).then_some(fd)
 }
 
 /// The child's ends of the pipes on which it stops for the runtime's `prestart` and
@@ -411,7 +442,7 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     let (err_r, err_w) = cloexec_pipe()?;
     let (pid_r, pid_w) = cloexec_pipe()?;
     let mut stdio = Some(stdio);
-    let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
+    let mut intermediate = |born_in_cgroup: bool| {
         let report = |msg: String| -> ! { fail(&err_w, &msg) };
         // Open both first: once in the container's mount namespace, its /proc is the
         // container's and no longer shows the target by its host pid.
@@ -431,7 +462,7 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
                 Err(e) => report(format!("open {}: {e}", path.display())),
             }
         }
-        for dir in &spec.cgroup_dirs {
+        for dir in spec.cgroup_dirs.iter().filter(|_| !born_in_cgroup) {
             if let Err(e) = std::fs::write(dir.join("cgroup.procs"), "0") {
                 report(format!("join cgroup {}: {e}", dir.display()));
             }
@@ -469,8 +500,17 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
             }
         };
         super::sys::exit_now(code)
-    })
-    .map_err(SpawnError::Clone)?;
+    };
+    // Born in the container's cgroup where the kernel allows (see `spawn`).
+    let cloned = match single_v2_cgroup(&spec.cgroup_dirs) {
+        Some(dir) => super::sys::clone_child_into(CloneFlags::empty(), &dir, || intermediate(true)),
+        None => Err(nix::Error::ENOSYS),
+    };
+    let intermediate = match cloned {
+        Ok(pid) => pid,
+        Err(_) => super::sys::clone_child(CloneFlags::empty(), || intermediate(false))
+            .map_err(SpawnError::Clone)?,
+    };
     drop(err_w);
     drop(pid_w);
     drop(stdio);
