@@ -50,8 +50,11 @@ impl Engine {
                 first.get_or_insert(e);
             }
         };
+        let started = std::time::Instant::now();
         note("network", self.release_pod_network(pod));
+        let network_us = started.elapsed().as_micros();
         self.end_monitor(pod).await;
+        let monitor_us = started.elapsed().as_micros() - network_us;
         match self.cgroup_manager() {
             Ok(cg) => {
                 for c in self.db.container_list().unwrap_or_default() {
@@ -76,10 +79,20 @@ impl Engine {
             }
             Err(e) => note("cgroups", Err(e)),
         }
+        let cgroups_us = started.elapsed().as_micros() - network_us - monitor_us;
         if let Some(n) = &pod.netns {
             namespaces::unbind_namespace(n);
         }
         unmount_pod_files(&pod.dir);
+        tracing::debug!(
+            pod_id = %id,
+            ?scope,
+            network_us,
+            monitor_us,
+            cgroups_us,
+            mounts_us = started.elapsed().as_micros() - network_us - monitor_us - cgroups_us,
+            "pod torn down"
+        );
         if scope == Scope::Remove && pod.dir.exists() {
             note(
                 "run directory",
