@@ -87,19 +87,26 @@ impl Engine {
     }
 
     fn layer_usage(&self, c: &ContainerRecord) -> Usage {
-        let mut g = self
-            .stats
-            .layers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, u)) = g.get(&c.id)
+        let lock = || {
+            self.stats
+                .layers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, u)) = lock().get(&c.id)
             && at.elapsed() < LAYER_USAGE_TTL
         {
             return *u;
         }
-        let u = crate::snapshots::usage(&c.dir.join("upper")).unwrap_or_default();
-        g.insert(c.id.clone(), (Instant::now(), u));
-        u
+        // Walked without the lock: the stats threads walk their layers side by side. A
+        // walk that fails is not kept (ImageFsInfo would take it as the layer's size).
+        match crate::snapshots::usage(&c.dir.join("upper")) {
+            Ok(u) => {
+                lock().insert(c.id.clone(), (Instant::now(), u));
+                u
+            }
+            Err(_) => Usage::default(),
+        }
     }
 
     /// Bytes and inodes under `dir` (the containers' directories, for ImageFsInfo): each

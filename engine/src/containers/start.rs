@@ -65,6 +65,8 @@ impl Engine {
                 // before the report, so it is on disk now.
                 if let Err(e) = self.apply_exit_file(&c) {
                     tracing::warn!(container_id = %id, error = %e, "cannot read the container's exit record");
+                    // Lists look for it on disk again, as after an exit not recorded.
+                    self.follow(&c.pod_id, false);
                 }
                 Ok(())
             }

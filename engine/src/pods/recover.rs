@@ -50,7 +50,10 @@ impl Engine {
     /// while its container's start is still being recorded is caught by StartContainer,
     /// which looks for the exit record once it has written Running.)
     fn exits_followed(&self, pod_id: &str) {
-        for c in self.db.container_list().unwrap_or_default() {
+        let Ok(containers) = self.db.container_list() else {
+            return; // not swept: lists keep looking on disk
+        };
+        for c in containers {
             if c.pod_id == pod_id
                 && c.state == ContainerState::Running
                 && let Err(e) = self.apply_exit_file(&c)
@@ -64,7 +67,7 @@ impl Engine {
 
     /// Marks whether the exits of `pod_id` come as events (lists then skip its exit
     /// records) or must be looked for on disk.
-    fn follow(&self, pod_id: &str, followed: bool) {
+    pub(crate) fn follow(&self, pod_id: &str, followed: bool) {
         let mut f = self
             .followed
             .lock()
