@@ -172,14 +172,9 @@ impl Engine {
     pub fn list_containers(&self) -> Result<Vec<Arc<ContainerRecord>>> {
         let mut out = Vec::new();
         // Exits of followed pods come as events; only the others' are looked for on disk.
-        let followed = self
-            .followed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
         for c in self.db.container_list()? {
             if c.state == ContainerState::Running
-                && !followed.contains(&c.pod_id)
+                && !self.is_followed(&c.pod_id)
                 && self.apply_exit_file(&c)?
             {
                 out.push(Arc::new(self.container(&c.id)?));

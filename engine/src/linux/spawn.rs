@@ -228,7 +228,7 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         flags |= CloneFlags::CLONE_NEWPID;
     }
     let mut stdio = Some(stdio);
-    let mut child = |born_in_cgroup: bool| {
+    let child = |born_in_cgroup: bool| {
         let Some(io) = stdio.take() else { return 127 };
         let failure = init::become_container(spec, io, child_sync.take(), born_in_cgroup);
         // Only reached on failure: report it and die without running any destructor or
@@ -242,14 +242,7 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
     } else {
         None
     };
-    let cloned = match into {
-        Some(dir) => super::sys::clone_child_into(flags, &dir, || child(true)),
-        None => Err(nix::Error::ENOSYS),
-    };
-    let pid = match cloned {
-        Ok(pid) => pid,
-        Err(_) => super::sys::clone_child(flags, || child(false)).map_err(SpawnError::Clone)?,
-    };
+    let pid = clone_into_or_join(flags, into, child).map_err(SpawnError::Clone)?;
     drop(err_w);
     drop(stdio);
     drop(child_sync);
@@ -263,6 +256,22 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         let _ = nix::sys::wait::waitpid(pid, None);
         Err(SpawnError::Child(msg))
     }
+}
+
+/// Clones `child` into cgroup `into` when there is one and the kernel takes it (the child
+/// is told `true`: it is in its cgroup from birth), else plainly (`false`: it joins its
+/// cgroups itself).
+fn clone_into_or_join(
+    flags: CloneFlags,
+    into: Option<OwnedFd>,
+    mut child: impl FnMut(bool) -> isize,
+) -> nix::Result<Pid> {
+    if let Some(dir) = into
+        && let Ok(pid) = super::sys::clone_child_into(flags, &dir, || child(true))
+    {
+        return Ok(pid);
+    }
+    super::sys::clone_child(flags, || child(false))
 }
 
 /// A container's cgroup, opened, when it is a single cgroup v2 directory (a process can be
@@ -442,7 +451,7 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     let (err_r, err_w) = cloexec_pipe()?;
     let (pid_r, pid_w) = cloexec_pipe()?;
     let mut stdio = Some(stdio);
-    let mut intermediate = |born_in_cgroup: bool| {
+    let intermediate = |born_in_cgroup: bool| {
         let report = |msg: String| -> ! { fail(&err_w, &msg) };
         // Open both first: once in the container's mount namespace, its /proc is the
         // container's and no longer shows the target by its host pid.
@@ -502,15 +511,12 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
         super::sys::exit_now(code)
     };
     // Born in the container's cgroup where the kernel allows (see `spawn`).
-    let cloned = match single_v2_cgroup(&spec.cgroup_dirs) {
-        Some(dir) => super::sys::clone_child_into(CloneFlags::empty(), &dir, || intermediate(true)),
-        None => Err(nix::Error::ENOSYS),
-    };
-    let intermediate = match cloned {
-        Ok(pid) => pid,
-        Err(_) => super::sys::clone_child(CloneFlags::empty(), || intermediate(false))
-            .map_err(SpawnError::Clone)?,
-    };
+    let intermediate = clone_into_or_join(
+        CloneFlags::empty(),
+        single_v2_cgroup(&spec.cgroup_dirs),
+        intermediate,
+    )
+    .map_err(SpawnError::Clone)?;
     drop(err_w);
     drop(pid_w);
     drop(stdio);

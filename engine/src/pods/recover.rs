@@ -65,6 +65,14 @@ impl Engine {
         self.follow(pod_id, true);
     }
 
+    /// Whether the exits of `pod_id` come as events (see `follow`).
+    pub(crate) fn is_followed(&self, pod_id: &str) -> bool {
+        self.followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(pod_id)
+    }
+
     /// Marks whether the exits of `pod_id` come as events (lists then skip its exit
     /// records) or must be looked for on disk.
     pub(crate) fn follow(&self, pod_id: &str, followed: bool) {

@@ -145,6 +145,15 @@ impl DirReader {
     fn pressure(&mut self, name: &str) -> Option<Pressure> {
         parse_pressure(self.read(name)?)
     }
+
+    /// The three pressure files of a cgroup2 directory: cpu, memory, io.
+    fn pressures(&mut self) -> [Option<Pressure>; 3] {
+        [
+            self.pressure("cpu.pressure"),
+            self.pressure("memory.pressure"),
+            self.pressure("io.pressure"),
+        ]
+    }
 }
 
 /// `key value` lines (memory.stat, cpu.stat) as a map.
@@ -199,11 +208,9 @@ pub fn v2_stats(dir: &Path) -> CgroupStats {
         memory_limit: r.limit("memory.max"),
         swap_limit: r.limit("memory.swap.max"),
         pids: r.u64("pids.current"),
-        cpu_pressure: r.pressure("cpu.pressure"),
-        memory_pressure: r.pressure("memory.pressure"),
-        io_pressure: r.pressure("io.pressure"),
         ..CgroupStats::default()
     };
+    [s.cpu_pressure, s.memory_pressure, s.io_pressure] = r.pressures();
     s.cpu_usage_ns = parse_flat_keyed(r.read("cpu.stat").unwrap_or_default())
         .get("usage_usec")
         .map(|u| u.saturating_mul(1000));
@@ -214,16 +221,6 @@ pub fn v2_stats(dir: &Path) -> CgroupStats {
     s.page_faults = m.get("pgfault").copied();
     s.major_page_faults = m.get("pgmajfault").copied();
     s
-}
-
-/// The pressure files of a cgroup2 directory.
-fn pressures(dir: &Path) -> [Option<Pressure>; 3] {
-    let mut r = DirReader::open(dir);
-    [
-        r.pressure("cpu.pressure"),
-        r.pressure("memory.pressure"),
-        r.pressure("io.pressure"),
-    ]
 }
 
 impl CgroupManager {
@@ -255,7 +252,7 @@ impl CgroupManager {
             .or_else(|| self.layout().unified.as_ref().map(|u| u.join(relp)));
         let with_psi = |mut s: CgroupStats| {
             if let Some(d) = &psi_dir {
-                [s.cpu_pressure, s.memory_pressure, s.io_pressure] = pressures(d);
+                [s.cpu_pressure, s.memory_pressure, s.io_pressure] = DirReader::open(d).pressures();
             }
             s
         };
