@@ -38,9 +38,9 @@ pub fn become_container(
     spec: &LaunchSpec,
     stdio: Stdio,
     sync: Option<HookSync>,
-    born_in_cgroup: bool,
+    born_in: Option<&Path>,
 ) -> String {
-    match run(spec, stdio, sync, born_in_cgroup) {
+    match run(spec, stdio, sync, born_in) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -63,8 +63,8 @@ fn wait_for_placement(park: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Waits for the runtime to make the container's systemd scope (when it does), then joins
-/// the container's cgroups.
-pub(super) fn place_in_cgroups(spec: &LaunchSpec) -> Step<()> {
+/// the container's cgroups, but `born_in` (the one it was cloned into).
+pub(super) fn place_in_cgroups(spec: &LaunchSpec, born_in: Option<&Path>) -> Step<()> {
     if let Some(park) = &spec.cgroup_park {
         step(
             || {
@@ -76,22 +76,15 @@ pub(super) fn place_in_cgroups(spec: &LaunchSpec) -> Step<()> {
             wait_for_placement(park),
         )?;
     }
-    for dir in &spec.cgroup_dirs {
-        let f = dir.join("cgroup.procs");
-        step(
-            || format!("join cgroup {}", dir.display()),
-            fs::write(&f, "0"),
-        )?;
-    }
-    Ok(())
+    super::spawn::join_cgroups(&spec.cgroup_dirs, born_in)
 }
 
-/// `born_in_cgroup`: the process was cloned into its cgroup and joins none.
+/// `born_in`: the cgroup directory the process was cloned into (it joins the others).
 fn run(
     spec: &LaunchSpec,
     stdio: Stdio,
     mut sync: Option<HookSync>,
-    born_in_cgroup: bool,
+    born_in: Option<&Path>,
 ) -> Step<Never> {
     if let Some(s) = sync.as_mut() {
         s.close_parent_ends();
@@ -104,9 +97,7 @@ fn run(
         )?),
         None => None,
     };
-    if !born_in_cgroup {
-        place_in_cgroups(spec)?;
-    }
+    place_in_cgroups(spec, born_in)?;
     let root = &spec.rootfs.target;
     // Slave, not private: nothing we mount leaks to the host, and host mounts still reach
     // volumes that ask for host-to-container propagation (runc's default too). A

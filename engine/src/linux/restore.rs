@@ -118,7 +118,7 @@ fn child(
     pidfile: &std::path::Path,
     err_w: &OwnedFd,
 ) -> Step<Never> {
-    super::init::place_in_cgroups(spec)?;
+    super::init::place_in_cgroups(spec, None)?;
     step(
         || "make the mount tree a slave of the host's".into(),
         mount(

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -143,6 +143,12 @@ pub fn spawn_in_pid_namespace_of(
     let (pid_r, pid_w) = cloexec_pipe()?;
     let (mut child_sync, parent_sync) = hook_pipes(spec)?;
     let mut stdio = Some(stdio);
+    // As in `spawn`: born in its cgroup v2 directory where the kernel allows.
+    let mut into = if spec.cgroup_park.is_none() {
+        v2_cgroup(&spec.cgroup_dirs)
+    } else {
+        None
+    };
     let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
         let path = format!("/proc/{target}/ns/pid");
         let ns = match std::fs::File::open(&path) {
@@ -153,12 +159,15 @@ pub fn spawn_in_pid_namespace_of(
             fail(&err_w, &format!("enter the target's pid namespace: {e}"));
         }
         let mut io = stdio.take();
-        let child =
-            super::sys::clone_child(CloneFlags::CLONE_PARENT | CloneFlags::CLONE_NEWNS, || {
+        let child = clone_into_or_join(
+            CloneFlags::CLONE_PARENT | CloneFlags::CLONE_NEWNS,
+            into.take(),
+            |born_in| {
                 let Some(io) = io.take() else { return 127 };
-                let failure = init::become_container(spec, io, child_sync.take(), false);
+                let failure = init::become_container(spec, io, child_sync.take(), born_in);
                 fail(&err_w, &failure)
-            });
+            },
+        );
         match child {
             Ok(pid) => {
                 if let Ok(fd) = pid_w.try_clone() {
@@ -228,17 +237,17 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         flags |= CloneFlags::CLONE_NEWPID;
     }
     let mut stdio = Some(stdio);
-    let child = |born_in_cgroup: bool| {
+    let child = |born_in: Option<&Path>| {
         let Some(io) = stdio.take() else { return 127 };
-        let failure = init::become_container(spec, io, child_sync.take(), born_in_cgroup);
+        let failure = init::become_container(spec, io, child_sync.take(), born_in);
         // Only reached on failure: report it and die without running any destructor or
         // atexit handler of the monitor's copy.
         fail(&err_w, &failure)
     };
-    // Born in its cgroup where the kernel allows (one cgroup v2 directory, no systemd
-    // scope to wait for); else cloned, then joining its cgroups.
+    // Born in its cgroup v2 directory where the kernel allows (no systemd scope to wait
+    // for); else cloned, then joining it. It joins its v1 directories itself.
     let into = if spec.cgroup_park.is_none() {
-        single_v2_cgroup(&spec.cgroup_dirs)
+        v2_cgroup(&spec.cgroup_dirs)
     } else {
         None
     };
@@ -258,27 +267,53 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
     }
 }
 
-/// Clones `child` into cgroup `into` when there is one and the kernel takes it (the child
-/// is told `true`: it is in its cgroup from birth), else plainly (`false`: it joins its
-/// cgroups itself).
-fn clone_into_or_join(
+/// Clones `child` into cgroup directory `into` when there is one and the kernel takes it
+/// (the child is told which: it joins its other cgroups itself), else plainly (`None`: it
+/// joins them all).
+fn clone_into_or_join<'a>(
     flags: CloneFlags,
-    into: Option<OwnedFd>,
-    mut child: impl FnMut(bool) -> isize,
+    into: Option<(OwnedFd, &'a Path)>,
+    mut child: impl FnMut(Option<&'a Path>) -> isize,
 ) -> nix::Result<Pid> {
-    if let Some(dir) = into
-        && let Ok(pid) = super::sys::clone_child_into(flags, &dir, || child(true))
+    if let Some((fd, dir)) = into
+        && let Ok(pid) = super::sys::clone_child_into(flags, &fd, || child(Some(dir)))
     {
         return Ok(pid);
     }
-    super::sys::clone_child(flags, || child(false))
+    super::sys::clone_child(flags, || child(None))
 }
 
-/// A container's cgroup, opened, when it is a single cgroup v2 directory (a process can be
-/// cloned into it).
-fn single_v2_cgroup(dirs: &[PathBuf]) -> Option<OwnedFd> {
+/// Clones `child` born in the cgroup v2 directory among `dirs` where there is one and the
+/// kernel takes it (the child is told which: it joins the others with [`join_cgroups`]),
+/// else plainly (`None`: it joins them all).
+pub fn clone_in_cgroups<'a>(
+    flags: CloneFlags,
+    dirs: &'a [PathBuf],
+    child: impl FnMut(Option<&'a Path>) -> isize,
+) -> nix::Result<Pid> {
+    clone_into_or_join(flags, v2_cgroup(dirs), child)
+}
+
+/// Joins the calling single-threaded process to cgroup directories `dirs` but `born_in`
+/// (the one it was cloned into): the first error, with the directory it was joining.
+pub fn join_cgroups(dirs: &[PathBuf], born_in: Option<&Path>) -> Result<(), String> {
+    for dir in dirs.iter().filter(|d| Some(d.as_path()) != born_in) {
+        super::cgroups::join_self(dir)
+            .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The one cgroup v2 directory among a container's cgroup directories (a process can be
+/// cloned into it), opened: the whole cgroup on a unified node, the cgroup2 beside the v1
+/// hierarchies on a hybrid one.
+fn v2_cgroup(dirs: &[PathBuf]) -> Option<(OwnedFd, &Path)> {
     use nix::fcntl::{OFlag, open};
-    let [dir] = dirs else {
+    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+    let mut v2 = dirs.iter().filter(|d| {
+        statfs(d.as_path()).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC)
+    });
+    let (dir, None) = (v2.next()?, v2.next()) else {
         return None;
     };
     let fd = open(
@@ -287,8 +322,7 @@ fn single_v2_cgroup(dirs: &[PathBuf]) -> Option<OwnedFd> {
         nix::sys::stat::Mode::empty(),
     )
     .ok()?;
-    let fs = nix::sys::statfs::fstatfs(&fd).ok()?;
-    (fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC).then_some(fd)
+    Some((fd, dir))
 }
 
 /// The child's ends of the pipes on which it stops for the runtime's `prestart` and
@@ -451,7 +485,7 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     let (err_r, err_w) = cloexec_pipe()?;
     let (pid_r, pid_w) = cloexec_pipe()?;
     let mut stdio = Some(stdio);
-    let intermediate = |born_in_cgroup: bool| {
+    let intermediate = |born_in: Option<&Path>| {
         let report = |msg: String| -> ! { fail(&err_w, &msg) };
         // Open both first: once in the container's mount namespace, its /proc is the
         // container's and no longer shows the target by its host pid.
@@ -471,10 +505,8 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
                 Err(e) => report(format!("open {}: {e}", path.display())),
             }
         }
-        for dir in spec.cgroup_dirs.iter().filter(|_| !born_in_cgroup) {
-            if let Err(e) = std::fs::write(dir.join("cgroup.procs"), "0") {
-                report(format!("join cgroup {}: {e}", dir.display()));
-            }
+        if let Err(e) = join_cgroups(&spec.cgroup_dirs, born_in) {
+            report(e);
         }
         for (ns, f) in &files {
             if let Err(e) = nix::sched::setns(f, CloneFlags::empty()) {
@@ -513,7 +545,7 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     // Born in the container's cgroup where the kernel allows (see `spawn`).
     let intermediate = clone_into_or_join(
         CloneFlags::empty(),
-        single_v2_cgroup(&spec.cgroup_dirs),
+        v2_cgroup(&spec.cgroup_dirs),
         intermediate,
     )
     .map_err(SpawnError::Clone)?;

@@ -19,10 +19,8 @@ pub(super) struct PodInit {
 /// Made when the first container of mode POD starts; it lives until the monitor exits,
 /// and its death ends every process of the namespace.
 pub(super) fn start(cgroups: &[PathBuf]) -> Result<PodInit, String> {
-    let pid = crate::linux::sys::clone_child(CloneFlags::CLONE_NEWPID, || {
-        for d in cgroups {
-            let _ = std::fs::write(d.join("cgroup.procs"), "0");
-        }
+    let pid = crate::linux::spawn::clone_in_cgroups(CloneFlags::CLONE_NEWPID, cgroups, |born_in| {
+        let _ = crate::linux::spawn::join_cgroups(cgroups, born_in);
         // The init must not outlive its monitor (a killed monitor would leave the pod's
         // processes behind): the kernel kills it when the monitor dies, whatever killed it.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
