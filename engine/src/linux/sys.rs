@@ -513,6 +513,17 @@ pub fn pidfd_open(pid: u32) -> nix::Result<OwnedFd> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Registers an owned descriptor with the tokio reactor for `interest` only (a kernfs
+/// file's EPOLLPRI, say).
+pub fn async_fd_for(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: as in `async_fd`: the OwnedFd stays open and owned by the AsyncFd.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(std::io::Error::from)
+}
+
 /// Registers an owned descriptor (a terminal master, say) with the tokio reactor.
 pub fn async_fd(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open and owned for its whole life, and its as_raw_fd always

@@ -18,14 +18,7 @@ use crate::clock::now_nanos;
 use crate::linux::spawn::{self, LaunchSpec};
 
 pub(super) fn oom_count(file: &str) -> u64 {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    std::fs::read(file).map_or(0, |t| oom_kills_in(&t))
 }
 
 pub(super) fn start(
@@ -172,65 +165,54 @@ pub(super) fn start(
     Ok((pid, started_at))
 }
 
-/// Follows a container's OOM kill counter while it runs (inotify on the file the kernel
-/// notifies at each OOM event), so that a kill is known even when the cgroup is gone by
-/// the time the exit is reaped: systemd removes a scope's cgroup once it is empty. Ends
-/// when the file goes or the container's exit has been handled (`ended`'s sender, kept
+/// Follows a container's OOM kill counter while it runs, so that a kill is known even when
+/// the cgroup is gone by the time the exit is reaped: systemd removes a scope's cgroup once
+/// it is empty. Ends when the container's exit has been handled (`ended`'s sender, kept
 /// with the running container, is dropped).
+///
+/// The kernel signals each change of a cgroup v2 `memory.events` to pollers of the file
+/// (EPOLLPRI, kernfs's file notification); v1's `memory.oom_control` is never notified
+/// (its count is read at the exit). Not inotify on the file, which the kernel signals as
+/// well: closing an inotify instance waits for an SRCU grace period (`fsnotify` flushes
+/// its mark connectors' destruction), which held the single-threaded monitor for 10-20 ms
+/// at every container's exit, and a pod's Shutdown behind it.
 async fn watch_oom(
     file: String,
     seen: Rc<std::cell::Cell<u64>>,
     mut ended: tokio::sync::oneshot::Receiver<()>,
 ) {
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let Ok(ino) = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) else {
+    use tokio::io::Interest;
+    let Ok(f) = std::fs::File::open(&file) else {
         return;
     };
-    if ino
-        .add_watch(file.as_str(), AddWatchFlags::IN_MODIFY)
-        .is_err()
-    {
-        return;
-    }
-    let Ok(afd) = crate::linux::sys::async_fd(std::os::fd::OwnedFd::from(ino)) else {
+    let Ok(afd) = crate::linux::sys::async_fd_for(f.into(), Interest::PRIORITY) else {
         return;
     };
     let mut buf = [0u8; 4096];
     loop {
         let mut guard = tokio::select! {
-            r = afd.readable() => match r {
+            r = afd.ready(Interest::PRIORITY) => match r {
                 Ok(g) => g,
                 Err(_) => return,
             },
             _ = &mut ended => return,
         };
-        match nix::unistd::read(afd.get_ref(), &mut buf) {
-            Ok(n) => {
-                seen.set(seen.get().max(oom_count(&file)));
-                if inotify_ignored(&buf[..n]) {
-                    return;
-                }
-            }
-            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
-            Err(_) => return,
+        // Read through this descriptor: the read is what marks the event seen.
+        match nix::sys::uio::pread(afd.get_ref(), &mut buf, 0) {
+            Ok(n) => seen.set(seen.get().max(oom_kills_in(&buf[..n]))),
+            Err(_) => return, // the cgroup is gone
         }
+        guard.clear_ready();
     }
 }
 
-/// Whether a buffer of inotify events holds IN_IGNORED (the watched file is gone).
-fn inotify_ignored(mut events: &[u8]) -> bool {
-    // struct inotify_event: wd i32, mask u32, cookie u32, len u32, then len bytes of name.
-    while events.len() >= 16 {
-        let word = |at: usize| {
-            u32::from_ne_bytes([events[at], events[at + 1], events[at + 2], events[at + 3]])
-        };
-        if word(4) & libc::IN_IGNORED != 0 {
-            return true;
-        }
-        let next = 16 + word(12) as usize;
-        events = events.get(next..).unwrap_or_default();
-    }
-    false
+/// The `oom_kill` count of a `memory.events` or `memory.oom_control` text.
+fn oom_kills_in(text: &[u8]) -> u64 {
+    String::from_utf8_lossy(text)
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Copies one output stream of a container into its CRI log until end of file, and to the
@@ -295,21 +277,13 @@ fn open_log(log_directory: &str, log_path: &str) -> std::io::Result<CriLogFile> 
 mod tests {
     use super::*;
 
-    fn event(mask: u32, name_len: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        for w in [1u32, mask, 0, name_len] {
-            v.extend_from_slice(&w.to_ne_bytes());
-        }
-        v.extend(std::iter::repeat_n(0u8, name_len as usize));
-        v
-    }
-
     #[test]
-    fn inotify_ignored_is_found_among_events() {
-        let mut buf = event(libc::IN_MODIFY, 16);
-        assert!(!inotify_ignored(&buf));
-        buf.extend(event(libc::IN_IGNORED, 0));
-        assert!(inotify_ignored(&buf));
-        assert!(!inotify_ignored(&buf[..10]));
+    fn oom_kills_are_read_from_v1_and_v2_files() {
+        let v2 = b"low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(oom_kills_in(v2), 2);
+        let v1 = b"oom_kill_disable 0\nunder_oom 0\noom_kill 5\n";
+        assert_eq!(oom_kills_in(v1), 5);
+        assert_eq!(oom_kills_in(b"oom_kill_disable 0\n"), 0);
+        assert_eq!(oom_kills_in(b""), 0);
     }
 }
