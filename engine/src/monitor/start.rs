@@ -181,8 +181,21 @@ async fn watch_oom(
     seen: Rc<std::cell::Cell<u64>>,
     mut ended: tokio::sync::oneshot::Receiver<()>,
 ) {
+    follow_kernfs_file(&file, &mut ended, |text| {
+        seen.set(seen.get().max(oom_kills_in(text)));
+    })
+    .await;
+}
+
+/// Calls `on_change` with the text of kernfs file `file` (a cgroup's) each time the kernel
+/// signals a change of it, until `ended` resolves or the file goes.
+async fn follow_kernfs_file(
+    file: &str,
+    ended: &mut tokio::sync::oneshot::Receiver<()>,
+    mut on_change: impl FnMut(&[u8]),
+) {
     use tokio::io::Interest;
-    let Ok(f) = std::fs::File::open(&file) else {
+    let Ok(f) = std::fs::File::open(file) else {
         return;
     };
     let Ok(afd) = crate::linux::sys::async_fd_for(f.into(), Interest::PRIORITY) else {
@@ -195,11 +208,11 @@ async fn watch_oom(
                 Ok(g) => g,
                 Err(_) => return,
             },
-            _ = &mut ended => return,
+            _ = &mut *ended => return,
         };
-        // Read through this descriptor: the read is what marks the event seen.
+        // Read through this descriptor: the read is what marks the change seen.
         match nix::sys::uio::pread(afd.get_ref(), &mut buf, 0) {
-            Ok(n) => seen.set(seen.get().max(oom_kills_in(&buf[..n]))),
+            Ok(n) => on_change(&buf[..n]),
             Err(_) => return, // the cgroup is gone
         }
         guard.clear_ready();
@@ -285,5 +298,64 @@ mod tests {
         assert_eq!(oom_kills_in(v1), 5);
         assert_eq!(oom_kills_in(b"oom_kill_disable 0\n"), 0);
         assert_eq!(oom_kills_in(b""), 0);
+    }
+
+    /// The change signal `watch_oom` relies on, on a file every cgroup2 directory has:
+    /// `cgroup.events` changes when a first process comes in (memory.events, which the
+    /// kernel signals the same way, needs a memory controller on cgroup2 and an OOM kill).
+    #[test]
+    fn a_change_of_a_kernfs_file_is_signalled() {
+        let Some(root) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| {
+                nix::sys::statfs::statfs(p)
+                    .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+            })
+        else {
+            return;
+        };
+        let dir = root.join(format!("berth-test-kernfs-{}", std::process::id()));
+        if std::fs::create_dir(&dir).is_err() {
+            return; // not root
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let texts = std::cell::RefCell::new(Vec::new());
+        let mut child = None;
+        let (_end, mut ended) = tokio::sync::oneshot::channel();
+        rt.block_on(async {
+            let file = dir.join("cgroup.events");
+            let follow = follow_kernfs_file(file.to_str().unwrap(), &mut ended, |t| {
+                texts
+                    .borrow_mut()
+                    .push(String::from_utf8_lossy(t).into_owned());
+            });
+            let populate = async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let c = std::process::Command::new("sleep")
+                    .arg("10")
+                    .spawn()
+                    .unwrap();
+                std::fs::write(dir.join("cgroup.procs"), c.id().to_string()).unwrap();
+                child = Some(c);
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                tokio::join!(follow, populate)
+            })
+            .await;
+        });
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir(&dir);
+        let texts = texts.into_inner();
+        assert!(
+            texts.iter().any(|t| t.contains("populated 1")),
+            "no change of cgroup.events was signalled: {texts:?}"
+        );
     }
 }
