@@ -1199,9 +1199,13 @@ fn scale_limit(missed: &str) -> Option<&'static str> {
          walks each writable layer: about 0.2 ms a pod on both cores. ListContainerStats \
          reuses the figures the first call read, ImageFsInfo the layers' sizes."
     } else if missed.contains("new pod") {
-        "A process joining a cgroup waits for an RCU grace period (the kernel's cgroup \
-         thread-group lock, 7-17 ms here): on cgroup v1 the container joins its cgroups; on \
-         cgroup v2 berth clones it into its cgroup instead (0.5-0.8 ms)."
+        "On an idle node the lifecycle is about 21 ms p50 (`berth-bench lifecycle`; two \
+         kernel waits are gone: a cgroup join that waited for an RCU grace period, a monitor \
+         closing an inotify instance that waited for an SRCU one). What is left is work on \
+         the path, the same with root and state on tmpfs: the container's setup (about a \
+         thousand syscalls: mounts, pivot_root, the security profile), the pod's network \
+         (veth pair, addresses, nft), the state db's commits and the gRPC round trips; under \
+         this load each step shares the two cores with the probes' process creation."
     } else {
         return None;
     };
