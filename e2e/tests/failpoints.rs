@@ -247,3 +247,87 @@ async fn crashing_at_every_failpoint_leaves_a_consistent_node() {
     println!("failpoints walked: {walked}");
     assert_eq!(walked, berth_engine::failpoints::ALL.len());
 }
+
+/// A container that exits while StartContainer has the monitor's answer but has not yet
+/// written Running (the window held open by a delay there) is found exited, with its code,
+/// by ListContainers and by ContainerStatus as soon as StartContainer returns: the exit
+/// the monitor reported meanwhile found the record still Created.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exit_while_start_records_running_is_not_lost() {
+    if !(require::root() && catalog::available()) {
+        return;
+    }
+    let Some(reg) = Registry::start() else { return };
+    reg.push_image("busybox", "latest", &catalog::busybox().build());
+    let image = format!("{}/busybox:latest", reg.host());
+    let d = Daemon::start_with(DaemonOptions {
+        env: vec![(
+            "BERTH_FAILPOINTS".into(),
+            "start_container.started=delay(500)".into(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let mut c = d.cri().await;
+    c.pull(&image, None).await.unwrap();
+    let pod = c
+        .run_pod(cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "race".into(),
+                uid: "race-uid".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        })
+        .await;
+    let ctr = c
+        .create(
+            &pod,
+            cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "quick".into(),
+                    attempt: 0,
+                }),
+                image: Some(berth_e2e::cri::spec(&image)),
+                command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    c.start(&ctr).await.unwrap();
+    assert!(
+        asked.elapsed() >= Duration::from_millis(500),
+        "the failpoint's delay did not hold StartContainer: built without failpoints?"
+    );
+    // The list first, as kubelet's relist sees it (ContainerStatus would apply the exit
+    // record itself).
+    let listed = c.containers().await;
+    let l = listed.iter().find(|l| l.id == ctr).expect("listed");
+    assert_eq!(
+        l.state,
+        cri::ContainerState::ContainerExited as i32,
+        "{l:?}"
+    );
+    let s = c.status(&ctr).await;
+    assert_eq!(
+        s.state,
+        cri::ContainerState::ContainerExited as i32,
+        "{s:?}"
+    );
+    assert_eq!(s.exit_code, 3, "{s:?}");
+    c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

@@ -6,7 +6,9 @@
 //! workspace's test builds; a release build of berthd alone has none): without it
 //! [`fail_point!`] expands to nothing. With it, `BERTH_FAILPOINTS=name=abort;other=error`
 //! in berthd's environment makes the step `name` abort the process (as a crash would: no
-//! destructor, no clean-up) and `other` fail with an Internal error.
+//! destructor, no clean-up) and `other` fail with an Internal error; `name=delay(MS)` makes
+//! an asynchronous step (`fail_point!(async "name")`) wait MS milliseconds, to open a race
+//! window a test needs held open.
 //!
 //! Every failpoint is listed in [`ALL`] (a unit test checks the list against the
 //! sources), so that a test can walk all of them; a new multi-step operation adds its own.
@@ -38,6 +40,7 @@ pub const ALL: &[&str] = &[
 enum Action {
     Abort,
     Error,
+    Delay(std::time::Duration),
 }
 
 #[cfg(feature = "failpoints")]
@@ -52,6 +55,14 @@ fn configured() -> &'static std::collections::HashMap<String, Action> {
                 let action = match action.trim() {
                     "abort" => Action::Abort,
                     "error" => Action::Error,
+                    other
+                        if let Some(ms) = other
+                            .strip_prefix("delay(")
+                            .and_then(|r| r.strip_suffix(')'))
+                            .and_then(|ms| ms.parse().ok()) =>
+                    {
+                        Action::Delay(std::time::Duration::from_millis(ms))
+                    }
                     other => {
                         tracing::warn!(
                             failpoint = name,
@@ -96,7 +107,23 @@ pub fn hit(name: &'static str) -> Option<Injected> {
             std::process::abort()
         }
         Some(Action::Error) => Some(Injected(name)),
-        None => None,
+        Some(Action::Delay(_)) | None => None,
+    }
+}
+
+/// Called by [`fail_point!`]'s async form: how long to wait at `name` (`delay(MS)`).
+#[cfg(feature = "failpoints")]
+pub fn delay(name: &'static str) -> Option<std::time::Duration> {
+    match configured().get(name) {
+        Some(Action::Delay(d)) => {
+            tracing::warn!(
+                failpoint = name,
+                delay_ms = d.as_millis(),
+                "failpoint: waiting"
+            );
+            Some(*d)
+        }
+        _ => None,
     }
 }
 
@@ -104,6 +131,15 @@ pub fn hit(name: &'static str) -> Option<Injected> {
 /// crash; nothing without the `failpoints` feature.
 #[macro_export]
 macro_rules! fail_point {
+    (async $name:literal) => {
+        #[cfg(feature = "failpoints")]
+        {
+            if let Some(d) = $crate::failpoints::delay($name) {
+                tokio::time::sleep(d).await;
+            }
+        }
+        $crate::fail_point!($name)
+    };
     ($name:literal) => {
         #[cfg(feature = "failpoints")]
         {
@@ -132,9 +168,12 @@ mod tests {
         ];
         let mut found = Vec::new();
         for s in sources {
-            for part in s.split("fail_point!(\"").skip(1) {
-                if let Some(end) = part.find('"') {
-                    found.push(&part[..end]);
+            for part in s.split("fail_point!(").skip(1) {
+                let part = part.strip_prefix("async ").unwrap_or(part);
+                if let Some(name) = part.strip_prefix('"')
+                    && let Some(end) = name.find('"')
+                {
+                    found.push(&name[..end]);
                 }
             }
         }

@@ -56,7 +56,7 @@ impl Engine {
         }
         match r {
             Ok(Body::Started(s)) => {
-                crate::fail_point!("start_container.started");
+                crate::fail_point!(async "start_container.started");
                 c.pid = s.pid;
                 self.transition_container(&mut c, ContainerState::Running, s.started_at)?;
                 tracing::info!(container_id = %id, pid = s.pid, "container started");
