@@ -263,7 +263,7 @@ async fn an_exit_while_start_records_running_is_not_lost() {
     let d = Daemon::start_with(DaemonOptions {
         env: vec![(
             "BERTH_FAILPOINTS".into(),
-            "start_container.started=delay(500)".into(),
+            "start_container.started=delay(2000)".into(),
         )],
         ..Default::default()
     })
@@ -299,9 +299,13 @@ async fn an_exit_while_start_records_running_is_not_lost() {
     let asked = std::time::Instant::now();
     c.start(&ctr).await.unwrap();
     assert!(
-        asked.elapsed() >= Duration::from_millis(500),
+        asked.elapsed() >= Duration::from_millis(2000),
         "the failpoint's delay did not hold StartContainer: built without failpoints?"
     );
+    let returned_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     // The list first, as kubelet's relist sees it (ContainerStatus would apply the exit
     // record itself).
     let listed = c.containers().await;
@@ -318,6 +322,13 @@ async fn an_exit_while_start_records_running_is_not_lost() {
         "{s:?}"
     );
     assert_eq!(s.exit_code, 3, "{s:?}");
+    // The exit fell inside the window (else this test proved nothing about it).
+    let finished_ns = u128::try_from(s.finished_at).unwrap();
+    assert!(
+        finished_ns + 1_000_000_000 < returned_ns,
+        "the container exited {} ms before StartContainer returned, not within its delay",
+        returned_ns.saturating_sub(finished_ns) / 1_000_000
+    );
     c.runtime
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),

@@ -55,13 +55,8 @@ fn configured() -> &'static std::collections::HashMap<String, Action> {
                 let action = match action.trim() {
                     "abort" => Action::Abort,
                     "error" => Action::Error,
-                    other
-                        if let Some(ms) = other
-                            .strip_prefix("delay(")
-                            .and_then(|r| r.strip_suffix(')'))
-                            .and_then(|ms| ms.parse().ok()) =>
-                    {
-                        Action::Delay(std::time::Duration::from_millis(ms))
+                    other if parse_delay(other).is_some() => {
+                        Action::Delay(parse_delay(other).unwrap_or_default())
                     }
                     other => {
                         tracing::warn!(
@@ -79,6 +74,13 @@ fn configured() -> &'static std::collections::HashMap<String, Action> {
             })
             .collect()
     })
+}
+
+/// The wait of a `delay(MS)` action.
+#[cfg(feature = "failpoints")]
+fn parse_delay(action: &str) -> Option<std::time::Duration> {
+    let ms = action.strip_prefix("delay(")?.strip_suffix(')')?;
+    ms.parse().ok().map(std::time::Duration::from_millis)
 }
 
 /// The failure a failpoint set to `error` injects (into whichever error type the step

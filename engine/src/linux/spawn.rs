@@ -275,10 +275,19 @@ fn clone_into_or_join<'a>(
     into: Option<(OwnedFd, &'a Path)>,
     mut child: impl FnMut(Option<&'a Path>) -> isize,
 ) -> nix::Result<Pid> {
-    if let Some((fd, dir)) = into
-        && let Ok(pid) = super::sys::clone_child_into(flags, &fd, || child(Some(dir)))
-    {
-        return Ok(pid);
+    use nix::errno::Errno;
+    if let Some((fd, dir)) = into {
+        match super::sys::clone_child_into(flags, &fd, || child(Some(dir))) {
+            Ok(pid) => return Ok(pid),
+            // This kernel or this cgroup cannot take a process at birth: clone, then join
+            // (which fails the same way if the cgroup cannot take processes at all).
+            Err(
+                Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EBUSY,
+            ) => {}
+            // Anything else (EAGAIN of a full pids.max, ENOMEM) a plain clone must not
+            // get around.
+            Err(e) => return Err(e),
+        }
     }
     super::sys::clone_child(flags, || child(None))
 }
@@ -305,8 +314,8 @@ pub fn join_cgroups(dirs: &[PathBuf], born_in: Option<&Path>) -> Result<(), Stri
 }
 
 /// The one cgroup v2 directory among a container's cgroup directories (a process can be
-/// cloned into it), opened: the whole cgroup on a unified node, the cgroup2 beside the v1
-/// hierarchies on a hybrid one.
+/// cloned into it), opened: the whole cgroup on a unified node; on a hybrid one, the
+/// cgroup2 beside the v1 hierarchies when it holds a controller berth uses (else none).
 fn v2_cgroup(dirs: &[PathBuf]) -> Option<(OwnedFd, &Path)> {
     use nix::fcntl::{OFlag, open};
     use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};

@@ -122,7 +122,8 @@ pub(super) fn start(
     }
     let oom_seen = Rc::new(std::cell::Cell::new(oom_before));
     let (oom_watch, running_ended) = tokio::sync::oneshot::channel();
-    if !s.oom_file.is_empty() {
+    // v1's memory.oom_control is never signalled: its count is read at the exit only.
+    if !s.oom_file.is_empty() && !s.oom_file.ends_with("memory.oom_control") {
         tokio::task::spawn_local(watch_oom(
             s.oom_file.clone(),
             oom_seen.clone(),
@@ -172,7 +173,7 @@ pub(super) fn start(
 ///
 /// The kernel signals each change of a cgroup v2 `memory.events` to pollers of the file
 /// (EPOLLPRI, kernfs's file notification); v1's `memory.oom_control` is never notified
-/// (its count is read at the exit). Not inotify on the file, which the kernel signals as
+/// (its count is read at the exit, and no watch is made for it). Not inotify on the file, which the kernel signals as
 /// well: closing an inotify instance waits for an SRCU grace period (`fsnotify` flushes
 /// its mark connectors' destruction), which held the single-threaded monitor for 10-20 ms
 /// at every container's exit, and a pod's Shutdown behind it.
@@ -188,7 +189,10 @@ async fn watch_oom(
 }
 
 /// Calls `on_change` with the text of kernfs file `file` (a cgroup's) each time the kernel
-/// signals a change of it, until `ended` resolves or the file goes.
+/// signals a change of it, until `ended` resolves (a removed cgroup wakes no poller; a
+/// read of one fails, which ends the loop too). A newly opened kernfs file counts as
+/// changed until its first read: the first call comes at once, which catches a change
+/// between the caller's last read and this open.
 async fn follow_kernfs_file(
     file: &str,
     ended: &mut tokio::sync::oneshot::Receiver<()>,
