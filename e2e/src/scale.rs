@@ -538,19 +538,29 @@ pub async fn run(
     report
 }
 
-/// A berthd under test: its monitors are the processes whose command line names the
-/// daemon's directory.
+/// A berthd under test: its per-pod processes are its monitors (the processes whose
+/// command line names the daemon's directory) and their pod inits.
 impl Node for crate::Daemon {
     fn daemon_pid(&self) -> u32 {
         self.pid().map_or(0, |p| p.as_raw().unsigned_abs())
     }
     fn overhead_pids(&self) -> Vec<u32> {
         let dir = self.dir().to_string_lossy().into_owned();
-        processes()
-            .into_iter()
+        let all = processes();
+        let monitors: std::collections::HashSet<u32> = all
+            .iter()
             .filter(|(_, cmd)| cmd.contains(" monitor ") && cmd.contains(&dir))
-            .map(|(pid, _)| pid)
-            .collect()
+            .map(|(pid, _)| *pid)
+            .collect();
+        // A pod whose containers share its pid namespace (mode POD, what a config that
+        // leaves the mode out gets) has an init as well, a child of its monitor: a process
+        // berth adds per pod, as containerd adds its pause.
+        let inits = all.iter().filter(|(pid, cmd)| {
+            cmd.trim_end() == berth_engine::monitor::podinit::POD_INIT_NAME
+                && parent_of(*pid).is_some_and(|p| monitors.contains(&p))
+        });
+        let inits: Vec<u32> = inits.map(|(pid, _)| *pid).collect();
+        monitors.into_iter().chain(inits).collect()
     }
     fn kill_and_spawn(&mut self, sig: Signal) {
         crate::Daemon::kill_and_spawn(self, sig);
@@ -576,6 +586,14 @@ impl Node for crate::containerd::Containerd {
 }
 
 /// Every process: (pid, command line with spaces).
+/// The parent of process `pid` (field 4 of /proc/<pid>/stat, after the command's
+/// parenthesis).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 pub fn processes() -> Vec<(u32, String)> {
     std::fs::read_dir("/proc")
         .into_iter()

@@ -1361,7 +1361,7 @@ fn compare_report(
         "Command: `cargo build --release -p berth-agent -p berth-e2e && target/release/berth-bench compare --runs {runs} --burst {burst} --loaded {loaded} --out docs/benchmarks.md` \
          (or `bench/compare.sh`). Same images from the same local registry, same pod and container configs, \
          2 warm-up runs excluded, one runtime at a time. Per-pod overhead is the summed PSS of the processes \
-         the runtime adds per pod (berth: its monitor; containerd: its shim and the pause process), read from /proc.\n\n"
+         the runtime adds per pod (berth: its monitor, and the pod's init when its containers share the pod's pid namespace, as these do; containerd: its shim and the pause process), read from /proc.\n\n"
     ));
     t.push_str("| metric | berth | containerd | berth / containerd | target |\n|---|---:|---:|---:|---:|\n");
     let mut misses: Vec<(String, f64, f64)> = Vec::new();
@@ -1400,11 +1400,13 @@ fn compare_report(
             }
             if name.starts_with("per-pod overhead") {
                 t.push_str(
-                    " berth's per-pod process is its monitor, which is berthd itself re-executed \
-                     (linked non-PIE, so its code and relocated data are shared): about 300 KiB \
-                     of its own (heap, stacks) plus its share of berthd's binary pages, which \
-                     shrinks as more pods share them; `berth-bench lifecycle` prints the split. \
-                     containerd's figure is its shim plus the pause process.",
+                    " berth's per-pod processes are its monitor and, as these pods' containers \
+                     share the pod's pid namespace, the pod's init: both berthd itself \
+                     re-executed (linked non-PIE, so code and relocated data are shared). The \
+                     monitor has about 300 KiB of its own (heap, stacks) plus its share of \
+                     berthd's binary pages, which shrinks as more pods share them; `berth-bench \
+                     lifecycle` prints the split. containerd's figure is its shim plus the pause \
+                     process.",
                 );
             }
             t.push('\n');
