@@ -90,11 +90,16 @@ async fn checkpoint(
 }
 
 async fn count(c: &mut berth_e2e::cri::Cri, id: &str) -> u64 {
-    let out = c.exec(id, &["cat", "/count"], 10).await.unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    // The shell rewrites the file (truncate, then write): a read can fall in between and
+    // find it empty, the more likely the slower the machine (the VM lane runs under TCG).
+    for _ in 0..20 {
+        let out = c.exec(id, &["cat", "/count"], 10).await.unwrap();
+        if let Ok(n) = String::from_utf8_lossy(&out.stdout).trim().parse() {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    0
 }
 
 /// The archive's entries and their sizes.
