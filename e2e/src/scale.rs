@@ -555,11 +555,14 @@ impl Node for crate::Daemon {
         // A pod whose containers share its pid namespace (mode POD, what a config that
         // leaves the mode out gets) has an init as well, a child of its monitor: a process
         // berth adds per pod, as containerd adds its pause.
-        let inits = all.iter().filter(|(pid, cmd)| {
-            cmd.trim_end() == berth_engine::monitor::podinit::POD_INIT_NAME
-                && parent_of(*pid).is_some_and(|p| monitors.contains(&p))
-        });
-        let inits: Vec<u32> = inits.map(|(pid, _)| *pid).collect();
+        let inits: Vec<u32> = all
+            .iter()
+            .filter(|(pid, cmd)| {
+                cmd.trim_end() == berth_engine::monitor::podinit::POD_INIT_NAME
+                    && parent_of(*pid).is_some_and(|p| monitors.contains(&p))
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
         monitors.into_iter().chain(inits).collect()
     }
     fn kill_and_spawn(&mut self, sig: Signal) {
@@ -585,7 +588,6 @@ impl Node for crate::containerd::Containerd {
     }
 }
 
-/// Every process: (pid, command line with spaces).
 /// The parent of process `pid` (field 4 of /proc/<pid>/stat, after the command's
 /// parenthesis).
 fn parent_of(pid: u32) -> Option<u32> {
@@ -594,6 +596,7 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Every process: (pid, command line with spaces).
 pub fn processes() -> Vec<(u32, String)> {
     std::fs::read_dir("/proc")
         .into_iter()

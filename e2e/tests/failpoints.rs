@@ -270,16 +270,9 @@ async fn an_exit_while_start_records_running_is_not_lost() {
     .await;
     let mut c = d.cri().await;
     c.pull(&image, None).await.unwrap();
+    let logs = tempfile::tempdir().unwrap();
     let pod = c
-        .run_pod(cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata {
-                name: "race".into(),
-                uid: "race-uid".into(),
-                namespace: "default".into(),
-                attempt: 0,
-            }),
-            ..Default::default()
-        })
+        .run_pod(berth_e2e::cri::pod_config("default", "race", logs.path()))
         .await;
     let ctr = c
         .create(
@@ -329,16 +322,5 @@ async fn an_exit_while_start_records_running_is_not_lost() {
         "the container exited {} ms before StartContainer returned, not within its delay",
         returned_ns.saturating_sub(finished_ns) / 1_000_000
     );
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    c.stop_and_remove_pod(&pod).await;
 }

@@ -55,17 +55,17 @@ fn configured() -> &'static std::collections::HashMap<String, Action> {
                 let action = match action.trim() {
                     "abort" => Action::Abort,
                     "error" => Action::Error,
-                    other if parse_delay(other).is_some() => {
-                        Action::Delay(parse_delay(other).unwrap_or_default())
-                    }
-                    other => {
-                        tracing::warn!(
-                            failpoint = name,
-                            action = other,
-                            "unknown failpoint action"
-                        );
-                        return None;
-                    }
+                    other => match parse_delay(other) {
+                        Some(d) => Action::Delay(d),
+                        None => {
+                            tracing::warn!(
+                                failpoint = name,
+                                action = other,
+                                "unknown failpoint action"
+                            );
+                            return None;
+                        }
+                    },
                 };
                 if !ALL.contains(&name.trim()) {
                     tracing::warn!(failpoint = name, "no such failpoint");

@@ -143,12 +143,7 @@ pub fn spawn_in_pid_namespace_of(
     let (pid_r, pid_w) = cloexec_pipe()?;
     let (mut child_sync, parent_sync) = hook_pipes(spec)?;
     let mut stdio = Some(stdio);
-    // As in `spawn`: born in its cgroup v2 directory where the kernel allows.
-    let mut into = if spec.cgroup_park.is_none() {
-        v2_cgroup(&spec.cgroup_dirs)
-    } else {
-        None
-    };
+    let mut into = birth_cgroup(spec);
     let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
         let path = format!("/proc/{target}/ns/pid");
         let ns = match std::fs::File::open(&path) {
@@ -244,13 +239,7 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         // atexit handler of the monitor's copy.
         fail(&err_w, &failure)
     };
-    // Born in its cgroup v2 directory where the kernel allows (no systemd scope to wait
-    // for); else cloned, then joining it. It joins its v1 directories itself.
-    let into = if spec.cgroup_park.is_none() {
-        v2_cgroup(&spec.cgroup_dirs)
-    } else {
-        None
-    };
+    let into = birth_cgroup(spec);
     let pid = clone_into_or_join(flags, into, child).map_err(SpawnError::Clone)?;
     drop(err_w);
     drop(stdio);
@@ -311,6 +300,16 @@ pub fn join_cgroups(dirs: &[PathBuf], born_in: Option<&Path>) -> Result<(), Stri
             .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
     }
     Ok(())
+}
+
+/// Where a container is born: its cgroup v2 directory, unless it waits for the runtime to
+/// make its systemd scope (then it is cloned, and joins). It joins its v1 directories
+/// itself.
+fn birth_cgroup(spec: &LaunchSpec) -> Option<(OwnedFd, &Path)> {
+    if spec.cgroup_park.is_some() {
+        return None;
+    }
+    v2_cgroup(&spec.cgroup_dirs)
 }
 
 /// The one cgroup v2 directory among a container's cgroup directories (a process can be

@@ -55,9 +55,10 @@ struct CloneArgs {
 /// [`clone_child`] with the child born in the cgroup v2 directory `cgroup` (an open
 /// directory): it never has to join it. Joining a cgroup v2 (`cgroup.procs`, a whole
 /// thread group) takes the kernel's cgroup thread-group lock for writing, which waits for
-/// an RCU grace period (10-20 ms here), most of a container start otherwise. Errors as clone3 gives them (ENOSYS before 5.3,
-/// E2BIG or EINVAL before 5.7, EBUSY or EOPNOTSUPP for a cgroup that cannot take
-/// processes): the caller falls back to cloning and joining.
+/// an RCU grace period (10-20 ms here), most of a container start otherwise. Errors as
+/// clone3 gives them (ENOSYS before 5.3, E2BIG or EINVAL before 5.7, EBUSY or EOPNOTSUPP
+/// for a cgroup that cannot take processes): the caller falls back to cloning and joining
+/// on those.
 ///
 /// The same precondition: the caller is single-threaded.
 pub fn clone_child_into(

@@ -173,10 +173,11 @@ pub(super) fn start(
 ///
 /// The kernel signals each change of a cgroup v2 `memory.events` to pollers of the file
 /// (EPOLLPRI, kernfs's file notification); v1's `memory.oom_control` is never notified
-/// (its count is read at the exit, and no watch is made for it). Not inotify on the file, which the kernel signals as
-/// well: closing an inotify instance waits for an SRCU grace period (`fsnotify` flushes
-/// its mark connectors' destruction), which held the single-threaded monitor for 10-20 ms
-/// at every container's exit, and a pod's Shutdown behind it.
+/// (its count is read at the exit, and no watch is made for it). Not inotify on the file,
+/// which the kernel signals as well: closing an inotify instance waits for an SRCU grace
+/// period (`fsnotify` flushes its mark connectors' destruction), which held the
+/// single-threaded monitor for 10-20 ms at every container's exit, and a pod's Shutdown
+/// behind it.
 async fn watch_oom(
     file: String,
     seen: Rc<std::cell::Cell<u64>>,
