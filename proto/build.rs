@@ -23,7 +23,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_protos(&[out.join("api.proto")], &[out])?;
-    prost_build::Config::new().compile_protos(&protos, &["berth/"])?;
+    // A frame is as large as its largest body; the start request (the launch spec inline)
+    // and the exec requests would make every frame 1.2 KiB, in every queue slot and stack
+    // slot a monitor holds one in (a channel block of 32 frames was 38 KiB a connection).
+    let mut monitor = prost_build::Config::new();
+    for variant in ["start", "exec", "exec_session"] {
+        monitor.boxed(format!(".berth.monitor.v1.Frame.body.{variant}"));
+    }
+    monitor.compile_protos(&protos, &["berth/"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -96,6 +96,9 @@ enum Command {
         uid_map: Vec<berth_engine::spec::userns::IdRange>,
         #[arg(long, value_parser = berth_engine::spec::userns::IdMappings::parse_arg)]
         gid_map: Vec<berth_engine::spec::userns::IdRange>,
+        /// The program a shared pid namespace's init executes (berthd itself if absent).
+        #[arg(long)]
+        pod_init: Option<PathBuf>,
     },
 }
 
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
             hostname,
             uid_map,
             gid_map,
+            pod_init,
         }) => {
             // A fresh exec of berthd, single-threaded from here on: no tokio runtime and no
             // tracing subscriber of the daemon exist in this process.
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
                             gids: gid_map,
                         },
                     ),
+                    pod_init,
                 });
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }

@@ -169,6 +169,93 @@ async fn a_minimal_pod_has_the_nodes_hostname_and_one_pid_namespace() {
     env.c.stop_and_remove_pod(&pod).await;
 }
 
+/// The processes on this host that run `program` (by /proc/<pid>/exe).
+fn processes_running(program: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == program))
+        .collect()
+}
+
+/// A line of /proc/<pid>/status, e.g. `VmRSS`.
+fn status_field(pid: i32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| Some(l.strip_prefix(name)?.strip_prefix(':')?.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pods_init_is_the_small_program_and_reaps_orphans() {
+    let Some(mut env) = env().await else { return };
+    let pod = env.c.run_pod(minimal_pod(&env, "reaper")).await;
+    // The subshell exits at once; the sleep it started is reparented to the pod's init and
+    // exits 0.2 s later, when only the init can reap it.
+    env.c
+        .run_container(
+            &pod,
+            minimal_container(
+                &env,
+                "busybox",
+                "parent",
+                &["sh", "-c", "(sleep 0.2 &); sleep 1000"],
+            ),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let probe = env
+        .c
+        .run_container(
+            &pod,
+            minimal_container(
+                &env,
+                "busybox",
+                "probe",
+                &[
+                    "sh",
+                    "-c",
+                    "for f in /proc/[0-9]*/stat; do cat $f; echo; done",
+                ],
+            ),
+        )
+        .await;
+    env.c.wait_exited(&probe).await;
+    let out = log_lines(&env, "reaper", "probe");
+    // `pid (comm) state ppid ...`: pid 1 is the init, and nothing is a zombie.
+    let states: Vec<(&str, &str)> = out
+        .iter()
+        .filter_map(|l| {
+            let (head, rest) = l.rsplit_once(") ")?;
+            Some((head, rest.split_whitespace().next()?))
+        })
+        .collect();
+    assert!(
+        states.iter().any(|(h, _)| *h == "1 (berth-pod-init"),
+        "{out:?}"
+    );
+    assert!(!states.iter().any(|(_, s)| *s == "Z"), "a zombie: {out:?}");
+    // On the host it runs the program berthd wrote into its run directory (not berthd
+    // re-executed), with every signal at its default, in a few pages of memory.
+    let inits = processes_running(&env.d.state.join("berth-pod-init"));
+    assert_eq!(inits.len(), 1, "{inits:?}");
+    let init = inits[0];
+    assert_eq!(status_field(init, "SigIgn"), "0000000000000000");
+    let rss_kb: u64 = status_field(init, "VmRSS")
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap();
+    assert!(rss_kb <= 64, "the pod's init holds {rss_kb} kB");
+    env.c.stop_and_remove_pod(&pod).await;
+    // Its monitor gone, so is the init.
+    assert!(
+        !Path::new(&format!("/proc/{init}")).exists()
+            || status_field(init, "State").starts_with('Z'),
+        "the init outlived its pod"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pid_modes_mix_in_one_pod_as_containerd_allows() {
     let Some(mut env) = env().await else { return };

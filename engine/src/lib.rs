@@ -136,6 +136,9 @@ pub struct Engine {
     own_scope_lock: tokio::sync::Mutex<()>,
     /// Whether CRIU can checkpoint on this node (asked at the first checkpoint).
     criu: tokio::sync::OnceCell<std::result::Result<String, String>>,
+    /// The pod init program written into the run directory at open (None: monitors
+    /// re-execute berthd as a pod's init).
+    pod_init_program: Option<PathBuf>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
     _lock: File,
@@ -207,8 +210,19 @@ impl Engine {
             0 => berth_cni::builtin::default_mtu(),
             m => m,
         };
+        let pod_init_program = match monitor::podinit::install(&cfg.state) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot write the pod init program; pods' inits will be berthd re-executed"
+                );
+                None
+            }
+        };
         Ok(Engine {
             cfg,
+            pod_init_program,
             db,
             content,
             snapshots,

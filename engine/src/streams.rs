@@ -144,7 +144,7 @@ impl Engine {
         let (input, output) = self
             .open_session(
                 &c.pod_id,
-                Body::ExecSession(mproto::ExecSession {
+                Body::ExecSession(Box::new(mproto::ExecSession {
                     container_id: id.to_owned(),
                     exec_spec_json,
                     exec_spec,
@@ -154,7 +154,7 @@ impl Engine {
                     // then the terminal is 80x24.
                     width: 0,
                     height: 0,
-                }),
+                })),
             )
             .await?;
         Ok(Session { input, output })

@@ -34,13 +34,13 @@ impl Engine {
         let dir = self.pod_dir(&c.pod_id);
         let call = client::request(
             &dir,
-            Body::Exec(mproto::Exec {
+            Body::Exec(Box::new(mproto::Exec {
                 container_id: id.to_owned(),
                 exec_spec_json,
                 timeout_ms: timeout_secs.saturating_mul(1000).max(0),
                 output_limit: EXEC_OUTPUT_LIMIT,
                 exec_spec,
-            }),
+            })),
         );
         // The monitor kills the process at the timeout and answers; should it not, the
         // call still ends as a timeout, not as a hang.

@@ -45,7 +45,7 @@ impl Engine {
         let r = if super::scope::is_scope(&c.cgroup) {
             self.start_in_scope(&c, &pod.dir, start).await
         } else {
-            client::request(&pod.dir, Body::Start(start)).await
+            client::request(&pod.dir, Body::Start(Box::new(start))).await
         };
         if let Some(d) = &c.restore_from {
             // CRIU's images hold every page of the checkpointed memory: gone once the
@@ -110,7 +110,7 @@ impl Engine {
                 });
             }
         };
-        let req = client::request(pod_dir, Body::Start(start));
+        let req = client::request(pod_dir, Body::Start(Box::new(start)));
         tokio::pin!(req);
         let placed = tokio::select! {
             r = &mut req => {

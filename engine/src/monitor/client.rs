@@ -91,6 +91,9 @@ pub async fn spawn(exe: &Path, args: &MonitorArgs) -> Result<u32, MonitorError> 
             cmd.arg("--gid-map").arg(r);
         }
     }
+    if let Some(p) = &args.pod_init {
+        cmd.arg("--pod-init").arg(p);
+    }
     if let Some(n) = crate::linux::process::original_nofile() {
         cmd.env(crate::linux::process::NOFILE_ENV, n.to_string());
     }

@@ -37,6 +37,9 @@ pub struct MonitorArgs {
     /// `<dir>/`[`USERNS_FILE`]; the pod's network, IPC and UTS namespaces are made inside
     /// it, and its containers join it last.
     pub userns: Option<crate::spec::userns::IdMappings>,
+    /// The pod init program (`podinit::install`) that becomes pid 1 of the pod's shared pid
+    /// namespace; None, or a program that cannot be executed: berthd re-executed.
+    pub pod_init: Option<PathBuf>,
 }
 
 /// Where a pod's user namespace is bind-mounted, in its run directory.
@@ -66,8 +69,11 @@ pub fn main(args: MonitorArgs) -> i32 {
             if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
                 let _ = nix::unistd::dup2_stdout(&null);
             }
+            // A monitor waits on a few descriptors a container: 64 events a wake-up, not
+            // tokio's 1024 (12 KiB a monitor).
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .max_io_events_per_tick(64)
                 .build()
             {
                 Ok(rt) => rt,
@@ -170,6 +176,8 @@ pub(super) struct State {
     pub(super) execs: HashMap<i32, tokio::sync::oneshot::Sender<i32>>,
     /// The pod's shared pid namespace, once a container of mode POD asked for it.
     pub(super) pod_init: Option<super::podinit::PodInit>,
+    /// The program its init executes (`MonitorArgs::pod_init`).
+    pub(super) pod_init_program: Option<PathBuf>,
 }
 
 pub(super) type Shared = Rc<RefCell<State>>;
@@ -190,6 +198,7 @@ async fn serve(args: MonitorArgs, listener: std::os::unix::net::UnixListener) {
         wake: Rc::new(tokio::sync::Notify::new()),
         execs: HashMap::new(),
         pod_init: None,
+        pod_init_program: args.pod_init.clone(),
     }));
     let wake = state.borrow().wake.clone();
     let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
@@ -263,7 +272,7 @@ async fn client(state: Shared, pod_id: String, stream: tokio::net::UnixStream) {
         // Boxed: inline, their state would make every connection's future (the events
         // watch berthd keeps open included) as large as a session's.
         Some(Body::ExecSession(e)) => {
-            return Box::pin(super::session::exec_session(state, first.id, e, rd, wr)).await;
+            return Box::pin(super::session::exec_session(state, first.id, *e, rd, wr)).await;
         }
         Some(Body::Attach(a)) => {
             return Box::pin(super::session::attach_session(state, first.id, a, rd, wr)).await;
@@ -292,7 +301,7 @@ async fn client(state: Shared, pod_id: String, stream: tokio::net::UnixStream) {
             // Runs for as long as the process does: answer from a task of its own.
             let (state, tx) = (state.clone(), tx.clone());
             tokio::task::spawn_local(async move {
-                let _ = tx.send(super::execsync::exec(state, req.id, e).await);
+                let _ = tx.send(super::execsync::exec(state, req.id, *e).await);
             });
             continue;
         }
@@ -321,7 +330,7 @@ fn handle(state: &Shared, pod_id: &str, req: Frame) -> Frame {
                 pid: std::process::id(),
             })),
         },
-        Some(Body::Start(s)) => match super::start::start(state, s).inspect(|_| {
+        Some(Body::Start(s)) => match super::start::start(state, *s).inspect(|_| {
             crate::linux::sys::release_free_memory();
         }) {
             Ok((pid, started_at)) => Frame {

@@ -13,14 +13,14 @@ use crate::linux::spawn;
 
 /// Reads a stream into a shared buffer until end of file, keeping at most `limit` bytes.
 async fn collect(mut src: Source, buf: Rc<RefCell<Vec<u8>>>, limit: usize) {
-    let mut chunk = vec![0u8; 16 * 1024];
+    let mut chunk = super::stdio::ReadBuffer::new(16 * 1024);
     loop {
-        match src.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
+        match chunk.read_from(&mut src).await {
+            Ok([]) | Err(_) => break,
+            Ok(data) => {
                 let mut b = buf.borrow_mut();
                 let room = limit.saturating_sub(b.len());
-                b.extend_from_slice(&chunk[..n.min(room)]);
+                b.extend_from_slice(&data[..data.len().min(room)]);
             }
         }
     }

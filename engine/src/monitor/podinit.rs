@@ -1,7 +1,7 @@
 //! The pod's shared pid namespace (CRI pid mode POD): a small init as its pid 1, made
 //! when the first container of mode POD starts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
@@ -15,10 +15,48 @@ pub(super) struct PodInit {
     pub(super) ns: std::fs::File,
 }
 
-/// Starts the pod's init in a new pid namespace, in the cgroup directories `cgroups`.
+/// The pod init program (`src/linux/pod_init_program.rs`, built by engine/build.rs): empty
+/// on a target it is not written for.
+pub const PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-pod-init"));
+
+/// Writes [`PROGRAM`] into the run directory `state` as `berth-pod-init` (mode 0755),
+/// unless it is there already with the same bytes; returns its path, or None when this
+/// build has no program. A new file replaces an old one by rename, so inits still running
+/// from it are not touched.
+pub fn install(state: &Path) -> std::io::Result<Option<PathBuf>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if PROGRAM.is_empty() {
+        return Ok(None);
+    }
+    let path = state.join(POD_INIT_NAME);
+    if std::fs::read(&path).is_ok_and(|b| b == PROGRAM) {
+        return Ok(Some(path));
+    }
+    let tmp = state.join(format!(".{POD_INIT_NAME}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&tmp)?;
+    f.write_all(PROGRAM)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(Some(path))
+}
+
+/// Starts the pod's init in a new pid namespace, in the cgroup directories `cgroups`:
+/// `program` (see [`install`]) if given and it can be executed, else berthd re-executed.
 /// Made when the first container of mode POD starts; it lives until the monitor exits,
 /// and its death ends every process of the namespace.
-pub(super) fn start(cgroups: &[PathBuf]) -> Result<PodInit, String> {
+pub(super) fn start(cgroups: &[PathBuf], program: Option<&Path>) -> Result<PodInit, String> {
+    use std::os::unix::ffi::OsStrExt;
+    // Made before the clone: the child only executes.
+    let program = program.and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok());
+    let argv0 = std::ffi::CString::new(POD_INIT_NAME).unwrap_or_default();
     let pid = crate::linux::spawn::clone_in_cgroups(CloneFlags::CLONE_NEWPID, cgroups, |born_in| {
         let _ = crate::linux::spawn::join_cgroups(cgroups, born_in);
         // The init must not outlive its monitor (a killed monitor would leave the pod's
@@ -27,10 +65,14 @@ pub(super) fn start(cgroups: &[PathBuf]) -> Result<PodInit, String> {
         // Our copies of the monitor's descriptors (its socket, containers' stdin pipes,
         // terminals) would keep them open for as long as the pod lives.
         crate::linux::sys::close_from(3);
-        // berthd again, as a program of its own named POD_INIT_NAME: containers see that
-        // as their pid 1, not the monitor's command line with the node's paths in it.
+        // The pod init program, named POD_INIT_NAME: containers see that as their pid 1,
+        // not the monitor's command line with the node's paths in it.
+        if let Some(p) = &program {
+            let _ = nix::unistd::execve::<_, &std::ffi::CStr>(p, &[argv0.as_c_str()], &[]);
+        }
+        // It cannot be executed (no program in this build, a run directory mounted noexec):
+        // berthd again, under the same name.
         let exe = c"/proc/self/exe";
-        let argv0 = std::ffi::CString::new(POD_INIT_NAME).unwrap_or_default();
         let _ = nix::unistd::execve::<_, &std::ffi::CStr>(exe, &[argv0.as_c_str()], &[]);
         // Cannot exec (the binary was replaced): the same loop, in this copy.
         pod_init()

@@ -71,10 +71,13 @@ pub(super) fn start(
         },
         (None, Some(cgroups)) => {
             let mut st = state.borrow_mut();
+            let st = &mut *st;
             let init = match &mut st.pod_init {
                 Some(init) => init,
-                slot @ None => slot
-                    .insert(podinit::start(cgroups).map_err(|e| (crate::ErrorKind::Internal, e))?),
+                slot @ None => slot.insert(
+                    podinit::start(cgroups, st.pod_init_program.as_deref())
+                        .map_err(|e| (crate::ErrorKind::Internal, e))?,
+                ),
             };
             spawn::spawn_in_pid_namespace(&init.ns, &spec, stdio)
         }
@@ -241,19 +244,19 @@ async fn copy_output(
     log: Option<Rc<RefCell<CriLogFile>>>,
     io: Rc<ContainerIo>,
 ) {
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = super::stdio::ReadBuffer::new(32 * 1024);
     let channel = match stream {
         Stream::Stdout => super::session::STDOUT,
         Stream::Stderr => super::session::STDERR,
     };
-    while let Ok(n @ 1..) = src.read(&mut buf).await {
-        if let Some(l) = &log {
-            let _ = l
-                .borrow_mut()
-                .writer
-                .write(stream, &buf[..n], SystemTime::now());
+    while let Ok(data) = buf.read_from(&mut src).await {
+        if data.is_empty() {
+            break;
         }
-        io.publish(channel, &buf[..n]);
+        if let Some(l) = &log {
+            let _ = l.borrow_mut().writer.write(stream, data, SystemTime::now());
+        }
+        io.publish(channel, data);
     }
     if let Some(l) = &log {
         let _ = l

@@ -52,6 +52,33 @@ impl Source {
     }
 }
 
+/// A buffer to read a stream into that starts at one page and doubles, up to `max`, each
+/// time a read fills it: a quiet container's streams hold a page each for as long as it
+/// runs, a busy one is read `max` bytes at a time.
+pub(super) struct ReadBuffer {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl ReadBuffer {
+    pub(super) fn new(max: usize) -> ReadBuffer {
+        ReadBuffer {
+            buf: vec![0; 4096.min(max)],
+            max,
+        }
+    }
+
+    /// Reads once from `src`: the bytes read, empty at the end of the stream.
+    pub(super) async fn read_from(&mut self, src: &mut Source) -> std::io::Result<&[u8]> {
+        let n = src.read(&mut self.buf).await?;
+        if n == self.buf.len() && n < self.max {
+            let grown = (n * 2).min(self.max);
+            self.buf.resize(grown, 0);
+        }
+        Ok(&self.buf[..n])
+    }
+}
+
 /// Where a process's input is written: a pipe (closed to end it), or its terminal.
 pub(super) enum Sink {
     /// Shared so that a write in progress keeps the pipe while `close` lets go of ours.
@@ -291,5 +318,32 @@ impl PendingStdio {
             stdin,
             tty,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_buffer_grows_only_when_reads_fill_it() {
+        let (r, w) = log_pipe().unwrap();
+        let mut src = Source::Pipe(pipe::Receiver::from_owned_fd(r).unwrap());
+        let mut buf = ReadBuffer::new(16 * 1024);
+        nix::unistd::write(&w, b"short").unwrap();
+        assert_eq!(buf.read_from(&mut src).await.unwrap(), b"short");
+        assert_eq!(buf.buf.len(), 4096, "a short read grew the buffer");
+        // 40 KiB waiting: reads of 4, 8 and then 16 KiB (the most), never more.
+        nix::unistd::write(&w, &[7u8; 40 * 1024]).unwrap();
+        let mut sizes = Vec::new();
+        let mut total = 0;
+        while total < 40 * 1024 {
+            let n = buf.read_from(&mut src).await.unwrap().len();
+            sizes.push(n);
+            total += n;
+        }
+        assert_eq!(sizes, [4096, 8192, 16384, 12288]);
+        drop(w);
+        assert!(buf.read_from(&mut src).await.unwrap().is_empty());
     }
 }

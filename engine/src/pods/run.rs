@@ -208,6 +208,7 @@ impl Engine {
                 new_ipc: ipc == NsMode::Pod,
                 hostname: hostname.clone(),
                 userns: userns.clone(),
+                pod_init: self.pod_init_program.clone(),
             };
             let monitor_pid = client::spawn(&self.cfg.monitor_exe, &args).await?;
             draft
