@@ -80,6 +80,17 @@ impl Containerd {
 
     /// As [`Containerd::start`], with a pod range of a /22 when `large` (a full node).
     pub fn start_with_range(registry: &str, pause_image: &str, large: bool) -> Option<Containerd> {
+        Self::start_on(registry, pause_image, large, None)
+    }
+
+    /// As [`Containerd::start_with_range`], with its root on a fresh ext4 of that size
+    /// when `root_ext4` (berth's `DaemonOptions::root_ext4`, for the pull benchmark).
+    pub fn start_on(
+        registry: &str,
+        pause_image: &str,
+        large: bool,
+        root_ext4: Option<&str>,
+    ) -> Option<Containerd> {
         version()?;
         Command::new("runc").arg("--version").output().ok()?;
         let nat = net::HostNatGuard::new();
@@ -161,7 +172,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             conf_dir = d.join("net.d"),
         );
         std::fs::write(d.join("config.toml"), config).ok()?;
-        let child = spawn_daemon(d)?;
+        if let Some(size) = root_ext4 {
+            crate::daemon::mount_fresh_ext4(&d.join("root.ext4"), &d.join("root"), size);
+        }
+        let Some(child) = spawn_daemon(d) else {
+            crate::daemon::unmount_under(d);
+            return None;
+        };
         let c = Containerd {
             dir,
             socket,

@@ -85,6 +85,30 @@ pub fn berthd_binary() -> PathBuf {
         })
 }
 
+/// Makes a fresh ext4 of `size` (truncate's spelling) in the file `img` and mounts it on
+/// `at` (created): a file system on which no file was ever created or deleted, the "fresh
+/// file system" of the pull benchmark. Unmounted by the owner's `unmount_under`.
+pub fn mount_fresh_ext4(img: &Path, at: &Path, size: &str) {
+    std::fs::create_dir_all(at).expect("create the mount point");
+    let ok = Command::new("truncate")
+        .args(["-s", size])
+        .arg(img)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(img)
+            .status()
+            .is_ok_and(|s| s.success())
+        && Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(img)
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(ok, "make and mount a fresh ext4 on {}", at.display());
+}
+
 impl Daemon {
     /// Starts a daemon with default options and waits until it answers Version.
     pub async fn start() -> Daemon {
@@ -180,25 +204,7 @@ impl Daemon {
             assert!(ok, "mount a tmpfs on {}", root.display());
         }
         if let Some(size) = &opts.root_ext4 {
-            std::fs::create_dir_all(&root).expect("create root");
-            let img = dir.path().join("root.ext4");
-            let ok = Command::new("truncate")
-                .args(["-s", size])
-                .arg(&img)
-                .status()
-                .is_ok_and(|s| s.success())
-                && Command::new("mkfs.ext4")
-                    .args(["-q", "-F"])
-                    .arg(&img)
-                    .status()
-                    .is_ok_and(|s| s.success())
-                && Command::new("mount")
-                    .args(["-o", "loop"])
-                    .arg(&img)
-                    .arg(&root)
-                    .status()
-                    .is_ok_and(|s| s.success());
-            assert!(ok, "make and mount a fresh ext4 on {}", root.display());
+            mount_fresh_ext4(&dir.path().join("root.ext4"), &root, size);
         }
         let mut d = Daemon {
             dir,

@@ -7,7 +7,9 @@
 //! - `smallfiles`: one layer of 20,000 small files.
 //!
 //! With `--fresh-fs`, each pull goes into a daemon of its own whose root is a fresh ext4
-//! (a sparse file on a loop device).
+//! (a sparse file on a loop device). With `--containerd`, the same pulls go into Debian's
+//! containerd too (on a fresh ext4 of its own for each with `--fresh-fs`), and the ratio of
+//! the p50s is printed.
 //!
 //! `berth-bench import [--runs N]` writes the multilayer image as an OCI archive (skopeo)
 //! and times `berthd image import` of it N times (the image removed between runs), and an
@@ -168,21 +170,29 @@ async fn bench_import(runs: usize) {
 }
 
 /// `fresh_fs`: every pull into a daemon of its own whose root is a fresh ext4 (the issue's
-/// "on a fresh file system"); otherwise one daemon, the image removed between pulls.
-async fn bench_pull(runs: usize, fresh_fs: bool) {
+/// "on a fresh file system"); otherwise one daemon, the image removed between pulls. With
+/// `containerd`, the same pulls into containerd (a fresh ext4 root for each too), and the
+/// ratio of the p50s.
+async fn bench_pull(runs: usize, fresh_fs: bool, containerd: bool) {
     assert!(catalog::available(), "busybox-static is needed");
     let reg = Registry::start().expect("docker-registry is needed");
+    let ext4 = fresh_fs.then_some("4G");
     let fresh = || {
         Daemon::start_with(berth_e2e::daemon::DaemonOptions {
-            root_ext4: fresh_fs.then(|| "4G".to_owned()),
+            root_ext4: ext4.map(str::to_owned),
             ..Default::default()
         })
     };
     let mut d = fresh().await;
     let mut cri = d.cri().await;
+    let containerd_start = || {
+        berth_e2e::containerd::Containerd::start_on(&reg.host(), "pause:none", false, ext4)
+            .expect("containerd and runc are needed (apt install containerd runc)")
+    };
+    let mut ctd = containerd.then(containerd_start);
     println!(
-        "{:<12} {:>6} {:>10} {:>10} {:>9} {:>9} {:>11}",
-        "image", "runs", "blob MB", "tar MB", "p50 s", "max s", "MB/s (tar)"
+        "{:<12} {:<11} {:>5} {:>9} {:>9} {:>8} {:>8} {:>11}",
+        "image", "runtime", "runs", "blob MB", "tar MB", "p50 s", "max s", "MB/s (tar)"
     );
     for (name, img) in [("multilayer", multilayer()), ("smallfiles", smallfiles())] {
         let t = Instant::now();
@@ -208,26 +218,61 @@ async fn bench_pull(runs: usize, fresh_fs: bool) {
             secs.push(start.elapsed().as_secs_f64());
             cri.remove_image(&reference).await.expect("remove");
         }
-        secs.sort_by(f64::total_cmp);
-        let p50 = percentile(&secs, 0.5);
-        let mb = |b: u64| b as f64 / 1e6;
-        println!(
-            "{:<12} {:>6} {:>10.1} {:>10.1} {:>9.3} {:>9.3} {:>11.1}",
-            name,
-            runs,
-            mb(blob_bytes),
-            mb(tar_bytes),
-            p50,
-            secs.last().copied().unwrap_or(f64::NAN),
-            mb(tar_bytes) / p50
-        );
-        println!(
-            "{}",
-            serde_json::json!({"bench": "pull", "image": name, "runs": runs, "blob_bytes": blob_bytes,
-                "tar_bytes": tar_bytes, "seconds": secs, "p50_seconds": p50,
-                "blob_mb_per_s": mb(blob_bytes) / p50, "tar_mb_per_s": mb(tar_bytes) / p50})
-        );
+        let berth = pull_row(name, "berth", &secs, blob_bytes, tar_bytes);
+        if containerd {
+            let mut secs = Vec::new();
+            for _ in 0..runs {
+                if fresh_fs {
+                    drop(ctd.take());
+                    ctd = Some(containerd_start());
+                }
+                let socket = &ctd.as_ref().expect("containerd").socket;
+                let mut c = berth_e2e::Cri::connect(socket)
+                    .await
+                    .expect("connect to containerd");
+                let start = Instant::now();
+                c.pull(&reference, None).await.expect("containerd pull");
+                secs.push(start.elapsed().as_secs_f64());
+                c.remove_image(&reference).await.expect("containerd remove");
+            }
+            let theirs = pull_row(name, "containerd", &secs, blob_bytes, tar_bytes);
+            println!(
+                "{name}: berth / containerd p50 {:.2}{}",
+                berth / theirs,
+                if fresh_fs {
+                    " (each pull on a fresh ext4)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
+}
+
+/// Prints one row (and its JSON) of the pull benchmark; returns the p50.
+fn pull_row(name: &str, runtime: &str, secs: &[f64], blob_bytes: u64, tar_bytes: u64) -> f64 {
+    let mut secs = secs.to_vec();
+    secs.sort_by(f64::total_cmp);
+    let p50 = percentile(&secs, 0.5);
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "{:<12} {:<11} {:>5} {:>9.1} {:>9.1} {:>8.3} {:>8.3} {:>11.1}",
+        name,
+        runtime,
+        secs.len(),
+        mb(blob_bytes),
+        mb(tar_bytes),
+        p50,
+        secs.last().copied().unwrap_or(f64::NAN),
+        mb(tar_bytes) / p50
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "pull", "runtime": runtime, "image": name, "runs": secs.len(),
+            "blob_bytes": blob_bytes, "tar_bytes": tar_bytes, "seconds": secs, "p50_seconds": p50,
+            "blob_mb_per_s": mb(blob_bytes) / p50, "tar_mb_per_s": mb(tar_bytes) / p50})
+    );
+    p50
 }
 
 /// The largest private (unshared) mappings of a process, from /proc/<pid>/smaps.
@@ -1481,7 +1526,11 @@ fn main() -> std::process::ExitCode {
         .expect("runtime");
     match args.first().map(String::as_str) {
         Some("pull") => {
-            rt.block_on(bench_pull(runs, args.iter().any(|a| a == "--fresh-fs")));
+            rt.block_on(bench_pull(
+                runs,
+                args.iter().any(|a| a == "--fresh-fs"),
+                args.iter().any(|a| a == "--containerd"),
+            ));
             std::process::ExitCode::SUCCESS
         }
         Some("import") => {

@@ -146,6 +146,7 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
     // forgotten as soon as an entry replaces them. Saves a stat per path component.
     let mut known = KnownDirs::default();
     let mut buf = vec![0u8; COPY_BLOCK];
+    let creator = Creator::of(dest);
     let entries = archive.entries().map_err(|e| corrupt_or_limit(e, limits))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| corrupt_or_limit(e, limits))?;
@@ -211,12 +212,13 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
                 continue;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let born = creator.born(&meta);
                 let create = || {
                     OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .custom_flags(libc::O_NOFOLLOW)
-                        .mode(0o600)
+                        .mode(if born.mode { meta.mode } else { 0o600 })
                         .open(&target)
                 };
                 let mut f = match create() {
@@ -234,7 +236,7 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
                 })?;
                 set_xattrs(&mut entry, &target, &raw)?;
                 // Through the open file: no more path lookups for this entry.
-                meta.apply_fd(&f, &target)?;
+                meta.apply_fd(&f, &target, born)?;
                 continue;
             }
             tar::EntryType::Symlink => {
@@ -456,6 +458,60 @@ fn set_xattrs<R: Read>(
     Ok(())
 }
 
+/// What a file created by this process in the layer gets without asking: its owner (the
+/// process's effective ids, unless the layer's directory is set-group-id, which would hand
+/// its group down) and its mode through the umask. A layer's files are mostly root's, 0644
+/// or 0755: a chown and a chmod fewer for each (two journalled inode updates of the four
+/// an entry costs; 20,000 small files took 0.9 s on a fresh ext4).
+#[derive(Debug, Clone, Copy)]
+struct Creator {
+    ids: Option<(u32, u32)>,
+    umask: Option<u32>,
+}
+
+/// Which of an entry's metadata its file was created with.
+#[derive(Debug, Clone, Copy, Default)]
+struct Born {
+    owner: bool,
+    mode: bool,
+}
+
+impl Creator {
+    fn of(dest: &Path) -> Creator {
+        let setgid = fs::metadata(dest).map_or(true, |m| m.permissions().mode() & 0o2000 != 0);
+        Creator {
+            ids: (!setgid).then(|| {
+                (
+                    nix::unistd::geteuid().as_raw(),
+                    nix::unistd::getegid().as_raw(),
+                )
+            }),
+            umask: process_umask(),
+        }
+    }
+
+    fn born(&self, meta: &Meta) -> Born {
+        Born {
+            owner: self.ids == Some((meta.uid, meta.gid)),
+            // Set-id bits are given after the data (and after a chown, which clears them).
+            mode: self
+                .umask
+                .is_some_and(|u| meta.mode & 0o7000 == 0 && meta.mode & u == 0),
+        }
+    }
+}
+
+/// This process's umask, from /proc/self/status (reading it with umask(2) would set it, for
+/// every thread, for a moment); None if the kernel does not say.
+fn process_umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let v = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(v.trim(), 8).ok()
+    })
+}
+
 /// Ownership, mode and mtime of an entry.
 #[derive(Debug, Clone, Copy)]
 struct Meta {
@@ -479,12 +535,17 @@ impl Meta {
         })
     }
 
-    /// Ownership, mode and times through an open regular file.
-    fn apply_fd(&self, f: &File, p: &Path) -> Result<(), ApplyError> {
-        std::os::unix::fs::fchown(f, Some(self.uid), Some(self.gid)).at("chown", p)?;
-        // After chown: chown clears set-id bits.
-        f.set_permissions(fs::Permissions::from_mode(self.mode))
-            .at("chmod", p)?;
+    /// Ownership, mode and times through an open regular file, but what it was `born`
+    /// with.
+    fn apply_fd(&self, f: &File, p: &Path, born: Born) -> Result<(), ApplyError> {
+        if !born.owner {
+            std::os::unix::fs::fchown(f, Some(self.uid), Some(self.gid)).at("chown", p)?;
+        }
+        if !born.mode {
+            // After chown: chown clears set-id bits.
+            f.set_permissions(fs::Permissions::from_mode(self.mode))
+                .at("chmod", p)?;
+        }
         let t = std::time::UNIX_EPOCH
             + std::time::Duration::from_secs(u64::try_from(self.mtime).unwrap_or(0));
         f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
@@ -579,6 +640,17 @@ mod tests {
             data: &[u8],
             mode: u32,
         ) -> &mut Self {
+            self.owned_file_or(name, kind, link, data, mode, (0, 0))
+        }
+        fn owned_file_or(
+            &mut self,
+            name: &str,
+            kind: tar::EntryType,
+            link: &str,
+            data: &[u8],
+            mode: u32,
+            (uid, gid): (u64, u64),
+        ) -> &mut Self {
             let mut h = tar::Header::new_gnu();
             {
                 let gnu = h.as_gnu_mut().unwrap();
@@ -588,8 +660,8 @@ mod tests {
             h.set_entry_type(kind);
             h.set_size(data.len() as u64);
             h.set_mode(mode);
-            h.set_uid(0);
-            h.set_gid(0);
+            h.set_uid(uid);
+            h.set_gid(gid);
             h.set_mtime(1_600_000_000);
             h.set_cksum();
             self.0.extend_from_slice(h.as_bytes());
@@ -691,6 +763,44 @@ mod tests {
             fs::metadata(dest.join("bin")).unwrap().mtime(),
             1_600_000_000
         );
+    }
+
+    /// A file's mode and owner are the entry's, whether the file was created with them
+    /// (root's, inside the umask) or given them after (outside the umask, set-id bits,
+    /// another owner, a set-group-id layer directory that hands its group down).
+    #[test]
+    fn files_get_exactly_their_mode_and_owner() {
+        let mut t = RawTar::new();
+        let modes = [0o644, 0o666, 0o600, 0o755, 0o777, 0o2755, 0o4711, 0o000];
+        for (i, mode) in modes.iter().enumerate() {
+            t.entry(&format!("f{i}"), tar::EntryType::Regular, "", b"x", *mode);
+        }
+        t.owned_file_or(
+            "other",
+            tar::EntryType::Regular,
+            "",
+            b"x",
+            0o644,
+            (1000, 1001),
+        );
+        let tar = t.finish();
+        for setgid in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dest = tmp.path().join("layer");
+            fs::create_dir(&dest).unwrap();
+            if setgid {
+                std::os::unix::fs::chown(&dest, None, Some(4242)).unwrap();
+                fs::set_permissions(&dest, fs::Permissions::from_mode(0o2755)).unwrap();
+            }
+            apply(&tar[..], &dest, Limits::default()).unwrap();
+            for (i, mode) in modes.iter().enumerate() {
+                let m = fs::metadata(dest.join(format!("f{i}"))).unwrap();
+                assert_eq!(m.mode() & 0o7777, *mode, "f{i} (setgid dir: {setgid})");
+                assert_eq!((m.uid(), m.gid()), (0, 0), "f{i} (setgid dir: {setgid})");
+            }
+            let m = fs::metadata(dest.join("other")).unwrap();
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o644));
+        }
     }
 
     #[test]

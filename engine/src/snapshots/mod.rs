@@ -26,6 +26,65 @@ use crate::durable;
 use crate::error::{IoContext, IoError};
 use crate::id::Digest;
 
+/// Flushes the file system of a directory over and over, on a thread of its own, while a
+/// layer is unpacked into it: the data is on its way to the disk while later files are
+/// made, and the `syncfs` that commits the layer ([`SnapshotStore::commit`]) finds little
+/// left to write. Stops (and waits for a flush in progress) when dropped. A failed flush
+/// here is not an error: the commit's own `syncfs` is the one that counts.
+#[derive(Debug)]
+pub struct BackgroundFlush {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundFlush {
+    pub fn start(dir: &Path, every: std::time::Duration) -> Option<BackgroundFlush> {
+        let dir = fs::File::open(dir).ok()?;
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let theirs = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("layer-flush".into())
+            .spawn(move || {
+                let (lock, cv) = &*theirs;
+                let mut stopped = lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                loop {
+                    stopped = cv
+                        .wait_timeout(stopped, every)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                    if *stopped {
+                        return;
+                    }
+                    drop(stopped);
+                    let _ = nix::unistd::syncfs(&dir);
+                    stopped = lock
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            })
+            .ok()?;
+        Some(BackgroundFlush {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BackgroundFlush {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Disk usage of a directory tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
@@ -126,17 +185,29 @@ impl SnapshotStore {
         chain_id: &Digest,
         sync: bool,
     ) -> Result<Usage, IoError> {
-        let usage = usage(&tmp.fs())?;
         let target = self.root.join("sha256").join(chain_id.hex());
         if target.exists() {
-            return Ok(usage);
+            return usage(&tmp.fs());
         }
-        if sync {
-            let dir = fs::File::open(&tmp.dir).at("open", &tmp.dir)?;
-            nix::unistd::syncfs(&dir)
-                .map_err(std::io::Error::from)
-                .at("syncfs", &tmp.dir)?;
-        }
+        // The flush waits on the disk, the walk that measures the layer on the CPU: side by
+        // side (a layer of 20,000 small files: 0.25 s of syncfs, 20,000 statx).
+        let (usage, flushed) = std::thread::scope(|s| {
+            let flush = sync.then(|| {
+                s.spawn(|| -> Result<(), IoError> {
+                    let dir = fs::File::open(&tmp.dir).at("open", &tmp.dir)?;
+                    nix::unistd::syncfs(&dir)
+                        .map_err(std::io::Error::from)
+                        .at("syncfs", &tmp.dir)
+                })
+            });
+            let usage = usage(&tmp.fs());
+            let flushed = flush.map_or(Ok(()), |h| {
+                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+            });
+            (usage, flushed)
+        });
+        flushed?;
+        let usage = usage?;
         fs::rename(&tmp.dir, &target).at("commit layer", &target)?;
         tmp.committed = true;
         durable::fsync_dir(&self.root.join("sha256"))?;

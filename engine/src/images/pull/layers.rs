@@ -9,6 +9,9 @@ use sha2::Digest as _;
 
 use super::*;
 
+/// How often a layer being unpacked with `sync_layers` is flushed in the background.
+const LAYER_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Puller {
     /// Makes sure a layer's blob and unpacked snapshot exist.
     pub(super) async fn ensure_layer(
@@ -204,7 +207,13 @@ impl Puller {
             inner: decompressed,
             hasher: sha2::Sha256::new(),
         };
-        apply::apply(&mut hashing, &tmp.fs(), self.limits).map_err(|source| PullError::Apply {
+        // With sync_layers, the data starts for the disk while the layer unpacks.
+        let flush = self
+            .sync_layers
+            .then(|| crate::snapshots::BackgroundFlush::start(&tmp.fs(), LAYER_FLUSH_EVERY));
+        let applied = apply::apply(&mut hashing, &tmp.fs(), self.limits);
+        drop(flush);
+        applied.map_err(|source| PullError::Apply {
             layer: layer.digest.clone(),
             source,
         })?;
