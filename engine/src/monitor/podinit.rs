@@ -20,31 +20,48 @@ pub(super) struct PodInit {
 pub const PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-pod-init"));
 
 /// Writes [`PROGRAM`] into the run directory `state` as `berth-pod-init` (mode 0755),
-/// unless it is there already with the same bytes; returns its path, or None when this
-/// build has no program. A new file replaces an old one by rename, so inits still running
-/// from it are not touched.
+/// unless it is there already as that, with the same bytes; returns its path, or None when
+/// this build has no program. A new file replaces an old one by rename, so inits still
+/// running from it are not touched. A run directory mounted `noexec` is an error (the
+/// program could not be executed from it).
 pub fn install(state: &Path) -> std::io::Result<Option<PathBuf>> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if PROGRAM.is_empty() {
         return Ok(None);
     }
+    let noexec = nix::sys::statvfs::statvfs(state)
+        .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC));
+    if noexec {
+        return Err(std::io::Error::other(format!(
+            "{} is mounted noexec",
+            state.display()
+        )));
+    }
     let path = state.join(POD_INIT_NAME);
-    if std::fs::read(&path).is_ok_and(|b| b == PROGRAM) {
+    let installed = std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == 0o755)
+        && std::fs::read(&path).is_ok_and(|b| b == PROGRAM);
+    if installed {
         return Ok(Some(path));
     }
     let tmp = state.join(format!(".{POD_INIT_NAME}.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o755)
-        .open(&tmp)?;
-    f.write_all(PROGRAM)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).inspect_err(|_| {
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(PROGRAM)?;
+            // Exactly 0755, whatever the umask.
+            f.set_permissions(std::fs::Permissions::from_mode(0o755))
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-    })?;
+        return Err(e);
+    }
     Ok(Some(path))
 }
 
@@ -111,5 +128,35 @@ pub fn pod_init() -> ! {
             Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
         ) {}
         let _ = set.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_program_is_installed_executable_and_put_right_when_it_is_not() {
+        if PROGRAM.is_empty() {
+            return; // a target the program is not written for
+        }
+        assert_eq!(&PROGRAM[..4], b"\x7fELF");
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let p = install(dir.path()).unwrap().unwrap();
+        assert_eq!(p, dir.path().join(POD_INIT_NAME));
+        assert_eq!(std::fs::read(&p).unwrap(), PROGRAM);
+        assert_eq!(mode(&p), 0o755);
+        // The same bytes but not executable: replaced.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        install(dir.path()).unwrap().unwrap();
+        assert_eq!(mode(&p), 0o755);
+        // Other bytes: replaced; nothing else is left in the directory.
+        std::fs::write(&p, b"old").unwrap();
+        install(dir.path()).unwrap().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), PROGRAM);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1);
     }
 }

@@ -234,9 +234,12 @@ pub fn apply<R: Read>(reader: R, dest: &Path, limits: Limits) -> Result<Applied,
                     CopyError::Read(e) => corrupt_or_limit(e, limits),
                     CopyError::Write(e) => ApplyError::Io(e),
                 })?;
+                // Through the open file: no more path lookups for this entry. The owner
+                // first (a chown drops security.capability, whoever the owner), then the
+                // extended attributes, then the mode (a chown clears set-id bits).
+                meta.chown_fd(&f, &target, born)?;
                 set_xattrs(&mut entry, &target, &raw)?;
-                // Through the open file: no more path lookups for this entry.
-                meta.apply_fd(&f, &target, born)?;
+                meta.chmod_and_times_fd(&f, &target, born)?;
                 continue;
             }
             tar::EntryType::Symlink => {
@@ -478,15 +481,23 @@ struct Born {
 
 impl Creator {
     fn of(dest: &Path) -> Creator {
-        let setgid = fs::metadata(dest).map_or(true, |m| m.permissions().mode() & 0o2000 != 0);
+        use std::os::unix::fs::MetadataExt;
+        let (euid, egid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        // A new file's group is the process's, unless its directory hands its own down
+        // (set-group-id, or a file system mounted `grpid`): then it is the directory's,
+        // which is the same only if the layer directory's group is the process's.
+        let ids = fs::metadata(dest)
+            .ok()
+            .filter(|m| m.mode() & 0o2000 == 0 && m.gid() == egid)
+            .map(|_| (euid, egid));
+        // A default ACL on the layer directory replaces the umask for what is made in it.
+        let acl = xattr::get(dest, "system.posix_acl_default").map_or(true, |v| v.is_some());
         Creator {
-            ids: (!setgid).then(|| {
-                (
-                    nix::unistd::geteuid().as_raw(),
-                    nix::unistd::getegid().as_raw(),
-                )
-            }),
-            umask: process_umask(),
+            ids,
+            umask: if acl { None } else { process_umask() },
         }
     }
 
@@ -502,7 +513,8 @@ impl Creator {
 }
 
 /// This process's umask, from /proc/self/status (reading it with umask(2) would set it, for
-/// every thread, for a moment); None if the kernel does not say.
+/// every thread, for a moment); None if the kernel does not say. Read once: nothing in
+/// berthd changes its umask (a process it spawns sets its own after the fork).
 fn process_umask() -> Option<u32> {
     static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
     *UMASK.get_or_init(|| {
@@ -535,12 +547,17 @@ impl Meta {
         })
     }
 
-    /// Ownership, mode and times through an open regular file, but what it was `born`
-    /// with.
-    fn apply_fd(&self, f: &File, p: &Path, born: Born) -> Result<(), ApplyError> {
+    /// Ownership through an open regular file, unless it was `born` with it.
+    fn chown_fd(&self, f: &File, p: &Path, born: Born) -> Result<(), ApplyError> {
         if !born.owner {
             std::os::unix::fs::fchown(f, Some(self.uid), Some(self.gid)).at("chown", p)?;
         }
+        Ok(())
+    }
+
+    /// Mode (unless the file was `born` with it) and times through an open regular file,
+    /// after [`Meta::chown_fd`].
+    fn chmod_and_times_fd(&self, f: &File, p: &Path, born: Born) -> Result<(), ApplyError> {
         if !born.mode {
             // After chown: chown clears set-id bits.
             f.set_permissions(fs::Permissions::from_mode(self.mode))
@@ -800,6 +817,38 @@ mod tests {
             }
             let m = fs::metadata(dest.join("other")).unwrap();
             assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o644));
+        }
+    }
+
+    /// A file capability survives the owner being set, whoever the owner is (a chown drops
+    /// security.capability, so it is set after).
+    #[test]
+    fn file_capabilities_survive_the_owner() {
+        // VFS_CAP_REVISION_2, effective; permitted: CAP_NET_BIND_SERVICE.
+        let mut cap = Vec::new();
+        for word in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
+            cap.extend_from_slice(&word.to_le_bytes());
+        }
+        let key = b" SCHILY.xattr.security.capability=";
+        let body = key.len() + cap.len() + 1;
+        let mut len = body + 2;
+        while len.to_string().len() + body != len {
+            len = len.to_string().len() + body;
+        }
+        let mut record = len.to_string().into_bytes();
+        record.extend_from_slice(key);
+        record.extend_from_slice(&cap);
+        record.push(b'\n');
+        let mut t = RawTar::new();
+        for (name, owner) in [("root-tool", (0, 0)), ("user-tool", (1000, 1000))] {
+            t.entry("pax", tar::EntryType::XHeader, "", &record, 0o644);
+            t.owned_file_or(name, tar::EntryType::Regular, "", b"x", 0o755, owner);
+        }
+        let (_t, dest, r) = run(&t.finish());
+        r.unwrap();
+        for name in ["root-tool", "user-tool"] {
+            let got = xattr::get(dest.join(name), "security.capability").unwrap();
+            assert_eq!(got.as_deref(), Some(&cap[..]), "{name}");
         }
     }
 

@@ -30,7 +30,10 @@ use crate::id::Digest;
 /// layer is unpacked into it: the data is on its way to the disk while later files are
 /// made, and the `syncfs` that commits the layer ([`SnapshotStore::commit`]) finds little
 /// left to write. Stops (and waits for a flush in progress) when dropped. A failed flush
-/// here is not an error: the commit's own `syncfs` is the one that counts.
+/// here is not an error: the commit's own `syncfs` is the one that counts, and it reports
+/// an error this one saw too (see [`TmpSnapshot`]). `syncfs` writes the whole file system
+/// out, other writers' data included: at most 20 times a second, and only while a layer
+/// unpacks with `images.sync_layers`, which asks for every layer to reach the disk.
 #[derive(Debug)]
 pub struct BackgroundFlush {
     stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
@@ -50,8 +53,10 @@ impl BackgroundFlush {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 loop {
+                    // The flag is looked at before waiting too: a stop that came during
+                    // a flush is not waited out.
                     stopped = cv
-                        .wait_timeout(stopped, every)
+                        .wait_timeout_while(stopped, every, |stopped| !*stopped)
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .0;
                     if *stopped {
@@ -110,6 +115,10 @@ pub struct SnapshotStore {
 #[derive(Debug)]
 pub struct TmpSnapshot {
     dir: PathBuf,
+    /// The directory, opened before anything is unpacked into it: the commit's `syncfs`
+    /// goes through this file, which reports every write error of the file system since
+    /// it was opened (errseq), even one a [`BackgroundFlush`] saw first.
+    flush: fs::File,
     committed: bool,
 }
 
@@ -167,8 +176,17 @@ impl SnapshotStore {
             .join("tmp")
             .join(format!("{}-{n}", std::process::id()));
         durable::create_dir_all(&dir.join("fs"), 0o755)?;
+        let flush = fs::File::open(&dir).at("open", &dir);
+        let flush = match flush {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         Ok(TmpSnapshot {
             dir,
+            flush,
             committed: false,
         })
     }
@@ -191,19 +209,22 @@ impl SnapshotStore {
         }
         // The flush waits on the disk, the walk that measures the layer on the CPU: side by
         // side (a layer of 20,000 small files: 0.25 s of syncfs, 20,000 statx).
+        let flush = || {
+            nix::unistd::syncfs(&tmp.flush)
+                .map_err(std::io::Error::from)
+                .at("syncfs", &tmp.dir)
+        };
         let (usage, flushed) = std::thread::scope(|s| {
-            let flush = sync.then(|| {
-                s.spawn(|| -> Result<(), IoError> {
-                    let dir = fs::File::open(&tmp.dir).at("open", &tmp.dir)?;
-                    nix::unistd::syncfs(&dir)
-                        .map_err(std::io::Error::from)
-                        .at("syncfs", &tmp.dir)
-                })
-            });
+            let beside = sync
+                .then(|| std::thread::Builder::new().spawn_scoped(s, flush))
+                .transpose();
             let usage = usage(&tmp.fs());
-            let flushed = flush.map_or(Ok(()), |h| {
-                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-            });
+            let flushed = match beside {
+                Ok(None) => Ok(()),
+                Ok(Some(h)) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                // No thread to spare: flush here, after the walk.
+                Err(_) => flush(),
+            };
             (usage, flushed)
         });
         flushed?;
