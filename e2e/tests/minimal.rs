@@ -93,6 +93,15 @@ fn log_lines(env: &Env, pod: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs busybox `sh -c script` as container "probe" in `pod` (named `pod_name`), waits for
+/// it to exit and returns its log lines.
+async fn probe_output(env: &mut Env, pod: &str, pod_name: &str, script: &str) -> Vec<String> {
+    let cfg = minimal_container(env, "busybox", "probe", &["sh", "-c", script]);
+    let probe = env.c.run_container(pod, cfg).await;
+    env.c.wait_exited(&probe).await;
+    log_lines(env, pod_name, "probe")
+}
+
 fn run(args: &[&str]) {
     let st = std::process::Command::new(args[0])
         .args(&args[1..])
@@ -119,24 +128,13 @@ async fn a_minimal_pod_has_the_nodes_hostname_and_one_pid_namespace() {
             minimal_container(&env, "busybox", "sleeper", &["sleep", "1000"]),
         )
         .await;
-    let probe = env
-        .c
-        .run_container(
-            &pod,
-            minimal_container(
-                &env,
-                "busybox",
-                "probe",
-                &[
-                    "sh",
-                    "-c",
-                    "hostname; cat /etc/hostname; echo \"HOSTNAME=$HOSTNAME\"; echo \"self=$$\"; ps -o pid,args",
-                ],
-            ),
-        )
-        .await;
-    env.c.wait_exited(&probe).await;
-    let out = log_lines(&env, "plain", "probe");
+    let out = probe_output(
+        &mut env,
+        &pod,
+        "plain",
+        "hostname; cat /etc/hostname; echo \"HOSTNAME=$HOSTNAME\"; echo \"self=$$\"; ps -o pid,args",
+    )
+    .await;
     let node = node_hostname();
     assert_eq!(out[0], node, "{out:?}");
     assert_eq!(out[1], node, "{out:?}");
@@ -205,24 +203,13 @@ async fn a_pods_init_is_the_small_program_and_reaps_orphans() {
         )
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-    let probe = env
-        .c
-        .run_container(
-            &pod,
-            minimal_container(
-                &env,
-                "busybox",
-                "probe",
-                &[
-                    "sh",
-                    "-c",
-                    "for f in /proc/[0-9]*/stat; do cat $f; echo; done",
-                ],
-            ),
-        )
-        .await;
-    env.c.wait_exited(&probe).await;
-    let out = log_lines(&env, "reaper", "probe");
+    let out = probe_output(
+        &mut env,
+        &pod,
+        "reaper",
+        "for f in /proc/[0-9]*/stat; do cat $f; echo; done",
+    )
+    .await;
     // `pid (comm) state ppid ...`: pid 1 is the init, and nothing is a zombie.
     let states: Vec<(&str, &str)> = out
         .iter()

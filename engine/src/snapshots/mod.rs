@@ -36,42 +36,27 @@ use crate::id::Digest;
 /// unpacks with `images.sync_layers`, which asks for every layer to reach the disk.
 #[derive(Debug)]
 pub struct BackgroundFlush {
-    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    /// Dropped to stop the thread: its wait ends at once, also after a flush in progress.
+    stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl BackgroundFlush {
     pub fn start(dir: &Path, every: std::time::Duration) -> Option<BackgroundFlush> {
         let dir = fs::File::open(dir).ok()?;
-        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let theirs = stop.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("layer-flush".into())
             .spawn(move || {
-                let (lock, cv) = &*theirs;
-                let mut stopped = lock
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                loop {
-                    // The flag is looked at before waiting too: a stop that came during
-                    // a flush is not waited out.
-                    stopped = cv
-                        .wait_timeout_while(stopped, every, |stopped| !*stopped)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0;
-                    if *stopped {
-                        return;
-                    }
-                    drop(stopped);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
                     let _ = nix::unistd::syncfs(&dir);
-                    stopped = lock
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             })
             .ok()?;
         Some(BackgroundFlush {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
@@ -79,11 +64,7 @@ impl BackgroundFlush {
 
 impl Drop for BackgroundFlush {
     fn drop(&mut self) {
-        let (lock, cv) = &*self.stop;
-        *lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
-        cv.notify_all();
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -176,14 +157,9 @@ impl SnapshotStore {
             .join("tmp")
             .join(format!("{}-{n}", std::process::id()));
         durable::create_dir_all(&dir.join("fs"), 0o755)?;
-        let flush = fs::File::open(&dir).at("open", &dir);
-        let flush = match flush {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
+        let flush = fs::File::open(&dir).at("open", &dir).inspect_err(|_| {
+            let _ = fs::remove_dir_all(&dir);
+        })?;
         Ok(TmpSnapshot {
             dir,
             flush,
