@@ -149,13 +149,7 @@ fn close_inherited_fds() {
 pub(super) struct Running {
     pub(super) pid: Pid,
     pub(super) started_at: i64,
-    pub(super) oom_file: String,
-    pub(super) oom_before: u64,
-    /// The highest `oom_kill` count seen while it ran (a systemd scope's cgroup may be
-    /// gone by the time its exit is reaped).
-    pub(super) oom_seen: Rc<std::cell::Cell<u64>>,
-    /// Dropped with this record: ends the watch of the OOM counter.
-    pub(super) _oom_watch: tokio::sync::oneshot::Sender<()>,
+    pub(super) oom: super::oom::OomWatch,
     pub(super) log: Option<Rc<RefCell<CriLogFile>>>,
     /// Its standard streams, for attach sessions.
     pub(super) io: Rc<super::session::ContainerIo>,
@@ -249,6 +243,7 @@ fn begin_shutdown(state: &Shared) {
     let mut st = state.borrow_mut();
     st.shutting_down = true;
     for r in st.running.values() {
+        r.oom.killed_by_berth();
         let _ = nix::sys::signal::kill(r.pid, Signal::SIGKILL);
     }
     st.wake.notify_one();
@@ -347,6 +342,9 @@ fn handle(state: &Shared, pod_id: &str, req: Frame) -> Frame {
             if let Some(r) = st.running.get(&s.container_id)
                 && let Ok(sig) = Signal::try_from(s.signal)
             {
+                if sig == Signal::SIGKILL {
+                    r.oom.killed_by_berth();
+                }
                 let _ = nix::sys::signal::kill(r.pid, sig);
             }
             ok

@@ -24,6 +24,7 @@ pub mod cri_log;
 pub mod entry;
 mod execsync;
 pub mod frame;
+mod oom;
 pub mod podinit;
 mod reap;
 mod session;

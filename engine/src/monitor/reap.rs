@@ -44,8 +44,7 @@ pub(super) fn reap(state: &Shared) {
         let Some(r) = st.running.remove(&id) else {
             continue;
         };
-        let oom_killed = !r.oom_file.is_empty()
-            && super::start::oom_count(&r.oom_file).max(r.oom_seen.get()) > r.oom_before;
+        let oom_killed = r.oom.verdict(signal);
         crate::linux::process::kill_cgroup_procs(&r.shared_pid_cgroups);
         let exited = proto::Exited {
             container_id: id.clone(),

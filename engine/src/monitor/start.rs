@@ -17,10 +17,6 @@ use super::stdio::{self, Source};
 use crate::clock::now_nanos;
 use crate::linux::spawn::{self, LaunchSpec};
 
-pub(super) fn oom_count(file: &str) -> u64 {
-    std::fs::read(file).map_or(0, |t| oom_kills_in(&t))
-}
-
 pub(super) fn start(
     state: &Shared,
     s: proto::Start,
@@ -55,11 +51,7 @@ pub(super) fn start(
             })?,
         )))
     };
-    let oom_before = if s.oom_file.is_empty() {
-        0
-    } else {
-        oom_count(&s.oom_file)
-    };
+    let mut oom = super::oom::OomWatch::before_start(&s.oom_file);
     let restore = s
         .restore
         .as_ref()
@@ -123,16 +115,7 @@ pub(super) fn start(
             );
         }
     }
-    let oom_seen = Rc::new(std::cell::Cell::new(oom_before));
-    let (oom_watch, running_ended) = tokio::sync::oneshot::channel();
-    // v1's memory.oom_control is never signalled: its count is read at the exit only.
-    if !s.oom_file.is_empty() && !s.oom_file.ends_with("memory.oom_control") {
-        tokio::task::spawn_local(watch_oom(
-            s.oom_file.clone(),
-            oom_seen.clone(),
-            running_ended,
-        ));
-    }
+    oom.follow();
     let outputs = u8::try_from(streams.outputs.len()).unwrap_or(2);
     let io = Rc::new(ContainerIo::new(
         streams.stdin,
@@ -153,10 +136,7 @@ pub(super) fn start(
         Running {
             pid,
             started_at,
-            oom_file: s.oom_file,
-            oom_before,
-            oom_seen,
-            _oom_watch: oom_watch,
+            oom,
             log,
             io,
             shared_pid_cgroups: if spec.new_pid_namespace {
@@ -167,73 +147,6 @@ pub(super) fn start(
         },
     );
     Ok((pid, started_at))
-}
-
-/// Follows a container's OOM kill counter while it runs, so that a kill is known even when
-/// the cgroup is gone by the time the exit is reaped: systemd removes a scope's cgroup once
-/// it is empty. Ends when the container's exit has been handled (`ended`'s sender, kept
-/// with the running container, is dropped).
-///
-/// The kernel signals each change of a cgroup v2 `memory.events` to pollers of the file
-/// (EPOLLPRI, kernfs's file notification); v1's `memory.oom_control` is never notified
-/// (its count is read at the exit, and no watch is made for it). Not inotify on the file,
-/// which the kernel signals as well: closing an inotify instance waits for an SRCU grace
-/// period (`fsnotify` flushes its mark connectors' destruction), which held the
-/// single-threaded monitor for 10-20 ms at every container's exit, and a pod's Shutdown
-/// behind it.
-async fn watch_oom(
-    file: String,
-    seen: Rc<std::cell::Cell<u64>>,
-    mut ended: tokio::sync::oneshot::Receiver<()>,
-) {
-    follow_kernfs_file(&file, &mut ended, |text| {
-        seen.set(seen.get().max(oom_kills_in(text)));
-    })
-    .await;
-}
-
-/// Calls `on_change` with the text of kernfs file `file` (a cgroup's) each time the kernel
-/// signals a change of it, until `ended` resolves (a removed cgroup wakes no poller; a
-/// read of one fails, which ends the loop too). A newly opened kernfs file counts as
-/// changed until its first read: the first call comes at once, which catches a change
-/// between the caller's last read and this open.
-async fn follow_kernfs_file(
-    file: &str,
-    ended: &mut tokio::sync::oneshot::Receiver<()>,
-    mut on_change: impl FnMut(&[u8]),
-) {
-    use tokio::io::Interest;
-    let Ok(f) = std::fs::File::open(file) else {
-        return;
-    };
-    let Ok(afd) = crate::linux::sys::async_fd_for(f.into(), Interest::PRIORITY) else {
-        return;
-    };
-    let mut buf = [0u8; 4096];
-    loop {
-        let mut guard = tokio::select! {
-            r = afd.ready(Interest::PRIORITY) => match r {
-                Ok(g) => g,
-                Err(_) => return,
-            },
-            _ = &mut *ended => return,
-        };
-        // Read through this descriptor: the read is what marks the change seen.
-        match nix::sys::uio::pread(afd.get_ref(), &mut buf, 0) {
-            Ok(n) => on_change(&buf[..n]),
-            Err(_) => return, // the cgroup is gone
-        }
-        guard.clear_ready();
-    }
-}
-
-/// The `oom_kill` count of a `memory.events` or `memory.oom_control` text.
-fn oom_kills_in(text: &[u8]) -> u64 {
-    String::from_utf8_lossy(text)
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Copies one output stream of a container into its CRI log until end of file, and to the
@@ -292,78 +205,4 @@ fn open_log(log_directory: &str, log_path: &str) -> std::io::Result<CriLogFile> 
         (dir, rel)
     };
     CriLogFile::open(dir, rel, DEFAULT_MAX_LINE)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oom_kills_are_read_from_v1_and_v2_files() {
-        let v2 = b"low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
-        assert_eq!(oom_kills_in(v2), 2);
-        let v1 = b"oom_kill_disable 0\nunder_oom 0\noom_kill 5\n";
-        assert_eq!(oom_kills_in(v1), 5);
-        assert_eq!(oom_kills_in(b"oom_kill_disable 0\n"), 0);
-        assert_eq!(oom_kills_in(b""), 0);
-    }
-
-    /// The change signal `watch_oom` relies on, on a file every cgroup2 directory has:
-    /// `cgroup.events` changes when a first process comes in (memory.events, which the
-    /// kernel signals the same way, needs a memory controller on cgroup2 and an OOM kill).
-    #[test]
-    fn a_change_of_a_kernfs_file_is_signalled() {
-        let Some(root) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(std::path::PathBuf::from)
-            .find(|p| {
-                nix::sys::statfs::statfs(p)
-                    .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-            })
-        else {
-            return;
-        };
-        let dir = root.join(format!("berth-test-kernfs-{}", std::process::id()));
-        if std::fs::create_dir(&dir).is_err() {
-            return; // not root
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let texts = std::cell::RefCell::new(Vec::new());
-        let mut child = None;
-        let (_end, mut ended) = tokio::sync::oneshot::channel();
-        rt.block_on(async {
-            let file = dir.join("cgroup.events");
-            let follow = follow_kernfs_file(file.to_str().unwrap(), &mut ended, |t| {
-                texts
-                    .borrow_mut()
-                    .push(String::from_utf8_lossy(t).into_owned());
-            });
-            let populate = async {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                let c = std::process::Command::new("sleep")
-                    .arg("10")
-                    .spawn()
-                    .unwrap();
-                std::fs::write(dir.join("cgroup.procs"), c.id().to_string()).unwrap();
-                child = Some(c);
-            };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                tokio::join!(follow, populate)
-            })
-            .await;
-        });
-        if let Some(mut c) = child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir(&dir);
-        let texts = texts.into_inner();
-        assert!(
-            texts.iter().any(|t| t.contains("populated 1")),
-            "no change of cgroup.events was signalled: {texts:?}"
-        );
-    }
 }
