@@ -434,6 +434,11 @@ async fn run(
     if let Err(e) = engine.recover_pods().await {
         tracing::error!(error = %e, "pod recovery failed; continuing with what could be read");
     }
+    // The containers' disk usage is measured in the background, so that kubelet's stats
+    // rounds walk no directory (containerd's stats_collect_period).
+    if let Err(e) = berth_engine::Engine::spawn_disk_usage_sync(&engine) {
+        tracing::warn!(error = %e, "no thread for measuring disk usage; stats calls will measure it");
+    }
     // Freed memory goes back to the kernel every 10 s (a peak of connections, streams or
     // pulls leaves free pages in malloc's arenas that it would otherwise keep).
     tokio::spawn(async {

@@ -3,18 +3,27 @@
 //! process spawned. The Prometheus endpoint reads the same figures.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::Engine;
 use crate::clock::now_nanos;
 use crate::error::Result;
-use crate::linux::cgroups::stats::{CgroupStats, InterfaceStats, net_dev_of};
+use crate::linux::cgroups::stats::{CgroupStats, HierarchyRoots, InterfaceStats, net_dev_of};
 use crate::snapshots::Usage;
 use crate::state::records::{ContainerRecord, ContainerState, NsMode, PodRecord, PodState};
 
-/// How long a writable layer's measured size is reused (a walk of the upper directory).
-const LAYER_USAGE_TTL: Duration = Duration::from_secs(2);
+/// How often the disk usage of every container's directory is measured in the background
+/// (its writable layer and the rest: a walk of each), as containerd's CRI measures its
+/// snapshots' usage every `stats_collect_period` (10 s). List calls and ImageFsInfo take
+/// these figures as they are, so a stats round walks no directory; calls about one
+/// container or pod measure it afresh.
+pub const DISK_USAGE_PERIOD: Duration = Duration::from_secs(10);
+
+/// How old a measured disk usage may be and still be served to a list call; an older one
+/// (the background measuring is not running, or is behind) is measured again.
+const DISK_USAGE_MAX_AGE: Duration = Duration::from_secs(25);
 
 /// How long a container's cgroup figures read by one list call serve the next list call.
 /// kubelet asks ListPodSandboxStats (which holds every container's figures) and
@@ -29,9 +38,15 @@ const ROUND_TTL: Duration = Duration::from_secs(1);
 pub(crate) struct StatsCache {
     /// The previous CPU sample of each cgroup: (timestamp ns, cumulative usage ns).
     cpu: Mutex<HashMap<String, (i64, u64)>>,
-    layers: Mutex<HashMap<String, (Instant, Usage)>>,
+    /// Each container directory's disk usage, by container id.
+    disk: Mutex<HashMap<String, DirUsage>>,
     /// Each container's last cgroup figures, for the next list call of the round.
     recent: Mutex<HashMap<String, Recent>>,
+    /// Tells the background measuring of disk usage about a new container (see
+    /// [`Engine::spawn_disk_usage_sync`]).
+    new_dirs: Mutex<Option<std::sync::mpsc::Sender<(String, std::path::PathBuf)>>>,
+    /// The cgroup hierarchies' mount points, opened at the first stats call.
+    roots: std::sync::OnceLock<HierarchyRoots>,
     /// When samples of removed containers and pods were last dropped.
     swept: Mutex<Option<Instant>>,
 }
@@ -43,6 +58,17 @@ struct Recent {
     ts: i64,
     cgroup: CgroupStats,
     nano_cores: Option<u64>,
+}
+
+/// A container directory's disk usage when it was measured.
+#[derive(Debug, Clone, Copy)]
+struct DirUsage {
+    at: Instant,
+    /// The writable layer (`upper`).
+    layer: Usage,
+    /// The directory itself and everything in it but the writable layer (overlayfs's
+    /// work directory, the spec, the mount points of its files).
+    rest: Usage,
 }
 
 /// How often the samples of removed containers and pods are dropped.
@@ -86,43 +112,49 @@ impl Engine {
         Some(u64::try_from(u128::from(du) * 1_000_000_000 / u128::from(dt)).unwrap_or(u64::MAX))
     }
 
-    fn layer_usage(&self, c: &ContainerRecord) -> Usage {
+    /// The disk usage of container directory `dir` (of container `id`): reused when
+    /// `cached` and measured within [`DISK_USAGE_MAX_AGE`], else measured and kept. A
+    /// measure that fails is not kept (ImageFsInfo would take it as the directory's size).
+    fn dir_usage(&self, id: &str, dir: &Path, cached: bool) -> Option<DirUsage> {
         let lock = || {
             self.stats
-                .layers
+                .disk
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        if let Some((at, u)) = lock().get(&c.id)
-            && at.elapsed() < LAYER_USAGE_TTL
+        if cached
+            && let Some(u) = lock().get(id)
+            && u.at.elapsed() < DISK_USAGE_MAX_AGE
         {
-            return *u;
+            return Some(*u);
         }
-        // Walked without the lock: the stats threads walk their layers side by side. A
-        // walk that fails is not kept (ImageFsInfo would take it as the layer's size).
-        match crate::snapshots::usage(&c.dir.join("upper")) {
-            Ok(u) => {
-                lock().insert(c.id.clone(), (Instant::now(), u));
-                u
-            }
-            Err(_) => Usage::default(),
-        }
+        // Walked without the lock: the stats threads walk their directories side by side.
+        let u = measure_dir(dir).ok()?;
+        lock().insert(id.to_owned(), u);
+        Some(u)
     }
 
-    /// Bytes and inodes under `dir` (the containers' directories, for ImageFsInfo): each
-    /// container's directory is walked, except a writable layer measured within
-    /// [`LAYER_USAGE_TTL`] (kubelet's stats calls come just before ImageFsInfo in a round),
-    /// whose figure is taken as it is.
-    pub(crate) fn containers_usage(&self, dir: &std::path::Path) -> Result<Usage> {
-        let fresh: HashMap<String, Usage> = self
+    /// The usage of cgroup `rel` (none without cgroups).
+    fn cgroup_stats(&self, rel: &str) -> CgroupStats {
+        let Ok(cg) = self.cgroup_manager() else {
+            return CgroupStats::default();
+        };
+        let roots = self
             .stats
-            .layers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|(_, (at, _))| at.elapsed() < LAYER_USAGE_TTL)
-            .map(|(id, (_, u))| (id.clone(), *u))
-            .collect();
+            .roots
+            .get_or_init(|| HierarchyRoots::open(cg.layout()));
+        cg.stats(rel, Some(roots))
+    }
+
+    fn layer_usage(&self, c: &ContainerRecord, cached: bool) -> Usage {
+        self.dir_usage(&c.id, &c.dir, cached)
+            .map(|u| u.layer)
+            .unwrap_or_default()
+    }
+
+    /// Bytes and inodes under `dir` (the containers' directories, for ImageFsInfo), from
+    /// each container directory's measured usage (see [`DISK_USAGE_PERIOD`]).
+    pub(crate) fn containers_usage(&self, dir: &Path) -> Result<Usage> {
         let mut total = crate::snapshots::usage_of_entry(dir)?;
         let entries = match std::fs::read_dir(dir) {
             Ok(r) => r,
@@ -136,25 +168,89 @@ impl Engine {
         };
         for e in entries.flatten() {
             let path = e.path();
-            let Some(layer) = e.file_name().to_str().and_then(|id| fresh.get(id)) else {
-                total += crate::snapshots::usage(&path)?;
-                continue;
+            let u = match e.file_name().to_str() {
+                Some(id) => self.dir_usage(id, &path, true),
+                None => None,
             };
-            total += crate::snapshots::usage_of_entry(&path)?;
-            total += *layer;
-            for child in std::fs::read_dir(&path).into_iter().flatten().flatten() {
-                if child.file_name() != "upper" {
-                    total += crate::snapshots::usage(&child.path())?;
+            match u {
+                Some(u) => {
+                    total += u.layer;
+                    total += u.rest;
                 }
+                // Gone since it was listed, or not a container's: walked as it is.
+                None => total += crate::snapshots::usage(&path)?,
             }
         }
         Ok(total)
     }
 
+    /// Measures, one after the other and spread over [`DISK_USAGE_PERIOD`], the disk usage
+    /// of every container's directory, for as long as the engine lives (on a thread of
+    /// its own, `berth-du`); a new container's at once, so that the first stats round
+    /// after a burst of new pods walks nothing either.
+    pub fn spawn_disk_usage_sync(engine: &Arc<Engine>) -> std::io::Result<()> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let weak = Arc::downgrade(engine);
+        let (tx, rx) = std::sync::mpsc::channel::<(String, std::path::PathBuf)>();
+        std::thread::Builder::new()
+            .name("berth-du".into())
+            .spawn(move || {
+                let mut queue = std::collections::VecDeque::new();
+                let mut round = Instant::now();
+                loop {
+                    let Some(engine) = weak.upgrade() else {
+                        return;
+                    };
+                    if queue.is_empty() {
+                        // A new round: every container, spread over the period.
+                        let Ok(all) = engine.db.container_list() else {
+                            return;
+                        };
+                        queue.extend(all.iter().map(|c| (c.id.clone(), c.dir.clone())));
+                        round = Instant::now();
+                    }
+                    let left = DISK_USAGE_PERIOD.saturating_sub(round.elapsed());
+                    let gap = left / u32::try_from(queue.len() + 1).unwrap_or(u32::MAX);
+                    drop(engine);
+                    let next = match rx.recv_timeout(gap) {
+                        Ok(new) => Some(new),
+                        Err(RecvTimeoutError::Timeout) => queue.pop_front(),
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    };
+                    let Some(engine) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Some((id, dir)) = next {
+                        engine.dir_usage(&id, &dir, false);
+                    }
+                }
+            })?;
+        *engine
+            .stats
+            .new_dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        Ok(())
+    }
+
+    /// A container was created: its directory's usage is measured soon, off the call's
+    /// path.
+    pub(crate) fn measure_new_container(&self, c: &ContainerRecord) {
+        if let Some(tx) = self
+            .stats
+            .new_dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = tx.send((c.id.clone(), c.dir.clone()));
+        }
+    }
+
     /// A container's figures: read afresh, or (`listed`) reused from the round's previous
     /// list call if it read them within [`ROUND_TTL`].
     fn container_figures(&self, c: Arc<ContainerRecord>, listed: bool) -> ContainerFigures {
-        let layer = self.layer_usage(&c);
+        let layer = self.layer_usage(&c, listed);
         if c.state != ContainerState::Running {
             return ContainerFigures {
                 container: c,
@@ -180,10 +276,7 @@ impl Engine {
             };
         }
         let (at, ts) = (Instant::now(), now_nanos());
-        let cgroup = match self.cgroup_manager() {
-            Ok(cg) => cg.stats(&c.cgroup),
-            Err(_) => CgroupStats::default(),
-        };
+        let cgroup = self.cgroup_stats(&c.cgroup);
         let nano_cores = self.cpu_rate(&c.id, ts, cgroup.cpu_usage_ns);
         lock().insert(
             c.id.clone(),
@@ -253,7 +346,7 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|k, _| live.contains(k));
         self.stats
-            .layers
+            .disk
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|k, _| live.contains(k));
@@ -281,9 +374,10 @@ impl Engine {
     ) -> PodFigures {
         let ts = now_nanos();
         let ready = pod.state == PodState::Ready;
-        let cgroup = match (ready, self.cgroup_manager()) {
-            (true, Ok(cg)) => cg.stats(&pod.cgroup),
-            _ => CgroupStats::default(),
+        let cgroup = if ready {
+            self.cgroup_stats(&pod.cgroup)
+        } else {
+            CgroupStats::default()
         };
         let nano_cores = if ready {
             self.cpu_rate(&pod.id, ts, cgroup.cpu_usage_ns)
@@ -463,6 +557,34 @@ impl Engine {
     }
 }
 
+/// The disk usage of a container's directory: its writable layer and the rest.
+fn measure_dir(dir: &Path) -> Result<DirUsage> {
+    let at = Instant::now();
+    let layer = crate::snapshots::usage(&dir.join("upper"))?;
+    let mut rest = crate::snapshots::usage_of_entry(dir)?;
+    let children = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(crate::Error::NotFound {
+                what: "container directory",
+                id: dir.display().to_string(),
+            });
+        }
+        Err(e) => {
+            return Err(crate::Error::Internal(format!(
+                "read {}: {e}",
+                dir.display()
+            )));
+        }
+    };
+    for child in children.flatten() {
+        if child.file_name() != "upper" {
+            rest += crate::snapshots::usage(&child.path())?;
+        }
+    }
+    Ok(DirUsage { at, layer, rest })
+}
+
 /// `f` over `items` on up to as many threads as the machine has cores, in order: the
 /// figures are file reads of a few tens of microseconds each, and a node of a few hundred
 /// pods has as many of them per call.
@@ -474,27 +596,80 @@ fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R
         return items.into_iter().map(f).collect();
     }
     let per = items.len().div_ceil(threads);
-    let mut chunks = Vec::with_capacity(threads);
+    let mut slots = Vec::with_capacity(threads);
     let mut items = items.into_iter();
     loop {
         let chunk: Vec<T> = items.by_ref().take(per).collect();
         if chunk.is_empty() {
             break;
         }
-        chunks.push(chunk);
+        slots.push(Mutex::new(Some(chunk)));
     }
-    let f = &f;
+    let run = |slot: &Mutex<Option<Vec<T>>>| -> Vec<R> {
+        let chunk = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        chunk.into_iter().flatten().map(&f).collect()
+    };
+    let (run, slots) = (&run, &slots);
     std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| s.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>()))
+        let spawned: Vec<_> = (1..slots.len())
+            .map(|i| {
+                std::thread::Builder::new()
+                    .name("berth-stats".into()) // for `top -H` and a profile
+                    .spawn_scoped(s, move || run(&slots[i]))
+                    .ok()
+            })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+        // The first chunk is read on the calling thread.
+        let mut parts = vec![run(&slots[0])];
+        for h in spawned {
+            parts.push(h.map_or_else(Vec::new, |h| {
+                h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+            }));
+        }
+        // A chunk whose thread could not be had (a task limit) is still in its slot.
+        for (part, slot) in parts.iter_mut().zip(slots) {
+            if part.is_empty() {
+                *part = run(slot);
+            }
+        }
+        parts.into_iter().flatten().collect()
     })
 }
 
 /// Fewer items than this per thread are read on the calling thread.
 const PER_THREAD: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_directory_is_measured_as_its_writable_layer_and_the_rest() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("c1");
+        std::fs::create_dir_all(dir.join("upper/etc")).unwrap();
+        std::fs::create_dir_all(dir.join("work/work")).unwrap();
+        std::fs::write(dir.join("upper/etc/big"), vec![1u8; 64 * 1024]).unwrap();
+        std::fs::write(dir.join("spec"), b"{}").unwrap();
+        let u = measure_dir(&dir).unwrap();
+        // upper, etc, big.
+        assert_eq!(u.layer.inodes, 3);
+        assert!(u.layer.bytes >= 64 * 1024, "{:?}", u.layer);
+        // c1, work, work/work, spec.
+        assert_eq!(u.rest.inodes, 4);
+        assert!(u.rest.bytes < 64 * 1024, "{:?}", u.rest);
+        assert!(measure_dir(&t.path().join("gone")).is_err());
+    }
+
+    #[test]
+    fn parallel_keeps_the_order_of_its_items() {
+        for n in [0, 1, PER_THREAD, PER_THREAD + 1, 10 * PER_THREAD + 7] {
+            let items: Vec<usize> = (0..n).collect();
+            let out = parallel(items, |i| i * 2);
+            assert_eq!(out, (0..n).map(|i| i * 2).collect::<Vec<_>>());
+        }
+    }
+}

@@ -321,6 +321,7 @@ impl Engine {
             }
         };
         undo.disarm();
+        self.measure_new_container(&rec);
         self.events
             .emit(&id, pod_id, EventKind::Created, rec.created_at);
         tracing::info!(container_id = %id, pod_id, name = %rec.name, "container created");

@@ -94,6 +94,14 @@ impl CgroupManager {
         out
     }
 
+    /// The mount point of the hierarchy that holds `controller`, and whether it is v2.
+    pub(super) fn mount(&self, controller: &str) -> Option<(&Path, bool)> {
+        match self.layout.controllers.get(controller)? {
+            Hierarchy::V1 { mountpoint } => Some((mountpoint, false)),
+            Hierarchy::V2 { mountpoint } => Some((mountpoint, true)),
+        }
+    }
+
     /// The directory of `rel` in the hierarchy that holds `controller`.
     pub(super) fn dir(&self, controller: &str, rel: &Path) -> Option<(PathBuf, bool)> {
         match self.layout.controllers.get(controller)? {

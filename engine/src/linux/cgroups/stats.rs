@@ -2,11 +2,11 @@
 //! plain file reads, no processes spawned. The parsers are pure and unit-tested on
 //! fixture text.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::manager::CgroupManager;
+use super::{CgroupLayout, Hierarchy};
 
 /// One cgroup's usage at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,27 +73,99 @@ pub fn parse_pressure(text: &str) -> Option<Pressure> {
     })
 }
 
-/// Reads the small files of one cgroup directory. The directory is opened once (O_PATH)
-/// and each file relative to it, so the kernel resolves one name per file rather than the
-/// whole cgroup path, and each file is read into one reused buffer with as few reads as
-/// it takes (cgroup files are seq files: a read shorter than asked is their end). At a few
-/// hundred cgroups per stats call, path walks and probe reads were most of the time.
-struct DirReader {
-    dir: Option<std::os::fd::OwnedFd>,
+/// The mount points of the cgroup hierarchies, each opened once (O_PATH) for as long as
+/// the engine runs: a stats read opens `<cgroup>/<file>` beneath one. Opening each cgroup
+/// directory first cost an open and a close per directory, four directories per cgroup on
+/// a v1 node and two cgroups per pod, at every stats call: a sixth of a round's system
+/// calls. Mount points do not move under a running node (containerd's cgroup library
+/// keeps their paths the same way).
+#[derive(Debug, Default)]
+pub struct HierarchyRoots {
+    roots: Vec<(PathBuf, std::os::fd::OwnedFd)>,
+}
+
+impl HierarchyRoots {
+    /// Opens the mount point of every hierarchy of `layout` (one that cannot be opened is
+    /// left out: its cgroups are then read by their full paths).
+    pub fn open(layout: &CgroupLayout) -> HierarchyRoots {
+        let mut roots: Vec<(PathBuf, std::os::fd::OwnedFd)> = Vec::new();
+        let mounts = layout
+            .controllers
+            .values()
+            .map(|h| match h {
+                Hierarchy::V1 { mountpoint } | Hierarchy::V2 { mountpoint } => mountpoint,
+            })
+            .chain(layout.unified.as_ref());
+        for m in mounts {
+            if roots.iter().any(|(p, _)| p == m) {
+                continue;
+            }
+            if let Ok(fd) = open_path(m) {
+                roots.push((m.clone(), fd));
+            }
+        }
+        HierarchyRoots { roots }
+    }
+
+    fn get(&self, mount: &Path) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.roots
+            .iter()
+            .find(|(p, _)| p == mount)
+            .map(|(_, fd)| fd.as_fd())
+    }
+}
+
+fn open_path(dir: &Path) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, open};
+    open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+}
+
+/// Where a [`DirReader`] opens its files.
+enum Base<'a> {
+    /// The cgroup's directory, opened for this reader.
+    Dir(std::os::fd::OwnedFd),
+    /// A hierarchy's mount point and the cgroup's path beneath it (`rel/`).
+    Beneath(std::os::fd::BorrowedFd<'a>, String),
+    /// The directory could not be opened: every read fails.
+    None,
+}
+
+/// Reads the small files of one cgroup directory: each file is opened relative to the
+/// directory (or to its hierarchy's mount point, kept open), so the kernel resolves a
+/// name or two rather than the whole cgroup path, and read into one reused buffer with as
+/// few reads as it takes (cgroup files are seq files: a read shorter than asked is their
+/// end). At a few hundred cgroups per stats call, path walks and probe reads were most of
+/// the time.
+struct DirReader<'a> {
+    base: Base<'a>,
+    /// `rel/name` of the file being opened, when beneath a mount point.
+    path: String,
     buf: Vec<u8>,
 }
 
-impl DirReader {
-    fn open(dir: &Path) -> DirReader {
-        use nix::fcntl::{OFlag, open};
-        let dir = open(
-            dir,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .ok();
+impl<'a> DirReader<'a> {
+    fn open(dir: &Path) -> DirReader<'a> {
+        DirReader::with_base(open_path(dir).map_or(Base::None, Base::Dir))
+    }
+
+    /// The cgroup `rel` of the hierarchy mounted at `mount`: beneath the mount point's
+    /// descriptor in `roots` when it holds one.
+    fn beneath(roots: Option<&'a HierarchyRoots>, mount: &Path, rel: &Path) -> DirReader<'a> {
+        match (roots.and_then(|r| r.get(mount)), rel.to_str()) {
+            (Some(fd), Some(rel)) => DirReader::with_base(Base::Beneath(fd, format!("{rel}/"))),
+            _ => DirReader::open(&mount.join(rel)),
+        }
+    }
+
+    fn with_base(base: Base<'a>) -> DirReader<'a> {
         DirReader {
-            dir,
+            base,
+            path: String::new(),
             buf: Vec::with_capacity(4096),
         }
     }
@@ -102,12 +174,18 @@ impl DirReader {
     fn read(&mut self, name: &str) -> Option<&str> {
         use nix::fcntl::{OFlag, openat};
         use std::io::Read;
-        let fd = openat(
-            self.dir.as_ref()?,
-            name,
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let mode = nix::sys::stat::Mode::empty();
+        let fd = match &self.base {
+            Base::Dir(dir) => openat(dir, name, flags, mode),
+            Base::Beneath(root, rel) => {
+                self.path.clear();
+                self.path.push_str(rel);
+                self.path.push_str(name);
+                openat(root, self.path.as_str(), flags, mode)
+            }
+            Base::None => return None,
+        }
         .ok()?;
         let mut f = fs::File::from(fd);
         self.buf.clear();
@@ -154,16 +232,27 @@ impl DirReader {
             self.pressure("io.pressure"),
         ]
     }
+
+    /// The values of `keys` in flat keyed file `name` (memory.stat, cpu.stat).
+    fn keyed<const N: usize>(&mut self, name: &str, keys: [&str; N]) -> [Option<u64>; N] {
+        self.read(name)
+            .map_or([None; N], |text| parse_flat_keyed(text, keys))
+    }
 }
 
-/// `key value` lines (memory.stat, cpu.stat) as a map.
-pub fn parse_flat_keyed(text: &str) -> BTreeMap<&str, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?, it.next()?.parse().ok()?))
-        })
-        .collect()
+/// The values of `keys` in `key value` lines (memory.stat, cpu.stat), in one pass: these
+/// files have some forty lines, of which a stats read wants four or five.
+pub fn parse_flat_keyed<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] {
+    let mut out = [None; N];
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(' ') else {
+            continue;
+        };
+        if let Some(i) = keys.iter().position(|want| *want == k) {
+            out[i] = v.trim().parse().ok();
+        }
+    }
+    out
 }
 
 /// A single number, with v2's "max" and v1's near-2^63 values meaning no limit.
@@ -177,30 +266,51 @@ pub fn parse_limit(text: &str) -> Option<u64> {
 
 /// v1 files of a cgroup (cpuacct, memory and pids directories) into stats.
 pub fn v1_stats(cpuacct: Option<&Path>, memory: Option<&Path>, pids: Option<&Path>) -> CgroupStats {
+    v1_from(
+        cpuacct.map(DirReader::open),
+        memory.map(DirReader::open),
+        pids.map(DirReader::open),
+    )
+}
+
+fn v1_from(
+    cpuacct: Option<DirReader>,
+    memory: Option<DirReader>,
+    pids: Option<DirReader>,
+) -> CgroupStats {
     let mut s = CgroupStats {
-        cpu_usage_ns: cpuacct.and_then(|d| DirReader::open(d).u64("cpuacct.usage")),
-        pids: pids.and_then(|d| DirReader::open(d).u64("pids.current")),
+        cpu_usage_ns: cpuacct.and_then(|mut r| r.u64("cpuacct.usage")),
+        pids: pids.and_then(|mut r| r.u64("pids.current")),
         ..CgroupStats::default()
     };
-    if let Some(d) = memory {
-        let mut r = DirReader::open(d);
+    if let Some(mut r) = memory {
         s.memory_usage = r.u64("memory.usage_in_bytes");
         s.memory_limit = r.limit("memory.limit_in_bytes");
         s.swap_limit = r.limit("memory.memsw.limit_in_bytes");
-        let m = parse_flat_keyed(r.read("memory.stat").unwrap_or_default());
-        let inactive = m.get("total_inactive_file").copied().unwrap_or(0);
-        s.working_set = s.memory_usage.map(|u| u.saturating_sub(inactive));
-        s.rss = m.get("total_rss").copied();
-        s.page_faults = m.get("total_pgfault").copied();
-        s.major_page_faults = m.get("total_pgmajfault").copied();
-        s.swap_usage = m.get("total_swap").copied();
+        let [inactive, rss, faults, major, swap] = r.keyed(
+            "memory.stat",
+            [
+                "total_inactive_file",
+                "total_rss",
+                "total_pgfault",
+                "total_pgmajfault",
+                "total_swap",
+            ],
+        );
+        s.working_set = s
+            .memory_usage
+            .map(|u| u.saturating_sub(inactive.unwrap_or(0)));
+        (s.rss, s.page_faults, s.major_page_faults, s.swap_usage) = (rss, faults, major, swap);
     }
     s
 }
 
 /// v2 files of a cgroup directory into stats.
 pub fn v2_stats(dir: &Path) -> CgroupStats {
-    let mut r = DirReader::open(dir);
+    v2_from(DirReader::open(dir))
+}
+
+fn v2_from(mut r: DirReader) -> CgroupStats {
     let usage = r.u64("memory.current");
     let mut s = CgroupStats {
         memory_usage: usage,
@@ -211,55 +321,49 @@ pub fn v2_stats(dir: &Path) -> CgroupStats {
         ..CgroupStats::default()
     };
     [s.cpu_pressure, s.memory_pressure, s.io_pressure] = r.pressures();
-    s.cpu_usage_ns = parse_flat_keyed(r.read("cpu.stat").unwrap_or_default())
-        .get("usage_usec")
-        .map(|u| u.saturating_mul(1000));
-    let m = parse_flat_keyed(r.read("memory.stat").unwrap_or_default());
-    let inactive = m.get("inactive_file").copied().unwrap_or(0);
-    s.working_set = usage.map(|u| u.saturating_sub(inactive));
-    s.rss = m.get("anon").copied();
-    s.page_faults = m.get("pgfault").copied();
-    s.major_page_faults = m.get("pgmajfault").copied();
+    let [usage_usec] = r.keyed("cpu.stat", ["usage_usec"]);
+    s.cpu_usage_ns = usage_usec.map(|u| u.saturating_mul(1000));
+    let [inactive, anon, faults, major] = r.keyed(
+        "memory.stat",
+        ["inactive_file", "anon", "pgfault", "pgmajfault"],
+    );
+    s.working_set = usage.map(|u| u.saturating_sub(inactive.unwrap_or(0)));
+    (s.rss, s.page_faults, s.major_page_faults) = (anon, faults, major);
     s
 }
 
 impl CgroupManager {
-    /// The usage of cgroup `rel`, from whichever hierarchy holds each controller.
-    pub fn stats(&self, rel: &str) -> CgroupStats {
+    /// The usage of cgroup `rel`, from whichever hierarchy holds each controller; its
+    /// files opened beneath the mount points of `roots` when given.
+    pub fn stats(&self, rel: &str, roots: Option<&HierarchyRoots>) -> CgroupStats {
         let Ok(relp) = super::manager::check_rel(rel) else {
             return CgroupStats::default();
         };
-        let cpu = self.dir("cpuacct", relp).or_else(|| self.dir("cpu", relp));
-        let (mem, pids) = (self.dir("memory", relp), self.dir("pids", relp));
+        let mount = |c: &str| self.mount(c);
+        let cpu = mount("cpuacct").or_else(|| mount("cpu"));
+        let (mem, pids) = (mount("memory"), mount("pids"));
         // A controller on v2 reports from the unified files; on v1 from its own hierarchy.
-        let v1_dir = |d: &Option<(std::path::PathBuf, bool)>| {
-            d.as_ref().filter(|(_, v2)| !v2).map(|(p, _)| p.clone())
+        let v1_dir = |m: Option<(&Path, bool)>| {
+            m.filter(|(_, v2)| !v2)
+                .map(|(m, _)| DirReader::beneath(roots, m, relp))
         };
-        let v1 = v1_stats(
-            v1_dir(&cpu).as_deref(),
-            v1_dir(&mem).as_deref(),
-            v1_dir(&pids).as_deref(),
-        );
-        let v2_dir = [&cpu, &mem, &pids]
+        let v1 = v1_from(v1_dir(cpu), v1_dir(mem), v1_dir(pids));
+        let v2_mount = [cpu, mem, pids]
             .into_iter()
             .flatten()
             .find(|(_, v2)| *v2)
-            .map(|(d, _)| d.clone());
-        // Pressure files are cgroup2 core files: they exist in the unified hierarchy of a
-        // hybrid node too, whichever controllers it holds.
-        let psi_dir = v2_dir
-            .clone()
-            .or_else(|| self.layout().unified.as_ref().map(|u| u.join(relp)));
-        let with_psi = |mut s: CgroupStats| {
-            if let Some(d) = &psi_dir {
-                [s.cpu_pressure, s.memory_pressure, s.io_pressure] = DirReader::open(d).pressures();
+            .map(|(m, _)| m);
+        let Some(v2_mount) = v2_mount else {
+            // Pressure files are cgroup2 core files: they exist in the unified hierarchy
+            // of a hybrid node too, whichever controllers it holds.
+            let mut s = v1;
+            if let Some(u) = self.layout().unified.as_deref() {
+                [s.cpu_pressure, s.memory_pressure, s.io_pressure] =
+                    DirReader::beneath(roots, u, relp).pressures();
             }
-            s
+            return s;
         };
-        let Some(v2_dir) = v2_dir else {
-            return with_psi(v1);
-        };
-        let v2 = v2_stats(&v2_dir);
+        let v2 = v2_from(DirReader::beneath(roots, v2_mount, relp));
         CgroupStats {
             cpu_usage_ns: v1.cpu_usage_ns.or(v2.cpu_usage_ns),
             memory_usage: v1.memory_usage.or(v2.memory_usage),
@@ -375,6 +479,79 @@ mod tests {
         assert_eq!((s.page_faults, s.major_page_faults), (Some(77), Some(3)));
         assert_eq!(s.memory_limit, None, "v1's huge default is no limit");
         assert_eq!(s.pids, Some(4));
+    }
+
+    /// A hybrid node's layout over a fake tree: v1 cpuacct, memory and pids, and cgroup2
+    /// beside them with its pressure files only.
+    fn hybrid_tree(t: &Path, rel: &str) -> CgroupManager {
+        let mut controllers = std::collections::BTreeMap::new();
+        for (c, files) in [
+            ("cpuacct", &[("cpuacct.usage", "42\n")][..]),
+            (
+                "memory",
+                &[
+                    ("memory.usage_in_bytes", "4096\n"),
+                    ("memory.limit_in_bytes", "8192\n"),
+                    ("memory.stat", "total_inactive_file 1024\ntotal_rss 2048\n"),
+                ][..],
+            ),
+            ("pids", &[("pids.current", "3\n")][..]),
+            (
+                "unified",
+                &[(
+                    "cpu.pressure",
+                    "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+                )][..],
+            ),
+        ] {
+            let dir = t.join(c).join(rel);
+            fs::create_dir_all(&dir).unwrap();
+            for (f, text) in files {
+                fs::write(dir.join(f), text).unwrap();
+            }
+            if c != "unified" {
+                controllers.insert(
+                    c.to_owned(),
+                    Hierarchy::V1 {
+                        mountpoint: t.join(c),
+                    },
+                );
+            }
+        }
+        CgroupManager::with_layout(CgroupLayout {
+            controllers,
+            unified: Some(t.join("unified")),
+        })
+    }
+
+    #[test]
+    fn a_cgroup_reads_the_same_beneath_kept_mount_points_as_by_its_path() {
+        let t = tempfile::tempdir().unwrap();
+        let m = hybrid_tree(t.path(), "berth/pod-a/c1");
+        let roots = HierarchyRoots::open(m.layout());
+        assert_eq!(roots.roots.len(), 4);
+        let beneath = m.stats("berth/pod-a/c1", Some(&roots));
+        assert_eq!(beneath, m.stats("berth/pod-a/c1", None));
+        assert_eq!(beneath.cpu_usage_ns, Some(42));
+        assert_eq!(beneath.working_set, Some(3072));
+        assert_eq!(beneath.rss, Some(2048));
+        assert_eq!(beneath.memory_limit, Some(8192));
+        assert_eq!(beneath.pids, Some(3));
+        assert_eq!(beneath.cpu_pressure.map(|p| p.some.total_us), Some(7));
+        assert_eq!(
+            m.stats("berth/pod-a/gone", Some(&roots)),
+            CgroupStats::default()
+        );
+        assert_eq!(m.stats("../escape", Some(&roots)), CgroupStats::default());
+    }
+
+    #[test]
+    fn flat_keyed_files_give_the_asked_keys_in_one_pass() {
+        let text = "cache 1\nrss 2\ntotal_rss 4\nbad\ntotal_swap x\n";
+        assert_eq!(
+            parse_flat_keyed(text, ["total_rss", "rss", "total_swap", "absent"]),
+            [Some(4), Some(2), None, None]
+        );
     }
 
     #[test]
