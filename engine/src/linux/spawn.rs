@@ -482,95 +482,67 @@ impl ExecSpec {
 
 /// Starts `spec` inside the namespaces of the container whose main process is `target`.
 ///
-/// An intermediate process joins the container's cgroups (while the host's cgroupfs is
-/// still visible), enters its pid and mount namespaces and forks the exec process, which
-/// starts its own session, takes the container's identity and execs. The intermediate
-/// stays the exec process's parent and exits with its status: were it to exit first, the
-/// exec process would be orphaned into the container's pid namespace, whose init never
-/// reaps it. Returns (intermediate, exec process) once the exec process has exec'd; wait
-/// for the intermediate, signal the exec process's group.
+/// The exec process is our direct child, born in the container's pid namespace: our
+/// namespace for new children is switched to the container's for the clone and back
+/// after (as [`spawn_in_pid_namespace`]). It joins the container's cgroups (while the
+/// host's cgroupfs is still visible; born in the cgroup v2 one where the kernel allows),
+/// enters its mount namespace (and the pod's user namespace, last), starts its own
+/// session, takes the container's identity and execs. There is no intermediate process
+/// that waits for it: an exec cost two clones and an address-space copy more, at every
+/// probe of every pod. We are its parent (and a subreaper), so it is reaped even when the
+/// container's init would not. Returns (the process to wait for, the process to signal:
+/// the same one) once it has exec'd. Needs a single-threaded caller, as [`spawn`].
 pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pid), SpawnError> {
+    let open = |path: &str| {
+        std::fs::File::open(path).map_err(|e| SpawnError::Child(format!("open {path}: {e}")))
+    };
+    // Open everything first: in the container's mount namespace our /proc is no longer
+    // the host's (the child's view), and the target is not named by its host pid there.
+    let pid_ns = open(&format!("/proc/{target}/ns/pid"))?;
+    let mnt_ns = open(&format!("/proc/{target}/ns/mnt"))?;
+    let user_ns = match &spec.userns {
+        Some(path) => Some(open(&path.to_string_lossy())?),
+        None => None,
+    };
+    let own = open("/proc/self/ns/pid")?;
     let (err_r, err_w) = cloexec_pipe()?;
-    let (pid_r, pid_w) = cloexec_pipe()?;
     let mut stdio = Some(stdio);
-    let intermediate = |born_in: Option<&Path>| {
+    let child = |born_in: Option<&Path>| {
         let report = |msg: String| -> ! { fail(&err_w, &msg) };
-        // Open both first: once in the container's mount namespace, its /proc is the
-        // container's and no longer shows the target by its host pid.
-        // The pod's user namespace last: the others belong to the host's, whose
-        // capabilities we give up on entering it.
-        let mut files = Vec::new();
-        for ns in ["pid", "mnt"] {
-            let path = format!("/proc/{target}/ns/{ns}");
-            match std::fs::File::open(&path) {
-                Ok(f) => files.push((ns, f)),
-                Err(e) => report(format!("open {path}: {e}")),
-            }
-        }
-        if let Some(path) = &spec.userns {
-            match std::fs::File::open(path) {
-                Ok(f) => files.push(("user", f)),
-                Err(e) => report(format!("open {}: {e}", path.display())),
-            }
-        }
         if let Err(e) = join_cgroups(&spec.cgroup_dirs, born_in) {
             report(e);
         }
-        for (ns, f) in &files {
-            if let Err(e) = nix::sched::setns(f, CloneFlags::empty()) {
+        // The pod's user namespace last: the others belong to the host's, whose
+        // capabilities we give up on entering it.
+        let entries = [("mnt", Some(&mnt_ns)), ("user", user_ns.as_ref())];
+        for (ns, f) in entries {
+            if let Some(f) = f
+                && let Err(e) = nix::sched::setns(f, CloneFlags::empty())
+            {
                 report(format!("enter the container's {ns} namespace: {e}"));
             }
         }
         let Some(io) = stdio.take() else { return 127 };
-        let mut io = Some(io);
-        let child = super::sys::clone_child(CloneFlags::empty(), || {
-            let Some(io) = io.take() else { return 127 };
-            let failure = init::become_exec(spec, io);
-            fail(&err_w, &failure)
-        });
-        let child = match child {
-            Ok(pid) => pid,
-            Err(e) => report(format!("fork exec process: {e}")),
-        };
-        if let Ok(fd) = pid_w.try_clone() {
-            let _ = std::fs::File::from(fd).write_all(&child.as_raw().to_le_bytes());
-        }
-        // Our copies must not keep the caller's reads open, nor any pipe or terminal of
-        // the monitor's (another session's stdin, say) while we wait.
-        drop(io);
-        super::sys::close_from(3);
-        let code = loop {
-            match nix::sys::wait::waitpid(child, None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => break c,
-                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break 255,
-            }
-        };
-        super::sys::exit_now(code)
+        let failure = init::become_exec(spec, io);
+        fail(&err_w, &failure)
     };
+    nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID).map_err(|e| {
+        SpawnError::Child(format!("enter the container's pid namespace: {e}"))
+    })?;
     // Born in the container's cgroup where the kernel allows (see `spawn`).
-    let intermediate = clone_into_or_join(
-        CloneFlags::empty(),
-        v2_cgroup(&spec.cgroup_dirs),
-        intermediate,
-    )
-    .map_err(SpawnError::Clone)?;
+    let cloned = clone_into_or_join(CloneFlags::empty(), v2_cgroup(&spec.cgroup_dirs), child);
+    // Back to our own namespace for new children (our active one: the kernel always lets
+    // us name it, see `spawn_in_pid_namespace`).
+    let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
+    let pid = cloned.map_err(SpawnError::Clone)?;
     drop(err_w);
-    drop(pid_w);
     drop(stdio);
-    let pid = read_pid(pid_r);
     let msg = read_error(err_r);
-    if let (Some(pid), true) = (pid, msg.is_empty()) {
-        return Ok((intermediate, pid));
+    if msg.is_empty() {
+        return Ok((pid, pid));
     }
-    let _ = nix::sys::wait::waitpid(intermediate, None);
-    Err(SpawnError::Child(if msg.is_empty() {
-        "exec process did not start".into()
-    } else {
-        msg
-    }))
+    let _ = nix::sys::wait::waitpid(pid, None);
+    Err(SpawnError::Child(msg))
 }
 
 /// A pipe whose ends close on exec: a child's exec closes its copy, which is how the

@@ -58,7 +58,7 @@ pub(super) async fn exec(state: Shared, id: u64, e: proto::Exec) -> Frame {
         Err((kind, msg)) => return error_frame(id, kind, msg),
     };
     let (tx, mut rx) = tokio::sync::oneshot::channel();
-    // The intermediate process exits with the exec process's status.
+    // The exec process is our direct child: its exit is reaped as any other.
     state.borrow_mut().execs.insert(waiter.as_raw(), tx);
     let limit = usize::try_from(e.output_limit).unwrap_or(usize::MAX).max(1);
     let (out, err) = (

@@ -338,7 +338,7 @@ fn start_exec(
         u16::try_from(e.height).unwrap_or(u16::MAX),
     )?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    // The intermediate process exits with the exec process's status.
+    // The exec process is our direct child: its exit is reaped as any other.
     state.borrow_mut().execs.insert(waiter.as_raw(), tx);
     Ok((pid, rx, streams.outputs, streams.stdin, streams.tty))
 }
