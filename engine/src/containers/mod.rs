@@ -159,7 +159,17 @@ impl Engine {
     /// The record of container `id` if it is running (FailedPrecondition otherwise), for
     /// what needs its processes: ExecSync, exec and attach sessions.
     pub fn running_container(&self, id: &str) -> Result<ContainerRecord> {
-        let c = self.container_status(id)?;
+        let mut c = self.container(id)?;
+        // A followed pod's exits come as events, and its monitor refuses a process in a
+        // container that is no longer running: no exit record is looked for on disk at
+        // every probe (two failed opens of deep paths, a fifth of berthd's CPU under
+        // kubelet's probes).
+        if c.state == ContainerState::Running
+            && !self.is_followed(&c.pod_id)
+            && self.apply_exit_file(&c)?
+        {
+            c = self.container(id)?;
+        }
         if c.state != ContainerState::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {id} is not running"

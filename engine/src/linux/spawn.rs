@@ -526,9 +526,8 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
         let failure = init::become_exec(spec, io);
         fail(&err_w, &failure)
     };
-    nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID).map_err(|e| {
-        SpawnError::Child(format!("enter the container's pid namespace: {e}"))
-    })?;
+    nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID)
+        .map_err(|e| SpawnError::Child(format!("enter the container's pid namespace: {e}")))?;
     // Born in the container's cgroup where the kernel allows (see `spawn`).
     let cloned = clone_into_or_join(CloneFlags::empty(), v2_cgroup(&spec.cgroup_dirs), child);
     // Back to our own namespace for new children (our active one: the kernel always lets

@@ -164,37 +164,109 @@ pub async fn connect(dir: &Path) -> Result<tokio::net::UnixStream, MonitorError>
     r
 }
 
-/// Sends one request and returns the response body (an Error response becomes Err).
+/// The connections berthd keeps to its pods' monitors (their event watches), by pod
+/// directory: requests go over them, each with its id, rather than over a connection of
+/// their own (a socket, a connect through the socket's path, the monitor's accept and a
+/// client of its own at every probe of every pod).
+static CHANNELS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<Channel>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// A watched monitor's connection, shared by requests.
+struct Channel {
+    /// Frames for the connection's writer task (which no cancelled request can leave
+    /// with half a frame written).
+    frames: tokio::sync::mpsc::UnboundedSender<Frame>,
+    /// Requests waiting for their answer, by id.
+    waiting: std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Frame>>>,
+}
+
+impl Channel {
+    fn waiting(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Frame>>,
+    > {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn channels()
+-> std::sync::MutexGuard<'static, std::collections::HashMap<PathBuf, std::sync::Arc<Channel>>> {
+    CHANNELS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Forgets a request's wait when its caller goes away before the answer.
+struct Waiting<'a> {
+    channel: &'a Channel,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.channel.waiting().remove(&self.id);
+    }
+}
+
+/// Sends one request and returns the response body (an Error response becomes Err): over
+/// the pod's watched connection when there is one, else over a connection of its own.
 pub async fn request(dir: &Path, body: Body) -> Result<Body, MonitorError> {
     let socket = socket_path(dir);
     let proto_err = |message: String| MonitorError::Protocol {
         socket: socket.clone(),
         message,
     };
-    let mut s = connect(dir).await?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    frame::write(
-        &mut s,
-        &Frame {
-            id,
-            body: Some(body),
-        },
-    )
-    .await
-    .map_err(|e| proto_err(e.to_string()))?;
-    loop {
-        let f = frame::read(&mut s)
-            .await
-            .map_err(|e| proto_err(e.to_string()))?
-            .ok_or_else(|| proto_err("connection closed before the answer".into()))?;
-        if f.id != id {
-            continue; // an event meant for watchers
+    let channel = channels().get(dir).cloned();
+    let answer = match channel {
+        Some(channel) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            channel.waiting().insert(id, tx);
+            let _waiting = Waiting {
+                channel: &channel,
+                id,
+            };
+            let sent = channel.frames.send(Frame {
+                id,
+                body: Some(body),
+            });
+            if sent.is_err() {
+                return Err(proto_err("connection closed before the answer".into()));
+            }
+            rx.await
+                .map_err(|_| proto_err("connection closed before the answer".into()))?
         }
-        return match f.body {
-            Some(Body::Error(e)) => Err(remote_error(e)),
-            Some(b) => Ok(b),
-            None => Err(proto_err("empty answer".into())),
-        };
+        None => {
+            let mut s = connect(dir).await?;
+            frame::write(
+                &mut s,
+                &Frame {
+                    id,
+                    body: Some(body),
+                },
+            )
+            .await
+            .map_err(|e| proto_err(e.to_string()))?;
+            loop {
+                let f = frame::read(&mut s)
+                    .await
+                    .map_err(|e| proto_err(e.to_string()))?
+                    .ok_or_else(|| proto_err("connection closed before the answer".into()))?;
+                if f.id == id {
+                    break f;
+                } // else an event meant for watchers
+            }
+        }
+    };
+    match answer.body {
+        Some(Body::Error(e)) => Err(remote_error(e)),
+        Some(b) => Ok(b),
+        None => Err(proto_err("empty answer".into())),
     }
 }
 
@@ -207,11 +279,12 @@ pub async fn watch(
     connected: impl FnOnce(),
     mut on_exit: impl FnMut(proto::Exited),
 ) -> Result<(), MonitorError> {
-    let mut s = connect(dir).await?;
+    let s = connect(dir).await?;
+    let (mut rd, mut wr) = s.into_split();
     let socket = socket_path(dir);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     frame::write(
-        &mut s,
+        &mut wr,
         &Frame {
             id,
             body: Some(Body::Hello(proto::Hello {
@@ -227,17 +300,63 @@ pub async fn watch(
         socket: socket.clone(),
         message: e.to_string(),
     })?;
+    let (frames, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<Frame>();
+    let writer = tokio::spawn(async move {
+        while let Some(f) = outgoing.recv().await {
+            if frame::write(&mut wr, &f).await.is_err() {
+                break;
+            }
+        }
+    });
+    let channel = std::sync::Arc::new(Channel {
+        frames,
+        waiting: Default::default(),
+    });
+    // However this ends (the monitor gone, or this watch dropped), requests waiting on the
+    // connection fail and later ones connect on their own.
+    let _gone = Unregister {
+        dir,
+        channel: &channel,
+        writer,
+    };
     let mut connected = Some(connected);
-    while let Ok(Some(f)) = frame::read(&mut s).await {
+    while let Ok(Some(f)) = frame::read(&mut rd).await {
         match f.body {
             Some(Body::Exited(e)) => on_exit(e),
             Some(Body::Hello(_)) if f.id == id => {
+                channels().insert(dir.to_owned(), channel.clone());
                 if let Some(c) = connected.take() {
                     c();
                 }
             }
-            _ => {}
+            _ => {
+                if let Some(tx) = channel.waiting().remove(&f.id) {
+                    let _ = tx.send(f);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Takes a watched connection out of use when its watch ends.
+struct Unregister<'a> {
+    dir: &'a Path,
+    channel: &'a std::sync::Arc<Channel>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        let mut all = channels();
+        if all
+            .get(self.dir)
+            .is_some_and(|c| std::sync::Arc::ptr_eq(c, self.channel))
+        {
+            all.remove(self.dir);
+        }
+        drop(all);
+        self.channel.waiting().clear();
+        self.writer.abort();
+    }
 }
