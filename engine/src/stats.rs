@@ -21,6 +21,9 @@ use crate::state::records::{ContainerRecord, ContainerState, NsMode, PodRecord, 
 /// container or pod measure it afresh.
 pub const DISK_USAGE_PERIOD: Duration = Duration::from_secs(10);
 
+/// The least pause between two directories measured in the background.
+const DISK_USAGE_MIN_GAP: Duration = Duration::from_millis(5);
+
 /// How old a measured disk usage may be and still be served to a list call; an older one
 /// (the background measuring is not running, or is behind) is measured again.
 const DISK_USAGE_MAX_AGE: Duration = Duration::from_secs(25);
@@ -202,15 +205,17 @@ impl Engine {
                         return;
                     };
                     if queue.is_empty() {
-                        // A new round: every container, spread over the period.
-                        let Ok(all) = engine.db.container_list() else {
-                            return;
-                        };
-                        queue.extend(all.iter().map(|c| (c.id.clone(), c.dir.clone())));
+                        // A new round: every container, spread over the period (a state db
+                        // that cannot be read now is tried again at the next).
+                        if let Ok(all) = engine.db.container_list() {
+                            queue.extend(all.iter().map(|c| (c.id.clone(), c.dir.clone())));
+                        }
                         round = Instant::now();
                     }
+                    // Never back to back, even when a round runs late (a slow disk).
                     let left = DISK_USAGE_PERIOD.saturating_sub(round.elapsed());
-                    let gap = left / u32::try_from(queue.len() + 1).unwrap_or(u32::MAX);
+                    let gap = (left / u32::try_from(queue.len() + 1).unwrap_or(u32::MAX))
+                        .max(DISK_USAGE_MIN_GAP);
                     drop(engine);
                     let next = match rx.recv_timeout(gap) {
                         Ok(new) => Some(new),

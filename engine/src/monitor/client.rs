@@ -177,20 +177,33 @@ struct Channel {
     /// Frames for the connection's writer task (which no cancelled request can leave
     /// with half a frame written).
     frames: tokio::sync::mpsc::UnboundedSender<Frame>,
-    /// Requests waiting for their answer, by id.
-    waiting: std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Frame>>>,
+    /// Requests waiting for their answer, by id; None once the connection is closed (no
+    /// request may wait on it then: none would ever be answered).
+    waiting: std::sync::Mutex<Option<Waiters>>,
 }
 
+type Waiters = std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Frame>>;
+
 impl Channel {
-    fn waiting(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<u64, tokio::sync::oneshot::Sender<Frame>>,
-    > {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Option<Waiters>> {
         self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the connection out of use: its waiting requests fail (their senders go),
+    /// later ones connect on their own.
+    fn close(&self, dir: &Path, this: &std::sync::Arc<Channel>) {
+        {
+            let mut all = channels();
+            if all
+                .get(dir)
+                .is_some_and(|c| std::sync::Arc::ptr_eq(c, this))
+            {
+                all.remove(dir);
+            }
+        }
+        self.waiting().take();
     }
 }
 
@@ -209,7 +222,9 @@ struct Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.channel.waiting().remove(&self.id);
+        if let Some(w) = self.channel.waiting().as_mut() {
+            w.remove(&self.id);
+        }
     }
 }
 
@@ -222,11 +237,14 @@ pub async fn request(dir: &Path, body: Body) -> Result<Body, MonitorError> {
         message,
     };
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let channel = channels().get(dir).cloned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Registered as waiting only on a connection still in use.
+    let channel = channels()
+        .get(dir)
+        .cloned()
+        .filter(|c| c.waiting().as_mut().map(|w| w.insert(id, tx)).is_some());
     let answer = match channel {
         Some(channel) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            channel.waiting().insert(id, tx);
             let _waiting = Waiting {
                 channel: &channel,
                 id,
@@ -301,16 +319,36 @@ pub async fn watch(
         message: e.to_string(),
     })?;
     let (frames, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<Frame>();
-    let writer = tokio::spawn(async move {
-        while let Some(f) = outgoing.recv().await {
-            if frame::write(&mut wr, &f).await.is_err() {
-                break;
-            }
-        }
-    });
     let channel = std::sync::Arc::new(Channel {
         frames,
-        waiting: Default::default(),
+        waiting: std::sync::Mutex::new(Some(Waiters::new())),
+    });
+    let writer = tokio::spawn({
+        let (channel, dir) = (channel.clone(), dir.to_owned());
+        async move {
+            while let Some(f) = outgoing.recv().await {
+                let id = f.id;
+                match frame::write(&mut wr, &f).await {
+                    Ok(()) => {}
+                    // Too large to send: nothing was written, the connection is whole.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        let waiter = channel.waiting().as_mut().and_then(|w| w.remove(&id));
+                        if let Some(tx) = waiter {
+                            let error =
+                                super::wire::error(ErrorKind::InvalidArgument, e.to_string());
+                            let _ = tx.send(Frame {
+                                id,
+                                body: Some(Body::Error(error)),
+                            });
+                        }
+                    }
+                    Err(_) => {
+                        channel.close(&dir, &channel);
+                        break;
+                    }
+                }
+            }
+        }
     });
     // However this ends (the monitor gone, or this watch dropped), requests waiting on the
     // connection fail and later ones connect on their own.
@@ -330,7 +368,8 @@ pub async fn watch(
                 }
             }
             _ => {
-                if let Some(tx) = channel.waiting().remove(&f.id) {
+                let waiter = channel.waiting().as_mut().and_then(|w| w.remove(&f.id));
+                if let Some(tx) = waiter {
                     let _ = tx.send(f);
                 }
             }
@@ -348,15 +387,145 @@ struct Unregister<'a> {
 
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
-        let mut all = channels();
-        if all
-            .get(self.dir)
-            .is_some_and(|c| std::sync::Arc::ptr_eq(c, self.channel))
-        {
-            all.remove(self.dir);
-        }
-        drop(all);
-        self.channel.waiting().clear();
+        self.channel.close(self.dir, self.channel);
         self.writer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake monitor on `dir`'s socket: answers the first connection's Hello, then each
+    /// request on it with Ok (a ReopenLog with an Error, to tell them apart) and an Exited
+    /// event first, until told to hang up; a second connection gets Ok and is closed.
+    async fn fake_monitor(
+        dir: &Path,
+        hang_up: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<u32> {
+        let listener = tokio::net::UnixListener::bind(socket_path(dir)).unwrap();
+        tokio::spawn(async move {
+            let (mut watch, _) = listener.accept().await.unwrap();
+            let mut hang_up = hang_up;
+            let mut answered = 0;
+            loop {
+                let f = tokio::select! {
+                    f = frame::read(&mut watch) => f.unwrap().unwrap(),
+                    _ = &mut hang_up => break,
+                };
+                let body = match f.body {
+                    Some(Body::Hello(h)) => Body::Hello(h),
+                    Some(Body::ReopenLog(_)) => Body::Error(super::super::wire::error(
+                        ErrorKind::NotFound,
+                        "no such container".into(),
+                    )),
+                    _ => {
+                        let exited = Body::Exited(proto::Exited {
+                            container_id: "c1".into(),
+                            ..Default::default()
+                        });
+                        let event = Frame {
+                            id: 0,
+                            body: Some(exited),
+                        };
+                        frame::write(&mut watch, &event).await.unwrap();
+                        Body::Ok(proto::Ok {})
+                    }
+                };
+                answered += 1;
+                frame::write(
+                    &mut watch,
+                    &Frame {
+                        id: f.id,
+                        body: Some(body),
+                    },
+                )
+                .await
+                .unwrap();
+            }
+            drop(watch);
+            // Requests after the watch ended come on their own connection.
+            let (mut own, _) = listener.accept().await.unwrap();
+            let f = frame::read(&mut own).await.unwrap().unwrap();
+            let ok = Frame {
+                id: f.id,
+                body: Some(Body::Ok(proto::Ok {})),
+            };
+            frame::write(&mut own, &ok).await.unwrap();
+            answered
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_share_the_watched_connection_and_survive_its_end() {
+        // A request that went elsewhere than the fake expects would wait for ever.
+        tokio::time::timeout(Duration::from_secs(10), shared_connection())
+            .await
+            .expect("a request was not answered");
+    }
+
+    async fn shared_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hang_up, hung_up) = tokio::sync::oneshot::channel();
+        let monitor = fake_monitor(dir.path(), hung_up).await;
+        let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        let exits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let watch = tokio::spawn({
+            let (dir, exits) = (dir.path().to_owned(), exits.clone());
+            async move {
+                watch(
+                    &dir,
+                    move || {
+                        let _ = connected_tx.send(());
+                    },
+                    move |e| exits.lock().unwrap().push(e.container_id),
+                )
+                .await
+            }
+        });
+        connected.await.unwrap();
+        assert!(channels().contains_key(dir.path()));
+        // Two at once over the one connection, each answered by its id; the event that
+        // comes before each answer goes to the watch.
+        let signal = || {
+            request(
+                dir.path(),
+                Body::Signal(proto::Signal {
+                    container_id: "c1".into(),
+                    signal: 15,
+                }),
+            )
+        };
+        let (a, b) = tokio::join!(signal(), signal());
+        assert!(matches!(a, Ok(Body::Ok(_))), "{a:?}");
+        assert!(matches!(b, Ok(Body::Ok(_))), "{b:?}");
+        let refused = request(
+            dir.path(),
+            Body::ReopenLog(proto::ReopenLog {
+                container_id: "c9".into(),
+            }),
+        )
+        .await;
+        assert!(
+            matches!(
+                &refused,
+                Err(MonitorError::Remote {
+                    kind: ErrorKind::NotFound,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(exits.lock().unwrap().len(), 2);
+        // The watch ends: the connection is out of use, the next request connects anew.
+        hang_up.send(()).unwrap();
+        watch.await.unwrap().unwrap();
+        assert!(!channels().contains_key(dir.path()));
+        assert!(matches!(signal().await, Ok(Body::Ok(_))));
+        assert_eq!(
+            monitor.await.unwrap(),
+            4,
+            "hello and three requests on the watch"
+        );
     }
 }

@@ -55,7 +55,12 @@ pub(super) async fn exec(state: Shared, id: u64, e: proto::Exec) -> Frame {
     };
     let streams = match pending.finish(pid, 0, 0) {
         Ok(s) => s,
-        Err((kind, msg)) => return error_frame(id, kind, msg),
+        Err((kind, msg)) => {
+            // Started, but with no streams to serve: it must not run on unseen.
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(waiter, None);
+            return error_frame(id, kind, msg);
+        }
     };
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     // The exec process is our direct child: its exit is reaped as any other.

@@ -24,13 +24,18 @@ pub(super) struct OomWatch {
 }
 
 impl OomWatch {
-    /// Reads the counts before the container's process exists.
-    pub(super) fn before_start(file: &str) -> Self {
+    /// Reads the counts before the container's process exists. `in_anothers_pid_namespace`:
+    /// it joins another container's pid namespace (CRI's TARGET mode), whose init's death,
+    /// an OOM kill included, SIGKILLs it too: its kills are not guessed from its pod's count.
+    pub(super) fn before_start(file: &str, in_anothers_pid_namespace: bool) -> Self {
         let file = (!file.is_empty()).then(|| PathBuf::from(file));
-        let before = file.as_deref().and_then(read_count).unwrap_or(0);
+        let own = file.as_deref().and_then(read_count);
+        let before = own.unwrap_or(0);
+        // Only for a cgroup whose own count could be read: one without it (no memory
+        // controller) would take any SIGKILL for an OOM kill somewhere in the pod.
         let parent = file
             .as_deref()
-            .filter(|f| f.ends_with("memory.events"))
+            .filter(|f| own.is_some() && !in_anothers_pid_namespace && f.ends_with("memory.events"))
             .and_then(|f| f.parent()?.parent())
             .map(|p| p.join("memory.events"))
             .and_then(|p| read_count(&p).map(|n| (p, n)));
@@ -108,7 +113,8 @@ struct Counts {
 /// SIGKILL that berth did not send, with a kill counted in the pod's cgroup since the
 /// container started, is the OOM killer's: the one case it would not be is another
 /// container of the pod OOM killed while this one was killed by something else and its
-/// scope removed before the reap.
+/// scope removed before the reap. (Not used for a container in another's pid namespace,
+/// nor for one whose own count could not be read at its start.)
 fn decide(c: &Counts) -> bool {
     if c.own.unwrap_or(0).max(c.seen) > c.before {
         return true;
@@ -261,7 +267,16 @@ mod tests {
         std::fs::create_dir(&cg).unwrap();
         std::fs::write(dir.path().join("memory.events"), "oom 4\noom_kill 4\n").unwrap();
         std::fs::write(cg.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
-        let w = OomWatch::before_start(cg.join("memory.events").to_str().unwrap());
+        let file = cg.join("memory.events");
+        let file = file.to_str().unwrap();
+        // In another container's pid namespace, or without a count of its own: no guess.
+        assert_eq!(OomWatch::before_start(file, true).parent, None);
+        let no_count = dir.path().join("c2/memory.events");
+        assert_eq!(
+            OomWatch::before_start(no_count.to_str().unwrap(), false).parent,
+            None
+        );
+        let w = OomWatch::before_start(file, false);
         assert_eq!(w.before, 1);
         assert_eq!(w.parent, Some((dir.path().join("memory.events"), 4)));
         assert!(!w.verdict(9));
@@ -272,10 +287,10 @@ mod tests {
         w.killed_by_berth();
         assert!(!w.verdict(9));
         // v1 has no hierarchical count to fall back to.
-        let v1 = OomWatch::before_start("/nonexistent/memory.oom_control");
+        let v1 = OomWatch::before_start("/nonexistent/memory.oom_control", false);
         assert_eq!(v1.parent, None);
         assert!(!v1.verdict(9));
-        assert!(!OomWatch::before_start("").verdict(9));
+        assert!(!OomWatch::before_start("", false).verdict(9));
     }
 
     #[test]

@@ -332,11 +332,17 @@ fn start_exec(
     let (stdio, pending) = stdio::prepare(e.tty, e.stdin)?;
     let (waiter, pid) = spawn::spawn_exec(target, &spec, stdio)
         .map_err(|err| (crate::ErrorKind::FailedPrecondition, err.to_string()))?;
-    let streams = pending.finish(
-        pid,
-        u16::try_from(e.width).unwrap_or(u16::MAX),
-        u16::try_from(e.height).unwrap_or(u16::MAX),
-    )?;
+    let streams = pending
+        .finish(
+            pid,
+            u16::try_from(e.width).unwrap_or(u16::MAX),
+            u16::try_from(e.height).unwrap_or(u16::MAX),
+        )
+        .inspect_err(|_| {
+            // Started, but with no streams to serve: it must not run on unseen.
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(waiter, None);
+        })?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     // The exec process is our direct child: its exit is reaped as any other.
     state.borrow_mut().execs.insert(waiter.as_raw(), tx);

@@ -51,7 +51,7 @@ pub(super) fn start(
             })?,
         )))
     };
-    let mut oom = super::oom::OomWatch::before_start(&s.oom_file);
+    let mut oom = super::oom::OomWatch::before_start(&s.oom_file, spec.pid_target.is_some());
     let restore = s
         .restore
         .as_ref()
