@@ -198,6 +198,7 @@ impl Engine {
         std::thread::Builder::new()
             .name("berth-du".into())
             .spawn(move || {
+                let _ = crate::linux::sys::lower_thread_priority(BACKGROUND_NICE);
                 let mut queue = std::collections::VecDeque::new();
                 let mut round = Instant::now();
                 loop {
@@ -646,6 +647,13 @@ fn parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R
 
 /// Fewer items than this per thread are read on the calling thread.
 const PER_THREAD: usize = 32;
+
+/// The nice value of `berth-du`, which measures container directories in the background
+/// with no caller waiting: it takes a core only when nothing else wants it. (The stats
+/// threads of a list call keep the caller's priority: at 250 pods on two cores, a
+/// ListContainers running beside back-to-back stats calls took the same 1.3-1.6 ms p50
+/// whether they ran at nice 10 or 0 — what it waits for there is not the CPU.)
+const BACKGROUND_NICE: i32 = 19;
 
 #[cfg(test)]
 mod tests {

@@ -719,6 +719,29 @@ pub fn limit_malloc_arenas(n: i32) -> bool {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
 }
 
+/// Lowers the calling thread's scheduling priority to `nice` (Linux keeps a nice value
+/// per thread), for berthd's background threads that no caller waits for. A value at or
+/// below the thread's current one is not asked for: raising a priority needs CAP_SYS_NICE
+/// and is never what this is for.
+pub fn lower_thread_priority(nice: i32) -> nix::Result<()> {
+    use nix::errno::Errno;
+    let tid = libc::id_t::try_from(nix::unistd::gettid().as_raw()).map_err(|_| Errno::EINVAL)?;
+    nix::errno::Errno::clear();
+    // SAFETY: getpriority reads the nice value of the thread `tid` (this thread, alive);
+    // -1 is a valid answer, told from an error by errno, cleared just before.
+    let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+    if now == -1 && Errno::last_raw() != 0 {
+        return Err(Errno::last());
+    }
+    if nice <= now {
+        return Ok(());
+    }
+    // SAFETY: setpriority sets the nice value of this thread only (PRIO_PROCESS with a
+    // thread id applies to that thread on Linux); it touches no memory of ours.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+    Errno::result(r).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -732,6 +755,38 @@ mod tests {
                 nix::sys::statfs::statfs(p)
                     .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
             })
+    }
+
+    #[test]
+    fn a_thread_lowers_its_own_priority_only() {
+        let tid_nice = |tid: i32| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.to_owned();
+                    after.split_whitespace().nth(16)?.parse::<i32>().ok()
+                })
+        };
+        let me = nix::unistd::gettid().as_raw();
+        let before = tid_nice(me).expect("own nice value");
+        let target = (before + 5).min(19);
+        let (inside, again) = std::thread::spawn(move || {
+            lower_thread_priority(target).expect("setpriority");
+            let t = nix::unistd::gettid().as_raw();
+            let inside = tid_nice(t);
+            // Asking for a higher priority than the thread has is left alone.
+            lower_thread_priority(target - 2).expect("no-op");
+            (inside, tid_nice(t))
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(inside, Some(target));
+        assert_eq!(again, Some(target));
+        assert_eq!(
+            tid_nice(me),
+            Some(before),
+            "the calling thread keeps its priority"
+        );
     }
 
     /// Waits for `pid` and returns its exit code.

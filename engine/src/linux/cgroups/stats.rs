@@ -82,6 +82,10 @@ pub fn parse_pressure(text: &str) -> Option<Pressure> {
 #[derive(Debug, Default)]
 pub struct HierarchyRoots {
     roots: Vec<(PathBuf, std::os::fd::OwnedFd)>,
+    /// The v1 memory hierarchy has no `memory.memsw.*` files (swap accounting is off, as
+    /// on a kernel booted without it): its root has none, so no cgroup has them, and a
+    /// stats read does not look for them (two failed opens per pod a round).
+    no_memsw: bool,
 }
 
 impl HierarchyRoots {
@@ -104,7 +108,14 @@ impl HierarchyRoots {
                 roots.push((m.clone(), fd));
             }
         }
-        HierarchyRoots { roots }
+        let no_memsw = match layout.controllers.get("memory") {
+            Some(Hierarchy::V1 { mountpoint }) => {
+                mountpoint.join("memory.usage_in_bytes").exists()
+                    && !mountpoint.join("memory.memsw.limit_in_bytes").exists()
+            }
+            _ => false,
+        };
+        HierarchyRoots { roots, no_memsw }
     }
 
     fn get(&self, mount: &Path) -> Option<std::os::fd::BorrowedFd<'_>> {
@@ -270,13 +281,16 @@ pub fn v1_stats(cpuacct: Option<&Path>, memory: Option<&Path>, pids: Option<&Pat
         cpuacct.map(DirReader::open),
         memory.map(DirReader::open),
         pids.map(DirReader::open),
+        true,
     )
 }
 
+/// `memsw`: whether to look for `memory.memsw.limit_in_bytes`.
 fn v1_from(
     cpuacct: Option<DirReader>,
     memory: Option<DirReader>,
     pids: Option<DirReader>,
+    memsw: bool,
 ) -> CgroupStats {
     let mut s = CgroupStats {
         cpu_usage_ns: cpuacct.and_then(|mut r| r.u64("cpuacct.usage")),
@@ -286,7 +300,9 @@ fn v1_from(
     if let Some(mut r) = memory {
         s.memory_usage = r.u64("memory.usage_in_bytes");
         s.memory_limit = r.limit("memory.limit_in_bytes");
-        s.swap_limit = r.limit("memory.memsw.limit_in_bytes");
+        if memsw {
+            s.swap_limit = r.limit("memory.memsw.limit_in_bytes");
+        }
         let [inactive, rss, faults, major, swap] = r.keyed(
             "memory.stat",
             [
@@ -347,7 +363,8 @@ impl CgroupManager {
             m.filter(|(_, v2)| !v2)
                 .map(|(m, _)| DirReader::beneath(roots, m, relp))
         };
-        let v1 = v1_from(v1_dir(cpu), v1_dir(mem), v1_dir(pids));
+        let memsw = roots.is_none_or(|r| !r.no_memsw);
+        let v1 = v1_from(v1_dir(cpu), v1_dir(mem), v1_dir(pids), memsw);
         let v2_mount = [cpu, mem, pids]
             .into_iter()
             .flatten()
@@ -522,6 +539,35 @@ mod tests {
             controllers,
             unified: Some(t.join("unified")),
         })
+    }
+
+    #[test]
+    fn memsw_files_are_looked_for_only_where_the_memory_root_has_them() {
+        let t = tempfile::tempdir().unwrap();
+        let m = hybrid_tree(t.path(), "berth/pod-a/c1");
+        let mem = t.path().join("memory");
+        fs::write(mem.join("memory.usage_in_bytes"), "1\n").unwrap();
+        fs::write(
+            mem.join("berth/pod-a/c1/memory.memsw.limit_in_bytes"),
+            "16384\n",
+        )
+        .unwrap();
+        // Swap accounting off: the root has no memsw files, so none are opened.
+        let roots = HierarchyRoots::open(m.layout());
+        assert!(roots.no_memsw);
+        assert_eq!(m.stats("berth/pod-a/c1", Some(&roots)).swap_limit, None);
+        // On: the root has them, and the cgroup's limit is read.
+        fs::write(
+            mem.join("memory.memsw.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .unwrap();
+        let roots = HierarchyRoots::open(m.layout());
+        assert!(!roots.no_memsw);
+        assert_eq!(
+            m.stats("berth/pod-a/c1", Some(&roots)).swap_limit,
+            Some(16384)
+        );
     }
 
     #[test]
