@@ -1239,18 +1239,24 @@ fn scale_limit(missed: &str) -> Option<&'static str> {
          cgroups, a cgroup.procs write each (perf). The probe's own program runs in the \
          container's cgroup and is not counted."
     } else if missed.contains("p99") && missed.contains("List") {
-        "The p50 is about 1.2-1.4 ms; the p99 of a minute's lists is the worst second, when \
-         a list shares the 2 CPUs with the probes' process creation."
+        "The p50 is about 1.2-1.4 ms; the p99 of a minute's lists is its worst second. \
+         Measured beside the bench with a second client: a ListContainers of 250 \
+         containers takes 0.8 ms back to back, 1.6 ms after a second's pause (cold caches), \
+         and 3-8 ms when it meets another call (the bench's own lists every second, a \
+         stats round every tenth). Running the stats threads at nice 10 made no difference: \
+         what such a call waits for is not the CPU."
     } else if missed.contains("stats round") {
-        "ListPodSandboxStats reads 19 kernel files per pod (the pod's and its container's \
-         cgroups: cpuacct, pids and four memory files on v1, three cgroup2 pressure files; \
-         /proc/<pid>/net/dev), each an open, a read and a close of a kernfs file, about 8 \
-         us, most of it the open and the release: about 0.2 ms of CPU a pod, 40-45 ms for \
-         250 pods on two cores shared with the probes. Kept open and read with pread they \
-         would cost a quarter of that, but the 4,500 open files of 250 pods would pin about \
-         17 MiB of kernel memory (a seq_file page each): not taken. No directory is walked \
-         in a round (disk usage is measured in the background, every 10 s) and \
-         ListContainerStats reuses the figures the first call read."
+        "ListPodSandboxStats reads 17 kernel files per pod (the pod's and its container's \
+         cgroups: cpuacct, pids and three memory files on v1, and memory.memsw where swap \
+         accounting is on; three cgroup2 pressure files; /proc/<pid>/net/dev), each an \
+         open, a read and a close of a kernfs file: 8-12 us, memory.stat 15-23, the \
+         pressure files a third of the total. A standalone reader of the same 4,000 files \
+         takes 42-53 ms of CPU on one thread and 27 ms on two; berthd's call takes 35-50 ms \
+         on two cores shared with the probes and its own threads. Kept open and read with \
+         pread they would cost a quarter of that, but the 4,000 open files of 250 pods \
+         would pin about 15 MiB of kernel memory (a seq_file page each): not taken. No \
+         directory is walked in a round (disk usage is measured in the background, every \
+         10 s) and ListContainerStats reuses the figures the first call read."
     } else if missed.contains("new pod") {
         "On an idle node the lifecycle is about 21 ms p50 (`berth-bench lifecycle`; two \
          kernel waits are gone: a cgroup join that waited for an RCU grace period, a monitor \
