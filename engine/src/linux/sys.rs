@@ -726,7 +726,7 @@ pub fn limit_malloc_arenas(n: i32) -> bool {
 pub fn lower_thread_priority(nice: i32) -> nix::Result<()> {
     use nix::errno::Errno;
     let tid = libc::id_t::try_from(nix::unistd::gettid().as_raw()).map_err(|_| Errno::EINVAL)?;
-    nix::errno::Errno::clear();
+    Errno::clear();
     // SAFETY: getpriority reads the nice value of the thread `tid` (this thread, alive);
     // -1 is a valid answer, told from an error by errno, cleared just before.
     let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
