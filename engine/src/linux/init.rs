@@ -9,9 +9,8 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use caps::{CapSet, Capability, CapsHashSet};
 use nix::mount::{MsFlags, mount};
 use nix::unistd::{Gid, Uid};
 
@@ -36,11 +35,12 @@ pub(super) fn step<T, E: std::fmt::Display>(
 /// Does everything up to and including exec; returns only with an error message.
 pub fn become_container(
     spec: &LaunchSpec,
+    prepared: &Prepared,
     stdio: Stdio,
     sync: Option<HookSync>,
     born_in: Option<&Path>,
 ) -> String {
-    match run(spec, stdio, sync, born_in) {
+    match run(spec, prepared, stdio, sync, born_in) {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -82,6 +82,7 @@ pub(super) fn place_in_cgroups(spec: &LaunchSpec, born_in: Option<&Path>) -> Ste
 /// `born_in`: the cgroup directory the process was cloned into (it joins the others).
 fn run(
     spec: &LaunchSpec,
+    prepared: &Prepared,
     stdio: Stdio,
     mut sync: Option<HookSync>,
     born_in: Option<&Path>,
@@ -187,7 +188,7 @@ fn run(
         // has one): the program is looked up in the container's file system.
         run_hooks(Point::StartContainer, hooks, &spec.id)?;
     }
-    become_process(stdio, &spec.process)
+    become_process(&stdio, &spec.process, prepared)
 }
 
 fn run_hooks(point: Point, hooks: &crate::spec::hooks::Hooks, id: &str) -> Step<()> {
@@ -210,18 +211,22 @@ fn wait_for_runtime_hooks(s: HookSync) -> Step<()> {
 }
 
 /// The steps a container's process and an exec process share: standard streams, working
-/// directory, identity, no_new_privs, exec.
-fn become_process(stdio: Stdio, p: &super::spawn::ProcessSpec) -> Step<Never> {
+/// directory, identity, no_new_privs, exec. Allocates nothing that is alive at the exec
+/// (what that takes is in `prepared`), so that an exec child sharing the monitor's memory
+/// can run it.
+fn become_process(
+    stdio: &Stdio,
+    p: &super::spawn::ProcessSpec,
+    prepared: &Prepared,
+) -> Step<Never> {
     let super::spawn::ProcessSpec {
         cwd,
-        capabilities: caps,
         user,
         no_new_privs,
         seccomp,
         apparmor,
         selinux_label,
-        args,
-        env,
+        ..
     } = p;
     let (no_new_privs, apparmor, selinux_label) =
         (*no_new_privs, apparmor.as_deref(), selinux_label.as_deref());
@@ -256,7 +261,7 @@ fn become_process(stdio: Stdio, p: &super::spawn::ProcessSpec) -> Step<Never> {
     if !no_new_privs {
         install_seccomp(seccomp)?;
     }
-    set_identity_of(caps, user)?;
+    set_identity_of(prepared, user)?;
     if no_new_privs {
         step(
             || "no_new_privs".into(),
@@ -264,7 +269,7 @@ fn become_process(stdio: Stdio, p: &super::spawn::ProcessSpec) -> Step<Never> {
         )?;
         install_seccomp(seccomp)?;
     }
-    exec_args(args, env)
+    exec_prepared(p, prepared)
 }
 
 fn install_seccomp(filters: &[crate::spec::seccomp::Filter]) -> Step<()> {
@@ -277,38 +282,39 @@ fn install_seccomp(filters: &[crate::spec::seccomp::Filter]) -> Step<()> {
     Ok(())
 }
 
-/// The exec side: already inside the container's mount and pid namespaces.
-pub fn become_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> String {
-    match run_exec(spec, stdio) {
+/// The exec side: already inside the container's mount and pid namespaces. Runs in a child
+/// that may share the monitor's memory: see [`become_process`].
+pub fn become_exec(spec: &super::spawn::ExecSpec, prepared: &Prepared, stdio: &Stdio) -> String {
+    match run_exec(spec, prepared, stdio) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn run_exec(spec: &super::spawn::ExecSpec, stdio: Stdio) -> Step<Never> {
+fn run_exec(spec: &super::spawn::ExecSpec, prepared: &Prepared, stdio: &Stdio) -> Step<Never> {
     // Its own session, so that a timeout can kill it and everything it started.
     let _ = nix::unistd::setsid();
-    become_process(stdio, &spec.process)
+    become_process(stdio, &spec.process, prepared)
 }
 
-fn redirect(stdio: Stdio, user: &crate::spec::process::User) -> Step<()> {
+fn redirect(stdio: &Stdio, user: &crate::spec::process::User) -> Step<()> {
     match stdio {
         Stdio::Pipes {
             stdin,
             stdout,
             stderr,
         } => {
-            if let Some(i) = &stdin {
+            if let Some(i) = stdin {
                 step(|| "stdin".into(), nix::unistd::dup2_stdin(i))?;
             } else {
                 let null = step(|| "open /dev/null".into(), fs::File::open("/dev/null"))?;
                 step(|| "stdin".into(), nix::unistd::dup2_stdin(&null))?;
             }
-            step(|| "stdout".into(), nix::unistd::dup2_stdout(&stdout))?;
-            step(|| "stderr".into(), nix::unistd::dup2_stderr(&stderr))?;
+            step(|| "stdout".into(), nix::unistd::dup2_stdout(stdout))?;
+            step(|| "stderr".into(), nix::unistd::dup2_stderr(stderr))?;
             Ok(())
         }
-        Stdio::Terminal(slave) => use_terminal(&slave, user),
+        Stdio::Terminal(slave) => use_terminal(slave, user),
         Stdio::Console(socket) => {
             // Our root is the container's by now: this is its own devpts instance.
             let master = step(
@@ -327,10 +333,10 @@ fn redirect(stdio: Stdio, user: &crate::spec::process::User) -> Step<()> {
             )?;
             step(
                 || "hand the terminal to the monitor".into(),
-                super::sys::send_fd(&socket, &master),
+                super::sys::send_fd(socket, &master),
             )?;
             drop(master);
-            drop(socket);
+            // The socket is close-on-exec: the container's process does not keep it.
             use_terminal(&slave, user)
         }
     }
@@ -352,38 +358,88 @@ fn use_terminal(slave: &std::os::fd::OwnedFd, user: &crate::spec::process::User)
     )
 }
 
-fn cap_of(n: u8) -> Option<Capability> {
-    ALL_CAPABILITIES.get(usize::from(n))?.parse().ok()
+/// A capability's name, for an error message.
+fn cap_name(n: u32) -> String {
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| ALL_CAPABILITIES.get(i))
+        .map_or_else(|| format!("capability {n}"), |c| (*c).to_owned())
 }
 
-fn set_of(nums: &std::collections::BTreeSet<u8>) -> CapsHashSet {
-    nums.iter().filter_map(|n| cap_of(*n)).collect()
+/// What the child needs of a [`ProcessSpec`](super::spawn::ProcessSpec) in the form it
+/// uses it, made by the monitor before the clone: the command line and environment as
+/// execve takes them, where to look for the program, and the capability masks. An exec
+/// child, which shares the monitor's memory until it execs, then has nothing to allocate
+/// that would outlive its exec; a container's child has less to do.
+#[derive(Debug)]
+pub struct Prepared {
+    argv: super::sys::ExecArray,
+    envp: super::sys::ExecArray,
+    /// Where the program may be, in order: the command itself when it names a path,
+    /// else each directory of the process's PATH (from its own environment) joined with it.
+    candidates: Vec<CString>,
+    /// Whether `candidates` come from PATH (the first that is a file is run).
+    searched: bool,
+    /// The node's capabilities the process may not have: dropped from the bounding set.
+    drop_from_bounding: u64,
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+    ambient: u64,
+    groups: Vec<Gid>,
 }
 
-fn set_identity_of(
-    c: &crate::spec::security::Capabilities,
-    u: &crate::spec::process::User,
-) -> Step<()> {
-    // Drop from the bounding set what the container may never have.
-    for n in 0..ALL_CAPABILITIES.len() {
-        let Ok(n8) = u8::try_from(n) else { continue };
-        if !c.bounding.contains(&n8)
-            && let Some(cap) = cap_of(n8)
-            && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false)
-        {
-            step(
-                || format!("drop {cap} from the bounding set"),
-                caps::drop(None, CapSet::Bounding, cap),
-            )?;
-        }
+impl Prepared {
+    pub fn new(p: &super::spawn::ProcessSpec) -> Step<Prepared> {
+        let cmd = p.args.first().ok_or_else(|| "no command".to_owned())?;
+        let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+        let searched = !cmd.contains('/');
+        let candidates = if searched {
+            let path_var = p
+                .env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .unwrap_or(crate::spec::process::DEFAULT_PATH);
+            path_var
+                .split(':')
+                .map(|d| cstr(&Path::new(d).join(cmd).to_string_lossy()))
+                .collect::<Step<Vec<_>>>()?
+        } else {
+            vec![cstr(cmd)?]
+        };
+        let mask = crate::spec::security::Capabilities::mask;
+        let c = &p.capabilities;
+        Ok(Prepared {
+            argv: super::sys::ExecArray::new(&p.args)?,
+            envp: super::sys::ExecArray::new(&p.env)?,
+            candidates,
+            searched,
+            drop_from_bounding: super::sys::bounding_set() & !mask(&c.bounding),
+            effective: mask(&c.effective),
+            permitted: mask(&c.permitted),
+            inheritable: mask(&c.inheritable),
+            ambient: mask(&c.ambient),
+            groups: p.user.groups().into_iter().map(Gid::from_raw).collect(),
+        })
+    }
+}
+
+fn set_identity_of(p: &Prepared, u: &crate::spec::process::User) -> Step<()> {
+    use super::sys;
+    // Drop from the bounding set what the container may never have (of what the node has:
+    // one prctl a capability dropped).
+    for cap in (0..64u32).filter(|c| p.drop_from_bounding & (1 << c) != 0) {
+        step(
+            || format!("drop {} from the bounding set", cap_name(cap)),
+            sys::drop_from_bounding_set(cap),
+        )?;
     }
     // Keep permitted capabilities across the uid change; the sets are set right after.
     step(
         || "keep capabilities".into(),
         nix::sys::prctl::set_keepcaps(true),
     )?;
-    let groups: Vec<Gid> = u.groups().into_iter().map(Gid::from_raw).collect();
-    step(|| "setgroups".into(), nix::unistd::setgroups(&groups))?;
+    step(|| "setgroups".into(), nix::unistd::setgroups(&p.groups))?;
     let gid = Gid::from_raw(u.gid);
     let uid = Uid::from_raw(u.uid);
     step(
@@ -399,59 +455,33 @@ fn set_identity_of(
     // containerd grants privileged containers the runtime's own set.
     let node = step(
         || "read the permitted capabilities".into(),
-        caps::read(None, CapSet::Permitted),
+        sys::permitted_capabilities(),
     )?;
-    let have = |nums: &std::collections::BTreeSet<u8>| -> CapsHashSet {
-        set_of(nums)
-            .into_iter()
-            .filter(|c| node.contains(c))
-            .collect()
-    };
-    // Effective first: the kernel refuses a permitted set that leaves effective larger.
+    // One capset: the kernel checks effective within permitted, and both within what we
+    // have, together.
     step(
-        || "set effective capabilities".into(),
-        caps::set(None, CapSet::Effective, &have(&c.effective)),
-    )?;
-    step(
-        || "set permitted capabilities".into(),
-        caps::set(None, CapSet::Permitted, &have(&c.permitted)),
-    )?;
-    step(
-        || "set inheritable capabilities".into(),
-        caps::set(None, CapSet::Inheritable, &have(&c.inheritable)),
+        || "set the effective, permitted and inheritable capabilities".into(),
+        sys::set_capabilities(p.effective & node, p.permitted & node, p.inheritable & node),
     )?;
     step(
         || "set ambient capabilities".into(),
-        caps::set(None, CapSet::Ambient, &have(&c.ambient)),
+        sys::set_ambient_capabilities(p.ambient & node),
     )?;
     Ok(())
 }
 
-/// Finds the executable in the container's PATH (from its own environment) and execs it.
-fn exec_args(args: &[String], env: &[String]) -> Step<Never> {
-    let cmd = args.first().ok_or_else(|| "no command".to_owned())?;
-    let path = if cmd.contains('/') {
-        PathBuf::from(cmd)
-    } else {
-        let path_var = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(crate::spec::process::DEFAULT_PATH);
-        path_var
-            .split(':')
-            .map(|d| Path::new(d).join(cmd))
-            .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file()))
-            .ok_or_else(|| format!("exec {cmd:?}: executable file not found in $PATH"))?
+/// Runs the program: the command itself when it names a path, else the first file of that
+/// name in the process's PATH. Allocates nothing unless it fails.
+fn exec_prepared(spec: &super::spawn::ProcessSpec, p: &Prepared) -> Step<Never> {
+    use nix::sys::stat::{SFlag, stat};
+    let is_file = |c: &CString| {
+        stat(c.as_c_str())
+            .is_ok_and(|st| st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits())
     };
-    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
-    let prog = cstr(&path.to_string_lossy())?;
-    let argv = args
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
-    match nix::unistd::execve(&prog, &argv, &envp) {
-        Ok(never) => match never {},
-        Err(e) => Err(format!("exec {}: {e}", path.display())),
-    }
+    let Some(path) = p.candidates.iter().find(|c| !p.searched || is_file(c)) else {
+        let cmd = spec.args.first().map_or("", String::as_str);
+        return Err(format!("exec {cmd:?}: executable file not found in $PATH"));
+    };
+    let e = super::sys::execve(path, &p.argv, &p.envp);
+    Err(format!("exec {}: {e}", path.to_string_lossy()))
 }

@@ -59,7 +59,7 @@ pub fn restore(spec: &LaunchSpec, stdio: Stdio, r: &RestoreSpec) -> Result<Pid, 
             Ok(never) => match never {},
             Err(e) => e,
         };
-        super::spawn::fail(&err_w, &failure)
+        super::spawn::fail(&err_w, failure)
     })
     .map_err(SpawnError::Clone)?;
     drop(err_w);

@@ -139,6 +139,7 @@ pub fn spawn_in_pid_namespace_of(
     spec: &LaunchSpec,
     stdio: Stdio,
 ) -> Result<Pid, SpawnError> {
+    let prepared = init::Prepared::new(&spec.process).map_err(SpawnError::Child)?;
     let (err_r, err_w) = cloexec_pipe()?;
     let (pid_r, pid_w) = cloexec_pipe()?;
     let (mut child_sync, parent_sync) = hook_pipes(spec)?;
@@ -148,10 +149,10 @@ pub fn spawn_in_pid_namespace_of(
         let path = format!("/proc/{target}/ns/pid");
         let ns = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) => fail(&err_w, &format!("open {path}: {e}")),
+            Err(e) => fail(&err_w, format!("open {path}: {e}")),
         };
         if let Err(e) = nix::sched::setns(&ns, CloneFlags::empty()) {
-            fail(&err_w, &format!("enter the target's pid namespace: {e}"));
+            fail(&err_w, format!("enter the target's pid namespace: {e}"));
         }
         let mut io = stdio.take();
         let child = clone_into_or_join(
@@ -159,8 +160,9 @@ pub fn spawn_in_pid_namespace_of(
             into.take(),
             |born_in| {
                 let Some(io) = io.take() else { return 127 };
-                let failure = init::become_container(spec, io, child_sync.take(), born_in);
-                fail(&err_w, &failure)
+                let failure =
+                    init::become_container(spec, &prepared, io, child_sync.take(), born_in);
+                fail(&err_w, failure)
             },
         );
         match child {
@@ -170,7 +172,7 @@ pub fn spawn_in_pid_namespace_of(
                 }
                 super::sys::exit_now(0)
             }
-            Err(e) => fail(&err_w, &format!("clone the container: {e}")),
+            Err(e) => fail(&err_w, format!("clone the container: {e}")),
         }
     })
     .map_err(SpawnError::Clone)?;
@@ -211,20 +213,20 @@ pub fn spawn_in_pid_namespace(
     spec: &LaunchSpec,
     stdio: Stdio,
 ) -> Result<Pid, SpawnError> {
-    let own = std::fs::File::open("/proc/self/ns/pid")
-        .map_err(|e| SpawnError::Child(format!("open our pid namespace: {e}")))?;
+    let own = own_pid_namespace()?;
     nix::sched::setns(ns, CloneFlags::CLONE_NEWPID)
         .map_err(|e| SpawnError::Child(format!("enter the pod's pid namespace: {e}")))?;
     let spawned = spawn(spec, stdio);
     // Returning to our own namespace cannot fail (it is our active one, which the kernel
     // always lets us name); were it to, later containers of other modes would fail to
     // start with EINVAL rather than run in the wrong namespace.
-    let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
+    let _ = nix::sched::setns(own, CloneFlags::CLONE_NEWPID);
     spawned
 }
 
 /// Starts the container process; returns its pid once it has exec'd.
 pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
+    let prepared = init::Prepared::new(&spec.process).map_err(SpawnError::Child)?;
     let (err_r, err_w) = cloexec_pipe()?;
     let (mut child_sync, parent_sync) = hook_pipes(spec)?;
     let mut flags = CloneFlags::CLONE_NEWNS;
@@ -234,10 +236,10 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
     let mut stdio = Some(stdio);
     let child = |born_in: Option<&Path>| {
         let Some(io) = stdio.take() else { return 127 };
-        let failure = init::become_container(spec, io, child_sync.take(), born_in);
+        let failure = init::become_container(spec, &prepared, io, child_sync.take(), born_in);
         // Only reached on failure: report it and die without running any destructor or
         // atexit handler of the monitor's copy.
-        fail(&err_w, &failure)
+        fail(&err_w, failure)
     };
     let into = birth_cgroup(spec);
     let pid = clone_into_or_join(flags, into, child).map_err(SpawnError::Clone)?;
@@ -315,11 +317,15 @@ fn birth_cgroup(spec: &LaunchSpec) -> Option<(OwnedFd, &Path)> {
 /// The one cgroup v2 directory among a container's cgroup directories (a process can be
 /// cloned into it), opened: the whole cgroup on a unified node; on a hybrid one, the
 /// cgroup2 beside the v1 hierarchies when it holds a controller berth uses (else none).
+/// Only directories beneath the cgroup2 mount are looked at (one statfs an exec, not one
+/// for each of a hybrid node's nine hierarchies).
 fn v2_cgroup(dirs: &[PathBuf]) -> Option<(OwnedFd, &Path)> {
     use nix::fcntl::{OFlag, open};
     use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+    let unified = unified_mount();
     let mut v2 = dirs.iter().filter(|d| {
-        statfs(d.as_path()).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC)
+        unified.is_none_or(|m| d.starts_with(m))
+            && statfs(d.as_path()).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC)
     });
     let (dir, None) = (v2.next()?, v2.next()) else {
         return None;
@@ -331,6 +337,31 @@ fn v2_cgroup(dirs: &[PathBuf]) -> Option<(OwnedFd, &Path)> {
     )
     .ok()?;
     Some((fd, dir))
+}
+
+/// Where this process sees the cgroup2 hierarchy mounted, found once (None: none, or the
+/// mount table could not be read; then every directory is looked at).
+fn unified_mount() -> Option<&'static Path> {
+    static MOUNT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    MOUNT
+        .get_or_init(|| {
+            super::cgroups::CgroupLayout::detect()
+                .ok()
+                .and_then(|l| l.unified)
+        })
+        .as_deref()
+}
+
+/// Our own pid namespace, opened once: an exec's clone is made from the container's and
+/// we return to ours after it (our active namespace never changes).
+fn own_pid_namespace() -> Result<&'static std::fs::File, SpawnError> {
+    static OWN: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = OWN.get() {
+        return Ok(f);
+    }
+    let f = std::fs::File::open("/proc/self/ns/pid")
+        .map_err(|e| SpawnError::Child(format!("open our pid namespace: {e}")))?;
+    Ok(OWN.get_or_init(|| f))
 }
 
 /// The child's ends of the pipes on which it stops for the runtime's `prestart` and
@@ -490,12 +521,23 @@ impl ExecSpec {
 /// session, takes the container's identity and execs. There is no intermediate process
 /// that waits for it: an exec cost two clones and an address-space copy more, at every
 /// probe of every pod. We are its parent (and a subreaper), so it is reaped even when the
-/// container's init would not. Returns (the process to wait for, the process to signal:
-/// the same one) once it has exec'd. Needs a single-threaded caller, as [`spawn`].
+/// container's init would not.
+///
+/// Without a user namespace to enter, the child shares our memory until it execs
+/// ([`sys::clone_vfork`](super::sys::clone_vfork)): nothing of the monitor's address
+/// space is copied, faulted in or torn down for it, which was most of a probe's cost. What
+/// it execs is prepared here ([`init::Prepared`]), it only borrows what it is given, and
+/// whatever it allocates on the way is freed before it execs or exits. Entering a user
+/// namespace needs an address space of its own (the kernel refuses a shared one): that
+/// child is a copy, as is every child where the shared clone is not available.
+///
+/// Returns (the process to wait for, the process to signal: the same one) once it has
+/// exec'd. Needs a single-threaded caller, as [`spawn`].
 pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pid), SpawnError> {
     let open = |path: &str| {
         std::fs::File::open(path).map_err(|e| SpawnError::Child(format!("open {path}: {e}")))
     };
+    let prepared = init::Prepared::new(&spec.process).map_err(SpawnError::Child)?;
     // Open everything first: in the container's mount namespace our /proc is no longer
     // the host's (the child's view), and the target is not named by its host pid there.
     let pid_ns = open(&format!("/proc/{target}/ns/pid"))?;
@@ -504,13 +546,11 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
         Some(path) => Some(open(&path.to_string_lossy())?),
         None => None,
     };
-    let own = open("/proc/self/ns/pid")?;
+    let own = own_pid_namespace()?;
     let (err_r, err_w) = cloexec_pipe()?;
-    let mut stdio = Some(stdio);
-    let child = |born_in: Option<&Path>| {
-        let report = |msg: String| -> ! { fail(&err_w, &msg) };
+    let mut child = |born_in: Option<&Path>| {
         if let Err(e) = join_cgroups(&spec.cgroup_dirs, born_in) {
-            report(e);
+            fail(&err_w, e);
         }
         // The pod's user namespace last: the others belong to the host's, whose
         // capabilities we give up on entering it.
@@ -519,20 +559,24 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
             if let Some(f) = f
                 && let Err(e) = nix::sched::setns(f, CloneFlags::empty())
             {
-                report(format!("enter the container's {ns} namespace: {e}"));
+                fail(&err_w, format!("enter the container's {ns} namespace: {e}"));
             }
         }
-        let Some(io) = stdio.take() else { return 127 };
-        let failure = init::become_exec(spec, io);
-        fail(&err_w, &failure)
+        let failure = init::become_exec(spec, &prepared, &stdio);
+        fail(&err_w, failure)
     };
     nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID)
         .map_err(|e| SpawnError::Child(format!("enter the container's pid namespace: {e}")))?;
     // Born in the container's cgroup where the kernel allows (see `spawn`).
-    let cloned = clone_into_or_join(CloneFlags::empty(), v2_cgroup(&spec.cgroup_dirs), child);
+    let into = v2_cgroup(&spec.cgroup_dirs);
+    let cloned = if user_ns.is_none() {
+        clone_shared_into_or_join(into, &mut child)
+    } else {
+        clone_into_or_join(CloneFlags::empty(), into, &mut child)
+    };
     // Back to our own namespace for new children (our active one: the kernel always lets
     // us name it, see `spawn_in_pid_namespace`).
-    let _ = nix::sched::setns(&own, CloneFlags::CLONE_NEWPID);
+    let _ = nix::sched::setns(own, CloneFlags::CLONE_NEWPID);
     let pid = cloned.map_err(SpawnError::Clone)?;
     drop(err_w);
     drop(stdio);
@@ -542,6 +586,33 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     }
     let _ = nix::sys::wait::waitpid(pid, None);
     Err(SpawnError::Child(msg))
+}
+
+/// [`clone_into_or_join`] with a child that shares our memory until it execs
+/// ([`sys::clone_vfork`](super::sys::clone_vfork); `child` keeps to its rules), falling
+/// back to a copy where the kernel or this build has no such clone.
+fn clone_shared_into_or_join<'a>(
+    into: Option<(OwnedFd, &'a Path)>,
+    child: &mut dyn FnMut(Option<&'a Path>) -> isize,
+) -> nix::Result<Pid> {
+    use super::sys::clone_vfork;
+    use nix::errno::Errno;
+    if let Some((fd, dir)) = &into {
+        match clone_vfork(CloneFlags::empty(), Some(fd), &mut || child(Some(dir))) {
+            Ok(pid) => return Ok(pid),
+            Err(Errno::ENOSYS) => return clone_into_or_join(CloneFlags::empty(), into, child),
+            // Not at birth (as in `clone_into_or_join`): clone, then join.
+            Err(Errno::E2BIG | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EBUSY) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match clone_vfork(CloneFlags::empty(), None, &mut || child(None)) {
+        // No clone3, or none that shares memory here: a copy, as before.
+        Err(Errno::ENOSYS | Errno::EINVAL) => {
+            super::sys::clone_child(CloneFlags::empty(), || child(None))
+        }
+        r => r,
+    }
 }
 
 /// A pipe whose ends close on exec: a child's exec closes its copy, which is how the
@@ -567,10 +638,12 @@ fn read_error(err_r: OwnedFd) -> String {
     msg
 }
 
-/// In a child: reports a failure on the error pipe and exits.
-pub(super) fn fail(err_w: &OwnedFd, msg: &str) -> ! {
+/// In a child: reports a failure on the error pipe and exits. The message is freed first:
+/// a child sharing the monitor's memory must leave nothing of its own allocated there.
+pub(super) fn fail(err_w: &OwnedFd, msg: String) -> ! {
     if let Ok(fd) = err_w.try_clone() {
         let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
     }
+    drop(msg);
     super::sys::exit_now(127)
 }

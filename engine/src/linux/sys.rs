@@ -96,6 +96,334 @@ pub fn clone_child_into(
     }
 }
 
+/// A stack for a child that shares our memory ([`clone_vfork`]): mapped for the call, with
+/// an inaccessible page below it, so that an overflow faults instead of writing into
+/// whatever lies beneath.
+#[cfg(target_arch = "x86_64")]
+struct SharedStack {
+    base: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+    guard: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl SharedStack {
+    fn new(size: usize) -> nix::Result<SharedStack> {
+        let guard = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| usize::try_from(p).ok())
+            .unwrap_or(4096);
+        let len = size + guard;
+        // SAFETY: a fresh private anonymous mapping at an address the kernel picks
+        // overlaps nothing of ours.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(nix::Error::last());
+        }
+        let base = std::ptr::NonNull::new(p).ok_or(nix::Error::ENOMEM)?;
+        let stack = SharedStack { base, len, guard };
+        // SAFETY: the first page of the mapping just made, which nothing uses yet.
+        let r = unsafe { libc::mprotect(p, guard, libc::PROT_NONE) };
+        nix::errno::Errno::result(r)?;
+        Ok(stack)
+    }
+
+    /// Lowest usable address and usable size (page-aligned, so the top is 16-aligned).
+    fn usable(&self) -> (u64, u64) {
+        let lowest = self.base.as_ptr() as usize + self.guard;
+        (lowest as u64, (self.len - self.guard) as u64)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for SharedStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours, made in `new`; the child that ran on it has exec'd
+        // or exited (CLONE_VFORK returns only then), so nothing uses it any more.
+        unsafe { libc::munmap(self.base.as_ptr(), self.len) };
+    }
+}
+
+/// Where a child that shares our memory starts: runs the closure `arg` points at, then
+/// exits with its code. Never returns: there is no frame of ours to return to on its stack.
+#[cfg(target_arch = "x86_64")]
+extern "C" fn shared_child_start(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `arg` is the address of a `&mut dyn FnMut` in the frame of `clone_vfork`,
+    // which is suspended (CLONE_VFORK) and so alive, and not used by it, until we exit or
+    // exec.
+    let child = unsafe { &mut *arg.cast::<&mut dyn FnMut() -> isize>() };
+    let code = child();
+    exit_now(i32::try_from(code).unwrap_or(127))
+}
+
+/// Runs `child` in a new process that shares our memory until it execs or exits
+/// (CLONE_VM | CLONE_VFORK, as posix_spawn does), born in cgroup v2 directory `cgroup`
+/// when one is given (CLONE_INTO_CGROUP). Unlike [`clone_child`] nothing of our address
+/// space is copied: no page tables at the clone, no copy-on-write or file faults in the
+/// child, nothing to unmap at its exec — most of what an exec costs the monitor. The
+/// calling thread is suspended until the child has exec'd or exited; other threads run
+/// on.
+///
+/// What `child` must keep to (it writes our memory, with our malloc): read what it
+/// captures but change nothing of ours (no `Option::take`, no drop of a captured value),
+/// and free whatever it allocates before it execs or exits (nothing it allocated may be
+/// alive across either: that would be our leak). It must not enter a user namespace (the
+/// kernel refuses a shared address space: EINVAL). The caller must be single-threaded, as
+/// for [`clone_child`], unless `child` makes only syscalls (no lock another thread might
+/// hold). It starts with every signal blocked (our handlers are copies, not shared, but
+/// would run on our memory) until it resets them. ENOSYS where this is not built (not
+/// x86_64) or the kernel has no clone3: the caller falls back to [`clone_child`].
+pub fn clone_vfork(
+    flags: CloneFlags,
+    cgroup: Option<&OwnedFd>,
+    child: &mut dyn FnMut() -> isize,
+) -> nix::Result<Pid> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use nix::sys::signal::{SigSet, SigmaskHow};
+        let stack = SharedStack::new(CHILD_STACK)?;
+        let (lowest, size) = stack.usable();
+        let mut args = CloneArgs {
+            flags: u64::from(flags.bits().cast_unsigned())
+                | libc::CLONE_VM as u64
+                | libc::CLONE_VFORK as u64,
+            exit_signal: nix::sys::signal::Signal::SIGCHLD as u64,
+            stack: lowest,
+            stack_size: size,
+            ..CloneArgs::default()
+        };
+        if let Some(fd) = cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = u64::try_from(fd.as_raw_fd()).map_err(|_| nix::Error::EBADF)?;
+        }
+        let mut child = child;
+        let arg = std::ptr::from_mut(&mut child).cast::<libc::c_void>();
+        let start = shared_child_start as extern "C" fn(*mut libc::c_void) -> !;
+        let mut old = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut old),
+        )?;
+        let mut ret: i64 = libc::SYS_clone3;
+        // SAFETY: `args` is a valid clone_args of the size passed, alive across the call
+        // (we are suspended until the child execs or exits). The child starts on the
+        // separate, 16-aligned `stack` (the kernel sets its stack pointer to its top), with
+        // our registers: r12 and r13 (preserved by syscall) hold the closure's address and
+        // the entry point, which it calls and never returns from (it exits or execs); the
+        // red zone and frames of ours are never touched by it. In the parent the block is
+        // one syscall, clobbering only rax, rcx and r11.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") ret,
+                in("rdi") std::ptr::from_ref(&args),
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") arg,
+                in("r13") start,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        drop(stack);
+        if ret < 0 {
+            return Err(nix::Error::from_raw(
+                i32::try_from(-ret).unwrap_or(libc::EINVAL),
+            ));
+        }
+        Ok(Pid::from_raw(
+            i32::try_from(ret).map_err(|_| nix::Error::EOVERFLOW)?,
+        ))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (flags, cgroup, child);
+        Err(nix::Error::ENOSYS)
+    }
+}
+
+/// A command line or an environment as execve takes it: C strings and the null-terminated
+/// array of pointers to them, made before a clone, so that the child allocates nothing to
+/// exec (a child sharing our memory would leak it into ours).
+#[derive(Debug)]
+pub struct ExecArray {
+    /// What `pointers` point at (kept, never read).
+    _strings: Vec<std::ffi::CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+impl ExecArray {
+    /// Fails with the first item that holds a NUL byte.
+    pub fn new(items: &[String]) -> Result<ExecArray, String> {
+        let strings = items
+            .iter()
+            .map(|s| {
+                std::ffi::CString::new(s.as_str()).map_err(|_| format!("{s:?} contains a NUL byte"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // The strings' bytes live on the heap: moving the vector does not move them.
+        let pointers = strings
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Ok(ExecArray {
+            _strings: strings,
+            pointers,
+        })
+    }
+}
+
+/// Executes `path` with `argv` and `envp`; returns only on failure. Allocates nothing.
+pub fn execve(path: &std::ffi::CStr, argv: &ExecArray, envp: &ExecArray) -> nix::Error {
+    // SAFETY: `path` is a C string and both pointer arrays are null-terminated and point
+    // at C strings owned by the arrays, all alive across the call.
+    unsafe {
+        libc::execve(
+            path.as_ptr(),
+            argv.pointers.as_ptr(),
+            envp.pointers.as_ptr(),
+        )
+    };
+    nix::Error::last()
+}
+
+/// The capabilities in our bounding set, as a mask: read once (a process's bounding set
+/// never grows, and berth's never shrinks), so that a child drops only what it has.
+pub fn bounding_set() -> u64 {
+    static SET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        let mut set = 0u64;
+        for cap in 0..64u64 {
+            // SAFETY: PR_CAPBSET_READ takes a capability number by value and reads or
+            // writes no memory; past the kernel's last capability it fails with EINVAL.
+            match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } {
+                1 => set |= 1 << cap,
+                0 => {}
+                _ => break,
+            }
+        }
+        set
+    })
+}
+
+/// Whether capability `cap` is in the calling thread's bounding set now.
+pub fn bounding_set_has(cap: u32) -> bool {
+    // SAFETY: PR_CAPBSET_READ takes a capability number by value and reads or writes no
+    // memory.
+    unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) == 1 }
+}
+
+/// Drops capability `cap` from the calling thread's bounding set.
+pub fn drop_from_bounding_set(cap: u32) -> nix::Result<()> {
+    // SAFETY: PR_CAPBSET_DROP takes a capability number by value; no memory is touched.
+    let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+const CAPABILITY_V3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The calling thread's permitted capabilities, as a mask.
+pub fn permitted_capabilities() -> nix::Result<u64> {
+    let mut hdr = CapHeader {
+        version: CAPABILITY_V3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget (v3) reads the header and writes two CapData, both valid for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::from_mut(&mut hdr),
+            data.as_mut_ptr(),
+        )
+    };
+    nix::errno::Errno::result(r)?;
+    Ok(u64::from(data[0].permitted) | u64::from(data[1].permitted) << 32)
+}
+
+/// Sets the calling thread's effective, permitted and inheritable capabilities (masks)
+/// in one capset: the kernel checks them together (effective within permitted, permitted
+/// within what we have).
+pub fn set_capabilities(effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
+    let mut hdr = CapHeader {
+        version: CAPABILITY_V3,
+        pid: 0,
+    };
+    let half = |m: u64, hi: bool| (if hi { m >> 32 } else { m & 0xffff_ffff }) as u32;
+    let data = [false, true].map(|hi| CapData {
+        effective: half(effective, hi),
+        permitted: half(permitted, hi),
+        inheritable: half(inheritable, hi),
+    });
+    // SAFETY: capset (v3) reads the header and two CapData, both valid for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            std::ptr::from_mut(&mut hdr),
+            data.as_ptr(),
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// Makes the calling thread's ambient capabilities exactly `caps` (a mask): clears them
+/// all, then raises each (each must be permitted and inheritable by then).
+pub fn set_ambient_capabilities(caps: u64) -> nix::Result<()> {
+    let ambient = |op: libc::c_ulong, cap: libc::c_ulong| {
+        // SAFETY: PR_CAP_AMBIENT takes its operation and capability by value; no memory
+        // is touched.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                op,
+                cap,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        nix::errno::Errno::result(r).map(drop)
+    };
+    ambient(libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0)?;
+    for cap in (0..64).filter(|c| caps & (1 << c) != 0) {
+        ambient(libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap)?;
+    }
+    Ok(())
+}
+
 /// Ends the calling process at once: no destructors, no atexit handlers, no stdio flush.
 /// What a cloned or forked child must do instead of returning into its parent's code.
 pub fn exit_now(code: i32) -> ! {
@@ -798,14 +1126,85 @@ mod tests {
     }
 
     #[test]
-    fn a_child_cloned_into_a_cgroup_v2_directory_is_born_there() {
+    fn a_child_sharing_our_memory_runs_before_we_go_on() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        // The child only stores to memory it was lent and exits (the test process has other
+        // threads, whose locks it must not need).
+        let seen = AtomicU32::new(0);
+        let pid = clone_vfork(CloneFlags::empty(), None, &mut || {
+            seen.store(
+                nix::unistd::getpid().as_raw().cast_unsigned(),
+                Ordering::SeqCst,
+            );
+            7
+        })
+        .expect("clone3 with CLONE_VM");
+        // Its write is in our memory, and already done: we were suspended until it exited.
+        assert_eq!(seen.load(Ordering::SeqCst), pid.as_raw().cast_unsigned());
+        assert_eq!(exit_code(pid), 7);
+    }
+
+    #[test]
+    fn a_child_sharing_our_memory_execs_what_was_prepared_for_it() {
+        let argv = ExecArray::new(&["sh".into(), "-c".into(), "exit $CODE".into()]).unwrap();
+        let envp = ExecArray::new(&["CODE=42".into()]).unwrap();
+        let path = std::ffi::CString::new("/bin/sh").unwrap();
+        let pid = clone_vfork(CloneFlags::empty(), None, &mut || {
+            let _ = execve(&path, &argv, &envp);
+            99
+        })
+        .expect("clone3 with CLONE_VM");
+        assert_eq!(exit_code(pid), 42);
+        assert!(ExecArray::new(&["a\0b".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn capability_sets_are_set_together_and_read_back() {
+        // Kernel numbers: CAP_CHOWN 0, CAP_KILL 5, CAP_SYS_BOOT 22.
+        let (chown, kill, boot) = (1u64 << 0, 1u64 << 5, 22u32);
+        assert_ne!(bounding_set() & chown, 0, "the test runs with CAP_CHOWN");
+        // In a copy of this process, with syscalls only (no lock of another thread needed).
+        let pid = clone_child(CloneFlags::empty(), || {
+            // Dropping from the bounding set needs CAP_SETPCAP: first, as the child does.
+            if drop_from_bounding_set(boot).is_err() {
+                return 1;
+            }
+            if bounding_set_has(boot) {
+                return 2;
+            }
+            if set_capabilities(chown, chown | kill, 0).is_err() {
+                return 3;
+            }
+            if permitted_capabilities() != Ok(chown | kill) {
+                return 4;
+            }
+            // Raising what is not permitted is refused.
+            if set_capabilities(chown, chown | kill | (1 << boot), 0).is_ok() {
+                return 5;
+            }
+            // Ambient capabilities must be permitted and inheritable: CAP_KILL is not
+            // inheritable here.
+            if set_ambient_capabilities(kill).is_ok() || set_ambient_capabilities(0).is_err() {
+                return 6;
+            }
+            0
+        })
+        .expect("clone");
+        assert_eq!(exit_code(pid), 0);
+    }
+
+    /// Whether a child `clone` makes into an open cgroup v2 directory is in it from its
+    /// start (None: no cgroup v2 hierarchy of ours to try it in).
+    fn born_in_cgroup(
+        tag: &str,
+        clone: impl FnOnce(&OwnedFd, &mut dyn FnMut() -> isize) -> nix::Result<Pid>,
+    ) -> Option<nix::Result<i32>> {
         use nix::fcntl::{OFlag, open};
-        let Some(root) = cgroup2_mount() else { return };
-        let name = format!("berth-test-clone-into-{}", std::process::id());
+        let root = cgroup2_mount()?;
+        let name = format!("berth-test-{tag}-{}", std::process::id());
         let dir = root.join(&name);
-        if std::fs::create_dir(&dir).is_err() {
-            return; // not root, or the hierarchy is not ours to write
-        }
+        // Not root, or the hierarchy is not ours to write: nothing to try.
+        std::fs::create_dir(&dir).ok()?;
         let cg = open(
             &dir,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -816,7 +1215,7 @@ mod tests {
         // other threads, whose locks it must not need): exit 0 when its first look at
         // /proc/self/cgroup finds it in `name`.
         let want = format!("0::/{name}\n");
-        let born = clone_child_into(CloneFlags::empty(), &cg, || {
+        let born = clone(&cg, &mut || {
             let Ok(fd) = open(
                 "/proc/self/cgroup",
                 OFlag::O_RDONLY,
@@ -832,11 +1231,25 @@ mod tests {
         });
         let code = born.map(exit_code);
         let _ = std::fs::remove_dir(&dir);
-        assert_eq!(
-            code,
-            Ok(0),
-            "the child was not in {} from its start",
-            dir.display()
-        );
+        Some(code)
+    }
+
+    #[test]
+    fn a_child_cloned_into_a_cgroup_v2_directory_is_born_there() {
+        let copy = born_in_cgroup("clone-into", |cg, child| {
+            clone_child_into(CloneFlags::empty(), cg, child)
+        });
+        let shared = born_in_cgroup("vfork-into", |cg, child| {
+            clone_vfork(CloneFlags::empty(), Some(cg), child)
+        });
+        for (how, code) in [("copy", copy), ("shared memory", shared)] {
+            if let Some(code) = code {
+                assert_eq!(
+                    code,
+                    Ok(0),
+                    "{how}: the child was not in its cgroup from its start"
+                );
+            }
+        }
     }
 }
