@@ -291,7 +291,7 @@ pub fn clone_in_cgroups<'a>(
     dirs: &'a [PathBuf],
     child: impl FnMut(Option<&'a Path>) -> isize,
 ) -> nix::Result<Pid> {
-    clone_into_or_join(flags, v2_cgroup(dirs), child)
+    clone_into_or_join(flags, v2_cgroup(dirs, None), child)
 }
 
 /// Joins the calling single-threaded process to cgroup directories `dirs` but `born_in`
@@ -311,20 +311,19 @@ fn birth_cgroup(spec: &LaunchSpec) -> Option<(OwnedFd, &Path)> {
     if spec.cgroup_park.is_some() {
         return None;
     }
-    v2_cgroup(&spec.cgroup_dirs)
+    v2_cgroup(&spec.cgroup_dirs, None)
 }
 
 /// The one cgroup v2 directory among a container's cgroup directories (a process can be
 /// cloned into it), opened: the whole cgroup on a unified node; on a hybrid one, the
 /// cgroup2 beside the v1 hierarchies when it holds a controller berth uses (else none).
-/// Only directories beneath the cgroup2 mount are looked at (one statfs an exec, not one
-/// for each of a hybrid node's nine hierarchies).
-fn v2_cgroup(dirs: &[PathBuf]) -> Option<(OwnedFd, &Path)> {
+/// With `under` (the cgroup2 mount) only the directories beneath it are looked at (an
+/// exec: one statfs, not one for each of a hybrid node's nine hierarchies).
+fn v2_cgroup<'a>(dirs: &'a [PathBuf], under: Option<&Path>) -> Option<(OwnedFd, &'a Path)> {
     use nix::fcntl::{OFlag, open};
     use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
-    let unified = unified_mount();
     let mut v2 = dirs.iter().filter(|d| {
-        unified.is_none_or(|m| d.starts_with(m))
+        under.is_none_or(|m| d.starts_with(m))
             && statfs(d.as_path()).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC)
     });
     let (dir, None) = (v2.next()?, v2.next()) else {
@@ -339,8 +338,9 @@ fn v2_cgroup(dirs: &[PathBuf]) -> Option<(OwnedFd, &Path)> {
     Some((fd, dir))
 }
 
-/// Where this process sees the cgroup2 hierarchy mounted, found once (None: none, or the
-/// mount table could not be read; then every directory is looked at).
+/// Where this process sees the cgroup2 hierarchy mounted, found once, at a monitor's first
+/// exec (None: none, or the mount table could not be read; then every directory is looked
+/// at). A container's start does not wait for the mount table: it looks at every one.
 fn unified_mount() -> Option<&'static Path> {
     static MOUNT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     MOUNT
@@ -568,7 +568,7 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID)
         .map_err(|e| SpawnError::Child(format!("enter the container's pid namespace: {e}")))?;
     // Born in the container's cgroup where the kernel allows (see `spawn`).
-    let into = v2_cgroup(&spec.cgroup_dirs);
+    let into = v2_cgroup(&spec.cgroup_dirs, unified_mount());
     let cloned = if user_ns.is_none() {
         clone_shared_into_or_join(into, &mut child)
     } else {
@@ -607,8 +607,10 @@ fn clone_shared_into_or_join<'a>(
         }
     }
     match clone_vfork(CloneFlags::empty(), None, &mut || child(None)) {
-        // No clone3, or none that shares memory here: a copy, as before.
-        Err(Errno::ENOSYS | Errno::EINVAL) => {
+        // No clone3 (before 5.3), one that takes fewer arguments than we pass (E2BIG
+        // before 5.7: our clone_args always have room for the cgroup), or none that
+        // shares memory here: a copy, as before.
+        Err(Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL) => {
             super::sys::clone_child(CloneFlags::empty(), || child(None))
         }
         r => r,
