@@ -403,6 +403,20 @@ async fn user_namespaced_pod_maps_root_to_an_unprivileged_range() {
         ),
         "inside the user namespace"
     );
+    // Entering a user namespace fills the bounding set, the node's missing capabilities
+    // included (this node's lacks CAP_SYS_RESOURCE): the container's process (pid 1 is
+    // berth's init of the namespace) and an exec both keep exactly the default set.
+    let (code, out) = sh(
+        &mut env.c,
+        &c,
+        "grep CapBnd /proc/$(pidof sleep)/status /proc/self/status | cut -d: -f2-",
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "CapBnd:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n"),
+        "bounding sets in the user namespace"
+    );
 
     // Outside: every process of the pod's namespace runs as an id of its range, and what the
     // container wrote belongs to its root's host uid.

@@ -12,7 +12,6 @@ use std::fs;
 use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
-use nix::unistd::{Gid, Uid};
 
 use super::rootfs::{
     make_device, make_parent_mount_private, mask, mount_one, mount_overlay, pivot, readonly,
@@ -380,13 +379,14 @@ pub struct Prepared {
     candidates: Vec<CString>,
     /// Whether `candidates` come from PATH (the first that is a file is run).
     searched: bool,
-    /// The node's capabilities the process may not have: dropped from the bounding set.
+    /// The capabilities the process may not have (of those the kernel knows): dropped from
+    /// the bounding set.
     drop_from_bounding: u64,
     effective: u64,
     permitted: u64,
     inheritable: u64,
     ambient: u64,
-    groups: Vec<Gid>,
+    groups: Vec<libc::gid_t>,
 }
 
 impl Prepared {
@@ -414,20 +414,20 @@ impl Prepared {
             envp: super::sys::ExecArray::new(&p.env)?,
             candidates,
             searched,
-            drop_from_bounding: super::sys::bounding_set() & !mask(&c.bounding),
+            drop_from_bounding: super::sys::known_capabilities() & !mask(&c.bounding),
             effective: mask(&c.effective),
             permitted: mask(&c.permitted),
             inheritable: mask(&c.inheritable),
             ambient: mask(&c.ambient),
-            groups: p.user.groups().into_iter().map(Gid::from_raw).collect(),
+            groups: p.user.groups(),
         })
     }
 }
 
 fn set_identity_of(p: &Prepared, u: &crate::spec::process::User) -> Step<()> {
     use super::sys;
-    // Drop from the bounding set what the container may never have (of what the node has:
-    // one prctl a capability dropped).
+    // Drop from the bounding set what the container may never have: one prctl a
+    // capability (dropping one it does not have is a no-op).
     for cap in (0..64u32).filter(|c| p.drop_from_bounding & (1 << c) != 0) {
         step(
             || format!("drop {} from the bounding set", cap_name(cap)),
@@ -439,17 +439,9 @@ fn set_identity_of(p: &Prepared, u: &crate::spec::process::User) -> Step<()> {
         || "keep capabilities".into(),
         nix::sys::prctl::set_keepcaps(true),
     )?;
-    step(|| "setgroups".into(), nix::unistd::setgroups(&p.groups))?;
-    let gid = Gid::from_raw(u.gid);
-    let uid = Uid::from_raw(u.uid);
-    step(
-        || format!("setresgid {}", u.gid),
-        nix::unistd::setresgid(gid, gid, gid),
-    )?;
-    step(
-        || format!("setresuid {}", u.uid),
-        nix::unistd::setresuid(uid, uid, uid),
-    )?;
+    step(|| "setgroups".into(), sys::set_groups(&p.groups))?;
+    step(|| format!("setresgid {}", u.gid), sys::set_gid(u.gid))?;
+    step(|| format!("setresuid {}", u.uid), sys::set_uid(u.uid))?;
     // A node may lack some capabilities itself (a bounding set without CAP_SYS_RESOURCE,
     // say): a container, privileged ones included, gets at most what the node has, as
     // containerd grants privileged containers the runtime's own set.

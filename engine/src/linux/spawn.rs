@@ -640,12 +640,58 @@ fn read_error(err_r: OwnedFd) -> String {
     msg
 }
 
-/// In a child: reports a failure on the error pipe and exits. The message is freed first:
-/// a child sharing the monitor's memory must leave nothing of its own allocated there.
+/// In a child: reports a failure on the error pipe and exits. At most [`ERROR_MAX`] bytes
+/// (cut at a character boundary), in one write: a pipe takes that much at once without
+/// blocking, and the parent of a child sharing its memory cannot drain it until the child
+/// is gone. The message is freed before the exit: such a child must leave nothing of its
+/// own allocated.
 pub(super) fn fail(err_w: &OwnedFd, msg: String) -> ! {
-    if let Ok(fd) = err_w.try_clone() {
-        let _ = std::fs::File::from(fd).write_all(msg.as_bytes());
-    }
+    report(err_w, &msg);
     drop(msg);
     super::sys::exit_now(127)
+}
+
+/// Writes the first [`ERROR_MAX`] bytes of `msg` to the error pipe, in one write.
+fn report(err_w: &OwnedFd, msg: &str) {
+    let _ = nix::unistd::write(err_w, truncated(msg, ERROR_MAX).as_bytes());
+}
+
+/// The longest error message a child writes (PIPE_BUF: one atomic write into an empty pipe).
+const ERROR_MAX: usize = 4096;
+
+/// `msg` cut to at most `max` bytes at a character boundary.
+fn truncated(msg: &str, max: usize) -> &str {
+    let mut end = msg.len().min(max);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    &msg[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_message_is_cut_at_a_character_boundary() {
+        assert_eq!(truncated("abc", 10), "abc");
+        assert_eq!(truncated("abc", 2), "ab");
+        // "é" is two bytes: a cut inside one keeps the characters before it.
+        assert_eq!(truncated("aéé", 4), "aé");
+        assert_eq!(truncated("ééé", 1), "");
+    }
+
+    #[test]
+    fn a_long_error_message_never_fills_the_pipe() {
+        // Nobody reads this pipe (a parent suspended until its child exits cannot): more
+        // than its 64 KiB in one message would block the writer for good.
+        let (r, w) = cloexec_pipe().unwrap();
+        let msg = "é".repeat(100_000);
+        report(&w, &msg);
+        report(&w, &msg);
+        drop(w);
+        let text = read_error(r);
+        assert_eq!(text.len(), 2 * ERROR_MAX);
+        assert!(text.chars().all(|c| c == 'é'));
+    }
 }

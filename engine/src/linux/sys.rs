@@ -180,9 +180,17 @@ extern "C" fn shared_child_start(arg: *mut libc::c_void) -> ! {
 /// alive across either: that would be our leak). It must not enter a user namespace (the
 /// kernel refuses a shared address space: EINVAL). The caller must be single-threaded, as
 /// for [`clone_child`], unless `child` makes only syscalls (no lock another thread might
-/// hold). It starts with every signal blocked (our handlers are copies, not shared, but
-/// would run on our memory) until it resets them. ENOSYS where this is not built (not
-/// x86_64) or the kernel has no clone3: the caller falls back to [`clone_child`].
+/// hold). It must not panic (the panic count it would raise is ours; it aborts at the
+/// entry's boundary anyway) and must never wait on us (we are suspended: a pipe it fills
+/// is never drained). It starts with every signal blocked (our handlers are copies, not
+/// shared, but would run on our memory) until it resets them. What the kernel does to the
+/// address space of a process it moves applies to ours: a v1 cpuset join with
+/// `cpuset.memory_migrate` set migrates our pages (berth never sets it; kubelet neither).
+/// The caller's memory is reachable through the child by whoever may ptrace it: the
+/// monitor makes itself non-dumpable at its start, so that only CAP_SYS_PTRACE can.
+/// ENOSYS where this is not built (not x86_64) or the kernel is older than 5.7 (clone3
+/// without CLONE_INTO_CGROUP; in its first releases it took the stack's lowest address as
+/// the stack pointer): the caller falls back to [`clone_child`].
 pub fn clone_vfork(
     flags: CloneFlags,
     cgroup: Option<&OwnedFd>,
@@ -190,7 +198,9 @@ pub fn clone_vfork(
 ) -> nix::Result<Pid> {
     #[cfg(target_arch = "x86_64")]
     {
-        use nix::sys::signal::{SigSet, SigmaskHow};
+        if !kernel_at_least(5, 7) {
+            return Err(nix::Error::ENOSYS);
+        }
         let stack = SharedStack::new(CHILD_STACK)?;
         let (lowest, size) = stack.usable();
         let mut args = CloneArgs {
@@ -209,12 +219,21 @@ pub fn clone_vfork(
         let mut child = child;
         let arg = std::ptr::from_mut(&mut child).cast::<libc::c_void>();
         let start = shared_child_start as extern "C" fn(*mut libc::c_void) -> !;
-        let mut old = SigSet::empty();
-        nix::sys::signal::pthread_sigmask(
-            SigmaskHow::SIG_SETMASK,
-            Some(&SigSet::all()),
-            Some(&mut old),
-        )?;
+        // Every signal, glibc's own two included (pthread_sigmask leaves those open).
+        let all: u64 = !0;
+        let mut old: u64 = 0;
+        // SAFETY: rt_sigprocmask reads and writes one 8-byte kernel signal set each, both
+        // valid for the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                std::ptr::from_ref(&all),
+                std::ptr::from_mut(&mut old),
+                8usize,
+            )
+        };
+        nix::errno::Errno::result(r)?;
         let mut ret: i64 = libc::SYS_clone3;
         // SAFETY: `args` is a valid clone_args of the size passed, alive across the call
         // (we are suspended until the child execs or exits). The child starts on the
@@ -243,7 +262,16 @@ pub fn clone_vfork(
                 options(nostack),
             );
         }
-        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        // SAFETY: as above; the old set is only read.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                std::ptr::from_ref(&old),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
         drop(stack);
         if ret < 0 {
             return Err(nix::Error::from_raw(
@@ -307,23 +335,78 @@ pub fn execve(path: &std::ffi::CStr, argv: &ExecArray, envp: &ExecArray) -> nix:
     nix::Error::last()
 }
 
-/// The capabilities in our bounding set, as a mask: read once (a process's bounding set
-/// never grows, and berth's never shrinks), so that a child drops only what it has.
-pub fn bounding_set() -> u64 {
+/// Whether the running kernel is at least `major.minor` (read once; false if unreadable).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    static VERSION: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let have = *VERSION.get_or_init(|| {
+        // SAFETY: uname fills the utsname it is given, valid (zeroed) for the call.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return (0, 0);
+        }
+        let release: Vec<u8> = u
+            .release
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        parse_kernel_release(&String::from_utf8_lossy(&release))
+    });
+    have >= (major, minor)
+}
+
+/// (major, minor) of a kernel release string such as `6.1.0-28-amd64` ((0, 0) if none).
+fn parse_kernel_release(release: &str) -> (u32, u32) {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => (0, 0),
+    }
+}
+
+/// Every capability the kernel knows, as a mask, read once. What a process must not have
+/// is dropped from this, not from the monitor's own bounding set: a child that enters a
+/// user namespace gets a full bounding set there, the node's missing capabilities included.
+pub fn known_capabilities() -> u64 {
     static SET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *SET.get_or_init(|| {
         let mut set = 0u64;
         for cap in 0..64u64 {
             // SAFETY: PR_CAPBSET_READ takes a capability number by value and reads or
             // writes no memory; past the kernel's last capability it fails with EINVAL.
-            match unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } {
-                1 => set |= 1 << cap,
-                0 => {}
-                _ => break,
+            if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } < 0 {
+                break;
             }
+            set |= 1 << cap;
         }
         set
     })
+}
+
+/// setgroups of the calling thread, as a raw syscall: glibc's wrapper (as its setresgid's
+/// and setresuid's) would change every thread of a process that ever had several, through
+/// its thread list — which a child sharing our memory must not walk.
+pub fn set_groups(groups: &[libc::gid_t]) -> nix::Result<()> {
+    // SAFETY: setgroups reads `groups.len()` gids from a slice valid for the call.
+    let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// setresgid(gid, gid, gid) of the calling thread, as a raw syscall (see [`set_groups`]).
+pub fn set_gid(gid: u32) -> nix::Result<()> {
+    // SAFETY: setresgid takes ids by value and touches no memory.
+    let r = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// setresuid(uid, uid, uid) of the calling thread, as a raw syscall (see [`set_groups`]).
+pub fn set_uid(uid: u32) -> nix::Result<()> {
+    // SAFETY: setresuid takes ids by value and touches no memory.
+    let r = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+    nix::errno::Errno::result(r).map(drop)
 }
 
 /// Whether capability `cap` is in the calling thread's bounding set now.
@@ -1159,10 +1242,33 @@ mod tests {
     }
 
     #[test]
+    fn kernel_releases_are_read_as_major_and_minor() {
+        assert_eq!(parse_kernel_release("6.18.44-fc-v1300"), (6, 18));
+        assert_eq!(parse_kernel_release("5.4.0-150-generic"), (5, 4));
+        assert_eq!(parse_kernel_release("6.1.0-28-amd64"), (6, 1));
+        assert_eq!(parse_kernel_release("garbage"), (0, 0));
+        assert!(kernel_at_least(3, 0));
+        assert!(!kernel_at_least(999, 0));
+    }
+
+    #[test]
+    fn the_known_capabilities_start_at_cap_chown_without_gaps() {
+        let known = known_capabilities();
+        // At least CAP_CHOWN..CAP_SETFCAP (0..=31) on any kernel berth runs on, contiguous.
+        assert_eq!(known & 0xffff_ffff, 0xffff_ffff);
+        assert_eq!(known & known.wrapping_add(1), 0, "{known:#x} has a gap");
+    }
+
+    #[test]
     fn capability_sets_are_set_together_and_read_back() {
         // Kernel numbers: CAP_CHOWN 0, CAP_KILL 5, CAP_SYS_BOOT 22.
         let (chown, kill, boot) = (1u64 << 0, 1u64 << 5, 22u32);
-        assert_ne!(bounding_set() & chown, 0, "the test runs with CAP_CHOWN");
+        let setpcap = 1u64 << 8;
+        if permitted_capabilities().map_or(true, |p| {
+            p & (chown | kill | setpcap) != chown | kill | setpcap
+        }) {
+            return; // not root: nothing to drop or set
+        }
         // In a copy of this process, with syscalls only (no lock of another thread needed).
         let pid = clone_child(CloneFlags::empty(), || {
             // Dropping from the bounding set needs CAP_SETPCAP: first, as the child does.

@@ -118,6 +118,11 @@ fn setup(args: &MonitorArgs) -> Result<std::os::unix::net::UnixListener, String>
         shm: args.new_ipc.then_some(shm.as_path()),
         userns: args.userns.as_ref().map(|m| (m, userns_file.as_path())),
     })?;
+    // Not dumpable: only CAP_SYS_PTRACE may open our /proc files or ptrace us. An exec's
+    // child shares our memory until it execs (linux::sys::clone_vfork), by then with a
+    // container's identity; dumpable, a process of that container could open the child's
+    // /proc/<pid>/mem — ours — in that window. What our children exec is dumpable again.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("set not dumpable: {e}"))?;
     let sock = socket_path(&args.dir);
     let _ = std::fs::remove_file(&sock);
     // Bind by a relative name from inside the pod directory: socket paths are limited to

@@ -108,7 +108,10 @@ pub struct Capabilities {
 impl Capabilities {
     /// A 64-bit mask of a set, as /proc/<pid>/status shows it.
     pub fn mask(set: &BTreeSet<u8>) -> u64 {
-        set.iter().fold(0, |m, c| m | (1u64 << c))
+        // Numbers past 63 name no capability a kernel has (and would alias onto one).
+        set.iter()
+            .filter(|c| **c < 64)
+            .fold(0, |m, c| m | (1u64 << c))
     }
 }
 
