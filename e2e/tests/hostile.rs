@@ -271,6 +271,29 @@ async fn exec_sync_output_is_capped_and_timeouts_are_deadline_exceeded() {
         "timed out",
     );
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // A command name of 100 KiB, looked up in PATH and as a path: a clear error (its text
+    // cut short), not a monitor stuck writing it to a pipe its waiting parent cannot drain.
+    for name in [
+        "x".repeat(100 * 1024),
+        format!("/{}", "x".repeat(100 * 1024)),
+    ] {
+        let r = env.c.exec(&id, &[name.as_str()], 5).await;
+        let Err(status) = r else {
+            panic!("exec of a {} byte name: {r:?}", name.len())
+        };
+        assert_eq!(
+            status.code(),
+            Code::FailedPrecondition,
+            "{}",
+            &status.message()[..80]
+        );
+        assert!(
+            status.message().starts_with("exec "),
+            "{}",
+            &status.message()[..80]
+        );
+        assert!(status.message().len() < 8192, "{}", status.message().len());
+    }
     // The container is still there to exec in.
     let r = env.c.exec(&id, &["echo", "ok"], 5).await.unwrap();
     assert_eq!(r.stdout, b"ok\n");
