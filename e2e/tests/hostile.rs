@@ -273,9 +273,9 @@ async fn exec_sync_output_is_capped_and_timeouts_are_deadline_exceeded() {
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // A command name of 100 KiB, looked up in PATH and as a path: a clear error (its text
     // cut short), not a monitor stuck writing it to a pipe its waiting parent cannot drain.
-    for name in [
-        "x".repeat(100 * 1024),
-        format!("/{}", "x".repeat(100 * 1024)),
+    for (name, why) in [
+        ("x".repeat(100 * 1024), "executable file not found in $PATH"),
+        (format!("/{}", "x".repeat(100 * 1024)), "File name too long"),
     ] {
         let r = env.c.exec(&id, &[name.as_str()], 5).await;
         let Err(status) = r else {
@@ -285,14 +285,22 @@ async fn exec_sync_output_is_capped_and_timeouts_are_deadline_exceeded() {
             status.code(),
             Code::FailedPrecondition,
             "{}",
-            &status.message()[..80]
+            status.message().chars().take(80).collect::<String>()
         );
         assert!(
             status.message().starts_with("exec "),
             "{}",
-            &status.message()[..80]
+            status.message().chars().take(80).collect::<String>()
         );
         assert!(status.message().len() < 8192, "{}", status.message().len());
+        // The name is shortened in the message, so that the reason still fits in it.
+        assert!(
+            status.message().contains("(102400 bytes)")
+                || status.message().contains("(102401 bytes)"),
+            "{}",
+            status.message().chars().take(400).collect::<String>()
+        );
+        assert!(status.message().contains(why), "{}", status.message());
     }
     // The container is still there to exec in.
     let r = env.c.exec(&id, &["echo", "ok"], 5).await.unwrap();

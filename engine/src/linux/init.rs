@@ -472,8 +472,39 @@ fn exec_prepared(spec: &super::spawn::ProcessSpec, p: &Prepared) -> Step<Never> 
     };
     let Some(path) = p.candidates.iter().find(|c| !p.searched || is_file(c)) else {
         let cmd = spec.args.first().map_or("", String::as_str);
-        return Err(format!("exec {cmd:?}: executable file not found in $PATH"));
+        return Err(format!(
+            "exec {:?}: executable file not found in $PATH",
+            shortened(cmd)
+        ));
     };
     let e = super::sys::execve(path, &p.argv, &p.envp);
-    Err(format!("exec {}: {e}", path.to_string_lossy()))
+    Err(format!("exec {}: {e}", shortened(&path.to_string_lossy())))
+}
+
+/// A name for an error message: at most 256 bytes of it (cut at a character boundary),
+/// so that what went wrong still fits the message a child can send.
+fn shortened(name: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 256;
+    if name.len() <= MAX {
+        return name.into();
+    }
+    let mut end = MAX;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &name[..end], name.len()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortened;
+
+    #[test]
+    fn long_names_are_shortened_in_error_messages() {
+        assert_eq!(shortened("sh"), "sh");
+        let long = "é".repeat(200); // 400 bytes
+        let s = shortened(&long);
+        assert!(s.ends_with("… (400 bytes)"), "{s}");
+        assert_eq!(s.trim_end_matches("… (400 bytes)"), "é".repeat(128));
+    }
 }

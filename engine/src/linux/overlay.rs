@@ -15,25 +15,12 @@ static APPEND_WORKS: AtomicBool = AtomicBool::new(true);
 fn append_supported() -> bool {
     static CHECKED: std::sync::Once = std::sync::Once::new();
     CHECKED.call_once(|| {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if !kernel_at_least(&release, (6, 8)) {
+        // An unreadable release counts as new enough: the attempt decides then.
+        if super::sys::kernel_release().is_some_and(|v| v < (6, 8)) {
             APPEND_WORKS.store(false, Ordering::Relaxed);
         }
     });
     APPEND_WORKS.load(Ordering::Relaxed)
-}
-
-/// Whether a kernel release string (`6.1.0-28-cloud-amd64`) is at least `(major, minor)`;
-/// an unreadable one counts as new enough (the attempt decides then).
-fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    match (parts.next(), parts.next()) {
-        (Some(a), Some(b)) => (a, b) >= (major, minor),
-        _ => true,
-    }
 }
 
 /// Mounts an overlay of `lower` (top first; paths, or names relative to the working
@@ -93,19 +80,4 @@ pub fn mount_at(
         Some(data.as_str()),
     )
     .map_err(|e| format!("mount {what} ({n} layers): {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::kernel_at_least;
-
-    #[test]
-    fn kernel_releases_compare_by_major_and_minor() {
-        assert!(!kernel_at_least("6.1.0-28-cloud-amd64", (6, 8)));
-        assert!(kernel_at_least("6.8.0", (6, 8)));
-        assert!(kernel_at_least("6.18.2-arch1", (6, 8)));
-        assert!(kernel_at_least("7.0", (6, 8)));
-        assert!(!kernel_at_least("5.19.17", (6, 8)));
-        assert!(kernel_at_least("weird", (6, 8)));
-    }
 }

@@ -527,9 +527,11 @@ impl ExecSpec {
 /// ([`sys::clone_vfork`](super::sys::clone_vfork)): nothing of the monitor's address
 /// space is copied, faulted in or torn down for it, which was most of a probe's cost. What
 /// it execs is prepared here ([`init::Prepared`]), it only borrows what it is given, and
-/// whatever it allocates on the way is freed before it execs or exits. Entering a user
-/// namespace needs an address space of its own (the kernel refuses a shared one): that
-/// child is a copy, as is every child where the shared clone is not available.
+/// whatever it allocates on the way is freed before it execs or exits. A child that
+/// enters the pod's user namespace is a copy (the conservative choice: the monitor's
+/// memory is never shared with a process in a namespace of the pod's own, and kernels have
+/// differed in what setns allows a process sharing its memory), as is every child where
+/// the shared clone is not available.
 ///
 /// Returns (the process to wait for, the process to signal: the same one) once it has
 /// exec'd. Needs a single-threaded caller, as [`spawn`].

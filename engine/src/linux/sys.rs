@@ -177,8 +177,9 @@ extern "C" fn shared_child_start(arg: *mut libc::c_void) -> ! {
 /// What `child` must keep to (it writes our memory, with our malloc): read what it
 /// captures but change nothing of ours (no `Option::take`, no drop of a captured value),
 /// and free whatever it allocates before it execs or exits (nothing it allocated may be
-/// alive across either: that would be our leak). It must not enter a user namespace (the
-/// kernel refuses a shared address space: EINVAL). The caller must be single-threaded, as
+/// alive across either: that would be our leak). It must not enter a user namespace (our
+/// memory would be shared with a process of that namespace; kernels have also refused
+/// it). The caller must be single-threaded, as
 /// for [`clone_child`], unless `child` makes only syscalls (no lock another thread might
 /// hold). It must not panic (the panic count it would raise is ours; it aborts at the
 /// entry's boundary anyway) and must never wait on us (we are suspended: a pipe it fills
@@ -335,15 +336,21 @@ pub fn execve(path: &std::ffi::CStr, argv: &ExecArray, envp: &ExecArray) -> nix:
     nix::Error::last()
 }
 
-/// Whether the running kernel is at least `major.minor` (read once; false if unreadable).
+/// Whether the running kernel is at least `major.minor` (false if its release cannot be
+/// read).
 pub fn kernel_at_least(major: u32, minor: u32) -> bool {
-    static VERSION: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-    let have = *VERSION.get_or_init(|| {
+    kernel_release().is_some_and(|v| v >= (major, minor))
+}
+
+/// (major, minor) of the running kernel, read once (None: unreadable).
+pub fn kernel_release() -> Option<(u32, u32)> {
+    static VERSION: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
         // SAFETY: uname fills the utsname it is given, valid (zeroed) for the call.
         let mut u: libc::utsname = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         if unsafe { libc::uname(&mut u) } != 0 {
-            return (0, 0);
+            return None;
         }
         let release: Vec<u8> = u
             .release
@@ -352,18 +359,18 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
             .map(|c| *c as u8)
             .collect();
         parse_kernel_release(&String::from_utf8_lossy(&release))
-    });
-    have >= (major, minor)
+    })
 }
 
-/// (major, minor) of a kernel release string such as `6.1.0-28-amd64` ((0, 0) if none).
-fn parse_kernel_release(release: &str) -> (u32, u32) {
+/// (major, minor) of a kernel release string such as `6.1.0-28-amd64`.
+pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
         .map(|p| p.parse::<u32>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor),
-        _ => (0, 0),
+        (Some(major), Some(minor)) => Some((major, minor)),
+        _ => None,
     }
 }
 
@@ -1214,14 +1221,16 @@ mod tests {
         // The child only stores to memory it was lent and exits (the test process has other
         // threads, whose locks it must not need).
         let seen = AtomicU32::new(0);
-        let pid = clone_vfork(CloneFlags::empty(), None, &mut || {
+        let pid = match clone_vfork(CloneFlags::empty(), None, &mut || {
             seen.store(
                 nix::unistd::getpid().as_raw().cast_unsigned(),
                 Ordering::SeqCst,
             );
             7
-        })
-        .expect("clone3 with CLONE_VM");
+        }) {
+            Err(nix::Error::ENOSYS) => return, // before Linux 5.7, or not x86_64
+            r => r.expect("clone3 with CLONE_VM"),
+        };
         // Its write is in our memory, and already done: we were suspended until it exited.
         assert_eq!(seen.load(Ordering::SeqCst), pid.as_raw().cast_unsigned());
         assert_eq!(exit_code(pid), 7);
@@ -1232,31 +1241,38 @@ mod tests {
         let argv = ExecArray::new(&["sh".into(), "-c".into(), "exit $CODE".into()]).unwrap();
         let envp = ExecArray::new(&["CODE=42".into()]).unwrap();
         let path = std::ffi::CString::new("/bin/sh").unwrap();
-        let pid = clone_vfork(CloneFlags::empty(), None, &mut || {
+        let pid = match clone_vfork(CloneFlags::empty(), None, &mut || {
             let _ = execve(&path, &argv, &envp);
             99
-        })
-        .expect("clone3 with CLONE_VM");
+        }) {
+            Err(nix::Error::ENOSYS) => return, // before Linux 5.7, or not x86_64
+            r => r.expect("clone3 with CLONE_VM"),
+        };
         assert_eq!(exit_code(pid), 42);
         assert!(ExecArray::new(&["a\0b".to_owned()]).is_err());
     }
 
     #[test]
     fn kernel_releases_are_read_as_major_and_minor() {
-        assert_eq!(parse_kernel_release("6.18.44-fc-v1300"), (6, 18));
-        assert_eq!(parse_kernel_release("5.4.0-150-generic"), (5, 4));
-        assert_eq!(parse_kernel_release("6.1.0-28-amd64"), (6, 1));
-        assert_eq!(parse_kernel_release("garbage"), (0, 0));
+        assert_eq!(parse_kernel_release("6.18.44-fc-v1300"), Some((6, 18)));
+        assert_eq!(parse_kernel_release("5.4.0-150-generic"), Some((5, 4)));
+        assert_eq!(parse_kernel_release("6.1.0-28-cloud-amd64"), Some((6, 1)));
+        assert_eq!(parse_kernel_release("7.0"), Some((7, 0)));
+        assert_eq!(parse_kernel_release("weird"), None);
         assert!(kernel_at_least(3, 0));
         assert!(!kernel_at_least(999, 0));
     }
 
     #[test]
-    fn the_known_capabilities_start_at_cap_chown_without_gaps() {
+    fn the_known_capabilities_are_every_one_up_to_the_kernels_last() {
         let known = known_capabilities();
-        // At least CAP_CHOWN..CAP_SETFCAP (0..=31) on any kernel berth runs on, contiguous.
-        assert_eq!(known & 0xffff_ffff, 0xffff_ffff);
-        assert_eq!(known & known.wrapping_add(1), 0, "{known:#x} has a gap");
+        // Every capability up to the kernel's last, which it names itself.
+        let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .expect("cap_last_cap")
+            .trim()
+            .parse()
+            .expect("a number");
+        assert_eq!(known, u64::MAX >> (63 - last), "{known:#x}, last {last}");
     }
 
     #[test]

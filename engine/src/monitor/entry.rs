@@ -121,7 +121,10 @@ fn setup(args: &MonitorArgs) -> Result<std::os::unix::net::UnixListener, String>
     // Not dumpable: only CAP_SYS_PTRACE may open our /proc files or ptrace us. An exec's
     // child shares our memory until it execs (linux::sys::clone_vfork), by then with a
     // container's identity; dumpable, a process of that container could open the child's
-    // /proc/<pid>/mem — ours — in that window. What our children exec is dumpable again.
+    // /proc/<pid>/mem — ours — in that window. What our children exec is dumpable again;
+    // before their exec they are copies of us, so a hook that opens /proc/<pid>/… of a
+    // container being created needs CAP_SYS_PTRACE (as with runc), and a crashing monitor
+    // leaves a core only as fs.suid_dumpable allows.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("set not dumpable: {e}"))?;
     let sock = socket_path(&args.dir);
     let _ = std::fs::remove_file(&sock);
