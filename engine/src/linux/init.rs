@@ -488,11 +488,8 @@ fn shortened(name: &str) -> std::borrow::Cow<'_, str> {
     if name.len() <= MAX {
         return name.into();
     }
-    let mut end = MAX;
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &name[..end], name.len()).into()
+    let head = super::spawn::truncated(name, MAX);
+    format!("{head}… ({} bytes)", name.len()).into()
 }
 
 #[cfg(test)]

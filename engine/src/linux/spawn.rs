@@ -270,17 +270,23 @@ fn clone_into_or_join<'a>(
     if let Some((fd, dir)) = into {
         match super::sys::clone_child_into(flags, &fd, || child(Some(dir))) {
             Ok(pid) => return Ok(pid),
-            // This kernel or this cgroup cannot take a process at birth: clone, then join
-            // (which fails the same way if the cgroup cannot take processes at all).
-            Err(
-                Errno::ENOSYS | Errno::E2BIG | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EBUSY,
-            ) => {}
-            // Anything else (EAGAIN of a full pids.max, ENOMEM) a plain clone must not
-            // get around.
+            Err(e) if e == Errno::ENOSYS || not_at_birth(e) => {}
             Err(e) => return Err(e),
         }
     }
     super::sys::clone_child(flags, || child(None))
+}
+
+/// Whether a clone into a cgroup failed because this kernel or this cgroup cannot take a
+/// process at birth: then clone, and join (which fails the same way if the cgroup cannot
+/// take processes at all). Anything else (EAGAIN of a full pids.max, ENOMEM) a plain clone
+/// must not get around.
+fn not_at_birth(e: nix::errno::Errno) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e,
+        Errno::E2BIG | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EBUSY
+    )
 }
 
 /// Clones `child` born in the cgroup v2 directory among `dirs` where there is one and the
@@ -603,8 +609,7 @@ fn clone_shared_into_or_join<'a>(
         match clone_vfork(CloneFlags::empty(), Some(fd), &mut || child(Some(dir))) {
             Ok(pid) => return Ok(pid),
             Err(Errno::ENOSYS) => return clone_into_or_join(CloneFlags::empty(), into, child),
-            // Not at birth (as in `clone_into_or_join`): clone, then join.
-            Err(Errno::E2BIG | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EBUSY) => {}
+            Err(e) if not_at_birth(e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -662,7 +667,7 @@ fn report(err_w: &OwnedFd, msg: &str) {
 const ERROR_MAX: usize = 4096;
 
 /// `msg` cut to at most `max` bytes at a character boundary.
-fn truncated(msg: &str, max: usize) -> &str {
+pub(super) fn truncated(msg: &str, max: usize) -> &str {
     let mut end = msg.len().min(max);
     while !msg.is_char_boundary(end) {
         end -= 1;

@@ -416,13 +416,6 @@ pub fn set_uid(uid: u32) -> nix::Result<()> {
     nix::errno::Errno::result(r).map(drop)
 }
 
-/// Whether capability `cap` is in the calling thread's bounding set now.
-pub fn bounding_set_has(cap: u32) -> bool {
-    // SAFETY: PR_CAPBSET_READ takes a capability number by value and reads or writes no
-    // memory.
-    unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) == 1 }
-}
-
 /// Drops capability `cap` from the calling thread's bounding set.
 pub fn drop_from_bounding_set(cap: u32) -> nix::Result<()> {
     // SAFETY: PR_CAPBSET_DROP takes a capability number by value; no memory is touched.
@@ -1205,6 +1198,13 @@ mod tests {
             Some(before),
             "the calling thread keeps its priority"
         );
+    }
+
+    /// Whether capability `cap` is in the calling thread's bounding set now.
+    fn bounding_set_has(cap: u32) -> bool {
+        // SAFETY: PR_CAPBSET_READ takes a capability number by value and reads or writes
+        // no memory.
+        unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) == 1 }
     }
 
     /// Waits for `pid` and returns its exit code.
