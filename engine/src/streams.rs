@@ -138,7 +138,7 @@ impl Engine {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
         let spec = crate::linux::spawn::ExecSpec::for_container(&c.launch, req.cmd.clone());
-        let protocol = self.pod(&c.pod_id)?.monitor_protocol;
+        let protocol = self.monitor_protocol(&c.pod_id)?;
         let (exec_spec, exec_spec_json) = crate::monitor::wire::exec_request(protocol, &spec)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let (input, output) = self

@@ -28,7 +28,7 @@ impl Engine {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
         let spec = crate::linux::spawn::ExecSpec::for_container(&c.launch, cmd.to_vec());
-        let protocol = self.pod(&c.pod_id)?.monitor_protocol;
+        let protocol = self.monitor_protocol(&c.pod_id)?;
         let (exec_spec, exec_spec_json) =
             wire::exec_request(protocol, &spec).map_err(|e| Error::Internal(e.to_string()))?;
         let dir = self.pod_dir(&c.pod_id);

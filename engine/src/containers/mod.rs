@@ -157,9 +157,18 @@ impl Engine {
     }
 
     /// The record of container `id` if it is running (FailedPrecondition otherwise), for
-    /// what needs its processes: ExecSync, exec and attach sessions.
-    pub fn running_container(&self, id: &str) -> Result<ContainerRecord> {
-        let mut c = self.container(id)?;
+    /// what needs its processes: ExecSync, exec and attach sessions. Shared with the
+    /// state's cache, not copied (a record carries its compiled seccomp programs).
+    pub fn running_container(&self, id: &str) -> Result<Arc<ContainerRecord>> {
+        let shared = |id: &str| {
+            self.db
+                .container_shared(id)?
+                .ok_or_else(|| Error::NotFound {
+                    what: "container",
+                    id: id.to_owned(),
+                })
+        };
+        let mut c = shared(id)?;
         // A followed pod's exits come as events, and its monitor refuses a process in a
         // container that is no longer running: no exit record is looked for on disk at
         // every probe (two failed opens of deep paths, a fifth of berthd's CPU under
@@ -168,7 +177,7 @@ impl Engine {
             && !self.is_followed(&c.pod_id)
             && self.apply_exit_file(&c)?
         {
-            c = self.container(id)?;
+            c = shared(id)?;
         }
         if c.state != ContainerState::Running {
             return Err(Error::FailedPrecondition(format!(

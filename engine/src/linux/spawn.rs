@@ -144,7 +144,7 @@ pub fn spawn_in_pid_namespace_of(
     let (pid_r, pid_w) = cloexec_pipe()?;
     let (mut child_sync, parent_sync) = hook_pipes(spec)?;
     let mut stdio = Some(stdio);
-    let mut into = birth_cgroup(spec);
+    let into = birth_cgroup(spec);
     let intermediate = super::sys::clone_child(CloneFlags::empty(), || {
         let path = format!("/proc/{target}/ns/pid");
         let ns = match std::fs::File::open(&path) {
@@ -157,7 +157,7 @@ pub fn spawn_in_pid_namespace_of(
         let mut io = stdio.take();
         let child = clone_into_or_join(
             CloneFlags::CLONE_PARENT | CloneFlags::CLONE_NEWNS,
-            into.take(),
+            into.as_ref().map(|(fd, dir)| (fd, *dir)),
             |born_in| {
                 let Some(io) = io.take() else { return 127 };
                 let failure =
@@ -242,7 +242,8 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
         fail(&err_w, failure)
     };
     let into = birth_cgroup(spec);
-    let pid = clone_into_or_join(flags, into, child).map_err(SpawnError::Clone)?;
+    let pid = clone_into_or_join(flags, into.as_ref().map(|(fd, dir)| (fd, *dir)), child)
+        .map_err(SpawnError::Clone)?;
     drop(err_w);
     drop(stdio);
     drop(child_sync);
@@ -263,12 +264,12 @@ pub fn spawn(spec: &LaunchSpec, stdio: Stdio) -> Result<Pid, SpawnError> {
 /// joins them all).
 fn clone_into_or_join<'a>(
     flags: CloneFlags,
-    into: Option<(OwnedFd, &'a Path)>,
+    into: Option<(&OwnedFd, &'a Path)>,
     mut child: impl FnMut(Option<&'a Path>) -> isize,
 ) -> nix::Result<Pid> {
     use nix::errno::Errno;
     if let Some((fd, dir)) = into {
-        match super::sys::clone_child_into(flags, &fd, || child(Some(dir))) {
+        match super::sys::clone_child_into(flags, fd, || child(Some(dir))) {
             Ok(pid) => return Ok(pid),
             Err(e) if e == Errno::ENOSYS || not_at_birth(e) => {}
             Err(e) => return Err(e),
@@ -297,7 +298,8 @@ pub fn clone_in_cgroups<'a>(
     dirs: &'a [PathBuf],
     child: impl FnMut(Option<&'a Path>) -> isize,
 ) -> nix::Result<Pid> {
-    clone_into_or_join(flags, v2_cgroup(dirs, None), child)
+    let into = v2_cgroup(dirs, None);
+    clone_into_or_join(flags, into.as_ref().map(|(fd, dir)| (fd, *dir)), child)
 }
 
 /// Joins the calling single-threaded process to cgroup directories `dirs` but `born_in`
@@ -517,12 +519,66 @@ impl ExecSpec {
     }
 }
 
+/// A running container's cgroups as its execs join them, opened at its first exec and kept
+/// by the monitor while the container runs: the directory to be born in (found with one
+/// statfs, once) and the file of each directory that moves its writer in. A probe's child
+/// then writes to files already open instead of opening eight or nine beneath cgroupfs
+/// (each a path walk and an open and a release of a kernfs file) at every exec. The files
+/// close on exec: nothing of them reaches the container's processes.
+#[derive(Debug)]
+pub struct ExecCgroups {
+    dirs: Vec<PathBuf>,
+    birth: Option<(OwnedFd, PathBuf)>,
+    joins: Vec<(PathBuf, std::fs::File)>,
+}
+
+impl ExecCgroups {
+    /// Opens the join files of `dirs` (an error names the directory) and the cgroup v2
+    /// directory among them to be born in.
+    pub fn open(dirs: &[PathBuf]) -> Result<ExecCgroups, String> {
+        let joins = dirs
+            .iter()
+            .map(|dir| {
+                super::cgroups::open_join(dir)
+                    .map(|f| (dir.clone(), f))
+                    .map_err(|e| format!("join cgroup {}: {e}", dir.display()))
+            })
+            .collect::<Result<_, _>>()?;
+        let birth = v2_cgroup(dirs, unified_mount()).map(|(fd, dir)| (fd, dir.to_path_buf()));
+        Ok(ExecCgroups {
+            dirs: dirs.to_vec(),
+            birth,
+            joins,
+        })
+    }
+
+    /// Whether these are the cgroups of an exec into `dirs`.
+    pub fn serves(&self, dirs: &[PathBuf]) -> bool {
+        self.dirs == dirs
+    }
+
+    /// In the exec's child: joins every directory but `born_in` (the one it was cloned
+    /// into); the first error, with the directory.
+    fn join(&self, born_in: Option<&Path>) -> Result<(), String> {
+        for (dir, f) in self
+            .joins
+            .iter()
+            .filter(|(d, _)| Some(d.as_path()) != born_in)
+        {
+            super::cgroups::join_by(f)
+                .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
 /// Starts `spec` inside the namespaces of the container whose main process is `target`.
 ///
 /// The exec process is our direct child, born in the container's pid namespace: our
 /// namespace for new children is switched to the container's for the clone and back
-/// after (as [`spawn_in_pid_namespace`]). It joins the container's cgroups (while the
-/// host's cgroupfs is still visible; born in the cgroup v2 one where the kernel allows),
+/// after (as [`spawn_in_pid_namespace`]). It joins the container's cgroups through
+/// `cgroups`, the container's files the monitor keeps open (born in the cgroup v2 one
+/// where the kernel allows),
 /// enters its mount namespace (and the pod's user namespace, last), starts its own
 /// session, takes the container's identity and execs. There is no intermediate process
 /// that waits for it: an exec cost two clones and an address-space copy more, at every
@@ -541,7 +597,12 @@ impl ExecSpec {
 ///
 /// Returns (the process to wait for, the process to signal: the same one) once it has
 /// exec'd. Needs a single-threaded caller, as [`spawn`].
-pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pid), SpawnError> {
+pub fn spawn_exec(
+    target: Pid,
+    cgroups: &ExecCgroups,
+    spec: &ExecSpec,
+    stdio: Stdio,
+) -> Result<(Pid, Pid), SpawnError> {
     let open = |path: &str| {
         std::fs::File::open(path).map_err(|e| SpawnError::Child(format!("open {path}: {e}")))
     };
@@ -557,7 +618,7 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     let own = own_pid_namespace()?;
     let (err_r, err_w) = cloexec_pipe()?;
     let mut child = |born_in: Option<&Path>| {
-        if let Err(e) = join_cgroups(&spec.cgroup_dirs, born_in) {
+        if let Err(e) = cgroups.join(born_in) {
             fail(&err_w, e);
         }
         // The pod's user namespace last: the others belong to the host's, whose
@@ -576,7 +637,7 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
     nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID)
         .map_err(|e| SpawnError::Child(format!("enter the container's pid namespace: {e}")))?;
     // Born in the container's cgroup where the kernel allows (see `spawn`).
-    let into = v2_cgroup(&spec.cgroup_dirs, unified_mount());
+    let into = cgroups.birth.as_ref().map(|(fd, dir)| (fd, dir.as_path()));
     let cloned = if user_ns.is_none() {
         clone_shared_into_or_join(into, &mut child)
     } else {
@@ -600,12 +661,12 @@ pub fn spawn_exec(target: Pid, spec: &ExecSpec, stdio: Stdio) -> Result<(Pid, Pi
 /// ([`sys::clone_vfork`](super::sys::clone_vfork); `child` keeps to its rules), falling
 /// back to a copy where the kernel or this build has no such clone.
 fn clone_shared_into_or_join<'a>(
-    into: Option<(OwnedFd, &'a Path)>,
+    into: Option<(&OwnedFd, &'a Path)>,
     child: &mut dyn FnMut(Option<&'a Path>) -> isize,
 ) -> nix::Result<Pid> {
     use super::sys::clone_vfork;
     use nix::errno::Errno;
-    if let Some((fd, dir)) = &into {
+    if let Some((fd, dir)) = into {
         match clone_vfork(CloneFlags::empty(), Some(fd), &mut || child(Some(dir))) {
             Ok(pid) => return Ok(pid),
             Err(Errno::ENOSYS) => return clone_into_or_join(CloneFlags::empty(), into, child),
@@ -678,6 +739,94 @@ pub(super) fn truncated(msg: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An exec's cgroups are opened once and joined through the kept files by each exec's
+    /// child: the v1 directory through `tasks`, the v2 one it is born in (where the node
+    /// has a cgroup2 mount) or through `cgroup.procs`; none of the files reaches what
+    /// the child execs.
+    #[test]
+    fn execs_join_a_containers_cgroups_through_files_opened_once() {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        let Ok(layout) = super::super::cgroups::CgroupLayout::detect() else {
+            return;
+        };
+        let tag = format!("berth-test-exec-cgroups-{}", std::process::id());
+        let mut dirs = Vec::new();
+        if let Some(super::super::cgroups::Hierarchy::V1 { mountpoint }) =
+            layout.controllers.get("pids")
+        {
+            dirs.push(mountpoint.join(&tag));
+        }
+        if let Some(unified) = &layout.unified {
+            dirs.push(unified.join(&tag));
+        }
+        if dirs.is_empty() || dirs.iter().any(|d| std::fs::create_dir(d).is_err()) {
+            for d in &dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+            return; // not root
+        }
+        let cgroups = ExecCgroups::open(&dirs).unwrap();
+        assert!(cgroups.serves(&dirs));
+        assert!(!cgroups.serves(&dirs[..1]) || dirs.len() == 1);
+        assert_eq!(
+            cgroups.birth.as_ref().map(|(_, d)| d.clone()),
+            layout.unified.as_ref().map(|u| u.join(&tag)),
+            "born in the cgroup v2 directory, where there is one"
+        );
+        for (dir, f) in &cgroups.joins {
+            let flags = FdFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GETFD).unwrap());
+            assert!(
+                flags.contains(FdFlag::FD_CLOEXEC),
+                "{} is inherited",
+                dir.display()
+            );
+        }
+        // Each child (a copy: this test process has other threads) joins with the kept
+        // files only and exits 0 when /proc/self/cgroup has it in every directory.
+        let wants: Vec<Vec<u8>> = dirs
+            .iter()
+            .map(|d| {
+                if d.starts_with(layout.unified.as_deref().unwrap_or(Path::new("/-"))) {
+                    format!("0::/{tag}\n").into_bytes()
+                } else {
+                    format!(":pids:/{tag}\n").into_bytes()
+                }
+            })
+            .collect();
+        for _ in 0..2 {
+            let pid = super::super::sys::clone_child(CloneFlags::empty(), || {
+                if cgroups.join(None).is_err() {
+                    return 2;
+                }
+                let Ok(fd) = nix::fcntl::open(
+                    "/proc/self/cgroup",
+                    nix::fcntl::OFlag::O_RDONLY,
+                    nix::sys::stat::Mode::empty(),
+                ) else {
+                    return 3;
+                };
+                let mut buf = [0u8; 4096];
+                let n = nix::unistd::read(&fd, &mut buf).unwrap_or(0);
+                let text = &buf[..n];
+                let all = wants
+                    .iter()
+                    .all(|w| text.windows(w.len()).any(|x| x == w.as_slice()));
+                isize::from(!all)
+            })
+            .unwrap();
+            let status = nix::sys::wait::waitpid(pid, None).unwrap();
+            assert_eq!(
+                status,
+                nix::sys::wait::WaitStatus::Exited(pid, 0),
+                "the child did not join {dirs:?}"
+            );
+        }
+        drop(cgroups);
+        for d in &dirs {
+            std::fs::remove_dir(d).unwrap();
+        }
+    }
 
     #[test]
     fn an_error_message_is_cut_at_a_character_boundary() {

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::cri_log::CriLogFile;
 use super::frame;
+use crate::linux::spawn::ExecCgroups;
 
 /// Command-line arguments of `berthd monitor`.
 #[derive(Debug, Clone, Default)]
@@ -165,6 +166,36 @@ pub(super) struct Running {
     /// whatever it started is killed when it exits (runc's kill of every process of a
     /// container that shares a pid namespace), instead of living on unseen.
     pub(super) shared_pid_cgroups: Vec<PathBuf>,
+    /// Its cgroups as execs join them, from its first exec until it is reaped.
+    pub(super) exec_cgroups: Option<Rc<ExecCgroups>>,
+}
+
+/// The process an exec into running container `id` (confined to cgroup directories
+/// `dirs`) is made from, and the container's cgroups as the exec joins them: opened at its
+/// first exec and kept in its record (dropped, closing them, when it is reaped).
+pub(super) fn exec_target(
+    state: &Shared,
+    id: &str,
+    dirs: &[PathBuf],
+) -> Result<(Pid, Rc<ExecCgroups>), (crate::ErrorKind, String)> {
+    let mut st = state.borrow_mut();
+    let Some(r) = st.running.get_mut(id) else {
+        return Err((
+            crate::ErrorKind::FailedPrecondition,
+            format!("container {id} is not running"),
+        ));
+    };
+    let cgroups = match &r.exec_cgroups {
+        Some(c) if c.serves(dirs) => c.clone(),
+        _ => {
+            let c = Rc::new(
+                ExecCgroups::open(dirs).map_err(|e| (crate::ErrorKind::FailedPrecondition, e))?,
+            );
+            r.exec_cgroups = Some(c.clone());
+            c
+        }
+    };
+    Ok((r.pid, cgroups))
 }
 
 pub(super) struct State {

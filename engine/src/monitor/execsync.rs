@@ -35,21 +35,16 @@ pub(super) async fn exec(state: Shared, id: u64, e: proto::Exec) -> Frame {
         Ok(s) => s,
         Err(err) => return error_frame(id, crate::ErrorKind::InvalidArgument, err.to_string()),
     };
-    let target = match state.borrow().running.get(&e.container_id) {
-        Some(r) => r.pid,
-        None => {
-            return error_frame(
-                id,
-                crate::ErrorKind::FailedPrecondition,
-                format!("container {} is not running", e.container_id),
-            );
-        }
-    };
+    let (target, cgroups) =
+        match super::entry::exec_target(&state, &e.container_id, &spec.cgroup_dirs) {
+            Ok(t) => t,
+            Err((kind, msg)) => return error_frame(id, kind, msg),
+        };
     let (stdio, pending) = match stdio::prepare(false, false) {
         Ok(p) => p,
         Err((kind, msg)) => return error_frame(id, kind, msg),
     };
-    let (waiter, pid) = match spawn::spawn_exec(target, &spec, stdio) {
+    let (waiter, pid) = match spawn::spawn_exec(target, &cgroups, &spec, stdio) {
         Ok(p) => p,
         Err(err) => return error_frame(id, crate::ErrorKind::FailedPrecondition, err.to_string()),
     };

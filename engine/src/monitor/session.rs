@@ -318,19 +318,9 @@ fn start_exec(
 ) -> Result<Started, (crate::ErrorKind, String)> {
     let spec = super::wire::exec_of(e.exec_spec.as_ref(), &e.exec_spec_json)
         .map_err(|err| (crate::ErrorKind::InvalidArgument, err.to_string()))?;
-    let target = state
-        .borrow()
-        .running
-        .get(&e.container_id)
-        .map(|r| r.pid)
-        .ok_or_else(|| {
-            (
-                crate::ErrorKind::FailedPrecondition,
-                format!("container {} is not running", e.container_id),
-            )
-        })?;
+    let (target, cgroups) = super::entry::exec_target(state, &e.container_id, &spec.cgroup_dirs)?;
     let (stdio, pending) = stdio::prepare(e.tty, e.stdin)?;
-    let (waiter, pid) = spawn::spawn_exec(target, &spec, stdio)
+    let (waiter, pid) = spawn::spawn_exec(target, &cgroups, &spec, stdio)
         .map_err(|err| (crate::ErrorKind::FailedPrecondition, err.to_string()))?;
     let streams = pending
         .finish(

@@ -144,6 +144,7 @@ pub(super) fn start(
             } else {
                 spec.cgroup_dirs.clone()
             },
+            exec_cgroups: None,
         },
     );
     Ok((pid, started_at))

@@ -72,6 +72,17 @@ impl Engine {
         })
     }
 
+    /// The protocol pod `id`'s monitor speaks.
+    pub(crate) fn monitor_protocol(&self, id: &str) -> Result<u32> {
+        self.db
+            .pod_shared(id)?
+            .map(|p| p.monitor_protocol)
+            .ok_or_else(|| Error::NotFound {
+                what: "pod sandbox",
+                id: id.to_owned(),
+            })
+    }
+
     pub(crate) fn pod_dir(&self, id: &str) -> PathBuf {
         self.cfg.state.join("pods").join(id)
     }

@@ -647,6 +647,11 @@ impl StateDb {
         Ok(())
     }
 
+    /// Pod `id`'s record, shared with the cache (not copied).
+    pub fn pod_shared(&self, id: &str) -> Result<Option<Arc<records::PodRecord>>, StateError> {
+        self.cached(&self.pods, PODS, |p| p.id.clone(), |m| m.get(id).cloned())
+    }
+
     pub fn pod_get(&self, id: &str) -> Result<Option<records::PodRecord>, StateError> {
         self.cached(
             &self.pods,
@@ -680,6 +685,19 @@ impl StateDb {
             CONTAINERS,
             |c| c.id.clone(),
             |m| m.get(id).map(|c| c.as_ref().clone()),
+        )
+    }
+
+    /// Container `id`'s record, shared with the cache (not copied: what a probe reads).
+    pub fn container_shared(
+        &self,
+        id: &str,
+    ) -> Result<Option<Arc<records::ContainerRecord>>, StateError> {
+        self.cached(
+            &self.containers,
+            CONTAINERS,
+            |c| c.id.clone(),
+            |m| m.get(id).cloned(),
         )
     }
 
