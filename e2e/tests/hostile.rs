@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -305,7 +306,68 @@ async fn exec_sync_output_is_capped_and_timeouts_are_deadline_exceeded() {
     // The container is still there to exec in.
     let r = env.c.exec(&id, &["echo", "ok"], 5).await.unwrap();
     assert_eq!(r.stdout, b"ok\n");
+    // Its cgroup made again beneath it (its processes moved out, the directory removed and
+    // made anew, the processes moved back): the monitor's kept files of the old directory
+    // give way to the new one at once.
+    if let Some(dir) = container_cgroup(&env.d.cgroup_parent(), &id) {
+        let root = dir
+            .ancestors()
+            .find(|a| a.parent().is_some_and(|p| p == Path::new("/sys/fs/cgroup")))
+            .map(Path::to_path_buf)
+            .filter(|r| r.join("cgroup.procs").exists())
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        let move_to = |to: &Path| {
+            for pid in procs.split_whitespace() {
+                std::fs::write(to.join("cgroup.procs"), pid).unwrap();
+            }
+        };
+        move_to(&root);
+        std::fs::remove_dir(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        move_to(&dir);
+        for _ in 0..2 {
+            let r = env.c.exec(&id, &["echo", "ok"], 5).await;
+            assert!(
+                r.as_ref().is_ok_and(|r| r.stdout == b"ok\n"),
+                "after the cgroup was made again: {r:?}"
+            );
+        }
+    }
     env.c.stop_and_remove_pod(&p).await;
+}
+
+/// Container `id`'s own cgroup directory in the pids v1 hierarchy, else in the cgroup2 one
+/// (None: neither is there).
+fn container_cgroup(parent: &str, id: &str) -> Option<PathBuf> {
+    fn find(dir: &Path, id: &str, depth: usize) -> Option<PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let p = e.path();
+            if !p.is_dir() {
+                continue;
+            }
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(id))
+            {
+                return Some(p);
+            }
+            if depth > 0
+                && let Some(found) = find(&p, id, depth - 1)
+            {
+                return Some(found);
+            }
+        }
+        None
+    }
+    [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(|m| Path::new(m).join(parent))
+    .filter(|d| d.is_dir())
+    .find_map(|d| find(&d, id, 3))
 }
 
 /// A registry that answers /v2/ and, per repository, one hostile manifest.

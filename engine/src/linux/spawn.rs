@@ -280,13 +280,14 @@ fn clone_into_or_join<'a>(
 
 /// Whether a clone into a cgroup failed because this kernel or this cgroup cannot take a
 /// process at birth: then clone, and join (which fails the same way if the cgroup cannot
-/// take processes at all). Anything else (EAGAIN of a full pids.max, ENOMEM) a plain clone
-/// must not get around.
+/// take processes at all). ENODEV: the directory opened was removed since (an exec's kept
+/// one; the join goes by its path). Anything else (EAGAIN of a full pids.max, ENOMEM) a
+/// plain clone must not get around.
 fn not_at_birth(e: nix::errno::Errno) -> bool {
     use nix::errno::Errno;
     matches!(
         e,
-        Errno::E2BIG | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EBUSY
+        Errno::E2BIG | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EBUSY | Errno::ENODEV
     )
 }
 
@@ -558,7 +559,9 @@ impl ExecCgroups {
     }
 
     /// In the exec's child: joins every directory but `born_in` (the one it was cloned
-    /// into); the first error, with the directory.
+    /// into); the first error, with the directory. A kept file whose directory is gone
+    /// (removed and made again beneath the running container by something else: ENODEV)
+    /// gives way to the directory now at its path, as an exec joined before they were kept.
     fn join(&self, born_in: Option<&Path>) -> Result<(), String> {
         for (dir, f) in self
             .joins
@@ -566,6 +569,10 @@ impl ExecCgroups {
             .filter(|(d, _)| Some(d.as_path()) != born_in)
         {
             super::cgroups::join_by(f)
+                .or_else(|e| match e.raw_os_error() {
+                    Some(libc::ENODEV) => super::cgroups::join_self(dir),
+                    _ => Err(e),
+                })
                 .map_err(|e| format!("join cgroup {}: {e}", dir.display()))?;
         }
         Ok(())
