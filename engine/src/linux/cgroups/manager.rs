@@ -468,10 +468,21 @@ impl CgroupManager {
         let relp = check_rel(rel)?;
         for (root, _) in self.roots() {
             let dir = root.join(relp);
-            if !dir.exists() {
-                continue;
+            // One rmdir where it is empty (a container's, nearly always); only a cgroup
+            // with children left in it is walked.
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::ResourceBusy
+                    ) =>
+                {
+                    remove_tree(&dir)?
+                }
+                Err(e) => return Err(Err(e).at("remove cgroup", &dir)?),
             }
-            remove_tree(&dir)?;
         }
         Ok(())
     }
@@ -592,6 +603,53 @@ mod tests {
             hugepages: [("2MB".to_owned(), 4u64 << 20)].into(),
             ..Resources::default()
         }
+    }
+
+    /// On the host's cgroupfs: an empty cgroup goes with one rmdir, one with children left
+    /// in it is walked, one that is not there is no error, one with a process in it is.
+    #[test]
+    fn cgroups_are_removed_with_their_children_and_not_with_processes() {
+        let Ok(layout) = CgroupLayout::detect() else {
+            return;
+        };
+        let m = CgroupManager::with_layout(layout);
+        let top = format!("berth-test-remove-{}", std::process::id());
+        if m.create(&format!("{top}/a")).is_err() {
+            let _ = m.remove(&top);
+            return; // not root
+        }
+        m.create(&format!("{top}/b/c")).unwrap();
+        let dirs = |rel: &str| -> Vec<PathBuf> {
+            m.roots()
+                .into_iter()
+                .map(|(root, _)| root.join(rel))
+                .filter(|d| d.exists())
+                .collect()
+        };
+        assert!(!dirs(&format!("{top}/b/c")).is_empty());
+        m.remove(&format!("{top}/a")).unwrap();
+        assert!(dirs(&format!("{top}/a")).is_empty());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        m.add_process(&format!("{top}/b/c"), child.id()).unwrap();
+        let busy = m.remove(&top);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(busy.is_err(), "a cgroup with a process in it was removed");
+        // The process gone, the whole tree goes (the kernel may take a moment to empty it).
+        let mut removed = m.remove(&top);
+        for _ in 0..100 {
+            if removed.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            removed = m.remove(&top);
+        }
+        removed.unwrap();
+        assert!(dirs(&top).is_empty());
+        m.remove(&top).unwrap();
     }
 
     #[test]
