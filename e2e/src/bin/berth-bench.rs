@@ -1233,11 +1233,14 @@ fn scale_limit(missed: &str) -> Option<&'static str> {
     let why = if missed.contains("runtime CPU") {
         "Without the probes the polling costs about 1.3 % of a core (lists every second, a \
          stats round every 10 s, the background disk-usage walks). The rest is the 50 exec \
-         probes a second: per probe berthd's gRPC call and monitor request, the monitor's \
-         clone of the exec process (now its direct child, born in the container's pid \
-         namespace: no intermediate process) and the process's joins of the four v1 \
-         cgroups, a cgroup.procs write each (perf). The probe's own program runs in the \
-         container's cgroup and is not counted."
+         probes a second, about 1.2 ms of CPU each (a 10-pod node, 600 probes): about half \
+         in berthd (the gRPC call, its request to the pod's monitor, tokio's wakeups across \
+         its threads), the rest in the monitor and the probe's process until it execs: the \
+         clone (the child shares the monitor's memory until its exec: nothing is copied), \
+         three pipes, the capability and identity steps, a session of its own, and a write \
+         to each of the container's eight v1 cgroups through files the monitor keeps open \
+         from the container's first exec (perf). On cgroup v2 the child is born in its \
+         cgroup. The probe's own program runs in the container's cgroup and is not counted."
     } else if missed.contains("p99") && missed.contains("List") {
         "The p50 is about 1.2-1.4 ms; the p99 of a minute's lists is its worst second. \
          Measured beside the bench with a second client: a ListContainers of 250 \
@@ -1258,7 +1261,8 @@ fn scale_limit(missed: &str) -> Option<&'static str> {
          directory is walked in a round (disk usage is measured in the background, every \
          10 s) and ListContainerStats reuses the figures the first call read."
     } else if missed.contains("new pod") {
-        "On an idle node the lifecycle is about 21 ms p50 (`berth-bench lifecycle`; two \
+        "On an idle node the lifecycle is 21-27 ms p50 on a quiet day of this machine and \
+         30-37 ms on a noisy one (`berth-bench lifecycle`; two \
          kernel waits are gone: a cgroup join that waited for an RCU grace period, a monitor \
          closing an inotify instance that waited for an SRCU one). What is left is work on \
          the path, the same with root and state on tmpfs: the container's setup (about a \
