@@ -864,22 +864,32 @@ async fn host_network_host_ipc_readonly_root_and_volumes() {
     teardown(&mut env, &pod).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_shared_pid_namespace_lets_containers_see_each_other() {
-    let Some(mut env) = env().await else { return };
-    let ns = |pid: i32| cri::NamespaceOption {
+/// Namespace options of pid mode `pid`.
+fn pod_pid_mode(pid: i32) -> cri::NamespaceOption {
+    cri::NamespaceOption {
         pid,
         ..Default::default()
-    };
-    let mut config = pod_config(&env, "shared");
+    }
+}
+
+/// A pod whose containers may share its pid namespace (pid mode POD).
+fn shared_pid_pod_config(env: &Env, name: &str) -> cri::PodSandboxConfig {
+    let mut config = pod_config(env, name);
     config.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(ns(cri::NamespaceMode::Pod as i32)),
+            namespace_options: Some(pod_pid_mode(cri::NamespaceMode::Pod as i32)),
             ..Default::default()
         }),
         ..Default::default()
     });
-    let pod = env.c.run_pod(config).await;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_pid_namespace_lets_containers_see_each_other() {
+    let Some(mut env) = env().await else { return };
+    let ns = pod_pid_mode;
+    let pod = env.c.run_pod(shared_pid_pod_config(&env, "shared")).await;
     let with_pid_mode = |mut cfg: cri::ContainerConfig| {
         cfg.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -922,6 +932,66 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
     );
     // Pid 1 is the pod's init, not a container.
     assert!(!log.lines().any(|l| l.contains(" F     1 sleep")), "{log}");
+    teardown(&mut env, &pod).await;
+}
+
+/// The pod's init is pid 1 of a shared pid namespace: a container allowed to trace
+/// (CAP_SYS_PTRACE, as kubelet grants a debugging container that asks) can open its
+/// /proc/1 files. Nothing of the host is there: its root is empty, it runs as nobody with
+/// no capability (before, its root was the host's and it held all of root's).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_pid_namespaces_init_shows_nothing_of_the_host() {
+    let Some(mut env) = env().await else { return };
+    let ns = pod_pid_mode;
+    let pod = env
+        .c
+        .run_pod(shared_pid_pod_config(&env, "init-root"))
+        .await;
+    let mut cfg = container_config(&env.reg, "busybox", "debug", &["sleep", "1000"]);
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(ns(cri::NamespaceMode::Pod as i32)),
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["SYS_PTRACE".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = env.c.run_container(&pod, cfg).await;
+    let run = |cmd: &'static str| {
+        let c = env.c.clone();
+        let id = id.clone();
+        async move {
+            let mut c = c;
+            let r = c.exec(&id, &["sh", "-c", cmd], 10).await.unwrap();
+            String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr)
+        }
+    };
+    let status = run("cat /proc/1/status").await;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Name:"), ["berth-pod-init"], "{status}");
+    assert_eq!(field("Uid:"), ["65534"; 4], "{status}");
+    assert_eq!(field("Gid:"), ["65534"; 4], "{status}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"], "{status}");
+    assert_eq!(field("CapPrm:"), ["0000000000000000"], "{status}");
+    assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
+    // Its root and working directory: readable to this container, and empty.
+    for what in ["root", "cwd"] {
+        let listing = run(match what {
+            "root" => "ls -A /proc/1/root/ && echo listed",
+            _ => "ls -A /proc/1/cwd/ && echo listed",
+        })
+        .await;
+        assert_eq!(listing, "listed\n", "/proc/1/{what}: {listing}");
+    }
     teardown(&mut env, &pod).await;
 }
 

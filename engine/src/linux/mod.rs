@@ -22,6 +22,8 @@ mod rootfs;
 pub mod spawn;
 pub mod sys;
 
+pub use rootfs::empty_root;
+
 /// The host's device nodes bound into every container's /dev (by name).
 pub fn rootfs_dev_binds() -> &'static [&'static str] {
     &rootfs::DEV_BINDS

@@ -467,6 +467,37 @@ pub(super) fn make_parent_mount_private(dir: &Path) -> Step<()> {
     )
 }
 
+/// Leaves the calling process, single-threaded and in a mount namespace of its own, with
+/// an empty root: its mounts made private (nothing it mounts reaches the host's), a
+/// read-only tmpfs of one page mounted at `at` (any directory of it: the mount exists in
+/// this namespace only) and pivoted into, the old root detached. No path leads to a file
+/// of the host's from then on, its own `/proc/<pid>/root` and `cwd` included. For the
+/// pod's init, pid 1 of a pid namespace containers share (as the pause container's root
+/// is its image's, not the host's).
+pub fn empty_root(at: &Path) -> Step<()> {
+    step(
+        || "make our mounts private".into(),
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )?;
+    step(
+        || format!("mount an empty root at {}", at.display()),
+        mount(
+            Some("berth-empty"),
+            at,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=4k,mode=0555"),
+        ),
+    )?;
+    pivot(at)
+}
+
 /// pivot_root into `root`, then detach the old root (pivot_root(".", ".") idiom).
 pub(super) fn pivot(root: &Path) -> Step<()> {
     // The old root, held open: after pivot_root(".", ".") the working directory is the

@@ -1007,6 +1007,18 @@ pub fn close_from(first: i32) {
     }
 }
 
+/// As [`close_from`], but descriptor `keep` stays open (a child's error pipe).
+pub fn close_from_but(first: i32, keep: i32) {
+    if keep >= first {
+        for fd in first..keep {
+            let _ = nix::unistd::close(fd);
+        }
+        close_from(keep.saturating_add(1));
+    } else {
+        close_from(first);
+    }
+}
+
 nix::ioctl_write_ptr_bad!(tiocsptlck, libc::TIOCSPTLCK, libc::c_int);
 
 /// Unlocks the terminal whose master is `master` and opens its slave side through the

@@ -66,35 +66,80 @@ pub fn install(state: &Path) -> std::io::Result<Option<PathBuf>> {
 }
 
 /// Starts the pod's init in a new pid namespace, in the cgroup directories `cgroups`:
-/// `program` (see [`install`]) if given and it can be executed, else berthd re-executed.
-/// Made when the first container of mode POD starts; it lives until the monitor exits,
-/// and its death ends every process of the namespace.
-pub(super) fn start(cgroups: &[PathBuf], program: Option<&Path>) -> Result<PodInit, String> {
+/// `program` (see [`install`]) if given and it can be executed, else the same loop in the
+/// monitor's copy ([`pod_init`]). Made when the first container of mode POD starts; it
+/// lives until the monitor exits, and its death ends every process of the namespace.
+///
+/// Every container of the pod sees it as pid 1, and one allowed to trace (CAP_SYS_PTRACE,
+/// which kubelet grants when asked, e.g. to a debugging container) may open its
+/// `/proc/1/root`: the init has nothing to show there. It runs in a mount namespace of its
+/// own with an empty root (`dir`, the pod's run directory, is where that root is mounted,
+/// in its namespace only), as nobody (65534) with no capability, its parent-death signal
+/// set after that change (which clears it), and no new privileges; it keeps the pod's
+/// network, IPC and UTS namespaces, as the monitor holds them. It needs nothing else: it
+/// only reaps the orphans reparented to it.
+pub(super) fn start(
+    cgroups: &[PathBuf],
+    program: Option<&Path>,
+    dir: &Path,
+) -> Result<PodInit, String> {
     use std::os::unix::ffi::OsStrExt;
     // Made before the clone: the child only executes.
     let program = program.and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok());
     let argv0 = std::ffi::CString::new(POD_INIT_NAME).unwrap_or_default();
-    let pid = crate::linux::spawn::clone_in_cgroups(CloneFlags::CLONE_NEWPID, cgroups, |born_in| {
+    let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
+    // The child's failure to confine itself, in words (closed unwritten by its exec).
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("start the pod's init: pipe: {e}"))?;
+    let pid = crate::linux::spawn::clone_in_cgroups(flags, cgroups, |born_in| {
+        use std::os::fd::AsRawFd;
         let _ = crate::linux::spawn::join_cgroups(cgroups, born_in);
+        // Our copies of the monitor's descriptors (its socket, containers' stdin pipes,
+        // terminals) would keep them open for as long as the pod lives.
+        crate::linux::sys::close_from_but(3, err_w.as_raw_fd());
+        // The program, held open across the change of root (closed by its exec).
+        let exe = program.as_deref().and_then(|p| {
+            nix::fcntl::open(
+                p,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+        });
+        // Never pid 1 of the pod with the host's root or root's capabilities.
+        let confined = crate::linux::empty_root(dir).and_then(|()| {
+            become_nobody().map_err(|e| format!("give up root and its capabilities: {e}"))
+        });
+        if let Err(e) = confined {
+            let _ = nix::unistd::write(&err_w, e.as_bytes());
+            crate::linux::sys::exit_now(1)
+        }
         // The init must not outlive its monitor (a killed monitor would leave the pod's
         // processes behind): the kernel kills it when the monitor dies, whatever killed it.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-        // Our copies of the monitor's descriptors (its socket, containers' stdin pipes,
-        // terminals) would keep them open for as long as the pod lives.
-        crate::linux::sys::close_from(3);
-        // The pod init program, named POD_INIT_NAME: containers see that as their pid 1,
-        // not the monitor's command line with the node's paths in it.
-        if let Some(p) = &program {
-            let _ = nix::unistd::execve::<_, &std::ffi::CStr>(p, &[argv0.as_c_str()], &[]);
+        // The pod init program, named POD_INIT_NAME: containers see that as their pid 1.
+        if let Some(fd) = &exe {
+            let _ = nix::unistd::execveat(
+                fd,
+                c"",
+                &[argv0.as_c_str()],
+                &[] as &[&std::ffi::CStr],
+                nix::fcntl::AtFlags::AT_EMPTY_PATH,
+            );
         }
         // It cannot be executed (no program in this build, a run directory mounted noexec):
-        // berthd again, under the same name.
-        let exe = c"/proc/self/exe";
-        let _ = nix::unistd::execve::<_, &std::ffi::CStr>(exe, &[argv0.as_c_str()], &[]);
-        // Cannot exec (the binary was replaced): the same loop, in this copy.
+        // the same loop, in this copy.
+        let _ = nix::unistd::close(err_w.as_raw_fd());
         pod_init()
     })
     .map_err(|e| format!("start the pod's init: {e}"))?;
+    drop(err_w);
+    let mut failure = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::fs::File::from(err_r), &mut failure);
+    if !failure.is_empty() {
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(format!("start the pod's init: {failure}"));
+    }
     match std::fs::File::open(format!("/proc/{pid}/ns/pid")) {
         Ok(ns) => Ok(PodInit { pid, ns }),
         Err(e) => {
@@ -103,6 +148,30 @@ pub(super) fn start(cgroups: &[PathBuf], program: Option<&Path>) -> Result<PodIn
             Err(format!("open the pod's pid namespace: {e}"))
         }
     }
+}
+
+/// The id the pod's init runs as (nobody; its group nogroup).
+const NOBODY: u32 = 65534;
+
+/// In the pod init's child: no supplementary group, group and user nobody (which clears
+/// every capability), no new privileges. Where nobody is no id of this process's user
+/// namespace, every capability is given up instead, the bounding set too, so that its
+/// exec (as root) gains none.
+fn become_nobody() -> nix::Result<()> {
+    use crate::linux::sys;
+    let _ = sys::set_groups(&[]);
+    if sys::set_gid(NOBODY)
+        .and_then(|()| sys::set_uid(NOBODY))
+        .is_err()
+    {
+        let known = sys::known_capabilities();
+        for cap in (0..64u32).filter(|c| known & (1 << c) != 0) {
+            sys::drop_from_bounding_set(cap)?;
+        }
+        sys::set_ambient_capabilities(0)?;
+        sys::set_capabilities(0, 0, 0)?;
+    }
+    nix::sys::prctl::set_no_new_privs()
 }
 
 /// The name the pod's init runs under (argv[0] of berthd re-executed as the init): what

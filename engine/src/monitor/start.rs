@@ -67,7 +67,7 @@ pub(super) fn start(
             let init = match &mut st.pod_init {
                 Some(init) => init,
                 slot @ None => slot.insert(
-                    podinit::start(cgroups, st.pod_init_program.as_deref())
+                    podinit::start(cgroups, st.pod_init_program.as_deref(), &st.dir)
                         .map_err(|e| (crate::ErrorKind::Internal, e))?,
                 ),
             };
