@@ -5,7 +5,7 @@
 //! of the workspace cannot have, its profile unwinding), no libc, no start files, linked
 //! static and not position-independent. On a target it is not written for (anything but
 //! 64-bit x86_64 Linux), or when it cannot be built (a warning says why), the file is left
-//! empty and monitors re-execute berthd as the init. Not being a module of the crate, the
+//! empty and each monitor runs the init's loop in a confined copy of itself. Not being a module of the crate, the
 //! program is outside `cargo clippy` and `cargo fmt`: keep it small and read it by hand.
 
 use std::path::PathBuf;
@@ -56,7 +56,7 @@ fn main() {
         .status();
     if !status.as_ref().is_ok_and(|s| s.success()) {
         println!(
-            "cargo:warning=cannot build the pod init program ({status:?}): pods' inits will be berthd re-executed"
+            "cargo:warning=cannot build the pod init program ({status:?}): pods' inits will be copies of their monitors"
         );
         none();
     }

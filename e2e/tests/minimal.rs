@@ -167,12 +167,19 @@ async fn a_minimal_pod_has_the_nodes_hostname_and_one_pid_namespace() {
     env.c.stop_and_remove_pod(&pod).await;
 }
 
-/// The processes on this host that run `program` (by /proc/<pid>/exe).
+/// The processes on this host that run `program` (the file /proc/<pid>/exe leads to: the
+/// pod's init runs it from a mount of its own namespace, whose path may not be the host's).
 fn processes_running(program: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(program)
+        .map(|m| (m.dev(), m.ino()))
+        .unwrap();
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == program))
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| (m.dev(), m.ino()) == want)
+        })
         .collect()
 }
 

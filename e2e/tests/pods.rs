@@ -937,8 +937,10 @@ async fn a_shared_pid_namespace_lets_containers_see_each_other() {
 
 /// The pod's init is pid 1 of a shared pid namespace: a container allowed to trace
 /// (CAP_SYS_PTRACE, as kubelet grants a debugging container that asks) can open its
-/// /proc/1 files. Nothing of the host is there: its root is empty, it runs as nobody with
-/// no capability (before, its root was the host's and it held all of root's).
+/// /proc/1 files. Nothing of the host is there: its root and working directory are empty,
+/// its descriptors are the three standard streams, it holds no capability and gets no new
+/// privileges (before, its root was the host's, its stderr the monitor's log, and it held
+/// all of root's capabilities).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shared_pid_namespaces_init_shows_nothing_of_the_host() {
     let Some(mut env) = env().await else { return };
@@ -978,11 +980,13 @@ async fn a_shared_pid_namespaces_init_shows_nothing_of_the_host() {
             .unwrap_or_default()
     };
     assert_eq!(field("Name:"), ["berth-pod-init"], "{status}");
-    assert_eq!(field("Uid:"), ["65534"; 4], "{status}");
-    assert_eq!(field("Gid:"), ["65534"; 4], "{status}");
-    assert_eq!(field("CapEff:"), ["0000000000000000"], "{status}");
-    assert_eq!(field("CapPrm:"), ["0000000000000000"], "{status}");
+    for caps in ["CapEff:", "CapPrm:", "CapInh:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(caps), ["0000000000000000"], "{caps} {status}");
+    }
     assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
+    assert_eq!(field("Groups:"), Vec::<&str>::new(), "{status}");
+    let fds = run("ls /proc/1/fd | tr '\\n' ' '").await;
+    assert_eq!(fds.trim(), "0 1 2", "{fds}");
     // Its root and working directory: readable to this container, and empty.
     for what in ["root", "cwd"] {
         let listing = run(match what {

@@ -136,8 +136,8 @@ pub struct Engine {
     own_scope_lock: tokio::sync::Mutex<()>,
     /// Whether CRIU can checkpoint on this node (asked at the first checkpoint).
     criu: tokio::sync::OnceCell<std::result::Result<String, String>>,
-    /// The pod init program written into the run directory at open (None: monitors
-    /// re-execute berthd as a pod's init).
+    /// The pod init program written into the run directory at open (None: each monitor
+    /// runs the init's loop in a confined copy of itself).
     pod_init_program: Option<PathBuf>,
     started: SystemTime,
     // Held for the life of the engine; dropping it releases the root lock.
@@ -215,7 +215,7 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    "cannot write the pod init program; pods' inits will be berthd re-executed"
+                    "cannot write the pod init program; pods' inits will be copies of their monitors"
                 );
                 None
             }

@@ -9,13 +9,16 @@
 //! two pages of stack and data.
 //!
 //! What it does is what `monitor::podinit::pod_init` does (the fallback when this program
-//! cannot be executed): every signal disposition back to default (an ignored signal stays
-//! ignored across exec, and the monitor, a Rust program, ignores SIGPIPE), SIGCHLD blocked,
-//! then forever: reap every child that has exited, wait for the next SIGCHLD. The monitor set
-//! PR_SET_PDEATHSIG before the exec; it is kept across it, so the init dies with its monitor.
+//! cannot be executed): it makes itself not dumpable again (exec made it so), sets every
+//! signal disposition back to default (an ignored signal stays ignored across exec, and the
+//! monitor, a Rust program, ignores SIGPIPE), blocks SIGCHLD, then forever: reaps every
+//! child that has exited, waits for the next SIGCHLD. The monitor's copy that executes it
+//! has already confined itself (an empty root, no capability: `monitor::podinit::start`)
+//! and set PR_SET_PDEATHSIG; that is kept across the exec, so the init dies with its
+//! monitor.
 //!
 //! x86_64 Linux only (the system call numbers and `_start` below); on other targets
-//! build.rs makes no program and the monitor re-executes berthd as the init.
+//! build.rs makes no program and the monitor's confined copy runs the same loop.
 
 #![no_std]
 #![no_main]
@@ -26,6 +29,7 @@ const SYS_RT_SIGACTION: usize = 13;
 const SYS_RT_SIGPROCMASK: usize = 14;
 const SYS_WAIT4: usize = 61;
 const SYS_RT_SIGTIMEDWAIT: usize = 128;
+const SYS_PRCTL: usize = 157;
 const SYS_EXIT_GROUP: usize = 231;
 
 const SIGKILL: usize = 9;
@@ -33,6 +37,7 @@ const SIGCHLD: usize = 17;
 const SIGSTOP: usize = 19;
 /// The kernel's signal count on x86_64 (`_NSIG`); its sigset is 8 bytes.
 const NSIG: usize = 64;
+const PR_SET_DUMPABLE: usize = 4;
 const SIGSET_SIZE: usize = 8;
 const SIG_SETMASK: usize = 2;
 const WNOHANG: usize = 1;
@@ -89,6 +94,12 @@ unsafe fn syscall4(n: usize, a: usize, b: usize, c: usize, d: usize) -> isize {
 }
 
 extern "C" fn init_main() -> ! {
+    // Not dumpable: the exec made it so again, and only CAP_SYS_PTRACE may then trace it or
+    // open its /proc files (a container of the pod that shares its pid namespace sees it).
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes no pointers.
+    unsafe {
+        syscall4(SYS_PRCTL, PR_SET_DUMPABLE, 0, 0, 0);
+    }
     let default = KernelSigaction {
         handler: 0, // SIG_DFL
         flags: 0,

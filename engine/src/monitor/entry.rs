@@ -39,7 +39,8 @@ pub struct MonitorArgs {
     /// it, and its containers join it last.
     pub userns: Option<crate::spec::userns::IdMappings>,
     /// The pod init program (`podinit::install`) that becomes pid 1 of the pod's shared pid
-    /// namespace; None, or a program that cannot be executed: berthd re-executed.
+    /// namespace; None, or a program that cannot be executed: the same loop in a confined copy
+    /// of the monitor.
     pub pod_init: Option<PathBuf>,
 }
 

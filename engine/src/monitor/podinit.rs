@@ -72,63 +72,81 @@ pub fn install(state: &Path) -> std::io::Result<Option<PathBuf>> {
 ///
 /// Every container of the pod sees it as pid 1, and one allowed to trace (CAP_SYS_PTRACE,
 /// which kubelet grants when asked, e.g. to a debugging container) may open its
-/// `/proc/1/root`: the init has nothing to show there. It runs in a mount namespace of its
-/// own with an empty root (`dir`, the pod's run directory, is where that root is mounted,
-/// in its namespace only), as nobody (65534) with no capability, its parent-death signal
-/// set after that change (which clears it), and no new privileges; it keeps the pod's
-/// network, IPC and UTS namespaces, as the monitor holds them. It needs nothing else: it
-/// only reaps the orphans reparented to it.
+/// `/proc/1/root`, `cwd` and `fd/*`: the init has nothing to show there. It runs in a mount
+/// namespace of its own with an empty root (`dir`, the pod's run directory, is where that
+/// root is mounted, in its namespace only), its standard streams on /dev/null, with no
+/// capability at all (bounding set included) and no new privileges, not dumpable (the
+/// program makes itself so: only CAP_SYS_PTRACE may trace it or open its /proc files). It
+/// stays root of the host's user namespace — without capabilities that gives it nothing,
+/// and only root may signal it (as nobody, any process of the node running as nobody
+/// could kill it, and with it the pod). It keeps the pod's network, IPC and UTS
+/// namespaces, as the monitor holds them. It needs nothing else: it only reaps the orphans
+/// reparented to it.
 pub(super) fn start(
     cgroups: &[PathBuf],
     program: Option<&Path>,
     dir: &Path,
 ) -> Result<PodInit, String> {
     use std::os::unix::ffi::OsStrExt;
-    // Made before the clone: the child only executes.
-    let program = program.and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok());
+    // Made before the clone: the child only executes. The program is executed by its name
+    // in its directory (so the kernel names the process after it on every version).
+    let program = program.and_then(|p| {
+        let name = std::ffi::CString::new(p.file_name()?.as_bytes()).ok()?;
+        let parent = std::ffi::CString::new(p.parent()?.as_os_str().as_bytes()).ok()?;
+        Some((parent, name))
+    });
     let argv0 = std::ffi::CString::new(POD_INIT_NAME).unwrap_or_default();
     let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
     // The child's failure to confine itself, in words (closed unwritten by its exec).
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("start the pod's init: pipe: {e}"))?;
     let pid = crate::linux::spawn::clone_in_cgroups(flags, cgroups, |born_in| {
+        use nix::fcntl::{OFlag, open};
         use std::os::fd::AsRawFd;
         let _ = crate::linux::spawn::join_cgroups(cgroups, born_in);
-        // Our copies of the monitor's descriptors (its socket, containers' stdin pipes,
-        // terminals) would keep them open for as long as the pod lives.
+        // The init must not outlive its monitor (a killed monitor would leave the pod's
+        // processes behind): the kernel kills it when the monitor dies, whatever killed it.
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        // Our copies of the monitor's descriptors (its socket, its log on 2, containers'
+        // stdin pipes, terminals) would keep them open for as long as the pod lives, and
+        // show them to a container that may open /proc/1/fd.
         crate::linux::sys::close_from_but(3, err_w.as_raw_fd());
-        // The program, held open across the change of root (closed by its exec).
-        let exe = program.as_deref().and_then(|p| {
-            nix::fcntl::open(
-                p,
-                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        if let Ok(null) = open("/dev/null", OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+            let _ = nix::unistd::dup2_stdin(&null);
+            let _ = nix::unistd::dup2_stdout(&null);
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
+        // The program's directory, held open across the change of root (closed by the
+        // exec, or below).
+        let exe_dir = program.as_ref().and_then(|(parent, _)| {
+            open(
+                parent.as_c_str(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
             )
             .ok()
         });
-        // Never pid 1 of the pod with the host's root or root's capabilities.
+        // Never pid 1 of the pod with the host's root or capabilities.
         let confined = crate::linux::empty_root(dir).and_then(|()| {
-            become_nobody().map_err(|e| format!("give up root and its capabilities: {e}"))
+            give_up_capabilities().map_err(|e| format!("give up every capability: {e}"))
         });
         if let Err(e) = confined {
             let _ = nix::unistd::write(&err_w, e.as_bytes());
             crate::linux::sys::exit_now(1)
         }
-        // The init must not outlive its monitor (a killed monitor would leave the pod's
-        // processes behind): the kernel kills it when the monitor dies, whatever killed it.
-        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         // The pod init program, named POD_INIT_NAME: containers see that as their pid 1.
-        if let Some(fd) = &exe {
+        if let (Some(fd), Some((_, name))) = (&exe_dir, &program) {
             let _ = nix::unistd::execveat(
                 fd,
-                c"",
+                name.as_c_str(),
                 &[argv0.as_c_str()],
                 &[] as &[&std::ffi::CStr],
-                nix::fcntl::AtFlags::AT_EMPTY_PATH,
+                nix::fcntl::AtFlags::empty(),
             );
         }
         // It cannot be executed (no program in this build, a run directory mounted noexec):
-        // the same loop, in this copy.
+        // the same loop in this copy, which is not dumpable (as the monitor it copies).
+        drop(exe_dir);
         let _ = nix::unistd::close(err_w.as_raw_fd());
         pod_init()
     })
@@ -150,31 +168,21 @@ pub(super) fn start(
     }
 }
 
-/// The id the pod's init runs as (nobody; its group nogroup).
-const NOBODY: u32 = 65534;
-
-/// In the pod init's child: no supplementary group, group and user nobody (which clears
-/// every capability), no new privileges. Where nobody is no id of this process's user
-/// namespace, every capability is given up instead, the bounding set too, so that its
-/// exec (as root) gains none.
-fn become_nobody() -> nix::Result<()> {
+/// In the pod init's child: no supplementary group, no capability (the bounding set
+/// emptied too, so that its exec as root gains none), no new privileges.
+fn give_up_capabilities() -> nix::Result<()> {
     use crate::linux::sys;
-    let _ = sys::set_groups(&[]);
-    if sys::set_gid(NOBODY)
-        .and_then(|()| sys::set_uid(NOBODY))
-        .is_err()
-    {
-        let known = sys::known_capabilities();
-        for cap in (0..64u32).filter(|c| known & (1 << c) != 0) {
-            sys::drop_from_bounding_set(cap)?;
-        }
-        sys::set_ambient_capabilities(0)?;
-        sys::set_capabilities(0, 0, 0)?;
+    sys::set_groups(&[])?;
+    let known = sys::known_capabilities();
+    for cap in (0..64u32).filter(|c| known & (1 << c) != 0) {
+        sys::drop_from_bounding_set(cap)?;
     }
+    sys::set_ambient_capabilities(0)?;
+    sys::set_capabilities(0, 0, 0)?;
     nix::sys::prctl::set_no_new_privs()
 }
 
-/// The name the pod's init runs under (argv[0] of berthd re-executed as the init): what
+/// The name the pod's init runs under (argv[0] and its command name): what
 /// containers sharing the pod's pid namespace see as its pid 1, like containerd's /pause.
 pub const POD_INIT_NAME: &str = "berth-pod-init";
 
@@ -184,6 +192,8 @@ pub fn pod_init() -> ! {
     // Nothing ignored (berthd, a Rust program, ignores SIGPIPE), as in every process of a
     // pod: pid 1 of a namespace gets no signal it has no handler for anyway.
     crate::linux::sys::reset_signals();
+    // Not dumpable (as the program makes itself): only CAP_SYS_PTRACE may trace it.
+    let _ = nix::sys::prctl::set_dumpable(false);
     // Its command name too (an exec through /proc/self/exe would be named "exe").
     if let Ok(name) = std::ffi::CString::new(POD_INIT_NAME) {
         let _ = nix::sys::prctl::set_name(&name);
