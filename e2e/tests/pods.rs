@@ -962,15 +962,26 @@ async fn a_shared_pid_namespaces_init_shows_nothing_of_the_host() {
         ..Default::default()
     });
     let id = env.c.run_container(&pod, cfg).await;
-    let run = |cmd: &'static str| {
+    // A container of the same pod with the default capabilities (no CAP_SYS_PTRACE).
+    let mut plain = container_config(&env.reg, "busybox", "plain", &["sleep", "1000"]);
+    plain.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(ns(cri::NamespaceMode::Pod as i32)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let plain = env.c.run_container(&pod, plain).await;
+    let run_in = |id: &str, cmd: &'static str| {
         let c = env.c.clone();
-        let id = id.clone();
+        let id = id.to_owned();
         async move {
             let mut c = c;
             let r = c.exec(&id, &["sh", "-c", cmd], 10).await.unwrap();
             String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr)
         }
     };
+    let run = |cmd: &'static str| run_in(&id, cmd);
     let status = run("cat /proc/1/status").await;
     let field = |name: &str| {
         status
@@ -985,8 +996,17 @@ async fn a_shared_pid_namespaces_init_shows_nothing_of_the_host() {
     }
     assert_eq!(field("NoNewPrivs:"), ["1"], "{status}");
     assert_eq!(field("Groups:"), Vec::<&str>::new(), "{status}");
+    // Under its own seccomp filter.
+    assert_eq!(field("Seccomp:"), ["2"], "{status}");
+    // Its descriptors: the standard streams, on /dev/null (device 1:3).
     let fds = run("ls /proc/1/fd | tr '\\n' ' '").await;
     assert_eq!(fds.trim(), "0 1 2", "{fds}");
+    let devices = run("for f in 0 1 2; do stat -L -c %t:%T /proc/1/fd/$f; done").await;
+    assert_eq!(devices, "1:3\n1:3\n1:3\n", "{devices}");
+    // Not dumpable: a container without CAP_SYS_PTRACE (root too) cannot follow its
+    // descriptors or its root.
+    let refused = run_in(&plain, "cat /proc/1/fd/0 2>&1; ls -A /proc/1/root/ 2>&1").await;
+    assert_eq!(refused.matches("Permission denied").count(), 2, "{refused}");
     // Its root and working directory: readable to this container, and empty.
     for what in ["root", "cwd"] {
         let listing = run(match what {

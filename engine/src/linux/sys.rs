@@ -1227,6 +1227,62 @@ mod tests {
         }
     }
 
+    /// The pod init's seccomp filter, installed in a child: its loop's calls work, a new
+    /// user namespace and the keyrings are refused with EPERM.
+    #[test]
+    fn the_pod_inits_filter_refuses_what_it_does_not_need() {
+        let filter = crate::spec::seccomp::pod_init_filter().unwrap();
+        // Made before the clone: the child (of a process with other threads) allocates
+        // nothing.
+        let insns: Vec<libc::sock_filter> = filter
+            .0
+            .iter()
+            .map(|&(code, jt, jf, k)| libc::sock_filter { code, jt, jf, k })
+            .collect();
+        let prog = libc::sock_fprog {
+            len: u16::try_from(insns.len()).unwrap(),
+            filter: insns.as_ptr().cast_mut(),
+        };
+        let pid = clone_child(CloneFlags::empty(), || {
+            // SAFETY: raw syscalls with integer arguments, and `prog` (alive: the child runs
+            // on a copy of our memory) for seccomp, which copies the program in.
+            unsafe {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        0,
+                        &raw const prog,
+                    ) != 0
+                {
+                    return 2;
+                }
+                let eperm = |r: libc::c_long| r == -1 && *libc::__errno_location() == libc::EPERM;
+                if !eperm(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER)) {
+                    return 3;
+                }
+                if !eperm(libc::syscall(
+                    libc::SYS_keyctl,
+                    0, /* KEYCTL_GET_KEYRING_ID */
+                    -4,
+                    0,
+                )) {
+                    return 4;
+                }
+                if libc::syscall(libc::SYS_getpid) <= 0 {
+                    return 5;
+                }
+            }
+            0
+        })
+        .unwrap();
+        assert_eq!(
+            exit_code(pid),
+            0,
+            "2: not installed, 3: unshare, 4: keyctl, 5: getpid"
+        );
+    }
+
     #[test]
     fn a_child_sharing_our_memory_runs_before_we_go_on() {
         use std::sync::atomic::{AtomicU32, Ordering};

@@ -76,7 +76,9 @@ pub fn install(state: &Path) -> std::io::Result<Option<PathBuf>> {
 /// namespace of its own with an empty root (`dir`, the pod's run directory, is where that
 /// root is mounted, in its namespace only), its standard streams on /dev/null, with no
 /// capability at all (bounding set included) and no new privileges, not dumpable (the
-/// program makes itself so: only CAP_SYS_PTRACE may trace it or open its /proc files). It
+/// program makes itself so: only CAP_SYS_PTRACE may trace it or open its /proc files), and
+/// under a seccomp filter that allows only its exec and its loop's calls
+/// ([`pod_init_filter`](crate::spec::seccomp::pod_init_filter)). It
 /// stays root of the host's user namespace — without capabilities that gives it nothing,
 /// and only root may signal it (as nobody, any process of the node running as nobody
 /// could kill it, and with it the pod). It keeps the pod's network, IPC and UTS
@@ -96,6 +98,8 @@ pub(super) fn start(
         Some((parent, name))
     });
     let argv0 = std::ffi::CString::new(POD_INIT_NAME).unwrap_or_default();
+    let filter = crate::spec::seccomp::pod_init_filter()
+        .map_err(|e| format!("start the pod's init: {e}"))?;
     let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
     // The child's failure to confine itself, in words (closed unwritten by its exec).
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -127,9 +131,14 @@ pub(super) fn start(
             .ok()
         });
         // Never pid 1 of the pod with the host's root or capabilities.
-        let confined = crate::linux::empty_root(dir).and_then(|()| {
-            give_up_capabilities().map_err(|e| format!("give up every capability: {e}"))
-        });
+        let confined = crate::linux::empty_root(dir)
+            .and_then(|()| {
+                give_up_capabilities().map_err(|e| format!("give up every capability: {e}"))
+            })
+            .and_then(|()| {
+                crate::linux::sys::install_seccomp(&filter.0)
+                    .map_err(|e| format!("install its seccomp filter: {e}"))
+            });
         if let Err(e) = confined {
             let _ = nix::unistd::write(&err_w, e.as_bytes());
             crate::linux::sys::exit_now(1)

@@ -261,6 +261,67 @@ pub fn compile(p: &Profile, caps: &BTreeSet<u8>) -> Result<Vec<Filter>, SpecErro
     Ok(filters)
 }
 
+/// What the pod's init may call: its exec, then the few calls of its reaping loop (and of
+/// the monitor's copy that runs the loop where the program cannot run: memory, signals,
+/// its name); everything else fails with EPERM. The init holds no capability and sees no
+/// file, but it is pid 1 of a namespace a container allowed to trace can inject code into:
+/// the filter keeps that code from the calls the container's own profile refuses (keyrings,
+/// new user namespaces, BPF, perf, io_uring...). containerd gives its pause the pod's
+/// profile.
+const POD_INIT_CALLS: &[&str] = &[
+    "execveat",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "rt_sigtimedwait",
+    "sigaltstack",
+    "wait4",
+    "waitid",
+    "prctl",
+    "restart_syscall",
+    "exit",
+    "exit_group",
+    "brk",
+    "mmap",
+    "munmap",
+    "mremap",
+    "mprotect",
+    "madvise",
+    "futex",
+    "read",
+    "write",
+    "close",
+    "getpid",
+    "gettid",
+    "clock_gettime",
+    "clock_nanosleep",
+    "nanosleep",
+];
+
+/// The pod init's filter ([`POD_INIT_CALLS`] allowed, EPERM for the rest) for this
+/// machine's architecture.
+pub fn pod_init_filter() -> Result<Filter, SpecError> {
+    let (arch, _) = target_arch()?;
+    let rules = POD_INIT_CALLS
+        .iter()
+        .filter_map(|n| Sysno::from_str(n).ok())
+        .map(|sys| (i64::from(sys.id()), Vec::new()))
+        .collect();
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Errno(EPERM),
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(|e| SpecError::new(FIELD, format!("pod init seccomp filter: {e}")))?;
+    let prog: BpfProgram = f.try_into().map_err(|e: seccompiler::BackendError| {
+        SpecError::new(FIELD, format!("pod init seccomp filter: {e}"))
+    })?;
+    Ok(Filter(
+        prog.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect(),
+    ))
+}
+
 /// The rules of one filter: an empty list matches a syscall whatever its arguments, and an
 /// unconditional entry wins over conditional ones.
 #[derive(Default)]
