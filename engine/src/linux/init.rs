@@ -426,14 +426,9 @@ impl Prepared {
 
 fn set_identity_of(p: &Prepared, u: &crate::spec::process::User) -> Step<()> {
     use super::sys;
-    // Drop from the bounding set what the container may never have: one prctl a
-    // capability (dropping one it does not have is a no-op).
-    for cap in (0..64u32).filter(|c| p.drop_from_bounding & (1 << c) != 0) {
-        step(
-            || format!("drop {} from the bounding set", cap_name(cap)),
-            sys::drop_from_bounding_set(cap),
-        )?;
-    }
+    // Drop from the bounding set what the container may never have.
+    sys::drop_all_from_bounding_set(p.drop_from_bounding)
+        .map_err(|(cap, e)| format!("drop {} from the bounding set: {e}", cap_name(cap)))?;
     // Keep permitted capabilities across the uid change; the sets are set right after.
     step(
         || "keep capabilities".into(),

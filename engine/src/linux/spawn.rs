@@ -528,7 +528,6 @@ impl ExecSpec {
 /// close on exec: nothing of them reaches the container's processes.
 #[derive(Debug)]
 pub struct ExecCgroups {
-    dirs: Vec<PathBuf>,
     birth: Option<(OwnedFd, PathBuf)>,
     joins: Vec<(PathBuf, std::fs::File)>,
 }
@@ -546,16 +545,12 @@ impl ExecCgroups {
             })
             .collect::<Result<_, _>>()?;
         let birth = v2_cgroup(dirs, unified_mount()).map(|(fd, dir)| (fd, dir.to_path_buf()));
-        Ok(ExecCgroups {
-            dirs: dirs.to_vec(),
-            birth,
-            joins,
-        })
+        Ok(ExecCgroups { birth, joins })
     }
 
     /// Whether these are the cgroups of an exec into `dirs`.
     pub fn serves(&self, dirs: &[PathBuf]) -> bool {
-        self.dirs == dirs
+        self.joins.iter().map(|(d, _)| d).eq(dirs)
     }
 
     /// In the exec's child: joins every directory but `born_in` (the one it was cloned

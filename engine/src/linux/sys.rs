@@ -416,6 +416,16 @@ pub fn set_uid(uid: u32) -> nix::Result<()> {
     nix::errno::Errno::result(r).map(drop)
 }
 
+/// Drops every capability of `mask` from the calling thread's bounding set, one prctl a
+/// capability (dropping one it no longer has is a no-op); the first failure, with its
+/// capability.
+pub fn drop_all_from_bounding_set(mask: u64) -> Result<(), (u32, nix::Error)> {
+    for cap in (0..64u32).filter(|c| mask & (1 << c) != 0) {
+        drop_from_bounding_set(cap).map_err(|e| (cap, e))?;
+    }
+    Ok(())
+}
+
 /// Drops capability `cap` from the calling thread's bounding set.
 pub fn drop_from_bounding_set(cap: u32) -> nix::Result<()> {
     // SAFETY: PR_CAPBSET_DROP takes a capability number by value; no memory is touched.

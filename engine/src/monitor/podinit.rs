@@ -182,10 +182,7 @@ pub(super) fn start(
 fn give_up_capabilities() -> nix::Result<()> {
     use crate::linux::sys;
     sys::set_groups(&[])?;
-    let known = sys::known_capabilities();
-    for cap in (0..64u32).filter(|c| known & (1 << c) != 0) {
-        sys::drop_from_bounding_set(cap)?;
-    }
+    sys::drop_all_from_bounding_set(sys::known_capabilities()).map_err(|(_, e)| e)?;
     sys::set_ambient_capabilities(0)?;
     sys::set_capabilities(0, 0, 0)?;
     nix::sys::prctl::set_no_new_privs()

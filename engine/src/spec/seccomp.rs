@@ -241,17 +241,9 @@ pub fn compile(p: &Profile, caps: &BTreeSet<u8>) -> Result<Vec<Filter>, SpecErro
                    mismatch: SeccompAction,
                    on_match: SeccompAction|
      -> Result<(), SpecError> {
-        if mismatch == on_match {
-            return Ok(());
+        if mismatch != on_match {
+            filters.push(bpf(rules, mismatch, on_match, arch, "seccomp filter")?);
         }
-        let f = SeccompFilter::new(rules, mismatch, on_match, arch)
-            .map_err(|e| SpecError::new(FIELD, format!("seccomp filter: {e}")))?;
-        let prog: BpfProgram = f.try_into().map_err(|e: seccompiler::BackendError| {
-            SpecError::new(FIELD, format!("seccomp filter: {e}"))
-        })?;
-        filters.push(Filter(
-            prog.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect(),
-        ));
         Ok(())
     };
     add(listed.rules, default.clone(), SeccompAction::Allow)?;
@@ -307,16 +299,29 @@ pub fn pod_init_filter() -> Result<Filter, SpecError> {
         .filter_map(|n| Sysno::from_str(n).ok())
         .map(|sys| (i64::from(sys.id()), Vec::new()))
         .collect();
-    let f = SeccompFilter::new(
+    bpf(
         rules,
         SeccompAction::Errno(EPERM),
         SeccompAction::Allow,
         arch,
+        "pod init seccomp filter",
     )
-    .map_err(|e| SpecError::new(FIELD, format!("pod init seccomp filter: {e}")))?;
-    let prog: BpfProgram = f.try_into().map_err(|e: seccompiler::BackendError| {
-        SpecError::new(FIELD, format!("pod init seccomp filter: {e}"))
-    })?;
+}
+
+/// One filter compiled to BPF: `on_match` for the calls `rules` match, `mismatch` for the
+/// rest; `what` names it in errors.
+fn bpf(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    on_match: SeccompAction,
+    arch: TargetArch,
+    what: &str,
+) -> Result<Filter, SpecError> {
+    let f = SeccompFilter::new(rules, mismatch, on_match, arch)
+        .map_err(|e| SpecError::new(FIELD, format!("{what}: {e}")))?;
+    let prog: BpfProgram = f
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SpecError::new(FIELD, format!("{what}: {e}")))?;
     Ok(Filter(
         prog.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect(),
     ))
